@@ -1,0 +1,41 @@
+"""The one place where a kernel's launch configuration is chosen.
+
+For now a default table; the per-GPU tuner and its committed tables are a separate piece of work.
+Under the Triton interpreter nothing is ever benchmarked (there is no device to time): the
+interpreter configuration is fixed, and small enough that test tensors of a few thousand elements
+still span several chunks, so the chunk map and the masked tail are exercised.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    block_size: int  # elements per block, one vector op per element lane
+    blocks_per_program: int  # blocks one program walks before it exits: fewer, longer programs
+    num_warps: int
+    num_stages: int
+
+
+# Untuned starting points for a memory-bound elementwise kernel: 16 bytes per thread per access
+# with 4 warps is 512 fp32 elements; two passes of that per block keep several loads in flight.
+# Two-byte dtypes take twice the elements so each access is still 16 bytes wide.
+DEFAULT_CONFIGS = {
+    4: LaunchConfig(block_size=1024, blocks_per_program=4, num_warps=4, num_stages=1),
+    2: LaunchConfig(block_size=2048, blocks_per_program=4, num_warps=4, num_stages=1),
+}
+INTERPRETER_CONFIG = LaunchConfig(block_size=1024, blocks_per_program=1, num_warps=1, num_stages=1)
+
+
+def interpreting() -> bool:
+    """True when Triton kernels run on the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def launch_config(rule_name: str, dtype: torch.dtype, numel: int, device: torch.device) -> LaunchConfig:
+    """The launch configuration for one rule, storage dtype and largest tensor size on ``device``."""
+    if device.type == "cpu" or interpreting():
+        return INTERPRETER_CONFIG
+    return DEFAULT_CONFIGS[torch.empty((), dtype=dtype).element_size()]

@@ -1,0 +1,52 @@
+"""Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019): the fused update.
+
+The equations, and torch's order of operations that this math follows, are in
+``optim.reference.adam``'s docstring.
+"""
+import triton
+import triton.language as tl
+
+from kernels.launcher import hyperparameter
+
+
+@triton.jit
+def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    AMSGRAD: tl.constexpr = FLAGS[0]
+    MAXIMIZE: tl.constexpr = FLAGS[1]
+    DECOUPLED_WEIGHT_DECAY: tl.constexpr = FLAGS[2]
+    lr, beta1, beta2, eps, weight_decay = hyper
+    lr = hyperparameter(lr)
+    step = scalars[0]  # already counts this step: 1 on the first
+    exp_avg = states[0]
+    exp_avg_sq = states[1]
+    if MAXIMIZE:
+        grad = -grad
+    if DECOUPLED_WEIGHT_DECAY:
+        param = param * (1.0 - lr * weight_decay)
+    else:
+        grad = grad + weight_decay * param
+    exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)  # torch's lerp_ for weights below 0.5
+    exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
+    # beta ** step as exp2(step * log2(beta)): fp32 throughout, no host value of the step needed
+    bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
+    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
+    if AMSGRAD:
+        max_exp_avg_sq = tl.maximum(states[2], exp_avg_sq)
+        denom = tl.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
+        new_states = (exp_avg, exp_avg_sq, max_exp_avg_sq)
+    else:
+        denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
+        new_states = (exp_avg, exp_avg_sq)
+    param = param - (lr / bias_correction1) * (exp_avg / denom)
+    return param, new_states
+
+
+def adam_arguments(group):
+    beta1, beta2 = group["betas"]
+    hyper = (group["lr"], float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
+    return hyper, (bool(group["amsgrad"]), bool(group["maximize"]), False)
+
+
+def adamw_arguments(group):
+    hyper, (amsgrad, maximize, _) = adam_arguments(group)
+    return hyper, (amsgrad, maximize, True)

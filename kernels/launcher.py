@@ -1,0 +1,236 @@
+"""The one multi-tensor launcher that every elementwise update rule goes through.
+
+A rule contributes only its math, a ``@triton.jit`` function with this signature::
+
+    update(param, grad, states, scalars, hyper, FLAGS) -> (param, states)
+
+- ``param``, ``grad`` and each entry of the tuple ``states`` are fp32 blocks, already loaded and
+  upcast from their storage dtype; the launcher rounds what the rule returns back to storage.
+- ``scalars`` is a tuple of fp32 values, one per tensor (the step counter, Tiger's lr multiplier...).
+- ``hyper`` is the tuple of group hyperparameters exactly as the rule's host code passed it: Python
+  floats, or 0-d device tensors that ``hyperparameter()`` reads. Neither recompiles when its value
+  changes (Triton specialises integers, not floats, and a tensor is only a pointer).
+- ``FLAGS`` is a tuple of compile-time options (amsgrad, maximize, ...): one compiled variant each.
+
+Everything else belongs here: the table of pointers and sizes (one row per tensor), the map from
+program to (tensor, chunk) that torch's multi_tensor_apply also builds, int64 offsets, the masked
+tail, the fp32 upcast and the store. One launch serves every tensor that shares device and dtypes.
+"""
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
+
+from autotune import launch_config
+
+ALIGNMENT_BYTES = 16  # a 16-byte aligned tensor can be read with 128-bit vector loads
+
+
+@triton.jit
+def hyperparameter(value):
+    """A hyperparameter as fp32, whether it came as a Python number or a 0-d device tensor."""
+    # The interpreter passes Python floats through unwrapped; the compiler makes them fp32 scalars.
+    if hasattr(value, "dtype"):
+        if value.dtype.is_ptr():
+            value = tl.load(value).to(tl.float32)
+    return value
+
+
+# Whether TRITON_INTERPRET=1 was set when triton built these kernels: they then run on CPU tensors.
+INTERPRETED = isinstance(hyperparameter, InterpretedFunction)
+INTERPRETER_ROUNDS_BFLOAT16_BY_HAND = tl.constexpr(INTERPRETED)
+
+
+@triton.jit
+def sign(x):
+    """torch.sign: -1, 0 or +1 (and NaN stays NaN, as in torch)."""
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x))
+
+
+@triton.jit
+def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
+    # Full blocks are loaded without a mask so the compiler can use vector loads; only the tail of
+    # each tensor pays for the mask.
+    if MASKED:
+        return tl.load(base_ptr + offsets, mask=offsets < numel, other=0.0).to(tl.float32)
+    else:
+        return tl.load(base_ptr + offsets).to(tl.float32)
+
+
+@triton.jit
+def _round_to_bfloat16(x):
+    """fp32 -> bf16, round to nearest even, in integer arithmetic (the carry into the exponent is
+    the rounding up; NaN stays NaN)."""
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where(x != x, 0x7FC0, rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _round_to_storage(value, DTYPE: tl.constexpr):
+    # The interpreter (triton 3.6 to 3.9) truncates fp32 -> bf16 instead of rounding to nearest even
+    # as torch and the GPU's cvt.rn do, so under it the rounding is spelled out.
+    if INTERPRETER_ROUNDS_BFLOAT16_BY_HAND and DTYPE == tl.bfloat16:
+        return _round_to_bfloat16(value)
+    else:
+        return value.to(DTYPE)
+
+
+@triton.jit
+def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr):
+    value = _round_to_storage(value, base_ptr.dtype.element_ty)
+    if MASKED:
+        tl.store(base_ptr + offsets, value, mask=offsets < numel)
+    else:
+        tl.store(base_ptr + offsets, value)
+
+
+@triton.jit
+def _pointer(row_ptr, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
+    pointer = tl.load(row_ptr + column).to(tl.pointer_type(DTYPE))
+    if ALIGNED:
+        pointer = tl.multiple_of(pointer, 16)
+    return pointer
+
+
+@triton.jit
+def _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE: tl.constexpr, FLAGS: tl.constexpr,
+                  N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
+                  ALIGNED: tl.constexpr, MASKED: tl.constexpr):
+    param_ptr = _pointer(row_ptr, 1, PARAM_DTYPE, ALIGNED)
+    grad_ptr = _pointer(row_ptr, 2, PARAM_DTYPE, ALIGNED)
+    param = _load(param_ptr, offsets, numel, MASKED)
+    grad = _load(grad_ptr, offsets, numel, MASKED)
+    states = ()
+    for i in tl.static_range(N_STATES):
+        state_ptr = _pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED)
+        states = states + (_load(state_ptr, offsets, numel, MASKED),)
+    param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
+    _store(param_ptr, offsets, numel, param, MASKED)
+    for i in tl.static_range(N_STATES):
+        state_ptr = _pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED)
+        _store(state_ptr, offsets, numel, states[i], MASKED)
+
+
+@triton.jit
+def multi_tensor_update_kernel(
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper,
+    UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
+    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+):
+    program = tl.program_id(0)
+    tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
+    chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
+    row_ptr = table_ptr + tensor * (3 + N_STATES + N_SCALARS)
+    numel = tl.load(row_ptr)
+    scalars = ()
+    for i in tl.static_range(N_SCALARS):
+        scalar_ptr = tl.load(row_ptr + 3 + N_STATES + i).to(tl.pointer_type(tl.float32))
+        scalars = scalars + (tl.load(scalar_ptr),)
+    for block in range(BLOCKS_PER_PROGRAM):
+        start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
+        offsets = start + tl.arange(0, BLOCK_SIZE)
+        if start + BLOCK_SIZE <= numel:
+            _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE, FLAGS, N_STATES,
+                          PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=False)
+        elif start < numel:
+            _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE, FLAGS, N_STATES,
+                          PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
+
+
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+@dataclass(frozen=True)
+class TensorSlots:
+    """One parameter as the kernel sees it: param, grad, its state tensors and its fp32 scalars."""
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    states: tuple[torch.Tensor, ...] = ()
+    scalars: tuple[torch.Tensor, ...] = ()
+
+    def tensors(self):
+        return (self.param, self.grad, *self.states)
+
+    def launch_key(self):
+        """Tensors that share this key share one launch."""
+        aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in self.tensors())
+        state_dtype = self.states[0].dtype if self.states else self.param.dtype
+        return (self.param.device, self.param.dtype, state_dtype, aligned)
+
+
+_chunk_maps: dict = {}
+
+
+def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
+    """For each program, which tensor and which chunk of it: cached, sizes rarely change."""
+    key = (numels, chunk_size, device)
+    if key not in _chunk_maps:
+        chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
+        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+        first_chunk = torch.cumsum(chunks, 0) - chunks
+        chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
+        _chunk_maps[key] = (chunk_tensor.to(torch.int32).to(device), chunk_index.to(torch.int32).to(device))
+    return _chunk_maps[key]
+
+
+def _pointer_table(slots: Sequence[TensorSlots], device: torch.device) -> torch.Tensor:
+    rows = [[s.param.numel()] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)] for s in slots]
+    table = torch.tensor(rows, dtype=torch.int64)
+    if device.type == "cpu":
+        return table
+    return table.pin_memory().to(device, non_blocking=True)
+
+
+def check_slots(slots: Sequence[TensorSlots]):
+    """What a kernel needs of its tensors; raised before any launch so nothing is half-updated."""
+    for i, s in enumerate(slots):
+        if s.param.dtype not in _TRITON_DTYPES:
+            raise TypeError(f"tensor {i}: the Triton kernels support {list(_TRITON_DTYPES)}, not {s.param.dtype}; "
+                            "use impl='reference' for other dtypes")
+        for name, t in zip(("param", "grad", *("state",) * len(s.states)), s.tensors()):
+            if not t.is_contiguous():
+                raise ValueError(f"tensor {i}: the {name} is not contiguous; the fused kernel walks memory "
+                                 "linearly. Make it contiguous or use impl='reference'")
+            if t.device != s.param.device:
+                raise ValueError(f"tensor {i}: the {name} is on {t.device}, its param on {s.param.device}")
+        if s.grad.dtype != s.param.dtype or s.grad.shape != s.param.shape:
+            raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}, {tuple(s.grad.shape)}) does not match "
+                             f"its param ({s.param.dtype}, {tuple(s.param.shape)})")
+        if len({t.dtype for t in s.states}) > 1:
+            raise ValueError(f"tensor {i}: all state tensors of one param must share a dtype")
+        for t in s.scalars:
+            if t.dtype != torch.float32 or t.numel() != 1 or t.device != s.param.device:
+                raise ValueError(f"tensor {i}: per-tensor scalars must be one-element fp32 tensors on "
+                                 f"{s.param.device}, got {t.dtype} with {t.numel()} elements on {t.device}")
+
+
+def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str):
+    """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key."""
+    check_slots(slots)
+    launches: dict = {}
+    for s in slots:
+        if s.param.numel() > 0:
+            launches.setdefault(s.launch_key(), []).append(s)
+    for (device, param_dtype, state_dtype, aligned), group in launches.items():
+        n_states, n_scalars = len(group[0].states), len(group[0].scalars)
+        if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in group):
+            raise ValueError("every tensor of one launch needs the same number of states and scalars")
+        numels = tuple(s.param.numel() for s in group)
+        config = launch_config(rule_name, param_dtype, max(numels), device)
+        chunk_size = config.block_size * config.blocks_per_program
+        chunk_tensor, chunk_index = _chunk_map(numels, chunk_size, device)
+        device_hyper = tuple(h.to(device) if isinstance(h, torch.Tensor) else h for h in hyper)
+        multi_tensor_update_kernel[(len(chunk_tensor),)](
+            _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper,
+            update, flags, n_states, n_scalars,
+            _TRITON_DTYPES[param_dtype], _TRITON_DTYPES[state_dtype], aligned,
+            BLOCK_SIZE=config.block_size, BLOCKS_PER_PROGRAM=config.blocks_per_program,
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )

@@ -1,0 +1,158 @@
+"""The one optimizer base class: param groups, lazy state, validation, and the dispatch between the
+reference and the fused Triton step. A rule adds nothing here; it is a row of optim.registry."""
+import inspect
+import itertools
+
+import torch
+
+from kernels import TensorSlots, multi_tensor_update
+from kernels.launcher import INTERPRETED, check_slots
+from optim.validation import check_grad, check_hyperparameters, check_param
+
+IMPLS = ("auto", "triton", "reference")
+# torch.optim's switches between its own implementations; ours is `impl`.
+TORCH_IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of every optimizer here; subclasses are made from registry rows by ``optimizer_class``.
+
+    ``impl``: "reference" runs the rule's pure-PyTorch oracle; "triton" the fused multi-tensor
+    kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
+    can run and supports the params' dtype, the reference elsewhere. ``state_dtype``: the dtype of
+    the element-wise state tensors (default: each param's own dtype, as torch.optim).
+    """
+
+    rule = None  # set on each subclass: its optim.registry.Rule
+
+    def __init__(self, params, defaults, impl="auto", state_dtype=None):
+        if impl not in IMPLS:
+            raise ValueError(f"{self.rule.name}: impl={impl!r} is not one of {IMPLS}")
+        if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
+            raise ValueError(f"{self.rule.name}: state_dtype={state_dtype!r} must be a floating-point torch.dtype or None")
+        check_hyperparameters(self.rule.name, defaults, self.rule.defaults, "the optimizer's arguments")
+        self.impl = impl
+        self.state_dtype = state_dtype
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        try:
+            check_hyperparameters(self.rule.name, group, self.rule.defaults, f"param group {index}")
+            for i, param in enumerate(group["params"]):
+                check_param(self.rule.name, param, f"param {i} of param group {index}")
+        except (TypeError, ValueError):
+            self.param_groups.pop()  # the group was not valid: leave the optimizer as it was
+            raise
+
+    def _resolve_impl(self, params, where):
+        on_cuda = all(p.is_cuda for p in params)
+        runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in params))
+        supported = all(p.dtype in self.rule.dtypes for p in params)
+        if self.impl == "auto":
+            return "triton" if runnable and supported else "reference"
+        if self.impl == "triton" and not runnable:
+            raise RuntimeError(f"{self.rule.name}: impl='triton' needs the params of {where} on a CUDA device, or "
+                               "on the CPU with TRITON_INTERPRET=1 set before triton is imported; "
+                               "use impl='reference' or impl='auto'")
+        if self.impl == "triton":
+            check_slots([TensorSlots(p, p.grad) for p in params])
+        return self.impl
+
+    def _init_state(self, param, group):
+        state = self.state[param]
+        if not state:
+            dtype = self.state_dtype or param.dtype
+            for name in self.rule.scalar_states:
+                state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
+            for name in self.rule.state_names(group):
+                state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
+        return state
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Every check runs before any tensor changes: a bad group never leaves others half-updated.
+        work = []
+        for index, group in enumerate(self.param_groups):
+            where = f"param group {index}"
+            check_hyperparameters(self.rule.name, group, self.rule.defaults, where, host_values_only=True)
+            params = [p for p in group["params"] if p.grad is not None]
+            for i, param in enumerate(params):
+                check_grad(self.rule.name, param, f"param {i} of {where}")
+            if params:
+                work.append((group, params, self._resolve_impl(params, where)))
+        for group, params, impl in work:
+            grads = [p.grad for p in params]
+            states = [self._init_state(p, group) for p in params]
+            if impl == "reference":
+                self.rule.reference(params, grads, states, group)
+            else:
+                self._fused_step(group, params, grads, states)
+        return loss
+
+    def _fused_step(self, group, params, grads, states):
+        rule = self.rule
+        if "step" in rule.scalar_states:
+            torch._foreach_add_([state["step"] for state in states], 1.0)  # one launch for the group
+        if rule.tensor_scalars is not None:
+            scalars = rule.tensor_scalars(group, params, grads, states)
+        else:
+            scalars = [tuple(state[name] for name in rule.scalar_states) for state in states]
+        names = rule.state_names(group)
+        slots = [TensorSlots(p, g, tuple(state[n] for n in names), s)
+                 for p, g, state, s in zip(params, grads, states, scalars)]
+        hyper, flags = rule.kernel_arguments(group)
+        multi_tensor_update(rule.update, slots, hyper, flags, rule.name)
+
+    def load_state_dict(self, state_dict):
+        """torch.optim's load, then each state back in this optimizer's state dtype and the scalar
+        states (the step) on the param's device, where the fused kernel reads them."""
+        super().load_state_dict(state_dict)
+        saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, param in zip(saved_ids, params):
+            for name, value in state_dict["state"].get(saved_id, {}).items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if name in self.rule.scalar_states:
+                    self.state[param][name] = value.to(device=param.device, dtype=torch.float32)
+                else:
+                    dtype = self.state_dtype or param.dtype
+                    self.state[param][name] = value.to(device=param.device, dtype=dtype, copy=True)
+
+
+def optimizer_class(rule):
+    """The torch.optim.Optimizer subclass for one registry row, with the row's signature."""
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                  inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+                   for name, default in rule.defaults.items()]
+    parameters += [inspect.Parameter("impl", inspect.Parameter.KEYWORD_ONLY, default="auto"),
+                   inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    signature = inspect.Signature(parameters)
+
+    def __init__(self, *args, **kwargs):
+        for switch in TORCH_IMPLEMENTATION_SWITCHES:
+            if switch in kwargs:
+                raise TypeError(f"{rule.name}: {switch}= selects one of torch.optim's implementations; here "
+                                "impl='auto' | 'triton' | 'reference' chooses between the fused kernel and the reference")
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{rule.name}: {error}; its arguments are {list(signature.parameters)[2:]}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        params, impl, state_dtype = arguments.pop("params"), arguments.pop("impl"), arguments.pop("state_dtype")
+        FusedOptimizer.__init__(self, params, arguments, impl=impl, state_dtype=state_dtype)
+
+    __init__.__signature__ = signature
+    doc = f"{rule.summary}.\n\nThe equations: optim.reference.{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}"
+    return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,
+                                              "__module__": "optim", "__qualname__": rule.name})

@@ -1,0 +1,21 @@
+import torch
+
+
+def lion(params, grads, states, group):
+    r"""Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023), as lion-pytorch.
+
+    .. math::
+        θ ← θ(1 − ηλ), \qquad c = β_1 m + (1 − β_1) g, \qquad θ ← θ − η\,\mathrm{sign}(c),
+        \qquad m ← β_2 m + (1 − β_2) g.
+
+    State per param: exp_avg (m).
+    """
+    lr, (beta1, beta2), weight_decay = float(group["lr"]), group["betas"], group["weight_decay"]
+    for param, grad, state in zip(params, grads, states):
+        theta, g, exp_avg = param.float(), grad.float(), state["exp_avg"].float()
+        theta = theta * (1 - lr * weight_decay)  # decoupled weight decay
+        update = torch.sign(beta1 * exp_avg + (1 - beta1) * g)  # sign of the interpolated momentum
+        theta = theta - lr * update
+        exp_avg = beta2 * exp_avg + (1 - beta2) * g  # the momentum moves with the slower β2
+        param.copy_(theta)
+        state["exp_avg"].copy_(exp_avg)

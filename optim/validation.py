@@ -1,0 +1,98 @@
+"""Checks of hyperparameters by name, shared by every rule: a rule that declares ``betas`` gets the
+``betas`` check. Each error names the rule, the parameter, the group and what to do instead."""
+import numbers
+
+import torch
+
+
+def _number(value) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError("a tensor hyperparameter must be a one-element floating-point tensor")
+        return value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"expected a real number, got {type(value).__name__}")
+    return float(value)
+
+
+def _at_least_zero(value):
+    if not _number(value) >= 0.0:  # written so that NaN fails too
+        return "must be >= 0"
+
+
+def _fraction(value):
+    if not 0.0 <= _number(value) < 1.0:
+        return "must be in [0, 1)"
+
+
+def _betas(value):
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return "must be a pair (beta1, beta2)"
+    for i, beta in enumerate(value):
+        if not 0.0 <= _number(beta) < 1.0:
+            return f"must have each beta in [0, 1); beta{i + 1}={beta}"
+
+
+def _flag(value):
+    if not isinstance(value, bool):
+        return "must be True or False"
+
+
+def _positive_integer(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        return "must be an integer >= 1"
+
+
+def _shrink(value):
+    if not 0.0 < _number(value) <= 1.0:
+        return "must be in (0, 1]"
+
+
+CHECKS = {
+    "lr": _at_least_zero,
+    "eps": _at_least_zero,
+    "weight_decay": _at_least_zero,
+    "betas": _betas,
+    "beta": _fraction,
+    "amsgrad": _flag,
+    "maximize": _flag,
+    "grad_accum_steps": _positive_integer,
+    "shrink_ratio": _shrink,
+}
+
+
+def check_hyperparameters(rule_name: str, group: dict, names, where: str, host_values_only=False):
+    """Raise ValueError for the first invalid hyperparameter of ``group`` among ``names``.
+
+    With ``host_values_only`` (the check run at every step) tensors are skipped: reading a device
+    tensor would cost a host sync on every step.
+    """
+    for name in names:
+        value = group[name]
+        if host_values_only and isinstance(value, torch.Tensor):
+            continue
+        try:
+            problem = CHECKS[name](value)
+        except ValueError as error:
+            problem = str(error)
+        if problem:
+            raise ValueError(f"{rule_name}: invalid {name}={value!r} in {where}: {name} {problem}")
+
+
+def check_param(rule_name: str, param, where: str):
+    if not isinstance(param, torch.Tensor):
+        raise TypeError(f"{rule_name}: {where} is a {type(param).__name__}, not a tensor")
+    if param.is_complex() or not param.is_floating_point():
+        raise TypeError(f"{rule_name}: {where} has dtype {param.dtype}; only real floating-point params "
+                        "can be optimized (for complex params, optimize torch.view_as_real(param))")
+
+
+def check_grad(rule_name: str, param, where: str):
+    grad = param.grad
+    if grad.is_sparse:
+        raise RuntimeError(f"{rule_name}: {where} has a sparse gradient, which {rule_name} does not support; "
+                           "use dense gradients (e.g. nn.Embedding(sparse=False))")
+    if grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
+        raise ValueError(f"{rule_name}: the gradient of {where} is {grad.dtype} {tuple(grad.shape)} on {grad.device}, "
+                         f"its param {param.dtype} {tuple(param.shape)} on {param.device}; they must match")
+
