@@ -120,11 +120,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             for name, value in state_dict["state"].get(saved_id, {}).items():
                 if not isinstance(value, torch.Tensor):
                     continue
-                if name in self.rule.scalar_states:
-                    self.state[param][name] = value.to(device=param.device, dtype=torch.float32)
-                else:
-                    dtype = self.state_dtype or param.dtype
-                    self.state[param][name] = value.to(device=param.device, dtype=dtype, copy=True)
+                # copy=True: the caller's dict may hold the very tensors another optimizer is using
+                dtype = torch.float32 if name in self.rule.scalar_states else self.state_dtype or param.dtype
+                self.state[param][name] = value.to(device=param.device, dtype=dtype, copy=True)
 
 
 def optimizer_class(rule):

@@ -1,0 +1,43 @@
+"""Shared test set-up: Triton runs on the GPU when there is one, else under the CPU interpreter."""
+import os
+
+import torch
+
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported
+
+import pytest  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def assert_close(actual, expected, tolerance, what, allowed_mismatches=0):
+    """allclose that says what differs: NaN/inf mismatches, the worst element, the first bad indices."""
+    actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
+    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    nan_mismatch = torch.isnan(actual) != torch.isnan(expected)
+    assert not nan_mismatch.any(), f"{what}: NaN at different places, first {nan_mismatch.nonzero()[:5].tolist()}"
+    bad = ~torch.isclose(actual, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
+    if int(bad.sum()) > allowed_mismatches:
+        error = (actual - expected).abs().nan_to_num()
+        worst = error.flatten().argmax()
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {actual.numel()} elements differ beyond atol={tolerance.atol}, "
+            f"rtol={tolerance.rtol} ({allowed_mismatches} allowed); worst |diff| {error.max().item():.3e} "
+            f"at flat index {worst.item()} ({actual.flatten()[worst].item()} vs {expected.flatten()[worst].item()}); "
+            f"first bad indices {bad.nonzero()[:5].tolist()}")
+
+
+def make_params(shapes, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=generator).to(device=DEVICE, dtype=dtype) for shape in shapes]
+
+
+def random_grads(params, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(p.shape, generator=generator).to(device=p.device, dtype=p.dtype) for p in params]
+
+
+@pytest.fixture
+def device():
+    return DEVICE

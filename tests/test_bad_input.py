@@ -1,0 +1,143 @@
+"""Bad input gets an error that names the parameter, raised before any tensor is modified."""
+import pytest
+import torch
+
+import optim
+from kernels import launcher
+from optim.registry import RULES
+from tests.conftest import make_params, random_grads
+
+RULE_NAMES = list(RULES)
+# name -> (a bad value, text the message must contain)
+BAD_VALUES = {
+    "lr": [(-1e-3, "lr"), (float("nan"), "lr"), ("fast", "lr"), (torch.tensor([1e-3, 1e-3]), "lr")],
+    "eps": [(-1e-8, "eps")],
+    "weight_decay": [(-0.1, "weight_decay")],
+    "betas": [((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "betas")],
+    "beta": [(1.0, "beta"), (-0.5, "beta")],
+    "amsgrad": [("yes", "amsgrad")],
+    "maximize": [(1, "maximize")],
+    "grad_accum_steps": [(0, "grad_accum_steps"), (2.5, "grad_accum_steps")],
+    "shrink_ratio": [(0.0, "shrink_ratio"), (1.5, "shrink_ratio")],
+}
+CASES = [pytest.param(rule, name, value, text, id=f"{rule}-{name}={value!r}"[:60])
+         for rule in RULE_NAMES for name in RULES[rule].defaults for value, text in BAD_VALUES[name]]
+
+
+def snapshot(optimizer, params):
+    return [p.detach().clone() for p in params], {
+        id(p): {k: v.clone() for k, v in optimizer.state[p].items()} for p in params}
+
+
+def assert_untouched(optimizer, params, before):
+    saved_params, saved_state = before
+    for param, saved in zip(params, saved_params):
+        assert torch.equal(param, saved), "a param changed although the step raised"
+        for name, value in optimizer.state[param].items():
+            assert torch.equal(value, saved_state[id(param)][name]), f"state {name} changed although the step raised"
+
+
+def stepped_optimizer(rule, impl="triton"):
+    """Two groups, one step taken so that state exists: a failing second step must leave it all alone."""
+    params = make_params([(33,), (65,)], torch.float32)
+    optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]]}], impl=impl)
+    for param, grad in zip(params, random_grads(params, seed=0)):
+        param.grad = grad
+    optimizer.step()
+    return optimizer, params
+
+
+def test_every_hyperparameter_has_a_check_and_a_bad_value():
+    from optim.validation import CHECKS
+    for rule in RULES.values():
+        for name in rule.defaults:
+            assert name in CHECKS and name in BAD_VALUES, f"{rule.name}.{name} has no check or no bad value"
+
+
+@pytest.mark.parametrize("rule, name, value, text", CASES)
+def test_bad_hyperparameter_at_construction(rule, name, value, text):
+    with pytest.raises(ValueError, match=text):
+        getattr(optim, rule)([torch.zeros(3)], **{name: value})
+
+
+@pytest.mark.parametrize("rule, name, value, text", CASES)
+def test_bad_hyperparameter_in_added_group(rule, name, value, text):
+    optimizer = getattr(optim, rule)([torch.zeros(3)])
+    with pytest.raises(ValueError, match=text):
+        optimizer.add_param_group({"params": [torch.zeros(2)], name: value})
+    assert len(optimizer.param_groups) == 1, "the bad group was kept"
+
+
+@pytest.mark.parametrize("rule, name, value, text", [c for c in CASES if not isinstance(c.values[2], torch.Tensor)])
+def test_bad_hyperparameter_set_later_fails_the_step_before_any_update(rule, name, value, text):
+    optimizer, params = stepped_optimizer(rule)
+    optimizer.param_groups[1][name] = value  # as a careless scheduler could
+    before = snapshot(optimizer, params)
+    with pytest.raises(ValueError, match=f"{text}.*param group 1|param group 1.*{text}"):
+        optimizer.step()
+    assert_untouched(optimizer, params, before)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool])
+def test_complex_or_integer_params_are_refused(rule, dtype):
+    with pytest.raises(TypeError, match=f"param 1 of param group 0 has dtype {dtype}"):
+        getattr(optim, rule)([torch.zeros(3), torch.zeros(3, dtype=dtype)])
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("bad_grad, text", [
+    (lambda p: torch.zeros(p.numel() + 1), "gradient of param 0 of param group 1 is torch.float32 \\(66,\\)"),
+    (lambda p: torch.zeros(p.shape, dtype=torch.float64), "gradient of param 0 of param group 1 is torch.float64"),
+    (lambda p: torch.zeros(p.shape).to_sparse(), "param 0 of param group 1 has a sparse gradient"),
+], ids=["shape", "dtype", "sparse"])
+def test_bad_gradient_fails_the_step_before_any_update(rule, impl, bad_grad, text):
+    optimizer, params = stepped_optimizer(rule, impl)
+    for param, grad in zip(params, random_grads(params, seed=1)):
+        param.grad = grad
+    grad = bad_grad(params[1])
+    if grad.is_sparse:
+        params[1].grad = grad
+    else:
+        params[1].grad.data = grad  # torch checks `p.grad = g`, but not this
+    before = snapshot(optimizer, params)
+    with pytest.raises((ValueError, RuntimeError), match=text):
+        optimizer.step()
+    assert_untouched(optimizer, params, before)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_unknown_impl_and_torch_switches(rule):
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        getattr(optim, rule)([torch.zeros(3)], impl="cuda")
+    with pytest.raises(TypeError, match="fused=.*impl="):
+        getattr(optim, rule)([torch.zeros(3)], fused=True)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'momentum'"):
+        getattr(optim, rule)([torch.zeros(3)], momentum=0.9)
+    with pytest.raises(ValueError, match="state_dtype"):
+        getattr(optim, rule)([torch.zeros(3)], state_dtype=torch.int32)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_triton_refuses_what_the_kernel_cannot_run(rule, monkeypatch):
+    """fp64 params, non-contiguous params, and CPU params without the interpreter: a clear error from
+    impl='triton' (before any update), the reference from impl='auto'."""
+    param = torch.randn(4, 6, dtype=torch.float64)
+    param.grad = torch.randn_like(param)
+    with pytest.raises(TypeError, match="float64.*impl='reference'"):
+        getattr(optim, rule)([param], impl="triton").step()
+    getattr(optim, rule)([param], impl="auto").step()
+
+    strided = torch.randn(6, 4).t()
+    strided.grad = torch.randn(6, 4).t()
+    with pytest.raises(ValueError, match="not contiguous"):
+        getattr(optim, rule)([strided], impl="triton").step()
+
+    if not torch.cuda.is_available():
+        monkeypatch.setattr("optim.base.INTERPRETED", False)
+        cpu_param = torch.randn(3)
+        cpu_param.grad = torch.randn(3)
+        with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+            getattr(optim, rule)([cpu_param], impl="triton").step()
+        assert launcher.INTERPRETED  # the monkeypatch touched only the optimizer's view

@@ -1,0 +1,135 @@
+"""What every optimizer of the registry must do as a torch.optim.Optimizer, in both impls."""
+import copy
+import inspect
+
+import pytest
+import torch
+
+import optim
+from optim.registry import RULES, Tolerance
+from tests.conftest import assert_close, make_params, random_grads
+
+IMPLS = ("triton", "reference")
+SHAPES = [(257,), (3, 65)]
+
+
+def rule_cases():
+    return [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in RULES.values() for impl in IMPLS]
+
+
+def train(optimizer, params, steps, first_step=0, scheduler=None):
+    for step in range(first_step, first_step + steps):
+        for param, grad in zip(params, random_grads(params, seed=step)):
+            param.grad = grad
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+def assert_same_run(params, optimizer, other_params, other, tolerance, what):
+    for i, (param, other_param) in enumerate(zip(params, other_params)):
+        assert_close(param, other_param, tolerance, f"{what}: param {i}")
+        for name, value in optimizer.state[param].items():
+            assert_close(value, other.state[other_param][name], tolerance, f"{what}: state {name} of param {i}")
+
+
+@pytest.mark.parametrize("rule, impl", rule_cases())
+def test_param_groups_with_their_own_lr_and_weight_decay(rule, impl):
+    """Two groups in one optimizer = each group in an optimizer of its own."""
+    params = make_params(SHAPES, torch.float32)
+    groups = [{"params": [params[0]], "lr": 1e-2, "weight_decay": 0.0},
+              {"params": [params[1]], "lr": 3e-3, "weight_decay": 0.2}]
+    both = getattr(optim, rule.name)(groups, impl=impl)
+    alone = [make_params(SHAPES, torch.float32)[i:i + 1] for i in range(2)]
+    separate = [getattr(optim, rule.name)(alone[i], lr=g["lr"], weight_decay=g["weight_decay"], impl=impl)
+                for i, g in enumerate(groups)]
+    for step in range(5):
+        grads = random_grads(params, seed=step)
+        for i in range(2):
+            params[i].grad, alone[i][0].grad = grads[i], grads[i].clone()
+            separate[i].step()
+        both.step()
+    for i in range(2):
+        assert_same_run([params[i]], both, alone[i], separate[i], rule.tolerances[torch.float32], f"group {i}")
+
+
+@pytest.mark.parametrize("rule, impl", rule_cases())
+def test_lr_scheduler_changes_lr_mid_run(rule, impl):
+    """A torch.optim.lr_scheduler drives our lr; the triton run tracks the reference run."""
+    runs = []
+    for this_impl in (impl, "reference"):
+        params = make_params(SHAPES, torch.float32)
+        optimizer = getattr(optim, rule.name)(params, lr=1e-2, impl=this_impl)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.1)
+        train(optimizer, params, 7, scheduler=scheduler)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+        runs.append((params, optimizer))
+    assert_same_run(*runs[0], *runs[1], rule.tolerances[torch.float32], f"{rule.name} with StepLR")
+
+
+@pytest.mark.parametrize("rule, impl", rule_cases())
+def test_lr_as_tensor_changed_in_place(rule, impl):
+    """An lr given as a tensor and changed with fill_ each step: the kernel reads the new value."""
+    lr = torch.tensor(1e-2)
+    params, ref_params = make_params(SHAPES, torch.float32), make_params(SHAPES, torch.float32)
+    optimizer = getattr(optim, rule.name)(params, lr=lr, impl=impl)
+    reference = getattr(optim, rule.name)(ref_params, lr=1e-2, impl="reference")
+    for step in range(4):
+        value = 1e-2 / (step + 1)
+        lr.fill_(value)
+        reference.param_groups[0]["lr"] = value
+        train(optimizer, params, 1, first_step=step)
+        train(reference, ref_params, 1, first_step=step)
+    assert_same_run(params, optimizer, ref_params, reference, rule.tolerances[torch.float32], "tensor lr")
+
+
+@pytest.mark.parametrize("rule, impl", rule_cases())
+def test_param_without_grad_is_skipped(rule, impl):
+    params = make_params(SHAPES, torch.float32)
+    frozen = params[1].clone()
+    optimizer = getattr(optim, rule.name)(params, impl=impl)
+    for step in range(3):
+        params[0].grad = random_grads(params, seed=step)[0]
+        params[1].grad = None
+        optimizer.step()
+    assert torch.equal(params[1], frozen), "a param whose grad is None changed"
+    assert len(optimizer.state[params[1]]) == 0, "a param whose grad is None got state"
+    assert len(optimizer.state[params[0]]) > 0
+
+
+@pytest.mark.parametrize("rule, impl", rule_cases())
+def test_state_dict_resume_equals_uninterrupted_run(rule, impl):
+    params = make_params(SHAPES, torch.float32)
+    optimizer = getattr(optim, rule.name)(params, impl=impl)
+    train(optimizer, params, 3)
+    checkpoint = copy.deepcopy((optimizer.state_dict(), [p.detach().clone() for p in params]))
+    train(optimizer, params, 4, first_step=3)
+
+    state_dict, saved = checkpoint
+    resumed_params = [p.clone() for p in saved]
+    resumed = getattr(optim, rule.name)(resumed_params, impl=impl)
+    resumed.load_state_dict(state_dict)
+    train(resumed, resumed_params, 4, first_step=3)
+    assert_same_run(params, optimizer, resumed_params, resumed, Tolerance(atol=0.0, rtol=0.0), "resumed run")
+
+
+@pytest.mark.parametrize("rule", RULES.values(), ids=RULES.keys())
+def test_closure_is_evaluated_with_grad_enabled(rule):
+    param = torch.nn.Parameter(torch.ones(3))
+    optimizer = getattr(optim, rule.name)([param])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = (param ** 2).sum()
+        loss.backward()
+        return loss
+
+    assert optimizer.step(closure).item() == pytest.approx(3.0)
+    assert not torch.equal(param.detach(), torch.ones(3))
+
+
+def test_signature_is_the_rules():
+    for rule in RULES.values():
+        parameters = inspect.signature(getattr(optim, rule.name)).parameters
+        assert list(parameters)[1:-2] == list(rule.defaults), rule.name
+        assert {name: parameters[name].default for name in rule.defaults} == rule.defaults
