@@ -233,4 +233,7 @@ def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flag
             _TRITON_DTYPES[param_dtype], _TRITON_DTYPES[state_dtype], aligned,
             BLOCK_SIZE=config.block_size, BLOCKS_PER_PROGRAM=config.blocks_per_program,
             num_warps=config.num_warps, num_stages=config.num_stages,
+            # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
+            # default (off) does not silently change the rounding.
+            enable_fp_fusion=True,
         )

@@ -1,0 +1,95 @@
+"""Compile every rule's fused kernel for a GPU target on a machine without a GPU, and report the width
+of its global loads and stores from the PTX.
+
+Kernel engineers: this is how to see, without a GPU, that a full block of a 16-byte aligned launch
+reads and writes with 128-bit accesses (ld.global.v4 / st.global.v4) and only the masked tail and
+unaligned launches fall back to scalar ones. It drives a real optimizer step for each registry row on
+CPU tensors through the real host path (state, pointer table, arguments), but each `kernel[grid](...)`
+only compiles (triton's `warmup`, with triton's bundled ptxas) against a stand-in driver that names
+the target; nothing runs. Must be run without TRITON_INTERPRET.
+"""
+import argparse
+import json
+import os
+import re
+from collections import Counter
+
+import torch
+from triton.backends.compiler import GPUTarget
+from triton.runtime import driver
+
+
+class CompileOnlyDriver:
+    """Enough of a triton driver to compile for `target`: no device is touched."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+class CompileOnly:
+    """Stands in for the kernel object: `kernel[grid](...)` compiles and records, never launches."""
+
+    def __init__(self, kernel):
+        self.kernel, self.compiled = kernel, []
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.compiled.append(self.kernel.warmup(*args, grid=grid, **kwargs))
+
+
+def access_widths(ptx: str) -> dict:
+    return dict(Counter(re.findall(r"(?:ld|st)\.global(?:\.v\d)?\.b\d+", ptx)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper (default)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
+    driver.set_active(CompileOnlyDriver(GPUTarget("cuda", args.arch, 32)))
+
+    import autotune
+    import optim
+    import optim.base
+    from kernels import launcher
+
+    optim.base.INTERPRETED = True  # let impl="triton" take CPU tensors: they are only described, never read
+    launcher.launch_config = lambda rule, dtype, numel, device: autotune.DEFAULT_CONFIGS[
+        torch.empty((), dtype=dtype).element_size()]
+    results = {}
+    for name, rule in optim.RULES.items():
+        for dtype in rule.dtypes:
+            compile_only = CompileOnly(launcher.multi_tensor_update_kernel)
+            launcher.multi_tensor_update_kernel = compile_only
+            try:
+                params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                getattr(optim, name)(params, impl="triton").step()
+            finally:
+                launcher.multi_tensor_update_kernel = compile_only.kernel
+            (kernel,) = compile_only.compiled
+            results[f"{name} {str(dtype)[6:]}"] = access_widths(kernel.asm["ptx"])
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"global accesses in the PTX for sm_{args.arch} (per thread; full blocks first, then the masked tail)")
+    for key, widths in results.items():
+        print(f"{key:>18}: " + ", ".join(f"{k} ×{v}" for k, v in sorted(widths.items())))
+
+
+if __name__ == "__main__":
+    main()
