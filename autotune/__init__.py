@@ -5,7 +5,6 @@ Under the Triton interpreter nothing is ever benchmarked (there is no device to 
 interpreter configuration is fixed, and small enough that test tensors of a few thousand elements
 still span several chunks, so the chunk map and the masked tail are exercised.
 """
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,13 +28,10 @@ DEFAULT_CONFIGS = {
 INTERPRETER_CONFIG = LaunchConfig(block_size=1024, blocks_per_program=1, num_warps=1, num_stages=1)
 
 
-def interpreting() -> bool:
-    """True when Triton kernels run on the CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def launch_config(rule_name: str, dtype: torch.dtype, numel: int, device: torch.device) -> LaunchConfig:
-    """The launch configuration for one rule, storage dtype and largest tensor size on ``device``."""
-    if device.type == "cpu" or interpreting():
+    """The launch configuration for one rule, storage dtype and largest tensor size on ``device``.
+
+    Kernels meet CPU tensors only under the interpreter, so the device alone tells the two apart."""
+    if device.type == "cpu":
         return INTERPRETER_CONFIG
     return DEFAULT_CONFIGS[torch.empty((), dtype=dtype).element_size()]
