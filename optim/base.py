@@ -151,6 +151,6 @@ def optimizer_class(rule):
         FusedOptimizer.__init__(self, params, arguments, impl=impl, state_dtype=state_dtype)
 
     __init__.__signature__ = signature
-    doc = f"{rule.summary}.\n\nThe equations: optim.reference.{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}"
+    doc = f"{rule.summary}.\n\nThe equations: {rule.reference.__module__}.{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}"
     return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,
                                               "__module__": "optim", "__qualname__": rule.name})

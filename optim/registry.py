@@ -11,7 +11,9 @@ import torch
 from kernels.adam import adam_arguments, adam_update, adamw_arguments
 from kernels.lion import lion_arguments, lion_update
 from kernels.tiger import tiger_arguments, tiger_tensor_scalars, tiger_update
-from optim import reference
+from optim.reference.adam import adam, adamw
+from optim.reference.lion import lion
+from optim.reference.tiger import tiger
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -82,28 +84,28 @@ RULES = {
         Rule(
             name="Adam",
             summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
-            reference=reference.adam, update=adam_update, kernel_arguments=adam_arguments,
+            reference=adam, update=adam_update, kernel_arguments=adam_arguments,
             defaults=ADAM_DEFAULTS, states=ADAM_STATES, scalar_states=("step",),
             torch_twin=torch.optim.Adam,
         ),
         Rule(
             name="AdamW",
             summary="Adam with decoupled weight decay θ ← θ(1 − ηλ) (Loshchilov & Hutter 2019)",
-            reference=reference.adamw, update=adam_update, kernel_arguments=adamw_arguments,
+            reference=adamw, update=adam_update, kernel_arguments=adamw_arguments,
             defaults={**ADAM_DEFAULTS, "weight_decay": 1e-2}, states=ADAM_STATES, scalar_states=("step",),
             torch_twin=torch.optim.AdamW,
         ),
         Rule(
             name="Lion",
             summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
-            reference=reference.lion, update=lion_update, kernel_arguments=lion_arguments,
+            reference=lion, update=lion_update, kernel_arguments=lion_arguments,
             defaults=dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
         ),
         Rule(
             name="Tiger",
             summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
-            reference=reference.tiger, update=tiger_update, kernel_arguments=tiger_arguments,
+            reference=tiger, update=tiger_update, kernel_arguments=tiger_arguments,
             defaults=dict(lr=1e-3, beta=0.965, weight_decay=0.01, grad_accum_steps=1, shrink_ratio=0.99),
             states=(State("m"),), scalar_states=("step",), tensor_scalars=tiger_tensor_scalars,
             sign_flip_fraction=1e-4, extra_param_reads=1,
