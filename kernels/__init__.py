@@ -1,4 +1,5 @@
-"""Triton kernels: one shared multi-tensor launcher and one math file per update rule."""
-from kernels.launcher import TensorSlots, hyperparameter, multi_tensor_update, sign
+"""Triton kernels: one shared multi-tensor launcher, shared math helpers, and one math file per rule."""
+from kernels.elementwise import coupled_gradient, hyperparameter, sign
+from kernels.launcher import TensorSlots, multi_tensor_reduce, multi_tensor_update
 
-__all__ = ["TensorSlots", "hyperparameter", "multi_tensor_update", "sign"]
+__all__ = ["TensorSlots", "coupled_gradient", "hyperparameter", "multi_tensor_reduce", "multi_tensor_update", "sign"]

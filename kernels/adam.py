@@ -6,7 +6,7 @@ The equations, and torch's order of operations that this math follows, are in
 import triton
 import triton.language as tl
 
-from kernels.launcher import hyperparameter
+from kernels.elementwise import coupled_gradient, hyperparameter
 
 
 @triton.jit
@@ -19,12 +19,11 @@ def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     step = scalars[0]  # already counts this step: 1 on the first
     exp_avg = states[0]
     exp_avg_sq = states[1]
-    if MAXIMIZE:
-        grad = -grad
     if DECOUPLED_WEIGHT_DECAY:
         param = param * (1.0 - lr * weight_decay)
+        grad = coupled_gradient(grad, param, 0.0, MAXIMIZE)
     else:
-        grad = grad + weight_decay * param
+        grad = coupled_gradient(grad, param, weight_decay, MAXIMIZE)
     exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)  # torch's lerp_ for weights below 0.5
     exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
     # beta ** step as exp2(step * log2(beta)): fp32 throughout, no host value of the step needed

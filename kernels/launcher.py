@@ -8,9 +8,14 @@ A rule contributes only its math, a ``@triton.jit`` function with this signature
   upcast from their storage dtype; the launcher rounds what the rule returns back to storage.
 - ``scalars`` is a tuple of fp32 values, one per tensor (the step counter, Tiger's lr multiplier...).
 - ``hyper`` is the tuple of group hyperparameters exactly as the rule's host code passed it: Python
-  floats, or 0-d device tensors that ``hyperparameter()`` reads. Neither recompiles when its value
-  changes (Triton specialises integers, not floats, and a tensor is only a pointer).
+  floats, or 0-d device tensors that ``kernels.elementwise.hyperparameter()`` reads. Neither
+  recompiles when its value changes (Triton specialises integers, not floats; a tensor is a pointer).
 - ``FLAGS`` is a tuple of compile-time options (amsgrad, maximize, ...): one compiled variant each.
+  A tensor's own flags (``TensorSlots.flags``: a state's first step) follow the rule's.
+
+``multi_tensor_reduce`` walks the same table with a ``reduce`` function of the same arguments that
+returns fp32 terms, and adds their sum to a device scalar: a group-wide dot product or norm with no
+host sync.
 
 Everything else belongs here: the table of pointers and sizes (one row per tensor), the map from
 program to (tensor, chunk) that torch's multi_tensor_apply also builds, int64 offsets, the masked
@@ -27,27 +32,6 @@ from triton.runtime.interpreter import InterpretedFunction
 from autotune import launch_config
 
 ALIGNMENT_BYTES = 16  # a 16-byte aligned tensor can be read with 128-bit vector loads
-
-
-@triton.jit
-def hyperparameter(value):
-    """A hyperparameter as fp32, whether it came as a Python number or a 0-d device tensor."""
-    # The interpreter passes Python floats through unwrapped; the compiler makes them fp32 scalars.
-    if hasattr(value, "dtype"):
-        if value.dtype.is_ptr():
-            value = tl.load(value).to(tl.float32)
-    return value
-
-
-# Whether TRITON_INTERPRET=1 was set when triton built these kernels: they then run on CPU tensors.
-INTERPRETED = isinstance(hyperparameter, InterpretedFunction)
-INTERPRETER_ROUNDS_BFLOAT16_BY_HAND = tl.constexpr(INTERPRETED)
-
-
-@triton.jit
-def sign(x):
-    """torch.sign: -1, 0 or +1 (and NaN stays NaN, as in torch)."""
-    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x))
 
 
 @triton.jit
@@ -80,6 +64,11 @@ def _round_to_storage(value, DTYPE: tl.constexpr):
         return value.to(DTYPE)
 
 
+# Whether TRITON_INTERPRET=1 was set when triton built these kernels: they then run on CPU tensors.
+INTERPRETED = isinstance(_load, InterpretedFunction)
+INTERPRETER_ROUNDS_BFLOAT16_BY_HAND = tl.constexpr(INTERPRETED)
+
+
 @triton.jit
 def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr):
     value = _round_to_storage(value, base_ptr.dtype.element_ty)
@@ -98,22 +87,50 @@ def _pointer(row_ptr, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
+def _load_block(row_ptr, offsets, numel, N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr,
+                STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr):
+    param = _load(_pointer(row_ptr, 1, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+    grad = _load(_pointer(row_ptr, 2, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+    states = ()
+    for i in tl.static_range(N_STATES):
+        states = states + (_load(_pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED), offsets, numel, MASKED),)
+    return param, grad, states
+
+
+@triton.jit
 def _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE: tl.constexpr, FLAGS: tl.constexpr,
                   N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
                   ALIGNED: tl.constexpr, MASKED: tl.constexpr):
-    param_ptr = _pointer(row_ptr, 1, PARAM_DTYPE, ALIGNED)
-    grad_ptr = _pointer(row_ptr, 2, PARAM_DTYPE, ALIGNED)
-    param = _load(param_ptr, offsets, numel, MASKED)
-    grad = _load(grad_ptr, offsets, numel, MASKED)
-    states = ()
-    for i in tl.static_range(N_STATES):
-        state_ptr = _pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED)
-        states = states + (_load(state_ptr, offsets, numel, MASKED),)
+    param, grad, states = _load_block(row_ptr, offsets, numel, N_STATES, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
-    _store(param_ptr, offsets, numel, param, MASKED)
+    _store(_pointer(row_ptr, 1, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED)
     for i in tl.static_range(N_STATES):
-        state_ptr = _pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED)
-        _store(state_ptr, offsets, numel, states[i], MASKED)
+        _store(_pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED), offsets, numel, states[i], MASKED)
+
+
+@triton.jit
+def _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE: tl.constexpr, FLAGS: tl.constexpr,
+                  N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
+                  ALIGNED: tl.constexpr, MASKED: tl.constexpr):
+    param, grad, states = _load_block(row_ptr, offsets, numel, N_STATES, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
+    terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
+    if MASKED:
+        terms = tl.where(offsets < numel, terms, 0.0)  # the padding loaded as 0 need not map to 0
+    return tl.sum(terms, axis=0)
+
+
+@triton.jit
+def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr):
+    """This program's row of the pointer table, its tensor's size, its chunk, the tensor's scalars."""
+    program = tl.program_id(0)
+    tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
+    chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
+    row_ptr = table_ptr + tensor * (3 + N_STATES + N_SCALARS)
+    scalars = ()
+    for i in tl.static_range(N_SCALARS):
+        scalar_ptr = tl.load(row_ptr + 3 + N_STATES + i).to(tl.pointer_type(tl.float32))
+        scalars = scalars + (tl.load(scalar_ptr),)
+    return row_ptr, tl.load(row_ptr), chunk, scalars
 
 
 @triton.jit
@@ -123,15 +140,7 @@ def multi_tensor_update_kernel(
     PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
-    program = tl.program_id(0)
-    tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
-    chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
-    row_ptr = table_ptr + tensor * (3 + N_STATES + N_SCALARS)
-    numel = tl.load(row_ptr)
-    scalars = ()
-    for i in tl.static_range(N_SCALARS):
-        scalar_ptr = tl.load(row_ptr + 3 + N_STATES + i).to(tl.pointer_type(tl.float32))
-        scalars = scalars + (tl.load(scalar_ptr),)
+    row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES, N_SCALARS)
     for block in range(BLOCKS_PER_PROGRAM):
         start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
         offsets = start + tl.arange(0, BLOCK_SIZE)
@@ -141,6 +150,28 @@ def multi_tensor_update_kernel(
         elif start < numel:
             _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE, FLAGS, N_STATES,
                           PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
+
+
+@triton.jit
+def multi_tensor_reduce_kernel(
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, out_ptr,
+    REDUCE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
+    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+):
+    """out += the sum over every element of every tensor of REDUCE(param, grad, states, ...)."""
+    row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES, N_SCALARS)
+    total = 0.0
+    for block in range(BLOCKS_PER_PROGRAM):
+        start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
+        offsets = start + tl.arange(0, BLOCK_SIZE)
+        if start + BLOCK_SIZE <= numel:
+            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES,
+                                   PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=False)
+        elif start < numel:
+            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES,
+                                   PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
+    tl.atomic_add(out_ptr, total)  # one atomic per program; the order of the additions varies on a GPU
 
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -154,6 +185,7 @@ class TensorSlots:
     grad: torch.Tensor
     states: tuple[torch.Tensor, ...] = ()
     scalars: tuple[torch.Tensor, ...] = ()
+    flags: tuple = ()  # compile-time flags of this tensor alone (a state's first step), after the rule's
 
     def tensors(self):
         return (self.param, self.grad, *self.states)
@@ -162,7 +194,7 @@ class TensorSlots:
         """Tensors that share this key share one launch."""
         aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in self.tensors())
         state_dtype = self.states[0].dtype if self.states else self.param.dtype
-        return (self.param.device, self.param.dtype, state_dtype, aligned)
+        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags)
 
 
 _chunk_maps: dict = {}
@@ -211,14 +243,13 @@ def check_slots(slots: Sequence[TensorSlots]):
                                  f"{s.param.device}, got {t.dtype} with {t.numel()} elements on {t.device}")
 
 
-def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str):
-    """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key."""
+def _launch(kernel, math, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str, *outputs):
     check_slots(slots)
     launches: dict = {}
     for s in slots:
         if s.param.numel() > 0:
             launches.setdefault(s.launch_key(), []).append(s)
-    for (device, param_dtype, state_dtype, aligned), group in launches.items():
+    for (device, param_dtype, state_dtype, aligned, tensor_flags), group in launches.items():
         n_states, n_scalars = len(group[0].states), len(group[0].scalars)
         if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in group):
             raise ValueError("every tensor of one launch needs the same number of states and scalars")
@@ -227,9 +258,9 @@ def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flag
         chunk_size = config.block_size * config.blocks_per_program
         chunk_tensor, chunk_index = _chunk_map(numels, chunk_size, device)
         device_hyper = tuple(h.to(device) if isinstance(h, torch.Tensor) else h for h in hyper)
-        multi_tensor_update_kernel[(len(chunk_tensor),)](
-            _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper,
-            update, flags, n_states, n_scalars,
+        kernel[(len(chunk_tensor),)](
+            _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper, *outputs,
+            math, flags + tensor_flags, n_states, n_scalars,
             _TRITON_DTYPES[param_dtype], _TRITON_DTYPES[state_dtype], aligned,
             BLOCK_SIZE=config.block_size, BLOCKS_PER_PROGRAM=config.blocks_per_program,
             num_warps=config.num_warps, num_stages=config.num_stages,
@@ -237,3 +268,18 @@ def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flag
             # default (off) does not silently change the rounding.
             enable_fp_fusion=True,
         )
+
+
+def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str):
+    """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key."""
+    _launch(multi_tensor_update_kernel, update, slots, hyper, flags, rule_name)
+
+
+def multi_tensor_reduce(reduce, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
+                        out: torch.Tensor):
+    """out += Σ over every element of every tensor of ``reduce(param, grad, states, scalars, hyper, FLAGS)``,
+    a @triton.jit function returning fp32 terms shaped like its inputs. ``out``: a one-element fp32
+    tensor on the tensors' device; the sum stays there (no host sync)."""
+    if out.dtype != torch.float32 or out.numel() != 1:
+        raise ValueError(f"out must be a one-element fp32 tensor, got {out.dtype} with {out.numel()} elements")
+    _launch(multi_tensor_reduce_kernel, reduce, slots, hyper, flags, rule_name, out)

@@ -5,7 +5,7 @@ Equations in ``optim.reference.lion``'s docstring.
 import triton
 import triton.language as tl
 
-from kernels.launcher import hyperparameter, sign
+from kernels.elementwise import hyperparameter, sign
 
 
 @triton.jit

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.launcher import hyperparameter, sign
+from kernels.elementwise import hyperparameter, sign
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def _constant(value: float, device: torch.device) -> torch.Tensor:
     return _constants[value, device]
 
 
-def tiger_tensor_scalars(group, params, grads, states):
+def tiger_prepare(group, params, grads, states):
     """Per tensor: (step, lr multiplier, weight-decay multiplier, gradient norm), all on the device.
 
     Two multi-tensor norms (one over the matrices' θ, one over every gradient) replace any host

@@ -5,9 +5,18 @@ Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RUL
 from optim.base import FusedOptimizer, optimizer_class
 from optim.registry import RULES
 
+SGD = optimizer_class(RULES["SGD"])
+Adagrad = optimizer_class(RULES["Adagrad"])
+RMSprop = optimizer_class(RULES["RMSprop"])
+Adadelta = optimizer_class(RULES["Adadelta"])
 Adam = optimizer_class(RULES["Adam"])
 AdamW = optimizer_class(RULES["AdamW"])
 Lion = optimizer_class(RULES["Lion"])
+SignSGD = optimizer_class(RULES["SignSGD"])
+Signum = optimizer_class(RULES["Signum"])
+EG = optimizer_class(RULES["EG"])
+EGStepSize = optimizer_class(RULES["EGStepSize"])
+SGDHD = optimizer_class(RULES["SGDHD"])
 Tiger = optimizer_class(RULES["Tiger"])
 
-__all__ = ["RULES", "FusedOptimizer", "optimizer_class", "Adam", "AdamW", "Lion", "Tiger"]
+__all__ = ["RULES", "FusedOptimizer", "optimizer_class", *RULES]

@@ -7,6 +7,7 @@ import torch
 
 from kernels import TensorSlots, multi_tensor_update
 from kernels.launcher import INTERPRETED, check_slots
+from optim.registry import FIRST_STEP
 from optim.validation import check_grad, check_hyperparameters, check_param
 
 IMPLS = ("auto", "triton", "reference")
@@ -42,7 +43,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             check_hyperparameters(self.rule.name, group, self.rule.defaults, f"param group {index}")
             for i, param in enumerate(group["params"]):
-                check_param(self.rule.name, param, f"param {i} of param group {index}")
+                check_param(self.rule.name, param, f"param {i} of param group {index}",
+                            self.rule.nonnegative_params)
         except (TypeError, ValueError):
             self.param_groups.pop()  # the group was not valid: leave the optimizer as it was
             raise
@@ -62,13 +64,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self.impl
 
     def _init_state(self, param, group):
+        """Create the states this group needs and the param lacks; FIRST_STEP states are left to the
+        rule's first step (the reference makes them; _fused_step flags them for the kernel)."""
         state = self.state[param]
-        if not state:
-            dtype = self.state_dtype or param.dtype
-            for name in self.rule.scalar_states:
+        for name in self.rule.scalar_states:
+            if name not in state:
                 state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
-            for name in self.rule.state_names(group):
-                state[name] = torch.zeros_like(param, dtype=dtype, memory_format=torch.contiguous_format)
+        for spec in self.rule.states:
+            if spec.exists(group) and spec.name not in state and spec.initial != FIRST_STEP:
+                initial = group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                state[spec.name] = torch.full_like(param, initial, dtype=self.state_dtype or param.dtype,
+                                                   memory_format=torch.contiguous_format)
         return state
 
     @torch.no_grad()
@@ -90,23 +96,40 @@ class FusedOptimizer(torch.optim.Optimizer):
         for group, params, impl in work:
             grads = [p.grad for p in params]
             states = [self._init_state(p, group) for p in params]
-            if impl == "reference":
+            if impl == "reference" and self.rule.has_first_step_states:
+                first_step = self._allocate_first_step_states(group, params, states)
+                self.rule.reference(params, grads, states, group, first_step)
+            elif impl == "reference":
                 self.rule.reference(params, grads, states, group)
             else:
                 self._fused_step(group, params, grads, states)
         return loss
 
+    def _allocate_first_step_states(self, group, params, states):
+        """Allocate (uninitialised) the FIRST_STEP states the params lack; per param, whether this is
+        their first step, when the rule must write them without reading them."""
+        first_step = []
+        for param, state in zip(params, states):
+            missing = [name for name in self.rule.state_names(group) if name not in state]
+            for name in missing:
+                state[name] = torch.empty_like(param, dtype=self.state_dtype or param.dtype,
+                                               memory_format=torch.contiguous_format)
+            first_step.append(bool(missing))
+        return first_step
+
     def _fused_step(self, group, params, grads, states):
         rule = self.rule
         if "step" in rule.scalar_states:
             torch._foreach_add_([state["step"] for state in states], 1.0)  # one launch for the group
-        if rule.tensor_scalars is not None:
-            scalars = rule.tensor_scalars(group, params, grads, states)
+        names = rule.state_names(group)
+        first_step = self._allocate_first_step_states(group, params, states)
+        tensor_flags = [(first,) if rule.has_first_step_states else () for first in first_step]
+        if rule.prepare is not None:
+            scalars = rule.prepare(group, params, grads, states)
         else:
             scalars = [tuple(state[name] for name in rule.scalar_states) for state in states]
-        names = rule.state_names(group)
-        slots = [TensorSlots(p, g, tuple(state[n] for n in names), s)
-                 for p, g, state, s in zip(params, grads, states, scalars)]
+        slots = [TensorSlots(p, g, tuple(state[n] for n in names), s, f)
+                 for p, g, state, s, f in zip(params, grads, states, scalars, tensor_flags)]
         hyper, flags = rule.kernel_arguments(group)
         multi_tensor_update(rule.update, slots, hyper, flags, rule.name)
 

@@ -4,15 +4,33 @@ Adding a rule is one kernel file (kernels/<rule>.py), one reference function (op
 one row here and one export in optim/__init__.py.
 """
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 
+from kernels.adadelta import adadelta_arguments, adadelta_update
+from kernels.adagrad import adagrad_arguments, adagrad_update
 from kernels.adam import adam_arguments, adam_update, adamw_arguments
+from kernels.eg import eg_arguments, eg_update
+from kernels.egstepsize import egstepsize_arguments, egstepsize_update
 from kernels.lion import lion_arguments, lion_update
-from kernels.tiger import tiger_arguments, tiger_tensor_scalars, tiger_update
+from kernels.rmsprop import rmsprop_arguments, rmsprop_update
+from kernels.sgd import sgd_arguments, sgd_update
+from kernels.sgdhd import sgdhd_arguments, sgdhd_prepare, sgdhd_update
+from kernels.signsgd import signsgd_arguments, signsgd_update
+from kernels.signum import signum_arguments, signum_update
+from kernels.tiger import tiger_arguments, tiger_prepare, tiger_update
+from optim.reference.adadelta import adadelta
+from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
+from optim.reference.eg import eg
+from optim.reference.egstepsize import egstepsize
 from optim.reference.lion import lion
+from optim.reference.rmsprop import rmsprop
+from optim.reference.sgd import sgd
+from optim.reference.sgdhd import sgdhd
+from optim.reference.signsgd import signsgd
+from optim.reference.signum import signum
 from optim.reference.tiger import tiger
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -23,7 +41,21 @@ class State:
     """One element-wise state tensor, shaped like its param."""
 
     name: str
-    when: Optional[str] = None  # a group flag that must be True for the state to exist (amsgrad)
+    # When the state exists: always (None), while a group key is truthy ("amsgrad", "momentum": torch
+    # keeps no momentum buffer for momentum 0), or while a predicate of the group holds.
+    when: Union[None, str, Callable] = None
+    # Its value before the first step: a number, the group key holding the number
+    # ("initial_accumulator_value"), or FIRST_STEP: the rule's first step makes it (SGD's buffer is
+    # the first gradient). The kernel then sees a compile-time flag, True on that first step.
+    initial: Union[float, str] = 0.0
+
+    def exists(self, group) -> bool:
+        if self.when is None:
+            return True
+        return bool(self.when(group) if callable(self.when) else group[self.when])
+
+
+FIRST_STEP = "made by the first step"
 
 
 @dataclass(frozen=True)
@@ -53,7 +85,10 @@ class Rule:
     defaults: dict  # argument names and defaults, in the order of the class signature
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
-    tensor_scalars: Optional[Callable] = None  # (group, params, grads, states) -> per-tensor fp32 scalars
+    # Host-side work before the launch, on the device and without a host sync (Tiger's RMS and NaN
+    # verdict, SGDHD's dot product): (group, params, grads, states) -> each tensor's fp32 scalars.
+    # Without it, each tensor's scalars are its scalar states.
+    prepare: Optional[Callable] = None
     dtypes: tuple = DTYPES  # param dtypes the kernel supports
     tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
     # Sign rules: where the momentum is within fp32 rounding of zero (about 1e-7 of its scale, so
@@ -62,17 +97,25 @@ class Rule:
     # elements of a tensor may differ: none in tensors under 10^4 elements, so that a lost element (a
     # tail the mask dropped) is never excused.
     sign_flip_fraction: float = 0.0
-    extra_param_reads: int = 0  # passes over θ besides the update itself (Tiger's RMS)
+    # Reads of param-sized tensors beyond θ, g and each state once: Tiger's RMS(θ) and NaN verdict on
+    # g (2); SGDHD's dot product reads g and g_prev, and then the update need not read g_prev (1).
+    extra_reads: int = 0
     torch_twin: Optional[type] = None  # the torch.optim class this rule must match
+    nonnegative_params: bool = False  # the rule needs params >= 0 from the start (EG)
+    learns_lr: bool = False  # the rule changes group["lr"] itself (SGDHD): a scheduler's lr is a start
 
     def state_names(self, group) -> tuple:
-        return tuple(s.name for s in self.states if s.when is None or group[s.when])
+        return tuple(s.name for s in self.states if s.exists(group))
+
+    @property
+    def has_first_step_states(self) -> bool:
+        return any(s.initial == FIRST_STEP for s in self.states)
 
     def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None) -> int:
         """Bytes one step moves per parameter: θ and g read, θ written, each state read and written."""
         param_bytes = torch.empty((), dtype=param_dtype).element_size()
         state_bytes = torch.empty((), dtype=state_dtype or param_dtype).element_size()
-        return param_bytes * (3 + self.extra_param_reads) + 2 * state_bytes * len(self.state_names(group))
+        return param_bytes * (3 + self.extra_reads) + 2 * state_bytes * len(self.state_names(group))
 
 
 ADAM_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, maximize=False)
@@ -81,6 +124,45 @@ ADAM_STATES = (State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", wh
 RULES = {
     rule.name: rule
     for rule in (
+        Rule(
+            name="SGD",
+            summary="Gradient descent with momentum, dampening and Nesterov (Polyak 1964; Sutskever et al. 2013)",
+            reference=sgd, update=sgd_update, kernel_arguments=sgd_arguments,
+            defaults=dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False),
+            states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
+            torch_twin=torch.optim.SGD,
+        ),
+        Rule(
+            name="Adagrad",
+            summary="Per-coordinate lr from the sum of squared gradients (Duchi, Hazan & Singer 2011)",
+            reference=adagrad, update=adagrad_update, kernel_arguments=adagrad_arguments,
+            defaults=dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
+                          maximize=False),
+            states=(State("sum", initial="initial_accumulator_value"),), scalar_states=("step",),
+            torch_twin=torch.optim.Adagrad,
+        ),
+        Rule(
+            name="RMSprop",
+            summary="Per-coordinate lr from a running mean of squared gradients (Hinton 2012; centered: Graves 2013)",
+            reference=rmsprop, update=rmsprop_update, kernel_arguments=rmsprop_arguments,
+            defaults=dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                          maximize=False),
+            states=(State("square_avg"), State("momentum_buffer", when=lambda group: group["momentum"] > 0),
+                    State("grad_avg", when="centered")),
+            scalar_states=("step",), torch_twin=torch.optim.RMSprop,
+            # The momentum buffer sums terms g/(√v + ε) as large as 1/√(1 − α) = 10 that cancel to
+            # ~0.1: one fp32 ulp of a term (1e-6), from another operation order (torch's CPU kernels
+            # round g + λθ once), becomes a few 1e-6 absolute over 20 steps.
+            tolerances={**TOLERANCES, torch.float32: Tolerance(atol=1e-5, rtol=1e-5)},
+        ),
+        Rule(
+            name="Adadelta",
+            summary="Step sizes from running means of squared gradients and squared updates (Zeiler 2012)",
+            reference=adadelta, update=adadelta_update, kernel_arguments=adadelta_arguments,
+            defaults=dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False),
+            states=(State("square_avg"), State("acc_delta")), scalar_states=("step",),
+            torch_twin=torch.optim.Adadelta,
+        ),
         Rule(
             name="Adam",
             summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
@@ -103,12 +185,45 @@ RULES = {
             sign_flip_fraction=1e-4,
         ),
         Rule(
+            name="SignSGD",
+            summary="The sign of the gradient, decoupled decay (Bernstein et al. 2018)",
+            reference=signsgd, update=signsgd_update, kernel_arguments=signsgd_arguments,
+            defaults=dict(lr=1e-3, weight_decay=0.0), states=(),
+        ),
+        Rule(
+            name="Signum",
+            summary="The sign of momentum, decoupled decay (Bernstein et al. 2018)",
+            reference=signum, update=signum_update, kernel_arguments=signum_arguments,
+            defaults=dict(lr=1e-3, momentum=0.9, weight_decay=0.0), states=(State("exp_avg"),),
+            sign_flip_fraction=1e-4,
+        ),
+        Rule(
+            name="EG",
+            summary="Exponentiated gradient θ ← θ·exp(−ηg) for non-negative params (Kivinen & Warmuth 1997)",
+            reference=eg, update=eg_update, kernel_arguments=eg_arguments,
+            defaults=dict(lr=1e-2), states=(), nonnegative_params=True,
+        ),
+        Rule(
+            name="EGStepSize",
+            summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
+            reference=egstepsize, update=egstepsize_update, kernel_arguments=egstepsize_arguments,
+            defaults=dict(lr=1e-2, gamma=1e-2, step_size_bounds=None),
+            states=(State("step_size", initial=1.0), State("prev_grad")),
+        ),
+        Rule(
+            name="SGDHD",
+            summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
+            reference=sgdhd, update=sgdhd_update, kernel_arguments=sgdhd_arguments,
+            defaults=dict(lr=1e-3, hypergrad_lr=1e-6), states=(State("prev_grad"),), prepare=sgdhd_prepare,
+            learns_lr=True, extra_reads=1,
+        ),
+        Rule(
             name="Tiger",
             summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
             reference=tiger, update=tiger_update, kernel_arguments=tiger_arguments,
             defaults=dict(lr=1e-3, beta=0.965, weight_decay=0.01, grad_accum_steps=1, shrink_ratio=0.99),
-            states=(State("m"),), scalar_states=("step",), tensor_scalars=tiger_tensor_scalars,
-            sign_flip_fraction=1e-4, extra_param_reads=1,
+            states=(State("m"),), scalar_states=("step",), prepare=tiger_prepare,
+            sign_flip_fraction=1e-4, extra_reads=2,
         ),
     )
 }

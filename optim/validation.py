@@ -15,17 +15,17 @@ def _number(value) -> float:
     return float(value)
 
 
-def _at_least_zero(value):
+def _at_least_zero(value, group):
     if not _number(value) >= 0.0:  # written so that NaN fails too
         return "must be >= 0"
 
 
-def _fraction(value):
+def _fraction(value, group):
     if not 0.0 <= _number(value) < 1.0:
         return "must be in [0, 1)"
 
 
-def _betas(value):
+def _betas(value, group):
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         return "must be a pair (beta1, beta2)"
     for i, beta in enumerate(value):
@@ -33,19 +33,41 @@ def _betas(value):
             return f"must have each beta in [0, 1); beta{i + 1}={beta}"
 
 
-def _flag(value):
+def _flag(value, group):
     if not isinstance(value, bool):
         return "must be True or False"
 
 
-def _positive_integer(value):
+def _positive_integer(value, group):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         return "must be an integer >= 1"
 
 
-def _shrink(value):
+def _shrink(value, group):
     if not 0.0 < _number(value) <= 1.0:
         return "must be in (0, 1]"
+
+
+def _at_most_one(value, group):
+    if not 0.0 <= _number(value) <= 1.0:
+        return "must be in [0, 1]"
+
+
+def _nesterov(value, group):
+    if not isinstance(value, bool):
+        return "must be True or False"
+    if value and not (_number(group["momentum"]) > 0 and _number(group["dampening"]) == 0):
+        return "needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)"
+
+
+def _bounds(value, group):
+    if value is None:
+        return None
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return "must be None or a pair (low, high)"
+    low, high = _number(value[0]), _number(value[1])
+    if not 0.0 < low <= high:
+        return f"must have 0 < low <= high; got low={low}, high={high}"
 
 
 CHECKS = {
@@ -58,6 +80,17 @@ CHECKS = {
     "maximize": _flag,
     "grad_accum_steps": _positive_integer,
     "shrink_ratio": _shrink,
+    "momentum": _at_least_zero,
+    "dampening": _at_least_zero,
+    "nesterov": _nesterov,
+    "lr_decay": _at_least_zero,
+    "initial_accumulator_value": _at_least_zero,
+    "alpha": _at_least_zero,
+    "centered": _flag,
+    "rho": _at_most_one,
+    "gamma": _at_least_zero,
+    "step_size_bounds": _bounds,
+    "hypergrad_lr": _at_least_zero,
 }
 
 
@@ -72,19 +105,23 @@ def check_hyperparameters(rule_name: str, group: dict, names, where: str, host_v
         if host_values_only and isinstance(value, torch.Tensor):
             continue
         try:
-            problem = CHECKS[name](value)
+            problem = CHECKS[name](value, group)
         except ValueError as error:
             problem = str(error)
         if problem:
             raise ValueError(f"{rule_name}: invalid {name}={value!r} in {where}: {name} {problem}")
 
 
-def check_param(rule_name: str, param, where: str):
+def check_param(rule_name: str, param, where: str, nonnegative=False):
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"{rule_name}: {where} is a {type(param).__name__}, not a tensor")
     if param.is_complex() or not param.is_floating_point():
         raise TypeError(f"{rule_name}: {where} has dtype {param.dtype}; only real floating-point params "
                         "can be optimized (for complex params, optimize torch.view_as_real(param))")
+    if nonnegative and param.numel() and param.min() < 0:  # a host sync, at construction only
+        raise ValueError(f"{rule_name}: {where} has negative entries (min {param.min().item():.4g}); "
+                         f"{rule_name} multiplies params by positive factors and needs them >= 0 from the "
+                         "start (e.g. initialise with .abs() or a positive distribution)")
 
 
 def check_grad(rule_name: str, param, where: str):

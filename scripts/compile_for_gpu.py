@@ -72,17 +72,20 @@ def main():
     results = {}
     for name, rule in optim.RULES.items():
         for dtype in rule.dtypes:
-            compile_only = CompileOnly(launcher.multi_tensor_update_kernel)
-            launcher.multi_tensor_update_kernel = compile_only
+            update = CompileOnly(launcher.multi_tensor_update_kernel)
+            reduce = CompileOnly(launcher.multi_tensor_reduce_kernel)  # SGDHD's hypergradient
+            launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update, reduce
             try:
                 params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
                 for p in params:
                     p.grad = torch.zeros_like(p)
                 getattr(optim, name)(params, impl="triton").step()
             finally:
-                launcher.multi_tensor_update_kernel = compile_only.kernel
-            (kernel,) = compile_only.compiled
+                launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update.kernel, reduce.kernel
+            (kernel,) = update.compiled
             results[f"{name} {str(dtype)[6:]}"] = access_widths(kernel.asm["ptx"])
+            for kernel in reduce.compiled:
+                results[f"{name} {str(dtype)[6:]} reduce"] = access_widths(kernel.asm["ptx"])
     if args.json:
         print(json.dumps(results))
         return

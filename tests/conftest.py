@@ -28,9 +28,13 @@ def assert_close(actual, expected, tolerance, what, allowed_mismatches=0):
             f"first bad indices {bad.nonzero()[:5].tolist()}")
 
 
-def make_params(shapes, dtype, seed=0):
+def make_params(shapes, dtype, seed=0, rule=None):
+    """Random params; non-negative for a rule that needs them so (EG)."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=generator).to(device=DEVICE, dtype=dtype) for shape in shapes]
+    params = [torch.randn(shape, generator=generator).to(device=DEVICE, dtype=dtype) for shape in shapes]
+    if rule is not None and rule.nonnegative_params:
+        params = [p.abs() for p in params]
+    return params
 
 
 def random_grads(params, seed):

@@ -19,6 +19,17 @@ BAD_VALUES = {
     "maximize": [(1, "maximize")],
     "grad_accum_steps": [(0, "grad_accum_steps"), (2.5, "grad_accum_steps")],
     "shrink_ratio": [(0.0, "shrink_ratio"), (1.5, "shrink_ratio")],
+    "momentum": [(-0.9, "momentum")],
+    "dampening": [(-0.1, "dampening")],
+    "nesterov": [("on", "nesterov"), (True, "nesterov needs momentum > 0")],
+    "lr_decay": [(-1e-3, "lr_decay")],
+    "initial_accumulator_value": [(-1.0, "initial_accumulator_value")],
+    "alpha": [(-0.99, "alpha")],
+    "centered": [(None, "centered")],
+    "rho": [(1.5, "rho")],
+    "gamma": [(-1e-2, "gamma")],
+    "step_size_bounds": [((0.0, 10.0), "step_size_bounds"), ((2.0, 1.0), "step_size_bounds"), (5.0, "step_size_bounds")],
+    "hypergrad_lr": [(-1e-6, "hypergrad_lr")],
 }
 CASES = [pytest.param(rule, name, value, text, id=f"{rule}-{name}={value!r}"[:60])
          for rule in RULE_NAMES for name in RULES[rule].defaults for value, text in BAD_VALUES[name]]
@@ -39,7 +50,7 @@ def assert_untouched(optimizer, params, before):
 
 def stepped_optimizer(rule, impl="triton"):
     """Two groups, one step taken so that state exists: a failing second step must leave it all alone."""
-    params = make_params([(33,), (65,)], torch.float32)
+    params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
     optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]]}], impl=impl)
     for param, grad in zip(params, random_grads(params, seed=0)):
         param.grad = grad
@@ -113,8 +124,8 @@ def test_unknown_impl_and_torch_switches(rule):
         getattr(optim, rule)([torch.zeros(3)], impl="cuda")
     with pytest.raises(TypeError, match="fused=.*impl="):
         getattr(optim, rule)([torch.zeros(3)], fused=True)
-    with pytest.raises(TypeError, match="unexpected keyword argument 'momentum'"):
-        getattr(optim, rule)([torch.zeros(3)], momentum=0.9)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'momentun'"):
+        getattr(optim, rule)([torch.zeros(3)], momentun=0.9)
     with pytest.raises(ValueError, match="state_dtype"):
         getattr(optim, rule)([torch.zeros(3)], state_dtype=torch.int32)
 
@@ -123,20 +134,20 @@ def test_unknown_impl_and_torch_switches(rule):
 def test_triton_refuses_what_the_kernel_cannot_run(rule, monkeypatch):
     """fp64 params, non-contiguous params, and CPU params without the interpreter: a clear error from
     impl='triton' (before any update), the reference from impl='auto'."""
-    param = torch.randn(4, 6, dtype=torch.float64)
+    param = torch.randn(4, 6, dtype=torch.float64).abs()  # abs: valid for every rule (EG needs θ >= 0)
     param.grad = torch.randn_like(param)
     with pytest.raises(TypeError, match="float64.*impl='reference'"):
         getattr(optim, rule)([param], impl="triton").step()
     getattr(optim, rule)([param], impl="auto").step()
 
-    strided = torch.randn(6, 4).t()
+    strided = torch.randn(6, 4).abs().t()
     strided.grad = torch.randn(6, 4).t()
     with pytest.raises(ValueError, match="not contiguous"):
         getattr(optim, rule)([strided], impl="triton").step()
 
     if not torch.cuda.is_available():
         monkeypatch.setattr("optim.base.INTERPRETED", False)
-        cpu_param = torch.randn(3)
+        cpu_param = torch.randn(3).abs()
         cpu_param.grad = torch.randn(3)
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
             getattr(optim, rule)([cpu_param], impl="triton").step()

@@ -23,7 +23,8 @@ class CountingKernel:
 def test_one_launch_per_dtype_group(rule, monkeypatch):
     counting = CountingKernel(launcher.multi_tensor_update_kernel)
     monkeypatch.setattr(launcher, "multi_tensor_update_kernel", counting)
-    params = make_params([(5,), (1030,), (2, 3, 4), (0,)], torch.float32) + make_params([(7,), (9, 9)], torch.bfloat16)
+    params = make_params([(5,), (1030,), (2, 3, 4), (0,)], torch.float32, rule=rule) + make_params(
+        [(7,), (9, 9)], torch.bfloat16, rule=rule)
     optimizer = getattr(optim, rule.name)(params, impl="triton")
     for param, grad in zip(params, random_grads(params, seed=0)):
         param.grad = grad
@@ -41,7 +42,7 @@ def test_misaligned_views_are_updated_correctly(rule):
     launch and still match the reference."""
     runs = []
     for impl in ("triton", "reference"):
-        buffer = make_params([(3 + 1000 + 2000,)], torch.float32)[0]
+        buffer = make_params([(3 + 1000 + 2000,)], torch.float32, rule=rule)[0]
         params = [buffer[3:1003].view(40, 25), buffer[1003:]]
         optimizer = getattr(optim, rule.name)(params, impl=impl)
         for step in range(3):

@@ -24,25 +24,31 @@ SHAPES = {
     "empty": [(0,)],
     "mixed": [(4097,), (1,), (3, 7, 257), (0,), (33, 64), (1023,)],
 }
-# Large enough that each step moves half-precision params by more than their rounding.
-HYPER = {"lr": 1e-2, "weight_decay": 0.1}
+# Each rule's defaults, changed so that every code path runs and each step moves half-precision params
+# by more than their rounding: an lr of at least 1e-2, weight decay, momentum (SGD's and RMSprop's
+# buffers exist only with it), and a hypergradient lr that moves SGDHD's α visibly.
+HYPER = {"lr": lambda default: max(default, 1e-2), "weight_decay": lambda _: 0.1, "momentum": lambda _: 0.9,
+         "hypergrad_lr": lambda _: 1e-4}
 
 
 def variants(rule):
-    """The rule's defaults, and the same with each of its boolean options switched on."""
-    base = {name: HYPER.get(name, value) for name, value in rule.defaults.items()}
+    """The rule's test hyperparameters, and the same with each boolean option switched."""
+    base = {name: HYPER[name](value) if name in HYPER else value for name, value in rule.defaults.items()}
     yield "defaults", base
     for name, value in rule.defaults.items():
         if isinstance(value, bool):
             yield name, {**base, name: not value}
 
 
-CASES = [pytest.param(rule, dtype, hyper, id=f"{rule.name}-{str(dtype)[6:]}-{variant}")
-         for rule in RULES.values() for dtype in rule.dtypes for variant, hyper in variants(rule)]
+# Every shape for the test hyperparameters; each boolean variant (a compile-time flag: one more
+# kernel variant) over the mixed list, which holds every shape at once.
+CASES = [pytest.param(rule, dtype, hyper, shapes, id=f"{rule.name}-{str(dtype)[6:]}-{variant}-{shape_name}")
+         for rule in RULES.values() for dtype in rule.dtypes for variant, hyper in variants(rule)
+         for shape_name, shapes in SHAPES.items() if variant == "defaults" or shape_name == "mixed"]
 
 
 def run(rule, impl, shapes, dtype, hyper, state_dtype=None, steps=STEPS):
-    params = make_params(shapes, dtype)
+    params = make_params(shapes, dtype, rule=rule)
     optimizer = getattr(optim, rule.name)(params, **hyper, impl=impl, state_dtype=state_dtype)
     for step in range(steps):
         for param, grad in zip(params, random_grads(params, seed=step)):
@@ -64,8 +70,7 @@ def assert_matches_reference(rule, shapes, dtype, hyper, state_dtype=None):
             assert_close(state[name], ref_state[name], tolerance, f"{rule.name} state {name} of param {i}", flips)
 
 
-@pytest.mark.parametrize("shapes", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize("rule, dtype, hyper", CASES)
+@pytest.mark.parametrize("rule, dtype, hyper, shapes", CASES)
 def test_triton_matches_reference(rule, dtype, hyper, shapes):
     assert_matches_reference(rule, shapes, dtype, hyper)
 
@@ -83,7 +88,7 @@ def test_state_dtype_may_differ_from_param_dtype(rule):
 def test_update_moves_params(rule):
     """Guards the parity matrix against a vacuous pass: both impls really change params and state."""
     hyper = dict(variants(rule))["defaults"]
-    before = make_params(SHAPES["mixed"], torch.float32)
+    before = make_params(SHAPES["mixed"], torch.float32, rule=rule)
     params, states = run(rule, "triton", SHAPES["mixed"], torch.float32, hyper, steps=2)
     for param, initial, state in zip(params, before, states):
         if param.numel():

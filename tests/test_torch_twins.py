@@ -7,29 +7,53 @@ import pytest
 import torch
 
 import optim
-from optim.registry import RULES, TOLERANCES
+from optim.registry import RULES
 from tests.conftest import assert_close, make_params, random_grads
 
 TWINS = [rule for rule in RULES.values() if rule.torch_twin is not None]
-SHAPES = [(4097,), (3, 7, 257), (1,), (0,)]
+SHAPES = [(1029,), (3, 7, 11), (1,), (0,)]  # odd sizes, two chunks, one element, empty
 STEPS = 20
-FP32 = TOLERANCES[torch.float32]
+# The values each option takes in the grid, by hyperparameter name (a rule takes those it has): every
+# boolean both ways, and each coefficient off and on. Names not listed keep their default.
+OPTION_VALUES = {
+    "weight_decay": (0, 0.1), "momentum": (0, 0.9), "dampening": (0, 0.5), "lr_decay": (0, 0.1),
+    "initial_accumulator_value": (0, 0.5), "betas": ((0.8, 0.95),), "lr": (3e-3,),
+}
 
 
 def option_grid(rule):
-    """Every combination of the rule's boolean options, with and without weight decay, lr as a float
-    and as a tensor (torch accepts both)."""
-    flags = [name for name, value in rule.defaults.items() if isinstance(value, bool)]
-    for values in itertools.product((False, True), repeat=len(flags)):
-        for weight_decay in (0.0, 0.1):
-            for lr_is_tensor in (False, True):
-                lr = torch.tensor(3e-3) if lr_is_tensor else 3e-3
-                yield {**dict(zip(flags, values)), "weight_decay": weight_decay, "lr": lr, "betas": (0.8, 0.95)}
+    """Every combination of the rule's options over OPTION_VALUES (booleans: both ways)."""
+    names = [n for n, v in rule.defaults.items() if isinstance(v, bool) or n in OPTION_VALUES]
+    values = [(False, True) if isinstance(rule.defaults[n], bool) else OPTION_VALUES[n] for n in names]
+    return [dict(zip(names, combination)) for combination in itertools.product(*values)]
 
 
-CASES = [pytest.param(rule, impl, options, id=f"{rule.name}-{impl}-" + "-".join(
-    f"{k}={'tensor' if isinstance(v, torch.Tensor) else v}" for k, v in options.items() if k != "betas"))
-    for rule in TWINS for impl in ("triton", "reference") for options in option_grid(rule)]
+def torch_accepts(rule, options):
+    try:
+        rule.torch_twin([torch.zeros(1)], **options)
+        return True
+    except ValueError:
+        return False
+
+
+def case_id(rule, impl, options):
+    shown = (f"{k}={'tensor' if isinstance(v, torch.Tensor) else v}" for k, v in options.items()
+             if k not in ("betas", "lr") or isinstance(v, torch.Tensor))
+    return f"{rule.name}-{impl}-" + "-".join(shown)
+
+
+def richest(rule):
+    """The accepted combination with the most options away from their defaults."""
+    accepted = [o for o in option_grid(rule) if torch_accepts(rule, o)]
+    return max(accepted, key=lambda o: sum(o[n] != rule.defaults[n] for n in o))
+
+
+CASES = [pytest.param(rule, impl, options, id=case_id(rule, impl, options))
+         for rule in TWINS for impl in ("triton", "reference")
+         for options in option_grid(rule) + [{**richest(rule), "lr": torch.tensor(3e-3)}]
+         if torch_accepts(rule, options)]
+REFUSED = [pytest.param(rule, options, id=case_id(rule, "both", options))
+           for rule in TWINS for options in option_grid(rule) if not torch_accepts(rule, options)]
 
 
 def train(optimizer, params, steps, first_step=0):
@@ -49,12 +73,13 @@ def saved_and_loaded(state_dict):
 
 
 def assert_same(params, optimizer, twin_params, twin, what):
+    tolerance = optimizer.rule.tolerances[torch.float32]
     for i, (param, twin_param) in enumerate(zip(params, twin_params)):
-        assert_close(param, twin_param, FP32, f"{what}: param {i}")
+        assert_close(param, twin_param, tolerance, f"{what}: param {i}")
         state, twin_state = optimizer.state[param], twin.state[twin_param]
         assert state.keys() == twin_state.keys(), f"{what}: state names {list(state)} vs torch's {list(twin_state)}"
         for name in state:
-            assert_close(state[name], twin_state[name], FP32, f"{what}: state {name} of param {i}")
+            assert_close(state[name], twin_state[name], tolerance, f"{what}: state {name} of param {i}")
 
 
 @pytest.mark.parametrize("rule, impl, options", CASES)
@@ -66,6 +91,12 @@ def test_matches_torch_optim(rule, impl, options):
     train(ours, params, STEPS)
     train(twin, twin_params, STEPS)
     assert_same(params, ours, twin_params, twin, f"{rule.name} ({impl}) vs torch.optim.{rule.name}")
+
+
+@pytest.mark.parametrize("rule, options", REFUSED)
+def test_what_torch_refuses_we_refuse(rule, options):
+    with pytest.raises(ValueError):
+        getattr(optim, rule.name)([torch.zeros(1)], **options)
 
 
 @pytest.mark.parametrize("rule", TWINS, ids=[r.name for r in TWINS])
@@ -80,7 +111,7 @@ def test_defaults_are_torchs(rule):
 @pytest.mark.parametrize("rule", TWINS, ids=[r.name for r in TWINS])
 def test_torch_checkpoint_loads_into_ours_and_back(rule, impl):
     """A torch.optim checkpoint continues in ours exactly as in torch, and ours continues in torch."""
-    options = dict(lr=3e-3, weight_decay=0.1, amsgrad=True)
+    options = richest(rule)
     twin_params = make_params(SHAPES, torch.float32)
     twin = rule.torch_twin(twin_params, **options)
     train(twin, twin_params, 5)

@@ -1,0 +1,27 @@
+"""Small @triton.jit helpers that the rules' math shares."""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def hyperparameter(value):
+    """A hyperparameter as fp32, whether it came as a Python number or a 0-d device tensor."""
+    # The interpreter passes Python floats through unwrapped; the compiler makes them fp32 scalars.
+    if hasattr(value, "dtype"):
+        if value.dtype.is_ptr():
+            value = tl.load(value).to(tl.float32)
+    return value
+
+
+@triton.jit
+def sign(x):
+    """torch.sign: -1, 0 or +1 (and NaN stays NaN, as in torch)."""
+    return tl.where(x > 0, 1.0, tl.where(x < 0, -1.0, x))
+
+
+@triton.jit
+def coupled_gradient(grad, param, weight_decay, MAXIMIZE: tl.constexpr):
+    """torch.optim's prologue: g ← −g when maximizing, then L2 weight decay g ← g + λθ."""
+    if MAXIMIZE:
+        grad = -grad
+    return grad + weight_decay * param

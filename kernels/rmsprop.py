@@ -1,0 +1,41 @@
+"""RMSprop (Hinton's lecture 6e, 2012; centered: Graves 2013), in torch.optim.RMSprop's order.
+
+Equations in ``optim.reference.rmsprop``'s docstring.
+"""
+import triton
+import triton.language as tl
+
+from kernels.elementwise import coupled_gradient, hyperparameter
+
+
+@triton.jit
+def rmsprop_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    HAS_MOMENTUM: tl.constexpr = FLAGS[0]
+    CENTERED: tl.constexpr = FLAGS[1]
+    MAXIMIZE: tl.constexpr = FLAGS[2]
+    lr, alpha, eps, weight_decay, momentum = hyper
+    lr = hyperparameter(lr)
+    grad = coupled_gradient(grad, param, weight_decay, MAXIMIZE)
+    square_avg = alpha * states[0] + (1.0 - alpha) * grad * grad
+    new_states = (square_avg,)
+    if CENTERED:
+        grad_avg = states[1 + HAS_MOMENTUM]  # states: square_avg, [momentum_buffer], [grad_avg]
+        grad_avg = grad_avg + (1.0 - alpha) * (grad - grad_avg)
+        avg = tl.sqrt(square_avg - grad_avg * grad_avg) + eps
+    else:
+        avg = tl.sqrt(square_avg) + eps  # eps after the square root
+    if HAS_MOMENTUM:
+        buffer = momentum * states[1] + grad / avg
+        param = param - lr * buffer
+        new_states = new_states + (buffer,)
+    else:
+        param = param - lr * (grad / avg)
+    if CENTERED:
+        new_states = new_states + (grad_avg,)
+    return param, new_states
+
+
+def rmsprop_arguments(group):
+    hyper = (group["lr"], float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
+             float(group["momentum"]))
+    return hyper, (group["momentum"] > 0, bool(group["centered"]), bool(group["maximize"]))

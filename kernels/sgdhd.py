@@ -1,0 +1,44 @@
+"""SGD with hypergradient descent on its learning rate (Baydin et al. 2018, "Online Learning Rate
+Adaptation with Hypergradient Descent").
+
+Equations in ``optim.reference.sgdhd``'s docstring. The learned rate α lives in group["lr"] as a
+0-d fp32 tensor on the params' device: a multi-tensor reduction adds β·⟨g, g_prev⟩ to it on the
+device (one pass over g and g_prev, no host sync), then the update reads it.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from kernels.elementwise import hyperparameter
+from kernels.launcher import TensorSlots, multi_tensor_reduce
+
+
+@triton.jit
+def sgdhd_hypergradient(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    hypergrad_lr = hyper[1]
+    return hypergrad_lr * grad * states[0]  # summed over the group: β·⟨g, g_prev⟩
+
+
+@triton.jit
+def sgdhd_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    lr = hyperparameter(hyper[0])  # α, already moved by this step's hypergradient
+    return param - lr * grad, (grad,)
+
+
+def learning_rate_tensor(group, device) -> torch.Tensor:
+    """group["lr"] as the 0-d fp32 device tensor that holds α (made so on the first step)."""
+    lr = group["lr"]
+    if not isinstance(lr, torch.Tensor) or lr.dtype != torch.float32 or lr.device != device or lr.dim() != 0:
+        group["lr"] = torch.as_tensor(lr, dtype=torch.float32).reshape(()).to(device)
+    return group["lr"]
+
+
+def sgdhd_prepare(group, params, grads, states):
+    lr = learning_rate_tensor(group, params[0].device)
+    slots = [TensorSlots(p, g, (state["prev_grad"],)) for p, g, state in zip(params, grads, states)]
+    multi_tensor_reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr)
+    return [() for _ in params]
+
+
+def sgdhd_arguments(group):
+    return (group["lr"], float(group["hypergrad_lr"])), ()

@@ -1,0 +1,20 @@
+"""Signum, the sign of momentum (Bernstein et al. 2018), with decoupled weight decay.
+
+Equations in ``optim.reference.signum``'s docstring.
+"""
+import triton
+import triton.language as tl
+
+from kernels.elementwise import hyperparameter, sign
+
+
+@triton.jit
+def signum_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    lr, momentum, weight_decay = hyper
+    lr = hyperparameter(lr)
+    exp_avg = momentum * states[0] + (1.0 - momentum) * grad
+    return param * (1.0 - lr * weight_decay) - lr * sign(exp_avg), (exp_avg,)
+
+
+def signum_arguments(group):
+    return (group["lr"], float(group["momentum"]), float(group["weight_decay"])), ()

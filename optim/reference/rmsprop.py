@@ -1,0 +1,32 @@
+def rmsprop(params, grads, states, group):
+    r"""RMSprop (Hinton, Coursera lecture 6e, 2012; centered: Graves, "Generating Sequences with
+    Recurrent Neural Networks", 2013), as torch.optim.RMSprop. With g ← −g if maximize, g ← g + λθ:
+
+    .. math::
+        v ← α v + (1 − α) g^2, \qquad \bar g ← \bar g + (1 − α)(g − \bar g) \text{ (centered)},
+        \qquad a = \sqrt{v − \bar g^2} + ε \text{ (centered) else } \sqrt{v} + ε,
+        b ← μ b + g / a, \ θ ← θ − η b \text{ (momentum > 0) else } θ ← θ − η\, g / a.
+
+    State per param: step, square_avg, momentum_buffer (momentum > 0), grad_avg (centered).
+    """
+    lr, alpha, eps, momentum = float(group["lr"]), group["alpha"], group["eps"], group["momentum"]
+    for param, grad, state in zip(params, grads, states):
+        state["step"] += 1  # kept for torch's state_dict; the rule does not use it
+        theta, g = param.float(), grad.float()
+        if group["maximize"]:
+            g = -g
+        g = g + group["weight_decay"] * theta  # L2, coupled
+        square_avg = alpha * state["square_avg"].float() + (1 - alpha) * g * g
+        state["square_avg"].copy_(square_avg)
+        if group["centered"]:  # subtract the squared running mean of g
+            grad_avg = state["grad_avg"].float().lerp(g, 1 - alpha)
+            state["grad_avg"].copy_(grad_avg)
+            avg = (square_avg - grad_avg * grad_avg).sqrt() + eps
+        else:
+            avg = square_avg.sqrt() + eps  # eps after the square root
+        if momentum > 0:
+            buffer = momentum * state["momentum_buffer"].float() + g / avg
+            state["momentum_buffer"].copy_(buffer)
+            param.copy_(theta - lr * buffer)
+        else:
+            param.copy_(theta - lr * (g / avg))

@@ -1,0 +1,19 @@
+from kernels.sgdhd import learning_rate_tensor
+
+
+def sgdhd(params, grads, states, group):
+    r"""SGD whose learning rate follows its hypergradient (Baydin, Cornish, Martínez Rubio, Schmidt &
+    Wood, "Online Learning Rate Adaptation with Hypergradient Descent", ICLR 2018); β = hypergrad_lr:
+
+    .. math::
+        α ← α + β \langle g, g_{\mathrm{prev}} \rangle \text{ (over all params of the group)}, \qquad
+        θ ← θ − α g, \qquad g_{\mathrm{prev}} ← g.
+
+    α lives in group["lr"] as a 0-d fp32 tensor on the params' device. State per param: prev_grad.
+    """
+    lr = learning_rate_tensor(group, params[0].device)
+    dot = sum((g.float() * state["prev_grad"].float()).sum() for g, state in zip(grads, states))
+    lr.add_(group["hypergrad_lr"] * dot)  # the hypergradient step on α
+    for param, grad, state in zip(params, grads, states):
+        param.copy_(param.float() - lr * grad.float())
+        state["prev_grad"].copy_(grad)
