@@ -6,7 +6,8 @@ A rule contributes only its math, a ``@triton.jit`` function with this signature
 
 - ``param``, ``grad`` and each entry of the tuple ``states`` are fp32 blocks, already loaded and
   upcast from their storage dtype; the launcher rounds what the rule returns back to storage.
-- ``scalars`` is a tuple of fp32 values, one per tensor (the step counter, Tiger's lr multiplier...).
+- ``scalars`` is a tuple of fp32 values, one per tensor (the step counter, Tiger's lr multiplier...);
+  with ``TensorSlots.row_length`` the last one is a block, one value per row (Tiger's embeddings).
 - ``hyper`` is the tuple of group hyperparameters exactly as the rule's host code passed it: Python
   floats, or 0-d device tensors that ``kernels.elementwise.hyperparameter()`` reads. Neither
   recompiles when its value changes (Triton specialises integers, not floats; a tensor is a pointer).
@@ -19,17 +20,18 @@ host sync.
 
 Everything else belongs here: the table of pointers and sizes (one row per tensor), the map from
 program to (tensor, chunk) that torch's multi_tensor_apply also builds, int64 offsets, the masked
-tail, the fp32 upcast and the store. One launch serves every tensor that shares device and dtypes.
+tail, the fp32 upcast and the store, rounded to nearest or stochastically (``kernels.rounding``). One
+launch serves every tensor that shares device and dtypes.
 """
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.interpreter import InterpretedFunction
 
 from autotune import launch_config
+from kernels.rounding import INTERPRETED, round_to_storage
 
 ALIGNMENT_BYTES = 16  # a 16-byte aligned tensor can be read with 128-bit vector loads
 
@@ -44,34 +46,14 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
         return tl.load(base_ptr + offsets).to(tl.float32)
 
 
-@triton.jit
-def _round_to_bfloat16(x):
-    """fp32 -> bf16, round to nearest even, in integer arithmetic (the carry into the exponent is
-    the rounding up; NaN stays NaN)."""
-    bits = x.to(tl.uint32, bitcast=True)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    rounded = tl.where(x != x, 0x7FC0, rounded)
-    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+# One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...].
+PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
+RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: (tensor, column) above bit 40, the element offset below
 
 
 @triton.jit
-def _round_to_storage(value, DTYPE: tl.constexpr):
-    # The interpreter (triton 3.6 to 3.9) truncates fp32 -> bf16 instead of rounding to nearest even
-    # as torch and the GPU's cvt.rn do, so under it the rounding is spelled out.
-    if INTERPRETER_ROUNDS_BFLOAT16_BY_HAND and DTYPE == tl.bfloat16:
-        return _round_to_bfloat16(value)
-    else:
-        return value.to(DTYPE)
-
-
-# Whether TRITON_INTERPRET=1 was set when triton built these kernels: they then run on CPU tensors.
-INTERPRETED = isinstance(_load, InterpretedFunction)
-INTERPRETER_ROUNDS_BFLOAT16_BY_HAND = tl.constexpr(INTERPRETED)
-
-
-@triton.jit
-def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr):
-    value = _round_to_storage(value, base_ptr.dtype.element_ty)
+def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr, STOCHASTIC: tl.constexpr, seed, stream):
+    value = round_to_storage(value, base_ptr.dtype.element_ty, STOCHASTIC, seed, stream + offsets)
     if MASKED:
         tl.store(base_ptr + offsets, value, mask=offsets < numel)
     else:
@@ -87,32 +69,44 @@ def _pointer(row_ptr, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load_block(row_ptr, offsets, numel, N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr,
-                STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr):
-    param = _load(_pointer(row_ptr, 1, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
-    grad = _load(_pointer(row_ptr, 2, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+def _load_block(row_ptr, offsets, numel, scalars, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
+                PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
+                ALIGNED: tl.constexpr, MASKED: tl.constexpr):
+    param = _load(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+    grad = _load(_pointer(row_ptr, GRAD_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
     states = ()
     for i in tl.static_range(N_STATES):
-        states = states + (_load(_pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED), offsets, numel, MASKED),)
-    return param, grad, states
+        states = states + (_load(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, MASKED),)
+    if PER_ROW:
+        # The last scalar holds one value per row of row_length elements (an embedding table's
+        # per-row lr): gathered per element, from a vector small enough to stay in cache.
+        row_length = tl.load(row_ptr + 1)
+        values = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_SCALARS).to(tl.pointer_type(tl.float32))
+        scalars = scalars + (_load(values, offsets // row_length, tl.load(row_ptr) // row_length, MASKED),)
+    return param, grad, states, scalars
 
 
 @triton.jit
-def _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE: tl.constexpr, FLAGS: tl.constexpr,
-                  N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                  ALIGNED: tl.constexpr, MASKED: tl.constexpr):
-    param, grad, states = _load_block(row_ptr, offsets, numel, N_STATES, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
+def _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE: tl.constexpr,
+                  FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr,
+                  PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+                  STOCHASTIC: tl.constexpr, MASKED: tl.constexpr):
+    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, N_STATES, N_SCALARS, PER_ROW,
+                                               PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
-    _store(_pointer(row_ptr, 1, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED)
+    _store(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED, STOCHASTIC,
+           seed, stream)
     for i in tl.static_range(N_STATES):
-        _store(_pointer(row_ptr, 3 + i, STATE_DTYPE, ALIGNED), offsets, numel, states[i], MASKED)
+        _store(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, states[i], MASKED,
+               STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
 
 
 @triton.jit
 def _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE: tl.constexpr, FLAGS: tl.constexpr,
-                  N_STATES: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                  ALIGNED: tl.constexpr, MASKED: tl.constexpr):
-    param, grad, states = _load_block(row_ptr, offsets, numel, N_STATES, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
+                  N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr,
+                  PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr):
+    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, N_STATES, N_SCALARS, PER_ROW,
+                                               PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
     terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
     if MASKED:
         terms = tl.where(offsets < numel, terms, 0.0)  # the padding loaded as 0 need not map to 0
@@ -120,57 +114,67 @@ def _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE: tl.constexpr,
 
 
 @triton.jit
-def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr):
-    """This program's row of the pointer table, its tensor's size, its chunk, the tensor's scalars."""
+def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
+                 PER_ROW: tl.constexpr):
+    """This program's tensor (its index in the launch), its row of the pointer table, its size, its
+    chunk, and its per-tensor scalars."""
     program = tl.program_id(0)
     tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
     chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
-    row_ptr = table_ptr + tensor * (3 + N_STATES + N_SCALARS)
+    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATES + N_SCALARS + PER_ROW)
     scalars = ()
     for i in tl.static_range(N_SCALARS):
-        scalar_ptr = tl.load(row_ptr + 3 + N_STATES + i).to(tl.pointer_type(tl.float32))
+        scalar_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + i).to(tl.pointer_type(tl.float32))
         scalars = scalars + (tl.load(scalar_ptr),)
-    return row_ptr, tl.load(row_ptr), chunk, scalars
+    return tensor, row_ptr, tl.load(row_ptr), chunk, scalars
 
 
 @triton.jit
 def multi_tensor_update_kernel(
-    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper,
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, seed_ptr,
     UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
-    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+    STOCHASTIC: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
-    row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES, N_SCALARS)
+    """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
+    the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream."""
+    tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
+                                                          N_STATES, N_SCALARS, PER_ROW)
+    seed = 0
+    if STOCHASTIC:
+        seed = tl.load(seed_ptr)
+    stream = tensor * 8 * RANDOM_STREAM  # columns 0 (θ) to 7 (states) of this tensor
     for block in range(BLOCKS_PER_PROGRAM):
         start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
         offsets = start + tl.arange(0, BLOCK_SIZE)
         if start + BLOCK_SIZE <= numel:
-            _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE, FLAGS, N_STATES,
-                          PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=False)
+            _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE, FLAGS, N_STATES,
+                          N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, MASKED=False)
         elif start < numel:
-            _update_block(row_ptr, offsets, numel, scalars, hyper, UPDATE, FLAGS, N_STATES,
-                          PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
+            _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE, FLAGS, N_STATES,
+                          N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, MASKED=True)
 
 
 @triton.jit
 def multi_tensor_reduce_kernel(
     table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, out_ptr,
     REDUCE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
-    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+    PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
     """out += the sum over every element of every tensor of REDUCE(param, grad, states, ...)."""
-    row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES, N_SCALARS)
+    tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
+                                                          N_STATES, N_SCALARS, PER_ROW)
     total = 0.0
     for block in range(BLOCKS_PER_PROGRAM):
         start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
         offsets = start + tl.arange(0, BLOCK_SIZE)
         if start + BLOCK_SIZE <= numel:
-            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES,
-                                   PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=False)
+            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES, N_SCALARS,
+                                   PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=False)
         elif start < numel:
-            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES,
-                                   PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
+            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES, N_SCALARS,
+                                   PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
     tl.atomic_add(out_ptr, total)  # one atomic per program; the order of the additions varies on a GPU
 
 
@@ -186,6 +190,9 @@ class TensorSlots:
     states: tuple[torch.Tensor, ...] = ()
     scalars: tuple[torch.Tensor, ...] = ()
     flags: tuple = ()  # compile-time flags of this tensor alone (a state's first step), after the rule's
+    # When > 0, the last scalar holds one value per row of row_length contiguous elements (an
+    # embedding table's per-row lr), which the kernel gathers per element.
+    row_length: int = 0
 
     def tensors(self):
         return (self.param, self.grad, *self.states)
@@ -194,7 +201,7 @@ class TensorSlots:
         """Tensors that share this key share one launch."""
         aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in self.tensors())
         state_dtype = self.states[0].dtype if self.states else self.param.dtype
-        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags)
+        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0)
 
 
 _chunk_maps: dict = {}
@@ -213,7 +220,7 @@ def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
 
 
 def _pointer_table(slots: Sequence[TensorSlots], device: torch.device) -> torch.Tensor:
-    rows = [[s.param.numel()] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)] for s in slots]
+    rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)] for s in slots]
     table = torch.tensor(rows, dtype=torch.int64)
     if device.type == "cpu":
         return table
@@ -237,21 +244,27 @@ def check_slots(slots: Sequence[TensorSlots]):
                              f"its param ({s.param.dtype}, {tuple(s.param.shape)})")
         if len({t.dtype for t in s.states}) > 1:
             raise ValueError(f"tensor {i}: all state tensors of one param must share a dtype")
-        for t in s.scalars:
-            if t.dtype != torch.float32 or t.numel() != 1 or t.device != s.param.device:
-                raise ValueError(f"tensor {i}: per-tensor scalars must be one-element fp32 tensors on "
+        rows = s.param.numel() // s.row_length if s.row_length else 1
+        for j, t in enumerate(s.scalars):
+            expected = rows if j == len(s.scalars) - 1 else 1
+            if t.dtype != torch.float32 or t.numel() != expected or t.device != s.param.device:
+                raise ValueError(f"tensor {i}: scalar {j} must be an fp32 tensor of {expected} element(s) on "
                                  f"{s.param.device}, got {t.dtype} with {t.numel()} elements on {t.device}")
+        if s.row_length and (s.param.numel() % s.row_length or not s.scalars):
+            raise ValueError(f"tensor {i}: row_length={s.row_length} must divide its {s.param.numel()} elements, "
+                             "and the last scalar holds the per-row values")
 
 
-def _launch(kernel, math, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str, *outputs):
+def _launch(kernel, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
+            device_arguments=lambda device: {}, **arguments):
     check_slots(slots)
     launches: dict = {}
     for s in slots:
         if s.param.numel() > 0:
             launches.setdefault(s.launch_key(), []).append(s)
-    for (device, param_dtype, state_dtype, aligned, tensor_flags), group in launches.items():
-        n_states, n_scalars = len(group[0].states), len(group[0].scalars)
-        if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in group):
+    for (device, param_dtype, state_dtype, aligned, tensor_flags, per_row), group in launches.items():
+        n_states, n_scalars = len(group[0].states), len(group[0].scalars) - per_row
+        if any(len(s.states) != n_states or len(s.scalars) != n_scalars + per_row for s in group):
             raise ValueError("every tensor of one launch needs the same number of states and scalars")
         numels = tuple(s.param.numel() for s in group)
         config = launch_config(rule_name, param_dtype, max(numels), device)
@@ -259,9 +272,10 @@ def _launch(kernel, math, slots: Sequence[TensorSlots], hyper: tuple, flags: tup
         chunk_tensor, chunk_index = _chunk_map(numels, chunk_size, device)
         device_hyper = tuple(h.to(device) if isinstance(h, torch.Tensor) else h for h in hyper)
         kernel[(len(chunk_tensor),)](
-            _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper, *outputs,
-            math, flags + tensor_flags, n_states, n_scalars,
-            _TRITON_DTYPES[param_dtype], _TRITON_DTYPES[state_dtype], aligned,
+            _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper,
+            **device_arguments(device), **arguments,
+            FLAGS=flags + tensor_flags, N_STATES=n_states, N_SCALARS=n_scalars, PER_ROW=int(per_row),
+            PARAM_DTYPE=_TRITON_DTYPES[param_dtype], STATE_DTYPE=_TRITON_DTYPES[state_dtype], ALIGNED=aligned,
             BLOCK_SIZE=config.block_size, BLOCKS_PER_PROGRAM=config.blocks_per_program,
             num_warps=config.num_warps, num_stages=config.num_stages,
             # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
@@ -270,9 +284,25 @@ def _launch(kernel, math, slots: Sequence[TensorSlots], hyper: tuple, flags: tup
         )
 
 
-def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str):
-    """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key."""
-    _launch(multi_tensor_update_kernel, update, slots, hyper, flags, rule_name)
+def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
+                        seeds: Optional[dict] = None):
+    """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key.
+
+    ``seeds``: None rounds to nearest; {device: a 0-d int64 tensor there} makes bf16 and fp16 stores
+    stochastic, keyed by the tensor's value, which each launch on that device then advances by one.
+    """
+    for device, seed in (seeds or {}).items():
+        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != device:
+            raise ValueError(f"the seed for {device} must be a one-element int64 tensor there, got {seed.dtype} "
+                             f"with {seed.numel()} elements on {seed.device}")
+
+    def seed_arguments(device):
+        if seeds is None:
+            return {"seed_ptr": None, "STOCHASTIC": False}
+        seeds[device].add_(1)  # each launch draws other random bits (the low 32 bits count launches)
+        return {"seed_ptr": seeds[device], "STOCHASTIC": True}
+
+    _launch(multi_tensor_update_kernel, slots, hyper, flags, rule_name, seed_arguments, UPDATE=update)
 
 
 def multi_tensor_reduce(reduce, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
@@ -282,4 +312,4 @@ def multi_tensor_reduce(reduce, slots: Sequence[TensorSlots], hyper: tuple, flag
     tensor on the tensors' device; the sum stays there (no host sync)."""
     if out.dtype != torch.float32 or out.numel() != 1:
         raise ValueError(f"out must be a one-element fp32 tensor, got {out.dtype} with {out.numel()} elements")
-    _launch(multi_tensor_reduce_kernel, reduce, slots, hyper, flags, rule_name, out)
+    _launch(multi_tensor_reduce_kernel, slots, hyper, flags, rule_name, out_ptr=out, REDUCE=reduce)

@@ -37,7 +37,7 @@ def sgdhd_prepare(group, params, grads, states):
     lr = learning_rate_tensor(group, params[0].device)
     slots = [TensorSlots(p, g, (state["prev_grad"],)) for p, g, state in zip(params, grads, states)]
     multi_tensor_reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr)
-    return [() for _ in params]
+    return [() for _ in params], [0] * len(params)
 
 
 def sgdhd_arguments(group):

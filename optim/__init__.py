@@ -3,7 +3,9 @@
 Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RULES``.
 """
 from optim.base import FusedOptimizer, optimizer_class
+from optim.param_groups import tiger_param_groups
 from optim.registry import RULES
+from optim.schedule import PiecewiseLinearLR, piecewise_linear
 
 SGD = optimizer_class(RULES["SGD"])
 Adagrad = optimizer_class(RULES["Adagrad"])
@@ -19,4 +21,5 @@ EGStepSize = optimizer_class(RULES["EGStepSize"])
 SGDHD = optimizer_class(RULES["SGDHD"])
 Tiger = optimizer_class(RULES["Tiger"])
 
-__all__ = ["RULES", "FusedOptimizer", "optimizer_class", *RULES]
+__all__ = ["RULES", "FusedOptimizer", "PiecewiseLinearLR", "optimizer_class", "piecewise_linear",
+           "tiger_param_groups", *RULES]

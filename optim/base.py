@@ -8,9 +8,11 @@ import torch
 from kernels import TensorSlots, multi_tensor_update
 from kernels.launcher import INTERPRETED, check_slots
 from optim.registry import FIRST_STEP
-from optim.validation import check_grad, check_hyperparameters, check_param
+from optim.rounding import stochastic_round
+from optim.validation import check_grad, check_hyperparameters, check_options, check_param
 
-IMPLS = ("auto", "triton", "reference")
+# Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
+OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False)
 # torch.optim's switches between its own implementations; ours is `impl`.
 TORCH_IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
 
@@ -22,18 +24,25 @@ class FusedOptimizer(torch.optim.Optimizer):
     kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
     can run and supports the params' dtype, the reference elsewhere. ``state_dtype``: the dtype of
     the element-wise state tensors (default: each param's own dtype, as torch.optim).
+    ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
+    reproducibly from ``seed``, so that updates below half an ulp still move them on average.
+    ``gradient_release`` (rules that fold gradients into their state: Tiger): each param's gradient
+    is applied the moment autograd has accumulated it, then freed; ``backward()`` alone trains.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
 
-    def __init__(self, params, defaults, impl="auto", state_dtype=None):
-        if impl not in IMPLS:
-            raise ValueError(f"{self.rule.name}: impl={impl!r} is not one of {IMPLS}")
-        if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
-            raise ValueError(f"{self.rule.name}: state_dtype={state_dtype!r} must be a floating-point torch.dtype or None")
+    def __init__(self, params, defaults, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
+                 gradient_release=False):
+        check_options(self.rule, impl=impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                      seed=seed, gradient_release=gradient_release)
         check_hyperparameters(self.rule.name, defaults, self.rule.defaults, "the optimizer's arguments")
         self.impl = impl
         self.state_dtype = state_dtype
+        self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
+        self._rounding_seeds = {}  # device -> 0-d int64: the seed above bit 32, launches counted below
+        self._reference_generator = torch.Generator().manual_seed(seed)
+        self._group_index = {}  # param -> index of its group, for gradient release
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group):
@@ -48,6 +57,27 @@ class FusedOptimizer(torch.optim.Optimizer):
         except (TypeError, ValueError):
             self.param_groups.pop()  # the group was not valid: leave the optimizer as it was
             raise
+        for param in group["params"]:
+            self._group_index[param] = index
+            if self.gradient_release:
+                param.register_post_accumulate_grad_hook(self._release_gradient)
+
+    @torch.no_grad()
+    def _release_gradient(self, param):
+        """Gradient release: this param's step (a micro-step under accumulation), then its gradient freed."""
+        index = self._group_index[param]
+        impl = self._check_group(index, [param])
+        self._update(self.param_groups[index], [param], impl)
+        param.grad = None
+
+    def counter(self, name):
+        """The sum over every param of a counting state (Tiger: "nan_skips"), as a device tensor: no sync."""
+        if name not in self.rule.counters:
+            raise ValueError(f"{self.rule.name}: counter({name!r}) is not one of its counters {self.rule.counters}")
+        values = [state[name] for state in self.state.values() if name in state]
+        if not values:
+            return torch.zeros((), dtype=torch.float32)
+        return torch.stack([value.to(values[0].device) for value in values]).sum()
 
     def _resolve_impl(self, params, where):
         on_cuda = all(p.is_cuda for p in params)
@@ -86,24 +116,48 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Every check runs before any tensor changes: a bad group never leaves others half-updated.
         work = []
         for index, group in enumerate(self.param_groups):
-            where = f"param group {index}"
-            check_hyperparameters(self.rule.name, group, self.rule.defaults, where, host_values_only=True)
             params = [p for p in group["params"] if p.grad is not None]
-            for i, param in enumerate(params):
-                check_grad(self.rule.name, param, f"param {i} of {where}")
             if params:
-                work.append((group, params, self._resolve_impl(params, where)))
+                work.append((group, params, self._check_group(index, params)))
         for group, params, impl in work:
-            grads = [p.grad for p in params]
-            states = [self._init_state(p, group) for p in params]
-            if impl == "reference" and self.rule.has_first_step_states:
-                first_step = self._allocate_first_step_states(group, params, states)
-                self.rule.reference(params, grads, states, group, first_step)
-            elif impl == "reference":
-                self.rule.reference(params, grads, states, group)
-            else:
-                self._fused_step(group, params, grads, states)
+            self._update(group, params, impl)
         return loss
+
+    def _check_group(self, index, params):
+        """Check group ``index`` and the gradients of ``params``; return the impl that will run them."""
+        where = f"param group {index}"
+        check_hyperparameters(self.rule.name, self.param_groups[index], self.rule.defaults, where,
+                              host_values_only=True)
+        for i, param in enumerate(params):
+            check_grad(self.rule.name, param, f"param {i} of {where}")
+        return self._resolve_impl(params, where)
+
+    def _update(self, group, params, impl):
+        grads = [p.grad for p in params]
+        states = [self._init_state(p, group) for p in params]
+        if impl == "reference":
+            self._reference_step(group, params, grads, states)
+        else:
+            self._fused_step(group, params, grads, states)
+
+    def _reference_step(self, group, params, grads, states):
+        arguments = ()
+        if self.rule.has_first_step_states:
+            arguments = (self._allocate_first_step_states(group, params, states),)
+        if not self.stochastic_rounding:
+            self.rule.reference(params, grads, states, group, *arguments)
+            return
+        # The reference runs on fp32 copies of the 16-bit tensors, which are then rounded stochastically.
+        full_params = [p.float() for p in params]
+        full_states = [{name: value.float() for name, value in state.items()} for state in states]
+        self.rule.reference(full_params, grads, full_states, group, *arguments)
+        for tensor, full in zip(params, full_params):
+            if full is not tensor:
+                tensor.copy_(stochastic_round(full, tensor.dtype, self._reference_generator))
+        for state, full_state in zip(states, full_states):
+            for name, tensor in state.items():
+                if full_state[name] is not tensor:
+                    tensor.copy_(stochastic_round(full_state[name], tensor.dtype, self._reference_generator))
 
     def _allocate_first_step_states(self, group, params, states):
         """Allocate (uninitialised) the FIRST_STEP states the params lack; per param, whether this is
@@ -125,13 +179,23 @@ class FusedOptimizer(torch.optim.Optimizer):
         first_step = self._allocate_first_step_states(group, params, states)
         tensor_flags = [(first,) if rule.has_first_step_states else () for first in first_step]
         if rule.prepare is not None:
-            scalars = rule.prepare(group, params, grads, states)
+            scalars, row_lengths = rule.prepare(group, params, grads, states)
         else:
             scalars = [tuple(state[name] for name in rule.scalar_states) for state in states]
-        slots = [TensorSlots(p, g, tuple(state[n] for n in names), s, f)
-                 for p, g, state, s, f in zip(params, grads, states, scalars, tensor_flags)]
+            row_lengths = [0] * len(params)
+        slots = [TensorSlots(p, g, tuple(state[n] for n in names), s, f, r)
+                 for p, g, state, s, f, r in zip(params, grads, states, scalars, tensor_flags, row_lengths)]
         hyper, flags = rule.kernel_arguments(group)
-        multi_tensor_update(rule.update, slots, hyper, flags, rule.name)
+        multi_tensor_update(rule.update, slots, hyper, flags, rule.name, self._launch_seeds(params))
+
+    def _launch_seeds(self, params):
+        """None (round to nearest), or each device's stochastic-rounding seed tensor."""
+        if not self.stochastic_rounding:
+            return None
+        for device in {p.device for p in params}:
+            if device not in self._rounding_seeds:
+                self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
+        return self._rounding_seeds
 
     def load_state_dict(self, state_dict):
         """torch.optim's load, then each state back in this optimizer's state dtype and the scalar
@@ -154,8 +218,8 @@ def optimizer_class(rule):
                   inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
                    for name, default in rule.defaults.items()]
-    parameters += [inspect.Parameter("impl", inspect.Parameter.KEYWORD_ONLY, default="auto"),
-                   inspect.Parameter("state_dtype", inspect.Parameter.KEYWORD_ONLY, default=None)]
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                   for name, default in OPTIONS.items()]
     signature = inspect.Signature(parameters)
 
     def __init__(self, *args, **kwargs):
@@ -170,8 +234,8 @@ def optimizer_class(rule):
         bound.apply_defaults()
         arguments = dict(bound.arguments)
         del arguments["self"]
-        params, impl, state_dtype = arguments.pop("params"), arguments.pop("impl"), arguments.pop("state_dtype")
-        FusedOptimizer.__init__(self, params, arguments, impl=impl, state_dtype=state_dtype)
+        params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
+        FusedOptimizer.__init__(self, params, arguments, **options)
 
     __init__.__signature__ = signature
     doc = f"{rule.summary}.\n\nThe equations: {rule.reference.__module__}.{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}"

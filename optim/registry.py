@@ -86,7 +86,8 @@ class Rule:
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
     # Host-side work before the launch, on the device and without a host sync (Tiger's RMS and NaN
-    # verdict, SGDHD's dot product): (group, params, grads, states) -> each tensor's fp32 scalars.
+    # verdict, SGDHD's dot product): (group, params, grads, states) -> (each tensor's fp32 scalars,
+    # each tensor's row length: 0, or the length of the rows its last scalar holds one value for).
     # Without it, each tensor's scalars are its scalar states.
     prepare: Optional[Callable] = None
     dtypes: tuple = DTYPES  # param dtypes the kernel supports
@@ -103,6 +104,11 @@ class Rule:
     torch_twin: Optional[type] = None  # the torch.optim class this rule must match
     nonnegative_params: bool = False  # the rule needs params >= 0 from the start (EG)
     learns_lr: bool = False  # the rule changes group["lr"] itself (SGDHD): a scheduler's lr is a start
+    # Scalar states that count events (Tiger's NaN skips): optimizer.counter(name) sums them on the device.
+    counters: tuple = ()
+    # Each micro-batch's gradient can be folded into the state the moment autograd has it (Tiger's
+    # built-in accumulation: the update reads only m and θ), so gradient_release=True is possible.
+    folds_gradients: bool = False
 
     def state_names(self, group) -> tuple:
         return tuple(s.name for s in self.states if s.exists(group))
@@ -221,9 +227,10 @@ RULES = {
             name="Tiger",
             summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
             reference=tiger, update=tiger_update, kernel_arguments=tiger_arguments,
-            defaults=dict(lr=1e-3, beta=0.965, weight_decay=0.01, grad_accum_steps=1, shrink_ratio=0.99),
-            states=(State("m"),), scalar_states=("step",), prepare=tiger_prepare,
-            sign_flip_fraction=1e-4, extra_reads=2,
+            defaults=dict(lr=1e-3, beta=0.965, weight_decay=0.01, grad_accum_steps=1, shrink_ratio=0.99,
+                          lr_schedule={0: 1}, param_kind="auto"),
+            states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
+            prepare=tiger_prepare, sign_flip_fraction=1e-4, extra_reads=2, folds_gradients=True,
         ),
     )
 }

@@ -4,6 +4,9 @@ import numbers
 
 import torch
 
+from kernels.tiger import PARAM_KINDS
+from optim.schedule import schedule_points
+
 
 def _number(value) -> float:
     if isinstance(value, torch.Tensor):
@@ -70,6 +73,15 @@ def _bounds(value, group):
         return f"must have 0 < low <= high; got low={low}, high={high}"
 
 
+def _schedule(value, group):
+    schedule_points(value)  # raises ValueError with what is wrong
+
+
+def _param_kind(value, group):
+    if value not in ("auto", *PARAM_KINDS):
+        return f"must be one of {['auto', *PARAM_KINDS]} (optim.tiger_param_groups(model) sets it per module)"
+
+
 CHECKS = {
     "lr": _at_least_zero,
     "eps": _at_least_zero,
@@ -91,6 +103,8 @@ CHECKS = {
     "gamma": _at_least_zero,
     "step_size_bounds": _bounds,
     "hypergrad_lr": _at_least_zero,
+    "lr_schedule": _schedule,
+    "param_kind": _param_kind,
 }
 
 
@@ -133,3 +147,24 @@ def check_grad(rule_name: str, param, where: str):
         raise ValueError(f"{rule_name}: the gradient of {where} is {grad.dtype} {tuple(grad.shape)} on {grad.device}, "
                          f"its param {param.dtype} {tuple(param.shape)} on {param.device}; they must match")
 
+
+IMPLS = ("auto", "triton", "reference")
+
+
+def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_release):
+    """The keyword-only options every class shares (optim.base.OPTIONS)."""
+    if impl not in IMPLS:
+        raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
+    if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
+        raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} must be a floating-point torch.dtype or None")
+    for name, value in (("stochastic_rounding", stochastic_rounding), ("gradient_release", gradient_release)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{rule.name}: {name}={value!r} must be True or False")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
+        raise ValueError(f"{rule.name}: seed={seed!r} must be an integer in [0, 2**31)")
+    if gradient_release and not rule.folds_gradients:
+        raise ValueError(
+            f"{rule.name}: gradient_release=True needs a rule whose update reads only its state and θ, so that "
+            f"each micro-batch's gradient can be folded into the state and freed (Tiger). {rule.name}'s update "
+            "reads the step's whole gradient besides its state, so under accumulation it must be kept in a "
+            "buffer until the last micro-batch; use optim.Tiger, or gradient_release=False")

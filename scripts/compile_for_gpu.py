@@ -52,6 +52,19 @@ def access_widths(ptx: str) -> dict:
     return dict(Counter(re.findall(r"(?:ld|st)\.global(?:\.v\d)?\.b\d+", ptx)))
 
 
+def cases():
+    """(rule, dtype, label, group options, optimizer options): every rule in every dtype, and Tiger's
+    variants that change the kernel: an embedding table's per-row lr, stochastic rounding."""
+    import optim
+
+    for name, rule in optim.RULES.items():
+        for dtype in rule.dtypes:
+            yield name, dtype, "", {}, {}
+    yield "Tiger", torch.float32, " embedding", {"param_kind": "embedding"}, {}
+    for dtype in (torch.bfloat16, torch.float16):
+        yield "Tiger", dtype, " stochastic", {}, {"stochastic_rounding": True}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper (default)")
@@ -70,22 +83,21 @@ def main():
     launcher.launch_config = lambda rule, dtype, numel, device: autotune.DEFAULT_CONFIGS[
         torch.empty((), dtype=dtype).element_size()]
     results = {}
-    for name, rule in optim.RULES.items():
-        for dtype in rule.dtypes:
-            update = CompileOnly(launcher.multi_tensor_update_kernel)
-            reduce = CompileOnly(launcher.multi_tensor_reduce_kernel)  # SGDHD's hypergradient
-            launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update, reduce
-            try:
-                params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
-                for p in params:
-                    p.grad = torch.zeros_like(p)
-                getattr(optim, name)(params, impl="triton").step()
-            finally:
-                launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update.kernel, reduce.kernel
-            (kernel,) = update.compiled
-            results[f"{name} {str(dtype)[6:]}"] = access_widths(kernel.asm["ptx"])
-            for kernel in reduce.compiled:
-                results[f"{name} {str(dtype)[6:]} reduce"] = access_widths(kernel.asm["ptx"])
+    for name, dtype, label, group_options, options in cases():
+        update = CompileOnly(launcher.multi_tensor_update_kernel)
+        reduce = CompileOnly(launcher.multi_tensor_reduce_kernel)  # SGDHD's hypergradient
+        launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update, reduce
+        try:
+            params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
+            for p in params:
+                p.grad = torch.zeros_like(p)
+            getattr(optim, name)([dict(params=params, **group_options)], impl="triton", **options).step()
+        finally:
+            launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update.kernel, reduce.kernel
+        key = f"{name} {str(dtype)[6:]}{label}"
+        (results[key],) = [access_widths(kernel.asm["ptx"]) for kernel in update.compiled]
+        for kernel in reduce.compiled:
+            results[f"{key} reduce"] = access_widths(kernel.asm["ptx"])
     if args.json:
         print(json.dumps(results))
         return

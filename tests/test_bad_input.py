@@ -30,6 +30,9 @@ BAD_VALUES = {
     "gamma": [(-1e-2, "gamma")],
     "step_size_bounds": [((0.0, 10.0), "step_size_bounds"), ((2.0, 1.0), "step_size_bounds"), (5.0, "step_size_bounds")],
     "hypergrad_lr": [(-1e-6, "hypergrad_lr")],
+    "lr_schedule": [({}, "lr_schedule"), ({-5: 1.0}, "lr_schedule .*steps >= 0"), ({0: float("nan")}, "lr_schedule"),
+                    ([(0, 1.0)], "lr_schedule")],
+    "param_kind": [("conv", "param_kind")],
 }
 CASES = [pytest.param(rule, name, value, text, id=f"{rule}-{name}={value!r}"[:60])
          for rule in RULE_NAMES for name in RULES[rule].defaults for value, text in BAD_VALUES[name]]
@@ -152,3 +155,15 @@ def test_triton_refuses_what_the_kernel_cannot_run(rule, monkeypatch):
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
             getattr(optim, rule)([cpu_param], impl="triton").step()
         assert launcher.INTERPRETED  # the monkeypatch touched only the optimizer's view
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_bad_options_are_refused_at_construction(rule):
+    for options, text in (({"stochastic_rounding": "yes"}, "stochastic_rounding='yes' must be True or False"),
+                          ({"seed": -1}, "seed=-1 must be an integer"), ({"seed": 2**40}, "seed"),
+                          ({"gradient_release": 1}, "gradient_release=1 must be True or False")):
+        with pytest.raises(ValueError, match=text):
+            getattr(optim, rule)([torch.zeros(3)], **options)
+    if not RULES[rule].folds_gradients:
+        with pytest.raises(ValueError, match=f"gradient_release=True needs .*{rule}'s update reads the step's whole"):
+            getattr(optim, rule)([torch.zeros(3)], gradient_release=True)

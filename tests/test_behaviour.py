@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import optim
+from optim.base import OPTIONS
 from optim.registry import RULES, Tolerance
 from tests.conftest import assert_close, make_params, random_grads
 
@@ -133,5 +134,6 @@ def test_closure_is_evaluated_with_grad_enabled(rule):
 def test_signature_is_the_rules():
     for rule in RULES.values():
         parameters = inspect.signature(getattr(optim, rule.name)).parameters
-        assert list(parameters)[1:-2] == list(rule.defaults), rule.name
+        assert list(parameters)[1:] == [*rule.defaults, *OPTIONS], rule.name
+        assert all(parameters[name].kind == inspect.Parameter.KEYWORD_ONLY for name in OPTIONS)
         assert {name: parameters[name].default for name in rule.defaults} == rule.defaults

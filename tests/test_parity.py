@@ -31,6 +31,12 @@ HYPER = {"lr": lambda default: max(default, 1e-2), "weight_decay": lambda _: 0.1
          "hypergrad_lr": lambda _: 1e-4}
 
 
+# Options that are not booleans but still change what the kernel does: Tiger's classes of tensors
+# (embedding: the per-row lr; normalization: the center), its schedule and its accumulation gating.
+OTHER_VARIANTS = {"param_kind": ["embedding", "normalization", "matrix"], "lr_schedule": [{2: 1.0, 5: 0.25}],
+                  "grad_accum_steps": [3]}
+
+
 def variants(rule):
     """The rule's test hyperparameters, and the same with each boolean option switched."""
     base = {name: HYPER[name](value) if name in HYPER else value for name, value in rule.defaults.items()}
@@ -38,6 +44,8 @@ def variants(rule):
     for name, value in rule.defaults.items():
         if isinstance(value, bool):
             yield name, {**base, name: not value}
+        for other in OTHER_VARIANTS.get(name, []):
+            yield f"{name}={other}", {**base, name: other}
 
 
 # Every shape for the test hyperparameters; each boolean variant (a compile-time flag: one more

@@ -1,10 +1,11 @@
 """Tiger against the original's own claims (bojone/tiger's tiger.py, RULES.md), in both impls."""
 import pytest
 import torch
+from torch import nn
 
 import optim
 from optim.registry import Tolerance
-from tests.conftest import assert_close, make_params, random_grads
+from tests.conftest import DEVICE, assert_close, make_params, random_grads
 
 SHAPES = [(513,), (17, 33)]  # one bias-like tensor (lr/2, no decay) and one matrix (lr·RMS(θ))
 ACCUMULATION = Tolerance(atol=1e-6, rtol=1e-6)
@@ -68,3 +69,123 @@ def test_per_tensor_learning_rates(impl):
     step_tolerance = Tolerance(atol=5e-7, rtol=1e-6)
     assert_close((bias - start[0]).abs(), torch.full_like(bias, 5e-3), step_tolerance, "bias step")
     assert_close((matrix - start[1]).abs(), (1e-2 * rms).expand_as(matrix), step_tolerance, "matrix step")
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_embedding_rows_and_normalization_follow_the_original(impl):
+    """The original's classes (bojone/tiger's _resource_apply): an embedding row moves by lr·RMS(its
+    row), a normalization weight by lr/2 with no decay, and its NaN guard shrinks toward 1."""
+    embedding, gamma = make_params([(6, 40), (40,)], torch.float32, seed=3)
+    gamma += 1.0  # a normalization weight, initialised around 1
+    row_rms = embedding.pow(2).mean(dim=-1, keepdim=True).sqrt()
+    start = [embedding.clone(), gamma.clone()]
+    tiger = optim.Tiger([{"params": [embedding], "param_kind": "embedding"},
+                         {"params": [gamma], "param_kind": "normalization"}], lr=1e-2, weight_decay=0.0, impl=impl)
+    for param, grad in zip((embedding, gamma), random_grads([embedding, gamma], seed=0)):
+        param.grad = grad
+    tiger.step()
+    step_tolerance = Tolerance(atol=5e-7, rtol=1e-6)
+    assert_close((embedding - start[0]).abs(), (1e-2 * row_rms).expand_as(embedding), step_tolerance, "row step")
+    assert_close((gamma - start[1]).abs(), torch.full_like(gamma, 5e-3), step_tolerance, "gamma step")
+    before = gamma.clone()
+    gamma.grad = torch.full_like(gamma, float("nan"))
+    embedding.grad = None
+    tiger.step()
+    assert_close(gamma, (before - 1) * 0.99 + 1, Tolerance(atol=1e-7, rtol=1e-7), "gamma shrunk toward 1")
+
+
+def test_param_groups_from_a_model_class_every_tensor():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(11, 8), nn.LayerNorm(8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    model[4].weight.requires_grad_(False)  # frozen: left out
+    groups = optim.tiger_param_groups(model, weight_decay=0.1)
+    kinds = {group["param_kind"]: group["params"] for group in groups}
+    assert [group["weight_decay"] for group in groups] == [0.1] * 4
+    assert kinds["embedding"] == [model[0].weight]
+    assert kinds["normalization"] == [model[1].weight, model[3].weight]
+    assert kinds["bias"] == [model[1].bias, model[2].bias, model[3].bias, model[4].bias]
+    assert kinds["matrix"] == [model[2].weight]
+
+
+def test_a_model_trains_through_its_helper_groups_in_both_impls_alike():
+    """One line of set-up, every class in play, and the two impls agree step by step."""
+    runs = []
+    for impl in ("triton", "reference"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Embedding(11, 8), nn.LayerNorm(8), nn.Flatten(), nn.Linear(24, 2)).to(DEVICE)
+        tiger = optim.Tiger(optim.tiger_param_groups(model), lr=1e-2, impl=impl)
+        tokens = torch.randint(0, 11, (16, 3), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+        for _ in range(5):
+            model(tokens).square().mean().backward()
+            tiger.step()
+            tiger.zero_grad()
+        runs.append(list(model.parameters()))
+    for a, b in zip(*runs):
+        assert_close(a, b, Tolerance(atol=1e-6, rtol=1e-5), f"param {tuple(a.shape)}")
+
+
+def test_schedule_is_the_originals_piecewise_linear():
+    """Values worked out by hand from bojone/tiger's piecewise_linear (from_zero=True)."""
+    warm_then_decay = {1000: 1, 2000: 0.1}
+    for step, expected in ((0, 0.0), (500, 0.5), (1000, 1.0), (1500, 0.55), (2000, 0.1), (9000, 0.1)):
+        assert optim.piecewise_linear(step, warm_then_decay) == pytest.approx(expected, abs=1e-12)
+    for step, expected in ((0, 2.0), (5, 1.0), (10, 0.0), (11, 0.0)):
+        assert optim.piecewise_linear(step, {0: 2, 10: 0}) == pytest.approx(expected, abs=1e-12)
+    assert optim.piecewise_linear(123, {0: 1}) == 1.0  # the original's default: constant
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_schedule_is_evaluated_from_the_device_step_counter(impl):
+    """Each step a bias moves by exactly lr/2 · schedule(t), t counted in micro-steps; the kernel's
+    arguments never change with t (the step counter is a device tensor), so nothing recompiles."""
+    from kernels.tiger import tiger_arguments
+    schedule = {2: 1.0, 6: 0.5}
+    (bias,) = make_params([(300,)], torch.float32)
+    tiger = optim.Tiger([bias], lr=1e-2, lr_schedule=schedule, impl=impl)
+    arguments = tiger_arguments(tiger.param_groups[0])
+    for t in range(9):
+        before = bias.clone()
+        bias.grad = torch.ones_like(bias)
+        tiger.step()
+        expected = 1e-2 / 2 * optim.piecewise_linear(t, schedule)
+        assert_close((before - bias), torch.full_like(bias, expected), Tolerance(atol=5e-7, rtol=1e-6), f"t={t}")
+        assert tiger_arguments(tiger.param_groups[0]) == arguments
+
+
+def test_piecewise_linear_lr_drives_any_rule():
+    param = torch.zeros(3, requires_grad=True)
+    adam = optim.Adam([param], lr=0.1, impl="reference")
+    scheduler = optim.PiecewiseLinearLR(adam, {4: 1.0, 8: 0.5})
+    seen = []
+    for _ in range(10):
+        seen.append(adam.param_groups[0]["lr"])
+        param.grad = torch.ones(3)
+        adam.step()
+        scheduler.step()
+    expected = [0.1 * optim.piecewise_linear(t, {4: 1.0, 8: 0.5}) for t in range(10)]
+    assert seen == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="schedule=.*integer steps >= 0"):
+        optim.PiecewiseLinearLR(adam, {-1: 1.0})
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_nan_guard_acts_on_every_micro_step_and_is_counted_on_the_device(impl):
+    params = make_params(SHAPES, torch.float32)
+    tiger = optim.Tiger(params, impl=impl, grad_accum_steps=2, shrink_ratio=0.5)
+    expected_skips = 0
+    for step in range(4):
+        grads = random_grads(params, seed=step)
+        if step in (1, 2):  # the last micro-step of one cycle and the first of the next
+            grads[0][7] = float("nan")
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        before = params[0].clone()
+        tiger.step()
+        if step in (1, 2):
+            expected_skips += 1
+            assert_close(params[0], before * 0.5, Tolerance(atol=0, rtol=1e-7), f"micro-step {step} shrinks")
+        skips = tiger.counter("nan_skips")
+        assert skips.device == params[0].device and skips.item() == expected_skips
+    assert tiger.state[params[0]]["nan_skips"].item() == 2 and tiger.state[params[1]]["nan_skips"].item() == 0
+    with pytest.raises(ValueError, match="counter\\('skips'\\) is not one of its counters"):
+        tiger.counter("skips")
