@@ -151,13 +151,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         full_params = [p.float() for p in params]
         full_states = [{name: value.float() for name, value in state.items()} for state in states]
         self.rule.reference(full_params, grads, full_states, group, *arguments)
-        for tensor, full in zip(params, full_params):
-            if full is not tensor:
+        pairs = list(zip(params, full_params))
+        pairs += [(state[name], full_state[name]) for state, full_state in zip(states, full_states) for name in state]
+        for tensor, full in pairs:
+            if full is not tensor:  # a 16-bit tensor: its fp32 copy goes back rounded
                 tensor.copy_(stochastic_round(full, tensor.dtype, self._reference_generator))
-        for state, full_state in zip(states, full_states):
-            for name, tensor in state.items():
-                if full_state[name] is not tensor:
-                    tensor.copy_(stochastic_round(full_state[name], tensor.dtype, self._reference_generator))
 
     def _allocate_first_step_states(self, group, params, states):
         """Allocate (uninitialised) the FIRST_STEP states the params lack; per param, whether this is

@@ -1,3 +1,6 @@
+from optim.reference import coupled_gradient
+
+
 def adadelta(params, grads, states, group):
     r"""Adadelta (Zeiler, "ADADELTA: An Adaptive Learning Rate Method", 2012), as torch.optim.Adadelta.
     With g ← −g if maximize and g ← g + λθ (L2):
@@ -12,9 +15,7 @@ def adadelta(params, grads, states, group):
     for param, grad, state in zip(params, grads, states):
         state["step"] += 1  # kept for torch's state_dict; the rule does not use it
         theta, g = param.float(), grad.float()
-        if group["maximize"]:
-            g = -g
-        g = g + group["weight_decay"] * theta  # L2, coupled
+        g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         square_avg = rho * state["square_avg"].float() + (1 - rho) * g * g
         std = (square_avg + eps).sqrt()  # eps inside both square roots
         delta = (state["acc_delta"].float() + eps).sqrt() / std * g

@@ -1,3 +1,6 @@
+from optim.reference import coupled_gradient
+
+
 def adagrad(params, grads, states, group):
     r"""Adagrad (Duchi, Hazan & Singer, "Adaptive Subgradient Methods", JMLR 2011), as torch.optim.Adagrad.
     With g ← −g if maximize and g ← g + λθ (L2):
@@ -13,9 +16,7 @@ def adagrad(params, grads, states, group):
         state["step"] += 1
         step = state["step"].item()
         theta, g = param.float(), grad.float()
-        if group["maximize"]:
-            g = -g
-        g = g + group["weight_decay"] * theta  # L2, coupled
+        g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         decayed_lr = lr / (1 + (step - 1) * lr_decay)
         state_sum = state["sum"].float() + g * g  # the sum of squared gradients
         std = state_sum.sqrt() + eps  # eps after the square root

@@ -1,3 +1,6 @@
+from optim.reference import coupled_gradient
+
+
 def rmsprop(params, grads, states, group):
     r"""RMSprop (Hinton, Coursera lecture 6e, 2012; centered: Graves, "Generating Sequences with
     Recurrent Neural Networks", 2013), as torch.optim.RMSprop. With g ← −g if maximize, g ← g + λθ:
@@ -13,9 +16,7 @@ def rmsprop(params, grads, states, group):
     for param, grad, state in zip(params, grads, states):
         state["step"] += 1  # kept for torch's state_dict; the rule does not use it
         theta, g = param.float(), grad.float()
-        if group["maximize"]:
-            g = -g
-        g = g + group["weight_decay"] * theta  # L2, coupled
+        g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         square_avg = alpha * state["square_avg"].float() + (1 - alpha) * g * g
         state["square_avg"].copy_(square_avg)
         if group["centered"]:  # subtract the squared running mean of g

@@ -1,3 +1,6 @@
+from optim.reference import coupled_gradient
+
+
 def sgd(params, grads, states, group, first_step):
     r"""Stochastic gradient descent with momentum (Polyak 1964; Nesterov 1983; Sutskever et al. 2013),
     as torch.optim.SGD. With g ← −g if maximize, g ← g + λθ (L2), μ = momentum, τ = dampening:
@@ -12,9 +15,7 @@ def sgd(params, grads, states, group, first_step):
     lr, momentum, dampening = float(group["lr"]), group["momentum"], group["dampening"]
     for param, grad, state, first in zip(params, grads, states, first_step):
         theta, g = param.float(), grad.float()
-        if group["maximize"]:
-            g = -g
-        g = g + group["weight_decay"] * theta  # L2, coupled
+        g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         if momentum != 0:
             if first:  # the first buffer is the gradient, undampened
                 buffer = g
