@@ -119,9 +119,21 @@ class Rule:
 
     def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None) -> int:
         """Bytes one step moves per parameter: θ and g read, θ written, each state read and written."""
-        param_bytes = torch.empty((), dtype=param_dtype).element_size()
-        state_bytes = torch.empty((), dtype=state_dtype or param_dtype).element_size()
-        return param_bytes * (3 + self.extra_reads) + 2 * state_bytes * len(self.state_names(group))
+        state_bytes = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
+        return _element_size(param_dtype) * (3 + self.extra_reads) + 2 * state_bytes
+
+    def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None) -> int:
+        """Bytes of state kept for params of these sizes after a step: each element-wise state in
+        ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value."""
+        per_element = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
+        return sum(numels) * per_element + len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
+
+
+SCALAR_STATE_BYTES = 4  # scalar states are fp32 0-d tensors on the param's device
+
+
+def _element_size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
 
 
 ADAM_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, maximize=False)
