@@ -1,6 +1,7 @@
 """Compare the update rules on a toy model: loss, optimizer-state memory, and step time per impl.
 
-The sandbox's main job until the profiling suite lands. On a machine without a GPU the Triton
+A quick look at four rules training (`python -m scripts.compare_rules`); the measured profiles are
+scripts/memory.py and scripts/bandwidth.py (`./dev main`). On a machine without a GPU the Triton
 kernels run under the interpreter (TRITON_INTERPRET=1, set by ./dev), so the step times printed
 there measure the interpreter, not a GPU: the script says so.
 """

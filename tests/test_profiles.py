@@ -1,0 +1,114 @@
+"""The profiling suite: memory figures against the analytic model, and the bandwidth report's figures."""
+import csv
+import math
+
+import pytest
+import torch
+
+from optim.registry import RULES
+from scripts import bandwidth, memory
+from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes
+from tests.conftest import DEVICE
+
+# Width 128: every tensor at least 512 bytes in fp32, the CUDA caching allocator's rounding unit, so
+# a GPU run's peaks are the tensors' bytes as on the CPU.
+TINY_GPT = GPTConfig(vocab=256, context=16, width=128, blocks=1, heads=2)
+TOKENS = 16
+
+
+def test_gpt2_small_shapes_are_gpt2_small():
+    """The published size of GPT-2 small (124M, with the head tied to the token embedding)."""
+    shapes = parameter_shapes(GPT2_SMALL)
+    assert len(shapes) == 148
+    assert sum(math.prod(s) for s in shapes) == 124_439_808
+
+
+def test_measured_state_bytes_equal_the_registry_model_for_every_rule_and_policy():
+    rows = memory.state_rows(list(memory.POLICIES), DEVICE, TINY_GPT)
+    assert {r["rule"] for r in rows} == set(RULES)
+    for row in rows:
+        assert row["measured_state_bytes"] == row["analytic_state_bytes"], row
+    adam = {r["policy"]: r["analytic_state_bytes_per_param"] for r in rows if r["rule"] == "Adam"}
+    assert adam["fp32"] == pytest.approx(8, abs=0.01) and adam["pure bf16, stochastic rounding"] == pytest.approx(4, abs=0.01)
+
+
+@pytest.fixture(scope="module")
+def accumulation_peaks():
+    """k = 4 in fp32: Adam, Lion, Tiger without and with gradient release, through the fused kernels."""
+    rows = memory.peak_rows(["Adam", "Lion", "Tiger"], ["fp32"], [4], "triton", DEVICE, TINY_GPT, TOKENS)
+    return {memory.label(r): r for r in rows}
+
+
+def test_training_peaks_agree_with_the_analytic_model(accumulation_peaks):
+    for name, row in accumulation_peaks.items():
+        assert abs(row["difference"]) <= memory.AGREEMENT, (name, row)
+
+
+def test_accumulation_headline(accumulation_peaks):
+    """Adam holds params + grads + 2 states, Lion params + grads + 1, Tiger with release params + 1:
+    the measured peaks differ by one state, then by the gradients (less the one in flight)."""
+    adam, lion, tiger = (accumulation_peaks[name] for name in ("Adam", "Lion", "Tiger + release"))
+    assert (adam["held"], lion["held"], tiger["held"]) == (
+        "params + grads + 2 states", "params + grads + 1 state", "params + 1 state")
+    one_state = lion["state_bytes"]
+    assert adam["measured_peak_bytes"] - lion["measured_peak_bytes"] == pytest.approx(one_state, rel=0.03)
+    grads = lion["params_bytes"]
+    assert lion["measured_peak_bytes"] - tiger["measured_peak_bytes"] == pytest.approx(grads, rel=0.03)
+    assert accumulation_peaks["Tiger"]["measured_peak_bytes"] > tiger["measured_peak_bytes"]
+
+
+def test_pure_bf16_with_release_agrees_with_the_model():
+    """Half the fp32 bytes; the stochastic-rounding kernel allocates nothing. On a CPU, Tiger's RMS
+    (torch's norm with dtype=float32) first copies each bf16 matrix to fp32: with activations this
+    small that copy tops the peak, by at most the largest matrix in fp32."""
+    (row,) = memory.peak_rows(["Tiger"], ["pure bf16, stochastic rounding"], [2], "triton", DEVICE, TINY_GPT,
+                              TOKENS)[1:]
+    assert row["gradient_release"] and row["held"] == "params + 1 state"
+    largest_in_fp32 = 4 * max(math.prod(shape) for shape in parameter_shapes(TINY_GPT))
+    allowed = largest_in_fp32 if DEVICE.type == "cpu" else 0
+    assert row["measured_peak_bytes"] <= row["analytic_peak_bytes"] * (1 + memory.AGREEMENT) + allowed, row
+    assert row["measured_peak_bytes"] >= row["analytic_peak_bytes"] * (1 - memory.AGREEMENT), row
+
+
+def test_memory_report_is_written(tmp_path):
+    memory.main(["--rules", "Lion", "--policies", "fp32", "--accumulation", "1", "--impl", "reference",
+                 "--out", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "memory.csv")))
+    assert {"machine", "torch", "triton", "date"} <= set(rows[0])
+    assert "Lion" in (tmp_path / "memory.md").read_text()
+    assert (tmp_path / "memory.png").stat().st_size > 10_000
+
+
+def test_rotating_buffer_sets_outsize_the_cache():
+    rule = RULES["Adam"]
+    for numel in (2**12, 2**20, 2**26):
+        sets = bandwidth.buffer_sets(rule, [(numel,)], torch.float32, DEVICE)
+        stored = numel * 16  # θ, g, m, v
+        assert sets == bandwidth.MAX_SETS or sets * stored >= 4 * bandwidth.cache_bytes(DEVICE), (numel, sets)
+        assert sets >= 2
+
+
+def test_bandwidth_report_figures(tmp_path):
+    """A short run: every figure is its own arithmetic (bytes from the registry, GB/s from the median),
+    and what needs a GPU is said, not measured, on a CPU."""
+    bandwidth.main(["--rules", "Adam", "Lion", "--sizes", "12", "--gpt-width", "16", "--rep-ms", "5",
+                    "--out", str(tmp_path)] + ([] if DEVICE.type == "cuda" else ["--dtypes", "fp32"]))
+    rows = list(csv.DictReader(open(tmp_path / "bandwidth.csv")))
+    measured = [r for r in rows if r["status"] == "measured"]
+    assert {"machine", "torch", "triton", "date", "copy_gbps"} <= set(rows[0])
+    implementations = {(r["rule"], r["implementation"]) for r in measured}
+    assert {("Adam", "reference"), ("Adam", "torch foreach"), ("Lion", "reference")} <= implementations
+    for r in measured:
+        group = RULES[r["rule"]].defaults
+        dtype = {v: k for k, v in bandwidth.DTYPE_NAMES.items()}[r["dtype"]]
+        assert int(r["bytes_moved"]) == int(r["numel"]) * RULES[r["rule"]].bytes_per_param(group, dtype)
+        assert float(r["gbps"]) == pytest.approx(int(r["bytes_moved"]) / float(r["median_ms"]) / 1e6, rel=1e-6)
+        assert float(r["p20_ms"]) <= float(r["median_ms"]) <= float(r["p80_ms"])
+    assert {r["size"] for r in measured} == {"2^12", "GPT list"}
+    text = (tmp_path / "bandwidth.md").read_text()
+    if DEVICE.type == "cpu":
+        assert "triton: needs a GPU" in text and "not measured" in text
+        assert ("Lion", "triton") not in implementations
+    else:
+        assert ("Lion", "triton") in implementations
+    assert (tmp_path / "bandwidth-fp32.png").stat().st_size > 10_000
