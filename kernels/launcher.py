@@ -69,11 +69,13 @@ def _pointer(row_ptr, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load_block(row_ptr, offsets, numel, scalars, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
+def _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
                 PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                ALIGNED: tl.constexpr, MASKED: tl.constexpr):
+                ALIGNED: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
     param = _load(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
     grad = _load(_pointer(row_ptr, GRAD_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+    if AMP:
+        grad = grad * inv_scale  # GradScaler's loss scale undone in fp32, in registers: no pass over g
     states = ()
     for i in tl.static_range(N_STATES):
         states = states + (_load(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, MASKED),)
@@ -87,12 +89,12 @@ def _load_block(row_ptr, offsets, numel, scalars, N_STATES: tl.constexpr, N_SCAL
 
 
 @triton.jit
-def _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE: tl.constexpr,
+def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, UPDATE: tl.constexpr,
                   FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr,
                   PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-                  STOCHASTIC: tl.constexpr, MASKED: tl.constexpr):
-    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, N_STATES, N_SCALARS, PER_ROW,
-                                               PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
+                  STOCHASTIC: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
+    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES, N_SCALARS,
+                                               PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
     _store(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED, STOCHASTIC,
            seed, stream)
@@ -102,11 +104,12 @@ def _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE:
 
 
 @triton.jit
-def _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE: tl.constexpr, FLAGS: tl.constexpr,
+def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, REDUCE: tl.constexpr, FLAGS: tl.constexpr,
                   N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr,
-                  PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr):
-    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, N_STATES, N_SCALARS, PER_ROW,
-                                               PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED)
+                  PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr,
+                  MASKED: tl.constexpr):
+    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES, N_SCALARS,
+                                               PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
     terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
     if MASKED:
         terms = tl.where(offsets < numel, terms, 0.0)  # the padding loaded as 0 need not map to 0
@@ -130,52 +133,72 @@ def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.cons
 
 
 @triton.jit
+def _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP: tl.constexpr):
+    """GradScaler's state for this step: (whether to step at all, the inverse loss scale). A step with
+    an inf or NaN gradient (found_inf ≠ 0) writes nothing: params and every state stay as they were."""
+    active = True
+    inv_scale = 1.0
+    if AMP:
+        active = tl.load(found_inf_ptr) == 0
+        inv_scale = tl.load(inv_scale_ptr)
+    return active, inv_scale
+
+
+@triton.jit
 def multi_tensor_update_kernel(
-    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, seed_ptr,
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, seed_ptr, inv_scale_ptr, found_inf_ptr,
     UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
     PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    STOCHASTIC: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
-    the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream."""
+    the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream. With AMP,
+    gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0."""
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
                                                           N_STATES, N_SCALARS, PER_ROW)
     seed = 0
     if STOCHASTIC:
         seed = tl.load(seed_ptr)
+    active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
     stream = tensor * 8 * RANDOM_STREAM  # columns 0 (θ) to 7 (states) of this tensor
-    for block in range(BLOCKS_PER_PROGRAM):
-        start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
-        offsets = start + tl.arange(0, BLOCK_SIZE)
-        if start + BLOCK_SIZE <= numel:
-            _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE, FLAGS, N_STATES,
-                          N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, MASKED=False)
-        elif start < numel:
-            _update_block(row_ptr, offsets, numel, scalars, hyper, seed, stream, UPDATE, FLAGS, N_STATES,
-                          N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, MASKED=True)
+    if active:
+        for block in range(BLOCKS_PER_PROGRAM):
+            start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
+            offsets = start + tl.arange(0, BLOCK_SIZE)
+            if start + BLOCK_SIZE <= numel:
+                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, UPDATE, FLAGS,
+                              N_STATES, N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
+                              MASKED=False)
+            elif start < numel:
+                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, UPDATE, FLAGS,
+                              N_STATES, N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
+                              MASKED=True)
 
 
 @triton.jit
 def multi_tensor_reduce_kernel(
-    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, out_ptr,
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, out_ptr, inv_scale_ptr, found_inf_ptr,
     REDUCE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
     PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
-    """out += the sum over every element of every tensor of REDUCE(param, grad, states, ...)."""
+    """out += the sum over every element of every tensor of REDUCE(param, grad, states, ...); with
+    AMP, of the unscaled gradients, and nothing at all if found_inf ≠ 0."""
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
                                                           N_STATES, N_SCALARS, PER_ROW)
-    total = 0.0
-    for block in range(BLOCKS_PER_PROGRAM):
-        start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
-        offsets = start + tl.arange(0, BLOCK_SIZE)
-        if start + BLOCK_SIZE <= numel:
-            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES, N_SCALARS,
-                                   PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=False)
-        elif start < numel:
-            total += _reduce_block(row_ptr, offsets, numel, scalars, hyper, REDUCE, FLAGS, N_STATES, N_SCALARS,
-                                   PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, MASKED=True)
-    tl.atomic_add(out_ptr, total)  # one atomic per program; the order of the additions varies on a GPU
+    active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
+    if active:
+        total = 0.0
+        for block in range(BLOCKS_PER_PROGRAM):
+            start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
+            offsets = start + tl.arange(0, BLOCK_SIZE)
+            if start + BLOCK_SIZE <= numel:
+                total += _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, REDUCE, FLAGS, N_STATES,
+                                       N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED=False)
+            elif start < numel:
+                total += _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, REDUCE, FLAGS, N_STATES,
+                                       N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED=True)
+        tl.atomic_add(out_ptr, total)  # one atomic per program; the order of the additions varies on a GPU
 
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -284,32 +307,53 @@ def _launch(kernel, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, ru
         )
 
 
+def amp_arguments(amp: Optional[tuple]):
+    """The kernels' AMP arguments on a device, from ``amp``: None, or GradScaler's (inverse scale,
+    found_inf) as one-element fp32 tensors (found_inf ≠ 0: the step is skipped)."""
+    if amp is not None:
+        for name, value in zip(("the inverse scale", "found_inf"), amp):
+            if not isinstance(value, torch.Tensor) or value.dtype != torch.float32 or value.numel() != 1:
+                raise ValueError(f"amp: {name} must be a one-element fp32 tensor, got {value!r}")
+
+    def arguments(device):
+        if amp is None:
+            return {"inv_scale_ptr": None, "found_inf_ptr": None, "AMP": False}
+        inv_scale, found_inf = (t.to(device, non_blocking=True) for t in amp)
+        return {"inv_scale_ptr": inv_scale, "found_inf_ptr": found_inf, "AMP": True}
+    return arguments
+
+
 def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-                        seeds: Optional[dict] = None):
+                        seeds: Optional[dict] = None, amp: Optional[tuple] = None):
     """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key.
 
     ``seeds``: None rounds to nearest; {device: a 0-d int64 tensor there} makes bf16 and fp16 stores
     stochastic, keyed by the tensor's value, which each launch on that device then advances by one.
+    ``amp``: None, or (inverse loss scale, found_inf) of torch.amp.GradScaler: gradients unscaled in the
+    kernel, and on found_inf ≠ 0 nothing written.
     """
+    amp_arguments_on = amp_arguments(amp)
     for device, seed in (seeds or {}).items():
         if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != device:
             raise ValueError(f"the seed for {device} must be a one-element int64 tensor there, got {seed.dtype} "
                              f"with {seed.numel()} elements on {seed.device}")
 
-    def seed_arguments(device):
+    def device_arguments(device):
         if seeds is None:
-            return {"seed_ptr": None, "STOCHASTIC": False}
+            return {"seed_ptr": None, "STOCHASTIC": False, **amp_arguments_on(device)}
         seeds[device].add_(1)  # each launch draws other random bits (the low 32 bits count launches)
-        return {"seed_ptr": seeds[device], "STOCHASTIC": True}
+        return {"seed_ptr": seeds[device], "STOCHASTIC": True, **amp_arguments_on(device)}
 
-    _launch(multi_tensor_update_kernel, slots, hyper, flags, rule_name, seed_arguments, UPDATE=update)
+    _launch(multi_tensor_update_kernel, slots, hyper, flags, rule_name, device_arguments, UPDATE=update)
 
 
 def multi_tensor_reduce(reduce, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-                        out: torch.Tensor):
+                        out: torch.Tensor, amp: Optional[tuple] = None):
     """out += Σ over every element of every tensor of ``reduce(param, grad, states, scalars, hyper, FLAGS)``,
     a @triton.jit function returning fp32 terms shaped like its inputs. ``out``: a one-element fp32
-    tensor on the tensors' device; the sum stays there (no host sync)."""
+    tensor on the tensors' device; the sum stays there (no host sync). ``amp`` as for
+    multi_tensor_update: the sum of the unscaled gradients, or nothing on found_inf ≠ 0."""
     if out.dtype != torch.float32 or out.numel() != 1:
         raise ValueError(f"out must be a one-element fp32 tensor, got {out.dtype} with {out.numel()} elements")
-    _launch(multi_tensor_reduce_kernel, slots, hyper, flags, rule_name, out_ptr=out, REDUCE=reduce)
+    _launch(multi_tensor_reduce_kernel, slots, hyper, flags, rule_name, amp_arguments(amp), out_ptr=out,
+            REDUCE=reduce)

@@ -33,10 +33,11 @@ def learning_rate_tensor(group, device) -> torch.Tensor:
     return group["lr"]
 
 
-def sgdhd_prepare(group, params, grads, states):
+def sgdhd_prepare(group, params, grads, states, amp=None):
     lr = learning_rate_tensor(group, params[0].device)
     slots = [TensorSlots(p, g, (state["prev_grad"],)) for p, g, state in zip(params, grads, states)]
-    multi_tensor_reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr)
+    # With GradScaler: the dot product of the unscaled gradient, and α left alone on a skipped step.
+    multi_tensor_reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr, amp)
     return [() for _ in params], [0] * len(params)
 
 

@@ -87,7 +87,7 @@ def _constant(value: float, device: torch.device) -> torch.Tensor:
     return _constants[value, device]
 
 
-def tiger_prepare(group, params, grads, states):
+def tiger_prepare(group, params, grads, states, amp=None):
     """Per tensor: its scalars (step, decay, center, grad norm, lr multiplier) and its row length.
 
     All on the device, with no host sync: one multi-tensor norm over the matrices' θ (their RMS, an
@@ -99,7 +99,10 @@ def tiger_prepare(group, params, grads, states):
     rms = iter(torch._foreach_mul(torch._foreach_norm(matrices, 2, dtype=torch.float32),
                                   [1.0 / math.sqrt(max(p.numel(), 1)) for p in matrices]) if matrices else ())
     grad_norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-    nan_verdicts = torch.stack(grad_norms).isnan().float().unbind()
+    nan_verdicts = torch.stack(grad_norms).isnan().float()
+    if amp is not None:  # a step GradScaler skips counts no NaN skip either (a scaled NaN is still NaN)
+        nan_verdicts = nan_verdicts * amp[1].to(nan_verdicts.device).eq(0)
+    nan_verdicts = nan_verdicts.unbind()
     torch._foreach_add_([state["nan_skips"] for state in states], nan_verdicts)
     scalars, row_lengths = [], []
     for p, kind, state, grad_norm in zip(params, kinds, states, grad_norms):

@@ -31,6 +31,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
+    # torch.amp.GradScaler.step sets self.grad_scale and self.found_inf and calls step(): the kernel
+    # unscales the gradients and, on found_inf, writes nothing (as torch's fused Adam).
+    _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
                  gradient_release=False):
@@ -113,6 +116,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        amp = self._amp_scaling()
         # Every check runs before any tensor changes: a bad group never leaves others half-updated.
         work = []
         for index, group in enumerate(self.param_groups):
@@ -120,8 +124,24 @@ class FusedOptimizer(torch.optim.Optimizer):
             if params:
                 work.append((group, params, self._check_group(index, params)))
         for group, params, impl in work:
-            self._update(group, params, impl)
+            self._update(group, params, impl, amp)
         return loss
+
+    def _amp_scaling(self):
+        """None, or (inverse loss scale, found_inf) from the grad_scale and found_inf GradScaler set."""
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if grad_scale is None and found_inf is None:
+            return None
+        if self.gradient_release:
+            raise RuntimeError(f"{self.rule.name}: gradient_release=True applies each gradient inside backward, "
+                               "before GradScaler can check it for infs; train in bf16 without a GradScaler, or "
+                               "without gradient_release")
+        reference = grad_scale if grad_scale is not None else found_inf
+        inv_scale = (grad_scale.double().reciprocal().float() if grad_scale is not None
+                     else torch.ones((), dtype=torch.float32, device=reference.device))
+        found_inf = (found_inf.float() if found_inf is not None
+                     else torch.zeros((), dtype=torch.float32, device=reference.device))
+        return inv_scale.reshape(()), found_inf.reshape(())
 
     def _check_group(self, index, params):
         """Check group ``index`` and the gradients of ``params``; return the impl that will run them."""
@@ -132,13 +152,24 @@ class FusedOptimizer(torch.optim.Optimizer):
             check_grad(self.rule.name, param, f"param {i} of {where}")
         return self._resolve_impl(params, where)
 
-    def _update(self, group, params, impl):
+    def _update(self, group, params, impl, amp=None):
         grads = [p.grad for p in params]
+        if amp is not None and (impl == "reference" or self._makes_first_step_states(group, params)):
+            # The reference, and a kernel that would make a state on this step (SGD's buffer, left
+            # unwritten on a skipped step), ask the host whether to step: one sync.
+            if amp[1].item() != 0:
+                return
+            if impl == "reference":
+                grads, amp = [g.float() * amp[0].to(g.device) for g in grads], None
         states = [self._init_state(p, group) for p in params]
         if impl == "reference":
             self._reference_step(group, params, grads, states)
         else:
-            self._fused_step(group, params, grads, states)
+            self._fused_step(group, params, grads, states, amp)
+
+    def _makes_first_step_states(self, group, params) -> bool:
+        names = [s.name for s in self.rule.states if s.initial == FIRST_STEP and s.exists(group)]
+        return any(name not in self.state[p] for p in params for name in names)
 
     def _reference_step(self, group, params, grads, states):
         arguments = ()
@@ -169,22 +200,24 @@ class FusedOptimizer(torch.optim.Optimizer):
             first_step.append(bool(missing))
         return first_step
 
-    def _fused_step(self, group, params, grads, states):
+    def _fused_step(self, group, params, grads, states, amp=None):
         rule = self.rule
         if "step" in rule.scalar_states:
-            torch._foreach_add_([state["step"] for state in states], 1.0)  # one launch for the group
+            # One launch for the group; a step GradScaler skips is not counted (on the device: no sync).
+            steps = [state["step"] for state in states]
+            torch._foreach_add_(steps, 1.0 if amp is None else amp[1].to(params[0].device).eq(0).float())
         names = rule.state_names(group)
         first_step = self._allocate_first_step_states(group, params, states)
         tensor_flags = [(first,) if rule.has_first_step_states else () for first in first_step]
         if rule.prepare is not None:
-            scalars, row_lengths = rule.prepare(group, params, grads, states)
+            scalars, row_lengths = rule.prepare(group, params, grads, states, amp)
         else:
             scalars = [tuple(state[name] for name in rule.scalar_states) for state in states]
             row_lengths = [0] * len(params)
         slots = [TensorSlots(p, g, tuple(state[n] for n in names), s, f, r)
                  for p, g, state, s, f, r in zip(params, grads, states, scalars, tensor_flags, row_lengths)]
         hyper, flags = rule.kernel_arguments(group)
-        multi_tensor_update(rule.update, slots, hyper, flags, rule.name, self._launch_seeds(params))
+        multi_tensor_update(rule.update, slots, hyper, flags, rule.name, self._launch_seeds(params), amp)
 
     def _launch_seeds(self, params):
         """None (round to nearest), or each device's stochastic-rounding seed tensor."""

@@ -86,7 +86,7 @@ class Rule:
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
     # Host-side work before the launch, on the device and without a host sync (Tiger's RMS and NaN
-    # verdict, SGDHD's dot product): (group, params, grads, states) -> (each tensor's fp32 scalars,
+    # verdict, SGDHD's dot product): (group, params, grads, states, amp) -> (each tensor's fp32 scalars,
     # each tensor's row length: 0, or the length of the rows its last scalar holds one value for).
     # Without it, each tensor's scalars are its scalar states.
     prepare: Optional[Callable] = None

@@ -53,8 +53,9 @@ def access_widths(ptx: str) -> dict:
 
 
 def cases():
-    """(rule, dtype, label, group options, optimizer options): every rule in every dtype, and Tiger's
-    variants that change the kernel: an embedding table's per-row lr, stochastic rounding."""
+    """(rule, dtype, label, group options, optimizer options): every rule in every dtype, Tiger's
+    variants that change the kernel (an embedding table's per-row lr, stochastic rounding), and steps
+    under GradScaler ("amp": the in-kernel unscale and skip, also in SGDHD's reduction)."""
     import optim
 
     for name, rule in optim.RULES.items():
@@ -63,6 +64,8 @@ def cases():
     yield "Tiger", torch.float32, " embedding", {"param_kind": "embedding"}, {}
     for dtype in (torch.bfloat16, torch.float16):
         yield "Tiger", dtype, " stochastic", {}, {"stochastic_rounding": True}
+    for name, dtype in (("AdamW", torch.float32), ("AdamW", torch.bfloat16), ("SGDHD", torch.float32)):
+        yield name, dtype, " amp", {}, {"amp": True}
 
 
 def main():
@@ -91,7 +94,11 @@ def main():
             params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
             for p in params:
                 p.grad = torch.zeros_like(p)
-            getattr(optim, name)([dict(params=params, **group_options)], impl="triton", **options).step()
+            amp = options.pop("amp", False)
+            optimizer = getattr(optim, name)([dict(params=params, **group_options)], impl="triton", **options)
+            if amp:  # what GradScaler.step sets before it calls step()
+                optimizer.grad_scale, optimizer.found_inf = torch.ones(()), torch.zeros(())
+            optimizer.step()
         finally:
             launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update.kernel, reduce.kernel
         key = f"{name} {str(dtype)[6:]}{label}"

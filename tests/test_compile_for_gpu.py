@@ -33,9 +33,11 @@ def test_full_blocks_use_128_bit_accesses_on_sm90():
             loads = found.get("ld.global.v4.b32", 0)
             assert 2 * vectors_per_tensor <= loads <= vectors_per_tensor * (2 + n_states), (name, dtype, found)
             assert found.get("st.global.v4.b32") == vectors_per_tensor * (1 + n_states), (name, dtype, found)
-    # Tiger's kernel variants keep every vector access: the per-row lr is a gather of its own, and
-    # stochastic rounding only changes the values stored.
+    # Tiger's kernel variants and GradScaler's steps keep every vector access: the per-row lr is a
+    # gather of its own, stochastic rounding only changes the values stored, and AMP adds two scalar
+    # loads (the inverse scale, found_inf).
     for variant, base in (("Tiger float32 embedding", "Tiger float32"), ("Tiger bfloat16 stochastic", "Tiger bfloat16"),
-                          ("Tiger float16 stochastic", "Tiger float16")):
+                          ("Tiger float16 stochastic", "Tiger float16"), ("AdamW float32 amp", "AdamW float32"),
+                          ("AdamW bfloat16 amp", "AdamW bfloat16"), ("SGDHD float32 amp reduce", "SGDHD float32 reduce")):
         for access in ("ld.global.v4.b32", "st.global.v4.b32"):
             assert widths[variant].get(access) == widths[base].get(access), (variant, widths[variant])

@@ -1,0 +1,102 @@
+"""GradScaler with every rule: gradients unscaled in the step, and a step with an inf skipped whole.
+
+The loss scale is a power of two, so scaling and unscaling are exact: a scaled run must equal the
+unscaled one bit for bit, and a skipped step must leave params and every state (step counters,
+Tiger's NaN-skip counter, SGDHD's learned lr) exactly as they were.
+"""
+
+import pytest
+import torch
+
+import optim
+from optim.registry import RULES
+from tests.conftest import DEVICE, make_params, random_grads
+from tests.test_parity import HYPER
+
+SHAPES = [(1023,), (3, 7, 5), (1,)]
+SCALE = 2.0**10
+
+
+def grad_scaler():
+    scaler = torch.amp.GradScaler(DEVICE.type, init_scale=SCALE, growth_interval=1000)
+    scaler.scale(torch.ones((), device=DEVICE))  # what scaler.scale(loss) does first: make the scale tensor
+    return scaler
+
+
+def hyper(rule):
+    return {name: HYPER[name](value) if name in HYPER else value for name, value in rule.defaults.items()}
+
+
+def snapshot(optimizer, params):
+    """Every param, every state tensor and every tensor-valued group entry (SGDHD's α), copied."""
+    tensors = [p.detach().clone() for p in params]
+    tensors += [value.clone() for p in params for value in optimizer.state[p].values()]
+    tensors += [value.clone() for group in optimizer.param_groups for value in group.values()
+                if isinstance(value, torch.Tensor)]
+    return tensors
+
+
+def assert_identical(actual, expected, what):
+    assert len(actual) == len(expected), what
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert torch.equal(a, e), f"{what}: tensor {i} differs (max |Δ| {(a.float() - e.float()).abs().max()})"
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
+def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl):
+    steps = [random_grads(make_params(SHAPES, torch.float32, rule=rule), seed) for seed in range(3)]
+    plain_params = make_params(SHAPES, torch.float32, rule=rule)
+    plain = getattr(optim, rule.name)(plain_params, **hyper(rule), impl=impl)
+    for grads in steps:
+        for p, g in zip(plain_params, grads):
+            p.grad = g.clone()
+        plain.step()
+
+    params = make_params(SHAPES, torch.float32, rule=rule)
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl)
+    scaler = grad_scaler()
+    for index, grads in enumerate(steps):
+        if index == 1:  # an overflow between two real steps: nothing may change
+            before = snapshot(optimizer, params)
+            for p, g in zip(params, grads):
+                p.grad = g * SCALE
+            params[1].grad.view(-1)[4] = float("inf")
+            scaler.step(optimizer)
+            scaler.update()
+            assert_identical(snapshot(optimizer, params), before, f"{rule.name} ({impl}) after a skipped step")
+            assert scaler.get_scale() == SCALE / 2
+        for p, g in zip(params, grads):
+            p.grad = g * scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+    assert_identical(snapshot(optimizer, params), snapshot(plain, plain_params),
+                     f"{rule.name} ({impl}) with GradScaler against the unscaled run")
+
+
+def test_a_skipped_first_step_makes_no_momentum_buffer():
+    """SGD's buffer is made by its first step: a skipped first step must not leave one (unwritten)."""
+    params = make_params(SHAPES, torch.float32)
+    optimizer = optim.SGD(params, lr=0.1, momentum=0.9, impl="triton")
+    scaler = grad_scaler()
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    scaler.step(optimizer)
+    assert all("momentum_buffer" not in optimizer.state[p] for p in params)
+    grads = random_grads(params, 0)
+    for p, g in zip(params, grads):
+        p.grad = g * scaler.get_scale()
+    scaler.update()
+    for p, g in zip(params, grads):
+        p.grad = g * scaler.get_scale()
+    scaler.step(optimizer)
+    for p, g in zip(params, grads):
+        assert torch.equal(optimizer.state[p]["momentum_buffer"], g)
+
+
+def test_gradient_release_refuses_a_grad_scaler():
+    params = [p.requires_grad_() for p in make_params(SHAPES, torch.float32)]
+    tiger = optim.Tiger(params, gradient_release=True)
+    tiger.grad_scale, tiger.found_inf = torch.ones(()), torch.zeros(())
+    with pytest.raises(RuntimeError, match="GradScaler"):
+        tiger.step()
