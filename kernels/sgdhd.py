@@ -10,7 +10,8 @@ import triton
 import triton.language as tl
 
 from kernels.elementwise import hyperparameter
-from kernels.launcher import TensorSlots, multi_tensor_reduce
+from kernels import ops
+from kernels.launcher import TensorSlots
 
 
 @triton.jit
@@ -37,7 +38,7 @@ def sgdhd_prepare(group, params, grads, states, amp=None):
     lr = learning_rate_tensor(group, params[0].device)
     slots = [TensorSlots(p, g, (state["prev_grad"],)) for p, g, state in zip(params, grads, states)]
     # With GradScaler: the dot product of the unscaled gradient, and α left alone on a skipped step.
-    multi_tensor_reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr, amp)
+    ops.reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr, amp)
     return [() for _ in params], [0] * len(params)
 
 

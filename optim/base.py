@@ -5,7 +5,7 @@ import itertools
 
 import torch
 
-from kernels import TensorSlots, multi_tensor_update
+from kernels import TensorSlots, ops
 from kernels.launcher import INTERPRETED, check_slots
 from optim.registry import FIRST_STEP
 from optim.rounding import stochastic_round
@@ -217,7 +217,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         slots = [TensorSlots(p, g, tuple(state[n] for n in names), s, f, r)
                  for p, g, state, s, f, r in zip(params, grads, states, scalars, tensor_flags, row_lengths)]
         hyper, flags = rule.kernel_arguments(group)
-        multi_tensor_update(rule.update, slots, hyper, flags, rule.name, self._launch_seeds(params), amp)
+        ops.update(rule.update, slots, hyper, flags, rule.name, self._launch_seeds(params), amp)
 
     def _launch_seeds(self, params):
         """None (round to nearest), or each device's stochastic-rounding seed tensor."""

@@ -1,0 +1,61 @@
+"""torch.compile around optimizer.step(): one graph for every rule, and no recompilation when a tensor
+lr changes every step, by fill_ or by a scheduler. Each launch is an opaque torch.library op
+(kernels/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
+import pytest
+import torch
+from torch._dynamo.testing import CompileCounter
+
+import optim
+from optim.registry import RULES
+from tests.conftest import make_params, random_grads
+
+SHAPES = [(100,), (3, 7), (1,)]
+STEPS = 20
+
+
+def optimizer_and_params(rule):
+    params = make_params(SHAPES, torch.float32, rule=rule)
+    return getattr(optim, rule.name)(params, lr=torch.tensor(1e-2), impl="triton"), params
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
+def test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule):
+    """The first step runs eagerly (it makes the state); then 20 compiled steps, the lr tensor changed
+    by fill_ before each (SGDHD learns its own), equal to the same steps run eagerly."""
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        optimizer, params = optimizer_and_params(rule)
+        counter = CompileCounter()
+        step = torch.compile(optimizer.step, fullgraph=True, backend=counter) if compiled else optimizer.step
+        for index in range(STEPS + 1):
+            for p, g in zip(params, random_grads(params, index)):
+                p.grad = g
+            if not rule.learns_lr:
+                optimizer.param_groups[0]["lr"].fill_(1e-2 / (1 + index))
+            (step if index else optimizer.step)()
+        runs.append((params, optimizer, counter))
+    (eager, eager_optimizer, _), (compiled, compiled_optimizer, counter) = runs
+    assert counter.frame_count == 1, f"{rule.name}: {counter.frame_count} compilations over {STEPS} steps"
+    for a, b in zip(compiled, eager):
+        assert torch.equal(a, b), f"{rule.name}: compiled and eager params differ"
+        for name, value in eager_optimizer.state[b].items():
+            assert torch.equal(compiled_optimizer.state[a][name], value), f"{rule.name}: state {name} differs"
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
+def test_a_scheduler_changing_a_tensor_lr_does_not_recompile():
+    """The scheduler runs outside the compiled step, as in torch's compiled-optimizer recipe: torch
+    wraps optimizer.step in lr_scheduler.py when a scheduler is made, and dynamo never traces that
+    file, so the step is compiled before the scheduler wraps it."""
+    optimizer, params = optimizer_and_params(RULES["AdamW"])
+    counter = CompileCounter()
+    step = torch.compile(optimizer.step, fullgraph=True, backend=counter)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+    for index in range(STEPS + 1):
+        for p, g in zip(params, random_grads(params, index)):
+            p.grad = g
+        (step if index else optimizer.step)()
+        scheduler.step()
+    assert counter.frame_count == 1
+    assert optimizer.param_groups[0]["lr"].item() == pytest.approx(1e-2 * 0.5 ** ((STEPS + 1) // 3))
