@@ -59,3 +59,39 @@ def test_a_scheduler_changing_a_tensor_lr_does_not_recompile():
         scheduler.step()
     assert counter.frame_count == 1
     assert optimizer.param_groups[0]["lr"].item() == pytest.approx(1e-2 * 0.5 ** ((STEPS + 1) // 3))
+
+
+@pytest.mark.parametrize("name", ["AdamW", "Tiger"])
+def test_a_compiled_training_step_traces_the_step_and_keeps_its_graphs(name):
+    """Forward, backward, step and zero_grad in one compiled function, as torch's recipe compiles a
+    training step: the step is traced into a graph (its op is there; that the step alone has no break
+    is the fullgraph test above), the breaks dynamo reports are torch's own (Tensor.backward(), and
+    Optimizer.zero_grad, which it skips), and the number of compiled frames stays fixed while the lr
+    tensor changes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    optimizer = getattr(optim, name)(model.parameters(), lr=torch.tensor(1e-2), impl="triton")
+    inputs, targets = torch.randn(32, 8), torch.randn(32, 1)
+
+    def train_step():
+        loss = torch.nn.functional.mse_loss(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss
+
+    train_step()  # the state is made eagerly
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(train_step)()
+    assert any("triton_optim.update" in str(graph.graph) for graph in explanation.graphs), "the step was not traced"
+    for reason in explanation.break_reasons:  # torch's own: backward, and Optimizer.zero_grad, which dynamo skips
+        assert "Tensor.backward()" in reason.reason or "Optimizer.zero_grad" in reason.reason, reason.reason
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(train_step, backend=counter)
+    frames = []
+    for index in range(8):
+        compiled()
+        optimizer.param_groups[0]["lr"].fill_(1e-2 / (2 + index))  # what a scheduler does to a tensor lr
+        frames.append(counter.frame_count)
+    assert frames == [frames[0]] * 8, f"compiled frames per step: {frames}"
