@@ -7,12 +7,17 @@ The rule's math is named by its module and name; hyperparameters are numbers or 
 tensor lr changes without recompiling); the compile-time flags travel as their repr.
 """
 import ast
+import functools
 import importlib
 from typing import Optional, Sequence
 
 import torch
 
 from kernels.launcher import TensorSlots, multi_tensor_reduce, multi_tensor_update
+
+
+# The flags of a rule's launch repeat from step to step: each string is parsed once, not per step.
+_literal = functools.lru_cache(maxsize=1024)(ast.literal_eval)
 
 
 def _name(function) -> str:
@@ -39,7 +44,7 @@ def _flatten(slots: Sequence[TensorSlots], hyper: tuple) -> dict:
 
 def _slots(params, grads, states, scalars, counts, tensor_flags) -> list:
     slots, state_at, scalar_at = [], 0, 0
-    for i, flags in enumerate(ast.literal_eval(tensor_flags)):
+    for i, flags in enumerate(_literal(tensor_flags)):
         n_states, n_scalars, row_length = counts[3 * i: 3 * i + 3]
         slots.append(TensorSlots(params[i], grads[i], tuple(states[state_at: state_at + n_states]),
                                  tuple(scalars[scalar_at: scalar_at + n_scalars]), tuple(flags), row_length))
@@ -63,7 +68,7 @@ def _update_op(function: str, rule_name: str, params: list[torch.Tensor], grads:
                flags: str, seeds: list[torch.Tensor], inv_scale: Optional[torch.Tensor],
                found_inf: Optional[torch.Tensor]) -> None:
     multi_tensor_update(_function(function), _slots(params, grads, states, scalars, counts, tensor_flags),
-                        _hyper(hyper_numbers, hyper_tensors, hyper_is_tensor), ast.literal_eval(flags), rule_name,
+                        _hyper(hyper_numbers, hyper_tensors, hyper_is_tensor), _literal(flags), rule_name,
                         {seed.device: seed for seed in seeds} if seeds else None, _amp(inv_scale, found_inf))
 
 
@@ -79,7 +84,7 @@ def _reduce_op(function: str, rule_name: str, params: list[torch.Tensor], grads:
                flags: str, out: torch.Tensor, inv_scale: Optional[torch.Tensor],
                found_inf: Optional[torch.Tensor]) -> None:
     multi_tensor_reduce(_function(function), _slots(params, grads, states, scalars, counts, tensor_flags),
-                        _hyper(hyper_numbers, hyper_tensors, hyper_is_tensor), ast.literal_eval(flags), rule_name,
+                        _hyper(hyper_numbers, hyper_tensors, hyper_is_tensor), _literal(flags), rule_name,
                         out, _amp(inv_scale, found_inf))
 
 

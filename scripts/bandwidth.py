@@ -157,7 +157,7 @@ def time_ms(fn, device, rep_ms) -> tuple:
 
 def buffer_sets(rule, shapes, dtype, device) -> int:
     """How many sets of params, grads and state fill four times the last-level cache (2 to MAX_SETS)."""
-    group = getattr(optim, rule.name)([torch.zeros(1)]).defaults
+    group = rule.defaults
     numels = [math.prod(s) for s in shapes]
     stored = 2 * sum(numels) * torch.empty((), dtype=dtype).element_size() + rule.state_bytes(group, numels, dtype)
     return max(2, min(MAX_SETS, math.ceil(4 * cache_bytes(device) / max(stored, 1))))
@@ -192,7 +192,7 @@ def copy_bandwidth(device, numel, rep_ms) -> float:
 
 
 def row(rule, implementation, size_label, shapes, dtype, device, rep_ms, copy_gbps):
-    group = getattr(optim, rule.name)([torch.zeros(1)]).defaults
+    group = rule.defaults
     numel = sum(math.prod(s) for s in shapes)
     moved = numel * rule.bytes_per_param(group, dtype)
     base = dict(rule=rule.name, dtype=DTYPE_NAMES[dtype], size=size_label, tensors=len(shapes), numel=numel,
