@@ -238,16 +238,48 @@ def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
         chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
         first_chunk = torch.cumsum(chunks, 0) - chunks
         chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
-        _chunk_maps[key] = (chunk_tensor.to(torch.int32).to(device), chunk_index.to(torch.int32).to(device))
+        _chunk_maps[key] = (_to_device(chunk_tensor.to(torch.int32), device),
+                            _to_device(chunk_index.to(torch.int32), device))
     return _chunk_maps[key]
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether work on ``device`` is being recorded into a CUDA graph (torch.cuda.graph) right now."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+# What a CUDA graph copies from the host: the graph reads each host table again at every replay, so
+# neither it nor its device copy may ever be freed or reused. Kept for the life of the process (a few
+# KiB per captured launch).
+_captured_tables: list = []
+
+
+def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-built table on ``device`` without a host sync, also while a CUDA graph is captured."""
+    if capturing(device):
+        # pin_memory() queries CUDA events, which a capture forbids; a non-blocking copy from pageable
+        # memory becomes one memcpy node of the graph, which reads ``host`` at every replay.
+        table = host.to(device, non_blocking=True)
+        _captured_tables.append((host, table))
+        return table
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _pointer_table(slots: Sequence[TensorSlots], device: torch.device) -> torch.Tensor:
     rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)] for s in slots]
-    table = torch.tensor(rows, dtype=torch.int64)
-    if device.type == "cpu":
-        return table
-    return table.pin_memory().to(device, non_blocking=True)
+    return _to_device(torch.tensor(rows, dtype=torch.int64), device)
+
+
+def on_device(value: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """``value`` moved to ``device``; under a CUDA graph capture it must already be there, since a copy
+    from elsewhere would be frozen into the graph at its captured value."""
+    if value.device != device and capturing(device):
+        raise ValueError(f"{name} is a tensor on {value.device} while a CUDA graph of the step is captured on "
+                         f"{device}; put it on {device} (e.g. lr=torch.tensor(1e-3, device='{device}')) so that "
+                         "each replay reads its current value")
+    return value.to(device, non_blocking=True)
 
 
 def check_slots(slots: Sequence[TensorSlots]):
@@ -293,7 +325,8 @@ def _launch(kernel, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, ru
         config = launch_config(rule_name, param_dtype, max(numels), device)
         chunk_size = config.block_size * config.blocks_per_program
         chunk_tensor, chunk_index = _chunk_map(numels, chunk_size, device)
-        device_hyper = tuple(h.to(device) if isinstance(h, torch.Tensor) else h for h in hyper)
+        device_hyper = tuple(on_device(h, device, "a hyperparameter") if isinstance(h, torch.Tensor) else h
+                             for h in hyper)
         kernel[(len(chunk_tensor),)](
             _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper,
             **device_arguments(device), **arguments,
@@ -318,7 +351,8 @@ def amp_arguments(amp: Optional[tuple]):
     def arguments(device):
         if amp is None:
             return {"inv_scale_ptr": None, "found_inf_ptr": None, "AMP": False}
-        inv_scale, found_inf = (t.to(device, non_blocking=True) for t in amp)
+        inv_scale, found_inf = (on_device(t, device, f"GradScaler's {name}") for t, name in
+                                zip(amp, ("scale", "found_inf")))
         return {"inv_scale_ptr": inv_scale, "found_inf_ptr": found_inf, "AMP": True}
     return arguments
 

@@ -5,6 +5,12 @@ call with declared mutations instead of tracing into data_ptr()s and the pointer
 flatten it into the types an op schema allows (tensor lists, numbers, strings) and the op rebuilds it.
 The rule's math is named by its module and name; hyperparameters are numbers or 0-d tensors (a
 tensor lr changes without recompiling); the compile-time flags travel as their repr.
+
+Why an opaque ``custom_op`` and not ``triton_op``/``wrap_triton``, on a GPU too: a launch reads its
+tensors through a table of ``data_ptr()``s built on the host. A triton_op's body is traced with fake
+tensors, which have no data pointer, and inductor's mutation analysis follows a kernel's pointer
+arguments, not pointers loaded from a table. So inductor could neither build the table nor know what
+the kernel writes; the op declares that instead (``mutates_args``), and inductor orders it as a call.
 """
 import ast
 import functools

@@ -6,7 +6,7 @@ import itertools
 import torch
 
 from kernels import TensorSlots, ops
-from kernels.launcher import INTERPRETED, check_slots
+from kernels.launcher import INTERPRETED, capturing, check_slots
 from optim.registry import FIRST_STEP
 from optim.rounding import stochastic_round
 from optim.validation import check_grad, check_hyperparameters, check_options, check_param
@@ -153,6 +153,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._resolve_impl(params, where)
 
     def _update(self, group, params, impl, amp=None):
+        if capturing(params[0].device):
+            self._check_capturable(group, params, impl)
         grads = [p.grad for p in params]
         if amp is not None and (impl == "reference" or self._makes_first_step_states(group, params)):
             # The reference, and a kernel that would make a state on this step (SGD's buffer, left
@@ -166,6 +168,20 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._reference_step(group, params, grads, states)
         else:
             self._fused_step(group, params, grads, states, amp)
+
+    def _check_capturable(self, group, params, impl):
+        """A step recorded into a CUDA graph must neither ask the host anything nor make its state:
+        a state made during capture would be made again, zeroed, at every replay."""
+        if impl != "triton":
+            raise RuntimeError(f"{self.rule.name}: a CUDA graph can capture only the fused step; the reference "
+                               "reads its step counter on the host. Use impl='triton' (or 'auto' with params of a "
+                               f"dtype in {list(self.rule.dtypes)})")
+        names = (*self.rule.scalar_states, *self.rule.state_names(group))
+        missing_seed = self.stochastic_rounding and any(p.device not in self._rounding_seeds for p in params)
+        if missing_seed or any(name not in self.state.get(p, {}) for p in params for name in names):
+            raise RuntimeError(f"{self.rule.name}: the optimizer state does not exist yet; run a few steps "
+                               "eagerly (on a side stream, as torch.cuda.graphs' recipe warms up) before capturing "
+                               "step(), so that every state tensor is made outside the graph")
 
     def _makes_first_step_states(self, group, params) -> bool:
         names = [s.name for s in self.rule.states if s.initial == FIRST_STEP and s.exists(group)]
@@ -205,7 +221,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         if "step" in rule.scalar_states:
             # One launch for the group; a step GradScaler skips is not counted (on the device: no sync).
             steps = [state["step"] for state in states]
-            torch._foreach_add_(steps, 1.0 if amp is None else amp[1].to(params[0].device).eq(0).float())
+            if amp is None:
+                torch._foreach_add_(steps, 1.0)
+            else:  # a list of one tensor each: the overload taking one tensor reads it on the host on a CPU
+                taken = amp[1].to(params[0].device).eq(0).float()
+                torch._foreach_add_(steps, [taken] * len(steps))
         names = rule.state_names(group)
         first_step = self._allocate_first_step_states(group, params, states)
         tensor_flags = [(first,) if rule.has_first_step_states else () for first in first_step]
