@@ -1,31 +1,28 @@
 """The one place where a kernel's launch configuration is chosen.
 
-For now a default table; the per-GPU tuner and its committed tables are a separate piece of work.
+``launch_config`` looks the configuration up in the table tuned for this GPU (autotune/tables/, one file
+per GPU, written by ``python -m autotune``): the rule, the storage dtype and the size bucket of the
+launch's largest tensor, the nearest tuned bucket when that one was not tuned, and the default
+configuration when the GPU, its compute capability or the triton version has no table.
+
 Under the Triton interpreter nothing is ever benchmarked (there is no device to time): the
 interpreter configuration follows the tensor size alone, small enough that test tensors of a few
 thousand elements still span several chunks, so the chunk map and the masked tail are exercised.
 """
-from dataclasses import dataclass
+import contextlib
+import functools
+from typing import Optional
 
 import torch
 import triton
 
+from autotune.space import DEFAULT_CONFIGS, LaunchConfig
+from autotune.table import TuningTable, size_bucket
 
-@dataclass(frozen=True)
-class LaunchConfig:
-    block_size: int  # elements per block, one vector op per element lane
-    blocks_per_program: int  # blocks one program walks before it exits: fewer, longer programs
-    num_warps: int
-    num_stages: int
+__all__ = ["DEFAULT_CONFIGS", "LaunchConfig", "default_config", "forced_config", "interpreter_config",
+           "launch_config", "size_bucket"]
 
-
-# Untuned starting points for a memory-bound elementwise kernel: 16 bytes per thread per access
-# with 4 warps is 512 fp32 elements; two passes of that per block keep several loads in flight.
-# Two-byte dtypes take twice the elements so each access is still 16 bytes wide.
-DEFAULT_CONFIGS = {
-    4: LaunchConfig(block_size=1024, blocks_per_program=4, num_warps=4, num_stages=1),
-    2: LaunchConfig(block_size=2048, blocks_per_program=4, num_warps=4, num_stages=1),
-}
+_forced: Optional[tuple] = None  # (config, dtype or None), set by forced_config while the tuner times a candidate
 
 
 def interpreter_config(numel: int) -> LaunchConfig:
@@ -37,10 +34,38 @@ def interpreter_config(numel: int) -> LaunchConfig:
     return LaunchConfig(block_size=block_size, blocks_per_program=1, num_warps=1, num_stages=1)
 
 
+def default_config(dtype: torch.dtype) -> LaunchConfig:
+    return DEFAULT_CONFIGS[dtype.itemsize]
+
+
+@contextlib.contextmanager
+def forced_config(config: LaunchConfig, dtype: Optional[torch.dtype] = None):
+    """Every launch inside (of storage ``dtype``, if given) takes ``config``: how the tuner times one
+    candidate."""
+    global _forced
+    previous, _forced = _forced, (config, dtype)
+    try:
+        yield
+    finally:
+        _forced = previous
+
+
+@functools.lru_cache(maxsize=None)
+def _table(device_index: int) -> Optional[TuningTable]:
+    """This GPU's table for the running triton, or None (read once per device)."""
+    name = torch.cuda.get_device_name(device_index)
+    capability = torch.cuda.get_device_capability(device_index)
+    return TuningTable.for_device(name, capability, triton.__version__)
+
+
 def launch_config(rule_name: str, dtype: torch.dtype, numel: int, device: torch.device) -> LaunchConfig:
     """The launch configuration for one rule, storage dtype and largest tensor size on ``device``.
 
     Kernels meet CPU tensors only under the interpreter, so the device alone tells the two apart."""
+    if _forced is not None and _forced[1] in (None, dtype):
+        return _forced[0]
     if device.type == "cpu":
         return interpreter_config(numel)
-    return DEFAULT_CONFIGS[torch.empty((), dtype=dtype).element_size()]
+    table = _table(device.index if device.index is not None else torch.cuda.current_device())
+    tuned = table.lookup(rule_name, dtype, numel) if table is not None else None
+    return tuned or default_config(dtype)
