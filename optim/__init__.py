@@ -5,6 +5,7 @@ Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RUL
 from optim.base import FusedOptimizer, optimizer_class
 from optim.param_groups import tiger_param_groups
 from optim.registry import RULES
+from optim.regularization import with_gradient_penalty
 from optim.schedule import PiecewiseLinearLR, piecewise_linear
 
 SGD = optimizer_class(RULES["SGD"])
@@ -22,4 +23,4 @@ SGDHD = optimizer_class(RULES["SGDHD"])
 Tiger = optimizer_class(RULES["Tiger"])
 
 __all__ = ["RULES", "FusedOptimizer", "PiecewiseLinearLR", "optimizer_class", "piecewise_linear",
-           "tiger_param_groups", *RULES]
+           "tiger_param_groups", "with_gradient_penalty", *RULES]

@@ -1,0 +1,29 @@
+"""Run every reproduction (or those named) and write their figures under reports/reproductions/."""
+import argparse
+import importlib
+import pkgutil
+import time
+
+import scripts.reproductions as package
+
+MODULES = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in ("common", "__main__"))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m scripts.reproductions", description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="name", help=f"which to run (default all): {', '.join(MODULES)}")
+    parser.add_argument("--out", help="output directory (default reports/reproductions/)")
+    arguments = parser.parse_args(argv)
+    unknown = sorted(set(arguments.names) - set(MODULES))
+    if unknown:
+        parser.error(f"no reproduction named {', '.join(unknown)}; the reproductions are {', '.join(MODULES)}")
+    for name in arguments.names or MODULES:
+        module = importlib.import_module(f"scripts.reproductions.{name}")
+        start = time.perf_counter()
+        print(f"== {name}: {module.CLAIM}")
+        module.run(arguments.out)
+        print(f"   ({time.perf_counter() - start:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""What every reproduction shares: where it writes, the facts each file carries, and its command line.
+
+A reproduction is a module of this package with ``NAME``, a one-line ``CLAIM`` and ``run(out) -> dict``:
+it computes its numbers, writes ``<NAME>.png`` and ``<NAME>.csv`` (every row with the machine's facts)
+under ``out`` (default reports/reproductions/), prints what it measured, and returns the numbers that
+its test asserts.
+"""
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed: PNGs only
+import torch  # noqa: E402
+
+from scripts.report import REPORTS, describe, machine, write_csv  # noqa: E402
+
+DIRECTORY = REPORTS / "reproductions"
+
+
+def output_directory(out=None) -> Path:
+    directory = Path(out) if out is not None else DIRECTORY
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def facts() -> dict:
+    """The reproductions run on the CPU: what they show does not depend on a GPU."""
+    return machine(torch.device("cpu"))
+
+
+def save(name: str, figure, rows: list, out=None) -> Path:
+    """Write ``figure`` as <name>.png and ``rows`` as <name>.csv under the output directory."""
+    from matplotlib import pyplot
+
+    directory = output_directory(out)
+    run_facts = facts()
+    figure.text(0.01, 0.005, describe(run_facts), fontsize=6, color="grey")
+    figure.savefig(directory / f"{name}.png", dpi=120)
+    pyplot.close(figure)
+    write_csv(directory / f"{name}.csv", run_facts, rows)
+    return directory
+
+
+def main(module, argv=None) -> dict:
+    """The command line of one reproduction: ``python -m scripts.reproductions.<name> [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=module.CLAIM)
+    parser.add_argument("--out", help=f"directory for {module.NAME}.png and .csv (default {DIRECTORY})")
+    arguments = parser.parse_args(argv)
+    return module.run(arguments.out)
