@@ -34,11 +34,22 @@ def learning_rate_tensor(group, device) -> torch.Tensor:
     return group["lr"]
 
 
-def sgdhd_prepare(group, params, grads, states, amp=None):
+def sgdhd_prepare(group, params, grads, states, amp=None, shards=None):
+    """α += β·⟨g, g_prev⟩ over the group, on the device. With GradScaler: the dot product of the
+    unscaled gradient, and α left alone on a skipped step. With FSDP2 shards (``kernels.shards``): the
+    shards' partial dot product is summed over the ranks before it moves α, so every rank learns the same α."""
     lr = learning_rate_tensor(group, params[0].device)
     slots = [TensorSlots(p, g, (state["prev_grad"],)) for p, g, state in zip(params, grads, states)]
-    # With GradScaler: the dot product of the unscaled gradient, and α left alone on a skipped step.
-    ops.reduce(sgdhd_hypergradient, slots, sgdhd_arguments(group)[0], (), "SGDHD", lr, amp)
+    hyper = sgdhd_arguments(group)[0]
+    sharded = [i for i in range(len(slots)) if shards is not None and shards.groups[i] is not None]
+    whole = [slot for i, slot in enumerate(slots) if i not in sharded]
+    if whole:
+        ops.reduce(sgdhd_hypergradient, whole, hyper, (), "SGDHD", lr, amp)
+    if sharded:
+        partial = torch.zeros((), dtype=torch.float32, device=lr.device)
+        ops.reduce(sgdhd_hypergradient, [slots[i] for i in sharded], hyper, (), "SGDHD", partial, amp)
+        shards.sum_([partial], sharded[:1])
+        lr.add_(partial)
     return [() for _ in params], [0] * len(params)
 
 

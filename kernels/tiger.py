@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from kernels.elementwise import hyperparameter, sign
+from kernels.shards import global_norms, global_numel
 from optim.schedule import schedule_points
 
 
@@ -87,18 +88,21 @@ def _constant(value: float, device: torch.device) -> torch.Tensor:
     return _constants[value, device]
 
 
-def tiger_prepare(group, params, grads, states, amp=None):
+def tiger_prepare(group, params, grads, states, amp=None, shards=None):
     """Per tensor: its scalars (step, decay, center, grad norm, lr multiplier) and its row length.
 
     All on the device, with no host sync: one multi-tensor norm over the matrices' θ (their RMS, an
     extra read of θ), one per embedding table (per-row RMS), one over every gradient (the NaN
-    verdict, an extra read of g), and one add that counts each tensor's NaN skips.
+    verdict, an extra read of g), and one add that counts each tensor's NaN skips. With FSDP2 shards
+    (``kernels.shards``), the whole tensors' norms are summed over the shards; an embedding's rows lie
+    whole in one shard.
     """
     kinds = [param_kind(p, group) for p in params]
-    matrices = [p for p, kind in zip(params, kinds) if kind == "matrix"]
-    rms = iter(torch._foreach_mul(torch._foreach_norm(matrices, 2, dtype=torch.float32),
-                                  [1.0 / math.sqrt(max(p.numel(), 1)) for p in matrices]) if matrices else ())
-    grad_norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+    matrix_indices = [i for i, kind in enumerate(kinds) if kind == "matrix"]
+    matrix_norms = global_norms([params[i] for i in matrix_indices], shards, matrix_indices)
+    rms = iter(torch._foreach_mul(matrix_norms, [1.0 / math.sqrt(max(global_numel(params[i], shards, i), 1))
+                                                 for i in matrix_indices]) if matrix_indices else ())
+    grad_norms = global_norms(grads, shards, range(len(grads)))
     nan_verdicts = torch.stack(grad_norms).isnan().float()
     if amp is not None:  # a step GradScaler skips counts no NaN skip either (a scaled NaN is still NaN)
         nan_verdicts = nan_verdicts * amp[1].to(nan_verdicts.device).eq(0)

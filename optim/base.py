@@ -7,6 +7,7 @@ import torch
 
 from kernels import TensorSlots, ops
 from kernels.launcher import INTERPRETED, capturing, check_slots
+from kernels.shards import Shards, local
 from optim.registry import FIRST_STEP
 from optim.rounding import stochastic_round
 from optim.validation import check_grad, check_hyperparameters, check_options, check_param
@@ -93,13 +94,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                                "on the CPU with TRITON_INTERPRET=1 set before triton is imported; "
                                "use impl='reference' or impl='auto'")
         if self.impl == "triton":
-            check_slots([TensorSlots(p, p.grad) for p in params])
+            check_slots([TensorSlots(local(p), local(p.grad)) for p in params])
         return self.impl
 
     def _init_state(self, param, group):
         """Create the states this group needs and the param lacks; FIRST_STEP states are left to the
         rule's first step (the reference makes them; _fused_step flags them for the kernel)."""
         state = self.state[param]
+        param = local(param)  # an FSDP2 shard's state covers the shard: a plain tensor beside it
         for name in self.rule.scalar_states:
             if name not in state:
                 state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
@@ -155,7 +157,12 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _update(self, group, params, impl, amp=None):
         if capturing(params[0].device):
             self._check_capturable(group, params, impl)
-        grads = [p.grad for p in params]
+        shards = Shards.of(params, f"{self.rule.name}'s param group")
+        if shards is not None and impl == "reference" and self.rule.prepare is not None:
+            raise RuntimeError(f"{self.rule.name}: the reference reduces over whole tensors, which FSDP2 params "
+                               "are not; use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums "
+                               "those reductions over the shards")
+        grads = [local(p.grad) for p in params]
         if amp is not None and (impl == "reference" or self._makes_first_step_states(group, params)):
             # The reference, and a kernel that would make a state on this step (SGD's buffer, left
             # unwritten on a skipped step), ask the host whether to step: one sync.
@@ -164,10 +171,11 @@ class FusedOptimizer(torch.optim.Optimizer):
             if impl == "reference":
                 grads, amp = [g.float() * amp[0].to(g.device) for g in grads], None
         states = [self._init_state(p, group) for p in params]
+        params = [local(p) for p in params]  # the state is keyed by the DTensor, the math runs on its shard
         if impl == "reference":
             self._reference_step(group, params, grads, states)
         else:
-            self._fused_step(group, params, grads, states, amp)
+            self._fused_step(group, params, grads, states, amp, shards)
 
     def _check_capturable(self, group, params, impl):
         """A step recorded into a CUDA graph must neither ask the host anything nor make its state:
@@ -216,7 +224,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             first_step.append(bool(missing))
         return first_step
 
-    def _fused_step(self, group, params, grads, states, amp=None):
+    def _fused_step(self, group, params, grads, states, amp=None, shards=None):
         rule = self.rule
         if "step" in rule.scalar_states:
             # One launch for the group; a step GradScaler skips is not counted (on the device: no sync).
@@ -230,7 +238,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         first_step = self._allocate_first_step_states(group, params, states)
         tensor_flags = [(first,) if rule.has_first_step_states else () for first in first_step]
         if rule.prepare is not None:
-            scalars, row_lengths = rule.prepare(group, params, grads, states, amp)
+            scalars, row_lengths = rule.prepare(group, params, grads, states, amp, shards)
         else:
             scalars = [tuple(state[name] for name in rule.scalar_states) for state in states]
             row_lengths = [0] * len(params)

@@ -3,6 +3,7 @@
 import numbers
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from kernels.tiger import PARAM_KINDS
 from optim.schedule import schedule_points
@@ -132,6 +133,8 @@ def check_param(rule_name: str, param, where: str, nonnegative=False):
     if param.is_complex() or not param.is_floating_point():
         raise TypeError(f"{rule_name}: {where} has dtype {param.dtype}; only real floating-point params "
                         "can be optimized (for complex params, optimize torch.view_as_real(param))")
+    if nonnegative and isinstance(param, DTensor):
+        param = param.full_tensor()  # every rank checks the whole tensor, so all raise or none does
     if nonnegative and param.numel() and param.min() < 0:  # a host sync, at construction only
         raise ValueError(f"{rule_name}: {where} has negative entries (min {param.min().item():.4g}); "
                          f"{rule_name} multiplies params by positive factors and needs them >= 0 from the "

@@ -15,6 +15,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 import optim
 from optim.distributed import MajorityVoteState, majority_vote_hook
+from optim.registry import RULES
+from tests.test_amp import hyper
 
 FEATURES, OUTPUTS, BATCH = 64, 31, 16  # 2015 params: 63 words
 STEPS = 20
@@ -106,3 +108,84 @@ def test_majority_vote_sends_a_32nd_of_the_bytes_votes_as_by_hand_and_trains(tmp
         first, last = workers[0]["losses"][:5], workers[0]["losses"][-5:]
         # 20 sign steps of lr 1e-2 move a weight 0.2 at most, about the teacher's scale (0.1): the loss halves.
         assert sum(last) < 0.5 * sum(first), f"{size} workers: the loss did not fall: {first} → {last}"
+
+
+class ShardedModel(torch.nn.Module):
+    """Every kind of tensor Tiger tells apart, in shards of every shape: the embedding's 10 rows split
+    5/5, the linear layer's 7 rows 4/3, and the head's single row leaves rank 1 an empty shard."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(10, 8)
+        self.linear = torch.nn.Linear(8, 7)
+        self.norm = torch.nn.LayerNorm(7)
+        self.head = torch.nn.Linear(7, 1)
+
+    def forward(self, tokens):
+        return self.head(self.norm(torch.tanh(self.linear(self.embedding(tokens))))).pow(2).mean()
+
+
+SHARDED_STEPS = 3
+
+
+def _model_and_optimizer(rule, sharded):
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = ShardedModel()
+    if rule.nonnegative_params:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.abs_()
+    if sharded:
+        for module in (model.embedding, model.linear, model.norm, model.head, model):
+            fully_shard(module)
+    params = optim.tiger_param_groups(model) if rule.name == "Tiger" else model.parameters()
+    return model, getattr(optim, rule.name)(params, **hyper(rule), impl="triton")
+
+
+def _sharded_worker(rank, world_size):
+    """Every rule, sharded by FSDP2 over the ranks and whole in this process, on the same batches:
+    FSDP2 averages identical gradients, so the two runs see the same gradient."""
+    results = {}
+    for rule in RULES.values():
+        runs = []
+        for sharded in (True, False):
+            model, optimizer = _model_and_optimizer(rule, sharded)
+            for step in range(SHARDED_STEPS):
+                tokens = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step))
+                model(tokens).backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            params = [p.full_tensor() if sharded else p.detach() for p in model.parameters()]
+            local_sizes = [p.to_local().numel() if sharded else p.numel() for p in model.parameters()]
+            runs.append((params, local_sizes, optimizer))
+        (sharded_params, local_sizes, sharded_optimizer), (whole_params, _, _) = runs
+        state_sizes = [value.numel() for state in sharded_optimizer.state.values() for value in state.values()
+                       if value.dim() > 0]
+        results[rule.name] = dict(
+            max_difference=max((a - b).abs().max().item() for a, b in zip(sharded_params, whole_params)),
+            max_scale=max(b.abs().max().item() for b in whole_params),
+            moved=any(not torch.equal(a, b) for a, b in zip(whole_params, _model_and_optimizer(rule, False)[0].parameters())),
+            state_sizes_within_shards=all(size <= max(local_sizes) for size in state_sizes))
+    model, _ = _model_and_optimizer(RULES["Tiger"], sharded=True)
+    reference = optim.Tiger(model.parameters(), impl="reference")
+    model(torch.zeros((1, 1), dtype=torch.long)).backward()
+    try:
+        reference.step()
+        results["reference_refused"] = ""
+    except RuntimeError as error:
+        results["reference_refused"] = str(error)
+    return results
+
+
+def test_every_rule_steps_fsdp2_shards_as_the_whole_tensors(tmp_path):
+    ranks = spawn(_sharded_worker, 2, tmp_path)
+    assert "impl='triton'" in ranks[0].pop("reference_refused"), "Tiger's reference on shards must refuse"
+    ranks[1].pop("reference_refused")
+    for name, result in ranks[0].items():
+        assert result["moved"], f"{name}: the run did not move the params"
+        # Whole-tensor norms summed over shards round differently from one norm: fp32 rounding, no more.
+        assert result["max_difference"] <= 1e-5 * max(1.0, result["max_scale"]), f"{name}: {result}"
+        assert result["state_sizes_within_shards"], f"{name}: a state tensor larger than a shard"
+    assert ranks[0] == ranks[1], "both ranks gather the same full params"

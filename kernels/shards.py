@@ -1,0 +1,76 @@
+"""Params sharded by FSDP2 (``fully_shard``: DTensors split along dim 0): what a step needs of them.
+
+An elementwise rule steps each rank's local shard and needs nothing else. A rule that reduces over a
+whole tensor or a whole group (Tiger's RMS(θ) and its NaN verdict on ‖g‖, SGDHD's ⟨g, g_prev⟩) sums
+its local partial results over the shards first: ``Shards`` knows, for each param of a step, the
+process group of its shards (None for a whole tensor) and its global size.
+"""
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.placement_types import Shard
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """The rank's own part of a DTensor (sharing its storage), or the tensor itself."""
+    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+
+
+@dataclass(frozen=True)
+class Shards:
+    groups: tuple  # per param: the ProcessGroup of its shards, or None for a whole tensor
+    numels: tuple  # per param: its global number of elements
+
+    @classmethod
+    def of(cls, params: Sequence[torch.Tensor], where: str) -> Optional["Shards"]:
+        """None when no param is a DTensor; else each param's group and size. Only shards along one
+        dimension of a 1-D mesh (FSDP2's layout) are supported: a replicated or 2-D layout would
+        make the sum over ranks count an element more than once."""
+        if not any(isinstance(p, DTensor) for p in params):
+            return None
+        groups = []
+        for i, p in enumerate(params):
+            if not isinstance(p, DTensor):
+                groups.append(None)
+                continue
+            if p.device_mesh.ndim != 1 or not isinstance(p.placements[0], Shard):
+                raise ValueError(f"param {i} of {where} is a DTensor placed {p.placements} on a {p.device_mesh.ndim}-D "
+                                 "mesh; the optimizers support shards along one dimension of a 1-D mesh "
+                                 "(torch.distributed.fsdp.fully_shard's layout)")
+            groups.append(p.device_mesh.get_group())
+        if len({group for group in groups if group is not None}) > 1:
+            raise ValueError(f"the DTensor params of {where} lie on different meshes; give each mesh's params a "
+                             "param group of their own")
+        return cls(tuple(groups), tuple(p.numel() for p in params))
+
+    def sum_(self, values: Sequence[torch.Tensor], indices: Sequence[int]) -> None:
+        """In place, each ``values[k]`` (a partial result over the local shard of param ``indices[k]``)
+        becomes its sum over that param's shards: one all-reduce per process group."""
+        by_group: dict = {}
+        for value, index in zip(values, indices):
+            if self.groups[index] is not None:
+                by_group.setdefault(self.groups[index], []).append(value)
+        for group, partial in by_group.items():
+            total = torch.stack([value.reshape(()) for value in partial])
+            dist.all_reduce(total, group=group)
+            torch._foreach_copy_(partial, [t.reshape(value.shape) for t, value in zip(total.unbind(), partial)])
+
+
+def global_norms(tensors: Sequence[torch.Tensor], shards: Optional[Shards], indices: Sequence[int]) -> list:
+    """The fp32 L2 norm of each whole tensor from its local shard ``tensors[k]`` of param ``indices[k]``."""
+    norms = list(torch._foreach_norm(tensors, 2, dtype=torch.float32)) if tensors else []
+    if shards is None or not norms:
+        return norms
+    squares = torch._foreach_mul(norms, norms)
+    shards.sum_(squares, indices)
+    return list(torch._foreach_sqrt(squares))
+
+
+def global_numel(param: torch.Tensor, shards: Optional[Shards], index: int) -> int:
+    return param.numel() if shards is None else shards.numels[index]
+
+
+__all__ = ["Shards", "global_norms", "global_numel", "local"]
