@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from scripts.reproductions import sign_family
+from scripts.reproductions import common, sign_family
 
 STEPS = 100  # enough for every momentum to change sign many times; the script runs 200
 LR, WEIGHT_DECAY, ADAM_LR, ADAM_STEPS = 1e-2, 0.1, 1e-3, 1000  # the AdamW numbers: η = 1e-3, λ = 0.1
@@ -64,7 +64,7 @@ def test_adam_l2_falls_about_lr_per_step_whatever_the_decay(results):
 def test_the_fused_kernels_agree_bitwise_too():
     # The interpreted kernel is slow (a tenth of a second per step): three steps, Tiger against Lion.
     pair = sign_family.pairs(LR, 0.9, WEIGHT_DECAY, impl="triton")["Tiger(bias, lr 2η) vs Lion(β1=β2)"]
-    with sign_family.one_thread():
+    with common.one_thread():
         left, right = sign_family.trajectory(pair.left, 3), sign_family.trajectory(pair.right, 3)
     assert torch.equal(left, right)
     assert not torch.equal(left[0], left[-1])  # the params moved

@@ -178,13 +178,9 @@ def draw(runs: dict, steps: int, lr: float):
 def run(out=None, steps: int = 1000, replicates: int = 5, lr: float = 0.1, dimension: int = 20,
         batch: int = 16, noise: float = 1.0) -> dict:
     problem = make_problem(replicates, dimension, noise)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: intra-op threads only add synchronisation on a shared CPU
-    try:
+    with common.one_thread():
         runs = {name: train(problem, make, name == "plateau", steps, lr, batch)
                 for name, make in schedulers(steps).items()}
-    finally:
-        torch.set_num_threads(threads)
     for numbers in runs.values():
         final = numbers["excess"][-1]
         numbers.update(final=final, mean=final.mean().item(), spread=final.std().item())

@@ -35,7 +35,6 @@ Adam's gradient is the L2 term λθ alone, and Adam divides it by its own RMS: m
 λ at all, so θ falls by about η per step at first and more slowly as θ shrinks (v̂ remembers the
 larger gradients of the last 1/(1 − β2) = 1000 steps), whatever λ is.
 """
-import contextlib
 import sys
 from typing import Callable, NamedTuple, Optional
 
@@ -51,18 +50,6 @@ CLAIM = ("Tiger (bias kind, lr 2η) = Lion (β1 = β2) = Signum, bitwise; Lion (
          "θ by (1 − ηλ)^t while Adam's L2 falls by about η per step whatever λ is")
 
 BATCH = 32  # minibatches: noisy gradients, so the momentum matters and changes sign
-
-
-@contextlib.contextmanager
-def one_thread():
-    """The tensors here are tiny: intra-op threads only add synchronisation, which on a shared CPU
-    cost several times the work itself."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def make_model(seed: int) -> torch.nn.Module:
@@ -200,7 +187,7 @@ def draw(differences: dict, decay_paths: dict, title_pairs: str, title_decay: st
 def run(out=None, steps: int = 200, adam_steps: int = 1000, lr: float = 1e-2, beta: float = 0.9,
         weight_decay: float = 0.1, adam_lr: float = 1e-3, impl: str = "reference") -> dict:
     weak_decay = weight_decay / 100  # Adam's L2 path should not depend on λ
-    with one_thread():
+    with common.one_thread():
         differences = pair_differences(steps, lr, beta, weight_decay, impl)
         decay_paths = {
             f"AdamW, λ = {weight_decay:g}": zero_gradient_decay(optim.AdamW, adam_steps, adam_lr, weight_decay),
