@@ -31,15 +31,15 @@ def pack_signs_kernel(grad_ptr, words_ptr, numel, n_words, WORDS: tl.constexpr):
 
 
 @triton.jit
-def majority_vote_kernel(gathered_ptr, vote_ptr, numel, n_words, world_size, BLOCK_SIZE: tl.constexpr):
+def majority_vote_kernel(gathered_ptr, vote_ptr, numel, n_words, WORLD_SIZE: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     offsets = tl.program_id(0).to(tl.int64) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     mask = offsets < numel
     word, bit = offsets // 32, (offsets % 32).to(tl.int32)
     positive = tl.zeros((BLOCK_SIZE,), dtype=tl.int32)
-    for rank in range(world_size):
+    for rank in range(WORLD_SIZE):  # a constant of the job: one compilation, and an unrolled loop
         words = tl.load(gathered_ptr + rank * n_words + word, mask=mask, other=0)
         positive += (words >> bit) & 1
-    votes = 2 * positive - world_size  # Σ_r s_r: each worker's +1 or −1
+    votes = 2 * positive - WORLD_SIZE  # Σ_r s_r: each worker's +1 or −1
     vote = tl.where(votes > 0, 1.0, tl.where(votes < 0, -1.0, 0.0))
     tl.store(vote_ptr + offsets, vote.to(vote_ptr.dtype.element_ty), mask=mask)
 
@@ -69,5 +69,5 @@ def majority_vote(gathered: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     block_size = 1024
     if out.numel():
         majority_vote_kernel[(triton.cdiv(out.numel(), block_size),)](gathered, out, out.numel(), n_words,
-                                                                      world_size, BLOCK_SIZE=block_size)
+                                                                      WORLD_SIZE=world_size, BLOCK_SIZE=block_size)
     return out

@@ -68,6 +68,59 @@ def cases():
         yield name, dtype, " amp", {}, {"amp": True}
 
 
+def compile_step(optim, launcher, name, dtype, group_options=None, options=None):
+    """One optimizer step of rule ``name`` whose launches compile (and are recorded) instead of running."""
+    options = dict(options or {})
+    update = CompileOnly(launcher.multi_tensor_update_kernel)
+    reduce = CompileOnly(launcher.multi_tensor_reduce_kernel)  # SGDHD's hypergradient
+    launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update, reduce
+    try:
+        params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        amp = options.pop("amp", False)
+        optimizer = getattr(optim, name)([dict(params=params, **(group_options or {}))], impl="triton", **options)
+        if amp:  # what GradScaler.step sets before it calls step()
+            optimizer.grad_scale, optimizer.found_inf = torch.ones(()), torch.zeros(())
+        optimizer.step()
+    finally:
+        launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update.kernel, reduce.kernel
+    return update.compiled, reduce.compiled
+
+
+def search_space_extremes(optim, launcher):
+    """The tuner's smallest and largest candidates (autotune/space.py) compile too, for AdamW in fp32
+    and bf16: a table tuned on a GPU may pick any of them."""
+    from autotune.space import search_space
+
+    results, default = {}, launcher.launch_config
+    for dtype in (torch.float32, torch.bfloat16):
+        space = sorted(search_space(dtype), key=lambda c: (c.block_size, c.blocks_per_program, c.num_warps))
+        for label, config in (("smallest", space[0]), ("largest", space[-1])):
+            launcher.launch_config = lambda rule, dtype, numel, device: config
+            try:
+                (kernel,), _ = compile_step(optim, launcher, "AdamW", dtype)
+            finally:
+                launcher.launch_config = default
+            results[f"AdamW {str(dtype)[6:]} {label} candidate"] = access_widths(kernel.asm["ptx"])
+    return results
+
+
+def majority_vote_kernels():
+    """The majority vote's packing and voting kernels (kernels/majority_vote.py) on 1000 fp32 gradients."""
+    from kernels import majority_vote
+
+    pack, vote = CompileOnly(majority_vote.pack_signs_kernel), CompileOnly(majority_vote.majority_vote_kernel)
+    majority_vote.pack_signs_kernel, majority_vote.majority_vote_kernel = pack, vote
+    try:
+        majority_vote.pack_signs(torch.zeros(1000))
+        majority_vote.majority_vote(torch.zeros((3, 32), dtype=torch.int32), torch.zeros(1000))
+    finally:
+        majority_vote.pack_signs_kernel, majority_vote.majority_vote_kernel = pack.kernel, vote.kernel
+    return {"majority vote pack": access_widths(pack.compiled[0].asm["ptx"]),
+            "majority vote vote": access_widths(vote.compiled[0].asm["ptx"])}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper (default)")
@@ -87,24 +140,13 @@ def main():
         torch.empty((), dtype=dtype).element_size()]
     results = {}
     for name, dtype, label, group_options, options in cases():
-        update = CompileOnly(launcher.multi_tensor_update_kernel)
-        reduce = CompileOnly(launcher.multi_tensor_reduce_kernel)  # SGDHD's hypergradient
-        launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update, reduce
-        try:
-            params = [torch.zeros(64, 64, dtype=dtype), torch.zeros(64, dtype=dtype)]
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            amp = options.pop("amp", False)
-            optimizer = getattr(optim, name)([dict(params=params, **group_options)], impl="triton", **options)
-            if amp:  # what GradScaler.step sets before it calls step()
-                optimizer.grad_scale, optimizer.found_inf = torch.ones(()), torch.zeros(())
-            optimizer.step()
-        finally:
-            launcher.multi_tensor_update_kernel, launcher.multi_tensor_reduce_kernel = update.kernel, reduce.kernel
+        update, reduce = compile_step(optim, launcher, name, dtype, group_options, options)
         key = f"{name} {str(dtype)[6:]}{label}"
-        (results[key],) = [access_widths(kernel.asm["ptx"]) for kernel in update.compiled]
-        for kernel in reduce.compiled:
+        (results[key],) = [access_widths(kernel.asm["ptx"]) for kernel in update]
+        for kernel in reduce:
             results[f"{key} reduce"] = access_widths(kernel.asm["ptx"])
+    results.update(search_space_extremes(optim, launcher))
+    results.update(majority_vote_kernels())
     if args.json:
         print(json.dumps(results))
         return

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import optim
 from autotune import DEFAULT_CONFIGS
 
@@ -41,3 +43,14 @@ def test_full_blocks_use_128_bit_accesses_on_sm90():
                           ("AdamW bfloat16 amp", "AdamW bfloat16"), ("SGDHD float32 amp reduce", "SGDHD float32 reduce")):
         for access in ("ld.global.v4.b32", "st.global.v4.b32"):
             assert widths[variant].get(access) == widths[base].get(access), (variant, widths[variant])
+    # The tuner's extreme candidates keep every write-back vectorized: vectors per tensor follow the
+    # block size and the warps (autotune/space.py), and AdamW writes θ and its two moments.
+    from autotune.space import search_space
+    for dtype in (torch.float32, torch.bfloat16):
+        space = sorted(search_space(dtype), key=lambda c: (c.block_size, c.blocks_per_program, c.num_warps))
+        for label, config in (("smallest", space[0]), ("largest", space[-1])):
+            vectors_per_tensor = config.block_size * dtype.itemsize // (16 * 32 * config.num_warps)
+            found = widths[f"AdamW {str(dtype)[6:]} {label} candidate"]
+            assert found.get("st.global.v4.b32") == 3 * vectors_per_tensor, (label, dtype, found)
+    # The majority vote's kernels compile; the packing writes one word per thread-row, the vote one value.
+    assert widths["majority vote pack"].get("st.global.b32") and widths["majority vote vote"].get("st.global.b32")

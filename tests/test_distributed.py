@@ -14,12 +14,29 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 import optim
+from kernels.majority_vote import majority_vote, pack_signs
 from optim.distributed import MajorityVoteState, majority_vote_hook
 from optim.registry import RULES
 from tests.test_amp import hyper
 
 FEATURES, OUTPUTS, BATCH = 64, 31, 16  # 2015 params: 63 words
 STEPS = 20
+
+
+@pytest.mark.parametrize("numel", [1, 31, 32, 33, 5000])
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_packed_signs_and_the_vote_match_the_formula(numel, world_size):
+    """One process: bit i % 32 of word i // 32 is g_i ≥ 0, and the vote of the packed words is
+    sign(Σ_r ±1), 0 on a tie, in the gradient's dtype."""
+    generator = torch.Generator().manual_seed(numel)
+    grads = [torch.randn(numel, generator=generator) for _ in range(world_size)]
+    grads[0][0] = 0.0  # a zero gradient votes +1
+    words = torch.stack([pack_signs(g) for g in grads])
+    bits = ((words.long()[..., None] >> torch.arange(32)) & 1).reshape(world_size, -1)[:, :numel]
+    assert torch.equal(bits.bool(), torch.stack(grads) >= 0)
+    expected = torch.sign(torch.where(torch.stack(grads) >= 0, 1.0, -1.0).sum(0))
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(majority_vote(words, torch.empty(numel, dtype=dtype)).float(), expected)
 
 
 def spawn(worker, world_size, tmp_path, *arguments):
