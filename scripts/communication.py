@@ -102,7 +102,11 @@ def main(argv=None):
         "workers": lambda r: r["workers"], "method": lambda r: r["method"], "params": lambda r: f"{r['params']:,}",
         "bytes sent per worker per step": lambda r: f"{r['bytes_per_step']:,}",
         "of fp32": lambda r: f"{r['fraction_of_fp32']:.4f}", "step (median)": lambda r: f"{r['step_ms']:.1f} ms"})
-    text = f"# What a DDP step sends\n\nMeasured on {describe(facts)}.\n\n{table}\n"
+    note = ("" if torch.cuda.is_available() else
+            "\nOn a CPU the step times are not the wire's: gloo over loopback, and the vote's packing "
+            "kernels and every optimizer step run under the Triton interpreter (AdamW beside the all-reduce, "
+            "SignSGD beside the vote). The bytes are what each worker put into its collectives.\n")
+    text = f"# What a DDP step sends\n\nMeasured on {describe(facts)}.\n\n{table}\n{note}"
     (directory / "communication.md").write_text(text)
     print(text)
     return rows

@@ -48,7 +48,10 @@ def save(name: str, figure, rows: list, out=None) -> Path:
 
     directory = output_directory(out)
     run_facts = facts()
-    figure.text(0.01, 0.005, describe(run_facts), fontsize=6, color="grey")
+    footer = describe({**run_facts, "triton_interpreter": False})
+    if run_facts["triton_interpreter"]:
+        footer += "; TRITON_INTERPRET=1: steps with impl 'auto' or 'triton' ran under the interpreter"
+    figure.text(0.01, 0.005, footer, fontsize=6, color="grey")
     figure.savefig(directory / f"{name}.png", dpi=120)
     pyplot.close(figure)
     write_csv(directory / f"{name}.csv", run_facts, rows)
