@@ -1,4 +1,4 @@
-from optim.reference import coupled_gradient
+from optim.reference import coupled_gradient, upcast
 
 
 def adadelta(params, grads, states, group):
@@ -14,12 +14,12 @@ def adadelta(params, grads, states, group):
     lr, rho, eps = float(group["lr"]), group["rho"], group["eps"]
     for param, grad, state in zip(params, grads, states):
         state["step"] += 1  # kept for torch's state_dict; the rule does not use it
-        theta, g = param.float(), grad.float()
+        theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
-        square_avg = rho * state["square_avg"].float() + (1 - rho) * g * g
+        square_avg = rho * upcast(state["square_avg"]) + (1 - rho) * g * g
         std = (square_avg + eps).sqrt()  # eps inside both square roots
-        delta = (state["acc_delta"].float() + eps).sqrt() / std * g
-        acc_delta = rho * state["acc_delta"].float() + (1 - rho) * delta * delta
+        delta = (upcast(state["acc_delta"]) + eps).sqrt() / std * g
+        acc_delta = rho * upcast(state["acc_delta"]) + (1 - rho) * delta * delta
         param.copy_(theta - lr * delta)
         state["square_avg"].copy_(square_avg)
         state["acc_delta"].copy_(acc_delta)

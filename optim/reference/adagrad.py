@@ -1,4 +1,4 @@
-from optim.reference import coupled_gradient
+from optim.reference import coupled_gradient, upcast
 
 
 def adagrad(params, grads, states, group):
@@ -15,10 +15,10 @@ def adagrad(params, grads, states, group):
     for param, grad, state in zip(params, grads, states):
         state["step"] += 1
         step = state["step"].item()
-        theta, g = param.float(), grad.float()
+        theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         decayed_lr = lr / (1 + (step - 1) * lr_decay)
-        state_sum = state["sum"].float() + g * g  # the sum of squared gradients
+        state_sum = upcast(state["sum"]) + g * g  # the sum of squared gradients
         std = state_sum.sqrt() + eps  # eps after the square root
         param.copy_(theta - decayed_lr * (g / std))
         state["sum"].copy_(state_sum)

@@ -1,5 +1,7 @@
 import torch
 
+from optim.reference import upcast
+
 
 def adam(params, grads, states, group, decoupled_weight_decay=False):
     r"""Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015), in torch's order.
@@ -18,8 +20,8 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
     for param, grad, state in zip(params, grads, states):
         state["step"] += 1  # the step counter counts this step: 1 on the first
         step = state["step"].item()
-        theta, g = param.float(), grad.float()  # all math in fp32, whatever the storage dtype
-        exp_avg, exp_avg_sq = state["exp_avg"].float(), state["exp_avg_sq"].float()
+        theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype
+        exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
         if group["maximize"]:
             g = -g
         if decoupled_weight_decay:
@@ -31,7 +33,7 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         if group["amsgrad"]:
-            max_exp_avg_sq = torch.maximum(state["max_exp_avg_sq"].float(), exp_avg_sq)  # v̂ ← max(v̂, v)
+            max_exp_avg_sq = torch.maximum(upcast(state["max_exp_avg_sq"]), exp_avg_sq)  # v̂ ← max(v̂, v)
             state["max_exp_avg_sq"].copy_(max_exp_avg_sq)
             denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
         else:

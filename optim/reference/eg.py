@@ -1,5 +1,7 @@
 import torch
 
+from optim.reference import upcast
+
 
 def eg(params, grads, states, group):
     r"""Exponentiated gradient (Kivinen & Warmuth, "Exponentiated Gradient versus Gradient Descent for
@@ -11,4 +13,4 @@ def eg(params, grads, states, group):
     """
     lr = float(group["lr"])
     for param, grad in zip(params, grads):
-        param.copy_(param.float() * torch.exp(-lr * grad.float()))
+        param.copy_(upcast(param) * torch.exp(-lr * upcast(grad)))

@@ -1,5 +1,7 @@
 import torch
 
+from optim.reference import upcast
+
 
 def egstepsize(params, grads, states, group):
     r"""Per-coordinate step sizes learned by exponentiated gradient (after Amid, Anil, Fifty & Warmuth,
@@ -14,10 +16,10 @@ def egstepsize(params, grads, states, group):
     """
     lr, gamma, bounds = float(group["lr"]), group["gamma"], group["step_size_bounds"]
     for param, grad, state in zip(params, grads, states):
-        g = grad.float()
-        step_size = state["step_size"].float() * torch.exp(gamma * state["prev_grad"].float() * g)
+        g = upcast(grad)
+        step_size = upcast(state["step_size"]) * torch.exp(gamma * upcast(state["prev_grad"]) * g)
         if bounds is not None:
             step_size = step_size.clamp(bounds[0], bounds[1])
-        param.copy_(param.float() - lr * step_size * g)
+        param.copy_(upcast(param) - lr * step_size * g)
         state["step_size"].copy_(step_size)
         state["prev_grad"].copy_(g)

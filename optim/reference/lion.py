@@ -1,5 +1,7 @@
 import torch
 
+from optim.reference import upcast
+
 
 def lion(params, grads, states, group):
     r"""Lion (Chen et al., "Symbolic Discovery of Optimization Algorithms", 2023), as lion-pytorch.
@@ -12,7 +14,7 @@ def lion(params, grads, states, group):
     """
     lr, (beta1, beta2), weight_decay = float(group["lr"]), group["betas"], group["weight_decay"]
     for param, grad, state in zip(params, grads, states):
-        theta, g, exp_avg = param.float(), grad.float(), state["exp_avg"].float()
+        theta, g, exp_avg = upcast(param), upcast(grad), upcast(state["exp_avg"])
         theta = theta * (1 - lr * weight_decay)  # decoupled weight decay
         update = torch.sign(beta1 * exp_avg + (1 - beta1) * g)  # sign of the interpolated momentum
         theta = theta - lr * update

@@ -1,4 +1,4 @@
-from optim.reference import coupled_gradient
+from optim.reference import coupled_gradient, upcast
 
 
 def rmsprop(params, grads, states, group):
@@ -15,18 +15,18 @@ def rmsprop(params, grads, states, group):
     lr, alpha, eps, momentum = float(group["lr"]), group["alpha"], group["eps"], group["momentum"]
     for param, grad, state in zip(params, grads, states):
         state["step"] += 1  # kept for torch's state_dict; the rule does not use it
-        theta, g = param.float(), grad.float()
+        theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
-        square_avg = alpha * state["square_avg"].float() + (1 - alpha) * g * g
+        square_avg = alpha * upcast(state["square_avg"]) + (1 - alpha) * g * g
         state["square_avg"].copy_(square_avg)
         if group["centered"]:  # subtract the squared running mean of g
-            grad_avg = state["grad_avg"].float().lerp(g, 1 - alpha)
+            grad_avg = upcast(state["grad_avg"]).lerp(g, 1 - alpha)
             state["grad_avg"].copy_(grad_avg)
             avg = (square_avg - grad_avg * grad_avg).sqrt() + eps
         else:
             avg = square_avg.sqrt() + eps  # eps after the square root
         if momentum > 0:
-            buffer = momentum * state["momentum_buffer"].float() + g / avg
+            buffer = momentum * upcast(state["momentum_buffer"]) + g / avg
             state["momentum_buffer"].copy_(buffer)
             param.copy_(theta - lr * buffer)
         else:

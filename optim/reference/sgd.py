@@ -1,4 +1,4 @@
-from optim.reference import coupled_gradient
+from optim.reference import coupled_gradient, upcast
 
 
 def sgd(params, grads, states, group, first_step):
@@ -14,13 +14,13 @@ def sgd(params, grads, states, group, first_step):
     """
     lr, momentum, dampening = float(group["lr"]), group["momentum"], group["dampening"]
     for param, grad, state, first in zip(params, grads, states, first_step):
-        theta, g = param.float(), grad.float()
+        theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         if momentum != 0:
             if first:  # the first buffer is the gradient, undampened
                 buffer = g
             else:
-                buffer = momentum * state["momentum_buffer"].float() + (1 - dampening) * g
+                buffer = momentum * upcast(state["momentum_buffer"]) + (1 - dampening) * g
             g = g + momentum * buffer if group["nesterov"] else buffer
             state["momentum_buffer"].copy_(buffer)
         param.copy_(theta - lr * g)

@@ -1,4 +1,5 @@
 from kernels.sgdhd import learning_rate_tensor
+from optim.reference import upcast
 
 
 def sgdhd(params, grads, states, group):
@@ -12,8 +13,8 @@ def sgdhd(params, grads, states, group):
     α lives in group["lr"] as a 0-d fp32 tensor on the params' device. State per param: prev_grad.
     """
     lr = learning_rate_tensor(group, params[0].device)
-    dot = sum((g.float() * state["prev_grad"].float()).sum() for g, state in zip(grads, states))
+    dot = sum((upcast(g) * upcast(state["prev_grad"])).sum() for g, state in zip(grads, states))
     lr.add_(group["hypergrad_lr"] * dot)  # the hypergradient step on α
     for param, grad, state in zip(params, grads, states):
-        param.copy_(param.float() - lr * grad.float())
+        param.copy_(upcast(param) - lr * upcast(grad))
         state["prev_grad"].copy_(grad)

@@ -1,5 +1,7 @@
 import torch
 
+from optim.reference import upcast
+
 
 def signsgd(params, grads, states, group):
     r"""SignSGD (Bernstein et al., "signSGD: Compressed Optimisation for Non-Convex Problems", ICML 2018)
@@ -11,4 +13,4 @@ def signsgd(params, grads, states, group):
     """
     lr, weight_decay = float(group["lr"]), group["weight_decay"]
     for param, grad in zip(params, grads):
-        param.copy_(param.float() * (1 - lr * weight_decay) - lr * torch.sign(grad.float()))
+        param.copy_(upcast(param) * (1 - lr * weight_decay) - lr * torch.sign(upcast(grad)))

@@ -1,5 +1,7 @@
 import torch
 
+from optim.reference import upcast
+
 
 def signum(params, grads, states, group):
     r"""Signum, the sign of momentum (Bernstein et al. 2018), with decoupled weight decay; β = momentum:
@@ -10,6 +12,6 @@ def signum(params, grads, states, group):
     """
     lr, beta, weight_decay = float(group["lr"]), group["momentum"], group["weight_decay"]
     for param, grad, state in zip(params, grads, states):
-        exp_avg = beta * state["exp_avg"].float() + (1 - beta) * grad.float()  # momentum, then its sign
-        param.copy_(param.float() * (1 - lr * weight_decay) - lr * torch.sign(exp_avg))
+        exp_avg = beta * upcast(state["exp_avg"]) + (1 - beta) * upcast(grad)  # momentum, then its sign
+        param.copy_(upcast(param) * (1 - lr * weight_decay) - lr * torch.sign(exp_avg))
         state["exp_avg"].copy_(exp_avg)

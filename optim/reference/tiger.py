@@ -1,6 +1,7 @@
 import torch
 
 from kernels.tiger import PARAM_KINDS, param_kind, row_length
+from optim.reference import upcast
 from optim.schedule import piecewise_linear
 
 
@@ -29,7 +30,7 @@ def tiger(params, grads, states, group):
         t = int(state["step"].item())  # micro-steps taken before this one
         state["step"] += 1
         lr_scale, decay, center = PARAM_KINDS[param_kind(param, group)]
-        theta, g, m = param.float(), grad.float(), state["m"].float()
+        theta, g, m = upcast(param), upcast(grad), upcast(state["m"])
         if torch.isnan(g).any():  # NaN guard: keep m, shrink θ toward its center
             param.copy_((theta - center) * shrink_ratio + center)
             state["nan_skips"] += 1
