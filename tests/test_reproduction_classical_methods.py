@@ -1,14 +1,12 @@
 """Issue 8, item 7: seed 004's classical methods on L2-regularised logistic regression converge as
 theory says: GD, momentum and Nesterov linearly at their predicted rates, DFP and BFGS superlinearly,
 Newton quadratically, mini-batch SGD to its noise level; each reaches scipy's optimum."""
-import math
 
-import numpy
 import pytest
 import torch
 
 import optim
-from optim.registry import RULES
+from optim.registry import RULES, Tolerance
 from scripts.reproductions import classical_methods
 from tests.conftest import assert_close
 
@@ -60,17 +58,16 @@ def test_the_second_order_methods_reach_the_optimum(results):
         assert summary[name]["final_error"] <= 1e-12 / problem.l2 + certified, (name, summary[name])
 
 
-def test_the_first_order_methods_reach_the_optimum_to_fp32(results):
-    """optim.SGD's reference does fp32 math: θ lives on the fp32 grid and stops moving once η|g_i| is
-    below half an ulp of θ_i, i.e. ‖g‖ ≤ √d·ulp(max|θ*|)/(2η); near θ*, ‖θ − θ*‖ ≤ ‖g‖/λ_min(H*).
-    That bound is for GD's step η = 1/L; momentum's steps near θ* are 1/(1 − μ) times larger, so
-    they stall closer."""
-    theta_star, settings = results["theta_star"], results["settings"]
-    ulp = float(numpy.spacing(numpy.float32(theta_star.abs().max().item())))
-    lowest_curvature = torch.linalg.eigvalsh(results["hessian_star"]).min().item()
-    stall = math.sqrt(len(theta_star)) * ulp / (2 * settings["gradient descent"]["lr"] * lowest_curvature)
+def test_the_first_order_methods_reach_the_optimum_at_their_rates(results):
+    """optim.SGD steps fp64 params in fp64: each method's error after its steps is at most its start
+    error times its predicted rate to the power of the steps (twice that, for the transient), or
+    fp64's floor of about 1e-15 at the optimum's scale, which momentum and Nesterov reach."""
+    theta_star = results["theta_star"]
+    start_error = theta_star.norm().item()  # every method starts from θ = 0
     for name in FIRST_ORDER:
-        assert results["summary"][name]["final_error"] <= stall, (name, results["summary"][name], stall)
+        row = results["summary"][name]
+        bound = max(2 * start_error * row["predicted_rate"] ** row["iterations"], 1e-14)
+        assert row["final_error"] <= bound, (name, row, bound)
 
 
 def test_linear_methods_converge_at_their_predicted_rates(results):
@@ -82,10 +79,9 @@ def test_linear_methods_converge_at_their_predicted_rates(results):
         # seeds 0-7: ±0.05 is twice that.
         assert abs(row["order"] - 1) <= 0.05, row
     # GD's error is a single mode near θ*: its fit lands on 1 − η λ_min(H*) to the 4th digit; 1e-3 is
-    # wide. Momentum and Nesterov oscillate (complex eigenvalues), and their fit window, between e_0/100
-    # and their fp32 floor, is short and still feels H(θ) ≠ H*: they come out slower by up to 0.008
-    # (torch.optim.SGD in fp64, whose floor is 1e-15, fits them within 1e-3). 0.015 allows for that.
-    for name, tolerance in (("gradient descent", 1e-3), ("momentum", 0.015), ("Nesterov", 0.015)):
+    # wide. Momentum and Nesterov oscillate (complex eigenvalues) and their fit still feels H(θ) ≠ H*
+    # early on: they come out slower by 1.2e-3 and 1.1e-3 (fp64 steps); 3e-3 allows for other data.
+    for name, tolerance in (("gradient descent", 1e-3), ("momentum", 3e-3), ("Nesterov", 3e-3)):
         row = results["summary"][name]
         assert abs(row["rate"] - row["predicted_rate"]) <= tolerance, row
 
@@ -140,7 +136,7 @@ def test_minibatch_sgd_stops_at_its_noise_level(results):
 @pytest.mark.parametrize("name", FIRST_ORDER)
 def test_momentum_and_nesterov_are_torch_optim_sgd(results, name):
     """Ours and torch.optim.SGD with the same options take the same steps: fp64 params through our
-    reference (fp32 math), and fp32 params through the Triton kernel."""
+    reference (fp64 math), and fp32 params through the Triton kernel."""
     problem, options = results["problem"], results["settings"][name]
     steps = 5  # the buffer then carries four past gradients; the interpreter costs ~40 ms a step
     for dtype, impl in ((torch.float64, "reference"), (torch.float32, "triton")):
@@ -150,5 +146,6 @@ def test_momentum_and_nesterov_are_torch_optim_sgd(results, name):
             for theta, optimizer in zip(thetas, optimizers):
                 theta.grad = problem.gradient(theta.detach().double()).to(dtype)
                 optimizer.step()
-        # Ours computes in fp32 whatever the storage: torch's fp64 result differs by fp32 rounding.
-        assert_close(thetas[0], thetas[1], RULES["SGD"].tolerances[torch.float32], f"{name} {impl}")
+        # fp64 in both for fp64 params (to its rounding), fp32 in both through the kernel.
+        tolerance = Tolerance(atol=1e-13, rtol=1e-12) if dtype == torch.float64 else RULES["SGD"].tolerances[dtype]
+        assert_close(thetas[0], thetas[1], tolerance, f"{name} {impl}")

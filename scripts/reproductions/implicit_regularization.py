@@ -32,8 +32,8 @@ Measured here, with error = ‖θ_N − θ(T)‖ (Euclidean) at T = 1, for h = 0
   step lands almost on the hyperbola) gradient descent flattens more than it predicts.
 
 Arithmetic. The claim is about exact arithmetic. Gradient descent is our optim.SGD (momentum 0) on fp32
-params: its kernel takes fp32/bf16/fp16 only, and its reference computes in fp32 even for float64
-params, so fp32 is the precision our SGD has. Each step rounds by about 6e-8 relative, so the N ≤ 40
+params, the precision its fused kernel runs in (it takes fp32/bf16/fp16; float64 params would take
+the reference, in float64). Each step rounds by about 6e-8 relative, so the N ≤ 40
 steps of the error runs drift by at most ~1e-6, over 50 times below the smallest error measured (7.7e-5,
 x²/2 at h = 0.025 against the modified flow); the test checks x_N against (1 − h)^N in float64. The flows,
 the exact side, are float64.
