@@ -41,14 +41,15 @@ def sgdhd_prepare(group, params, grads, states, amp=None, shards=None):
     lr = learning_rate_tensor(group, params[0].device)
     slots = [TensorSlots(p, g, (state["prev_grad"],)) for p, g, state in zip(params, grads, states)]
     hyper = sgdhd_arguments(group)[0]
-    sharded = [i for i in range(len(slots)) if shards is not None and shards.groups[i] is not None]
-    whole = [slot for i, slot in enumerate(slots) if i not in sharded]
+    groups = shards.groups if shards is not None else (None,) * len(slots)
+    whole = [slot for slot, group in zip(slots, groups) if group is None]
+    sharded = [i for i, group in enumerate(groups) if group is not None]
     if whole:
         ops.reduce(sgdhd_hypergradient, whole, hyper, (), "SGDHD", lr, amp)
     if sharded:
         partial = torch.zeros((), dtype=torch.float32, device=lr.device)
         ops.reduce(sgdhd_hypergradient, [slots[i] for i in sharded], hyper, (), "SGDHD", partial, amp)
-        shards.sum_([partial], sharded[:1])
+        shards.sum_([partial], sharded[:1])  # Shards.of puts every DTensor of a group on one mesh
         lr.add_(partial)
     return [() for _ in params], [0] * len(params)
 

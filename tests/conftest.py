@@ -45,3 +45,10 @@ def random_grads(params, seed):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+def run_reproduction(module, tmp_path_factory, **knobs):
+    """A reproduction's run() (scripts/reproductions/) into a fresh directory: its numbers, with that
+    directory under "out"."""
+    out = tmp_path_factory.mktemp(module.NAME)
+    return {**module.run(out=out, **knobs), "out": out}

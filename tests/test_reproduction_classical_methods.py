@@ -8,7 +8,7 @@ import torch
 import optim
 from optim.registry import RULES, Tolerance
 from scripts.reproductions import classical_methods
-from tests.conftest import assert_close
+from tests.conftest import assert_close, run_reproduction
 
 FIRST_ORDER = ("gradient descent", "momentum", "Nesterov")
 # A linear method's fitted order is 1 ± 0.05 (test_linear_methods_...; L-BFGS and CG 0.98 to 1.03 over
@@ -18,8 +18,7 @@ SUPERLINEAR_ORDER = 1.1
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("classical_methods")
-    return {**classical_methods.run(out=out), "out": out}
+    return run_reproduction(classical_methods, tmp_path_factory)
 
 
 def test_run_writes_the_plot_and_the_numbers(results):

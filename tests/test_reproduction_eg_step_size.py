@@ -6,7 +6,7 @@ import torch
 import optim
 from optim.registry import RULES
 from scripts.reproductions import eg_step_size as reproduction
-from tests.conftest import assert_close
+from tests.conftest import assert_close, run_reproduction
 
 LR, GAMMA = 0.015, 1e-2  # run()'s defaults
 
@@ -26,9 +26,8 @@ def step_sizes_by_hand(steps) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("eg_step_size")
-    results = reproduction.run(out=out, lr=LR, gamma=GAMMA)
-    assert (out / "eg_step_size.png").is_file() and (out / "eg_step_size.csv").is_file()
+    results = run_reproduction(reproduction, tmp_path_factory, lr=LR, gamma=GAMMA)
+    assert (results["out"] / "eg_step_size.png").is_file() and (results["out"] / "eg_step_size.csv").is_file()
     return results
 
 

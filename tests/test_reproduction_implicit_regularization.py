@@ -8,18 +8,16 @@ import torch
 
 import optim
 from scripts.reproductions import implicit_regularization as reproduction
+from tests.conftest import run_reproduction
 
 STEP_SIZES = (0.2, 0.1, 0.05, 0.025)
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp(reproduction.NAME)
     # The reference SGD: the error and convergence runs take a few hundred steps, each of which the
     # interpreted kernel would take ~15 ms for; test_gradient_descent_is_exact_to_fp32 covers impl="auto".
-    results = reproduction.run(out=out, step_sizes=STEP_SIZES, impl="reference")
-    results["out"] = out
-    return results
+    return run_reproduction(reproduction, tmp_path_factory, step_sizes=STEP_SIZES, impl="reference")
 
 
 def test_run_writes_the_figure_and_the_numbers(results):

@@ -6,6 +6,7 @@ import numpy
 import pytest
 
 from scripts.reproductions import lr_schedules
+from tests.conftest import run_reproduction
 
 STEPS, REPLICATES = 400, 4  # the script runs 1000 steps and 5 replicates; every decay scales with the run
 DECAYS = ("exponential", "natural exponential", "plateau", "warm-up + exponential", "piecewise linear")
@@ -15,10 +16,7 @@ SCHEDULER_ROUNDING = 1e-12
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lr_schedules")
-    numbers = lr_schedules.run(out=out, steps=STEPS, replicates=REPLICATES)
-    numbers["out"] = out
-    return numbers
+    return run_reproduction(lr_schedules, tmp_path_factory, steps=STEPS, replicates=REPLICATES)
 
 
 def lr_of(results, name, step):

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from scripts.reproductions import common, sign_family
+from tests.conftest import run_reproduction
 
 STEPS = 100  # enough for every momentum to change sign many times; the script runs 200
 LR, WEIGHT_DECAY, ADAM_LR, ADAM_STEPS = 1e-2, 0.1, 1e-3, 1000  # the AdamW numbers: η = 1e-3, λ = 0.1
@@ -10,11 +11,8 @@ LR, WEIGHT_DECAY, ADAM_LR, ADAM_STEPS = 1e-2, 0.1, 1e-3, 1000  # the issue's Ada
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sign_family")
-    numbers = sign_family.run(out=out, steps=STEPS, adam_steps=ADAM_STEPS, lr=LR, weight_decay=WEIGHT_DECAY,
-                              adam_lr=ADAM_LR)
-    numbers["out"] = out
-    return numbers
+    return run_reproduction(sign_family, tmp_path_factory, steps=STEPS, adam_steps=ADAM_STEPS, lr=LR,
+                            weight_decay=WEIGHT_DECAY, adam_lr=ADAM_LR)
 
 
 def test_writes_its_figure_and_numbers(results):

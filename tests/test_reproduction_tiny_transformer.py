@@ -4,6 +4,7 @@ import math
 import pytest
 
 from scripts.reproductions import tiny_transformer
+from tests.conftest import run_reproduction
 
 STEPS = 120  # the script's own run length, so that the claim is tested where the figure shows it
 # One lr per optimizer instead of the script's three: the one its sweep chooses at this length. The
@@ -13,10 +14,7 @@ LEARNING_RATES = {"Tiger": (1e-2,), "Lion": (1e-3,), "AdamW": (1e-3,), "SGD": (0
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_transformer")
-    numbers = tiny_transformer.run(out=out, steps=STEPS, learning_rates=LEARNING_RATES)
-    numbers["out"] = out
-    return numbers
+    return run_reproduction(tiny_transformer, tmp_path_factory, steps=STEPS, learning_rates=LEARNING_RATES)
 
 
 def test_writes_its_figure_and_numbers(results):
