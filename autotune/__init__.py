@@ -11,13 +11,14 @@ thousand elements still span several chunks, so the chunk map and the masked tai
 """
 import contextlib
 import functools
+import warnings
 from typing import Optional
 
 import torch
 import triton
 
 from autotune.space import DEFAULT_CONFIGS, LaunchConfig
-from autotune.table import TuningTable, size_bucket
+from autotune.table import MalformedTable, TuningTable, size_bucket
 
 __all__ = ["DEFAULT_CONFIGS", "LaunchConfig", "default_config", "forced_config", "interpreter_config",
            "launch_config", "size_bucket"]
@@ -52,16 +53,24 @@ def forced_config(config: LaunchConfig, dtype: Optional[torch.dtype] = None):
 
 @functools.lru_cache(maxsize=None)
 def _table(device_index: int) -> Optional[TuningTable]:
-    """This GPU's table for the running triton, or None (read once per device)."""
+    """This GPU's table for the running triton, or None (read once per device, so a malformed file warns
+    once per device)."""
     name = torch.cuda.get_device_name(device_index)
     capability = torch.cuda.get_device_capability(device_index)
-    return TuningTable.for_device(name, capability, triton.__version__)
+    try:
+        return TuningTable.for_device(name, capability, triton.__version__)
+    except MalformedTable as error:
+        warnings.warn(f"autotune: {error}. Launches on this {name} take the default configuration: fix the file "
+                      "there, or delete it and re-run `python -m autotune` to tune this GPU again")
+        return None
 
 
 def launch_config(rule_name: str, dtype: torch.dtype, numel: int, device: torch.device) -> LaunchConfig:
     """The launch configuration for one rule, storage dtype and largest tensor size on ``device``.
 
-    Kernels meet CPU tensors only under the interpreter, so the device alone tells the two apart."""
+    Kernels meet CPU tensors only under the interpreter, so the device alone tells the two apart.
+    A malformed table file warns (once per device, naming the file and the field) and every launch takes
+    the default configuration: a table changes only speed, never numerics, so it must not fail the step."""
     if _forced is not None and _forced[1] in (None, dtype):
         return _forced[0]
     if device.type == "cpu":

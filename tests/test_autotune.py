@@ -1,11 +1,17 @@
 """The tuner and its tables: the lookup (buckets, nearest, unknown GPU, unknown triton version), the file's
-round trip, the command without a GPU, and a tuning pass that never writes the caller's tensors."""
+round trip, a malformed file (launches warn and take the defaults, a write refuses it), the command without
+a GPU, and a tuning pass that never writes the caller's tensors."""
+import json
+import re
+import warnings
+
 import pytest
 import torch
+import triton
 
 import autotune
 import optim
-from autotune import DEFAULT_CONFIGS, LaunchConfig, launch_config, size_bucket
+from autotune import DEFAULT_CONFIGS, LaunchConfig, default_config, launch_config, size_bucket
 from autotune.__main__ import main as autotune_main
 from autotune.table import TuningTable, entry, read, write
 from autotune.tuner import tune, tune_optimizer
@@ -76,6 +82,96 @@ def test_an_unknown_gpu_or_triton_version_or_capability_has_no_table(tmp_path):
         assert TuningTable.for_device("NVIDIA H200", (10, 0), "3.6.0", path=path) is None
     with pytest.raises(ValueError, match="capability"):
         write(path, "NVIDIA H200", (10, 0), "3.6.0", {}, [])
+
+
+VERSION = triton.__version__  # the table a launch reads
+
+
+def tuned_h200(tables_dir):
+    """A well-formed table of the H200 in ``tables_dir``: WIDE for AdamW fp32 at 2^22 (whose default_ms is
+    null, as tune_optimizer writes it when the default config was not among the candidates)."""
+    path = tables_dir / "nvidia-h200.json"
+    write(path, *H200, VERSION, {}, [entry("AdamW", torch.float32, 14, SMALL, 1.0, 2.0),
+                                     entry("AdamW", torch.float32, 22, WIDE, 1.0, None)])
+    return path
+
+
+def drop(field):
+    def edit(stored):
+        del stored["tables"][VERSION]["entries"][1][field]
+    return edit
+
+
+def set_field(field, value):
+    def edit(stored):
+        stored["tables"][VERSION]["entries"][1][field] = value
+    return edit
+
+
+def drop_tables(stored):
+    del stored["tables"]
+
+
+# (how the well-formed file is spoiled, what the message must name)
+MALFORMED = {
+    "not JSON": (None, r"not valid JSON: .* at line \d+, column \d+"),
+    "an entry without num_warps": (drop("num_warps"), re.escape(
+        f'tables["{VERSION}"].entries[1].num_warps is missing')),
+    "a block_size not an integer": (set_field("block_size", "big"), re.escape(
+        f'tables["{VERSION}"].entries[1].block_size must be a positive integer, got "big"')),
+    "a bucket of true": (set_field("bucket", True), re.escape(
+        f'tables["{VERSION}"].entries[1].bucket must be a non-negative integer, got true')),
+    "no tables": (drop_tables, "tables is missing"),
+}
+
+
+def spoil(path, case: str) -> None:
+    edit, _ = MALFORMED[case]
+    if edit is None:
+        path.write_text(path.read_text()[:-20])  # cut short, as by a full disk or an interrupted copy
+        return
+    stored = json.loads(path.read_text())
+    edit(stored)
+    path.write_text(json.dumps(stored, indent=1))
+
+
+@pytest.fixture
+def an_h200(monkeypatch, tmp_path):
+    """cuda:0 is an H200 whose table file lives in tmp_path; the per-device table cache starts and ends empty."""
+    monkeypatch.setattr("autotune.table.TABLES", tmp_path)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200[0])
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: H200[1])
+    autotune._table.cache_clear()
+    yield torch.device("cuda", 0)
+    autotune._table.cache_clear()
+
+
+def test_a_gpu_with_a_well_formed_table_launches_its_tuned_config_silently(an_h200, tmp_path):
+    tuned_h200(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert launch_config("AdamW", torch.float32, 2**22, an_h200) == WIDE
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_table_warns_once_naming_file_and_field_and_launches_take_the_default(case, an_h200, tmp_path):
+    spoil(tuned_h200(tmp_path), case)
+    with pytest.warns(UserWarning, match=r"nvidia-h200\.json: " + MALFORMED[case][1]) as caught:
+        assert launch_config("AdamW", torch.float32, 2**22, an_h200) == default_config(torch.float32)
+        assert launch_config("AdamW", torch.float32, 2**14, an_h200) == default_config(torch.float32)
+    assert len(caught) == 1, [str(w.message) for w in caught]  # once per device, not once per launch
+    message = str(caught[0].message)
+    assert "take the default configuration" in message and "python -m autotune" in message
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_writing_into_a_malformed_table_raises_naming_the_field_and_leaves_the_file(case, tmp_path):
+    path = tuned_h200(tmp_path)
+    spoil(path, case)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"nvidia-h200\.json: " + MALFORMED[case][1] + ".*not overwritten"):
+        write(path, *H200, VERSION, {}, [entry("Lion", torch.float32, 14, SMALL, 1.0, 2.0)])
+    assert path.read_bytes() == before
 
 
 def recording_timer(times: dict, seen: list):
