@@ -25,3 +25,9 @@ def coupled_gradient(grad, param, weight_decay, MAXIMIZE: tl.constexpr):
     if MAXIMIZE:
         grad = -grad
     return grad + weight_decay * param
+
+
+@triton.jit
+def never(scalars, hyper, FLAGS: tl.constexpr):
+    """A ``PARAM_ACTIVE`` for a reduction that does not read θ (SGDHD's ⟨g, g_prev⟩)."""
+    return False

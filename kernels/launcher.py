@@ -13,15 +13,23 @@ A rule contributes only its math, a ``@triton.jit`` function with this signature
   recompiles when its value changes (Triton specialises integers, not floats; a tensor is a pointer).
 - ``FLAGS`` is a tuple of compile-time options (amsgrad, maximize, ...): one compiled variant each.
   A tensor's own flags (``TensorSlots.flags``: a state's first step) follow the rule's.
+- ``PARAM_ACTIVE``, optional, ``(scalars, hyper, FLAGS) -> bool`` per tensor: where it is False θ is
+  neither read nor written (Tiger's micro-steps that do not move θ).
 
-``multi_tensor_reduce`` walks the same table with a ``reduce`` function of the same arguments that
-returns fp32 terms, and adds their sum to a device scalar: a group-wide dot product or norm with no
-host sync.
+``multi_tensor_reduce_kernel`` walks the same table with a ``reduce`` function of the same arguments
+that returns a tuple of fp32 term blocks, one per output; output j of a tensor is summed into the
+fp32 value its j-th trailing scalar points to (the last one per row, with ``row_length``). So a
+rule's per-tensor norms, NaN counts and dot products take one launch, with no host sync.
 
 Everything else belongs here: the table of pointers and sizes (one row per tensor), the map from
 program to (tensor, chunk) that torch's multi_tensor_apply also builds, int64 offsets, the masked
-tail, the fp32 upcast and the store, rounded to nearest or stochastically (``kernels.rounding``). One
-launch serves every tensor that shares device and dtypes.
+tail, the fp32 upcast and the store, rounded to nearest or stochastically (``kernels.rounding``).
+
+``Launch`` is one prepared launch: built once from tensors that share a launch key, checked, with its
+table and program map on the device, then reused step after step. A step only hands it the current
+gradients (after ``zero_grad(set_to_none=True)`` each is a new tensor): their pointers are written
+into the table when they changed, from the host in eager mode, and by a small kernel whose arguments
+are the gradients while a CUDA graph is captured (a capture may copy nothing from the host).
 """
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -69,11 +77,22 @@ def _pointer(row_ptr, column, DTYPE: tl.constexpr, ALIGNED: tl.constexpr):
 
 
 @triton.jit
-def _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
-                PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                ALIGNED: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
-    param = _load(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+def _param_active(scalars, hyper, FLAGS: tl.constexpr, PARAM_ACTIVE: tl.constexpr):
+    if PARAM_ACTIVE is not None:
+        return PARAM_ACTIVE(scalars, hyper, FLAGS)
+    else:
+        return True
+
+
+@triton.jit
+def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES: tl.constexpr,
+                N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
+                STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
     grad = _load(_pointer(row_ptr, GRAD_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+    if param_active:
+        param = _load(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+    else:
+        param = tl.zeros_like(grad)  # not read: the rule's result for θ is not stored either
     if AMP:
         grad = grad * inv_scale  # GradScaler's loss scale undone in fp32, in registers: no pass over g
     states = ()
@@ -83,50 +102,37 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES: tl.conste
         # The last scalar holds one value per row of row_length elements (an embedding table's
         # per-row lr): gathered per element, from a vector small enough to stay in cache.
         row_length = tl.load(row_ptr + 1)
-        values = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_SCALARS).to(tl.pointer_type(tl.float32))
+        values = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS).to(tl.pointer_type(tl.float32))
         scalars = scalars + (_load(values, offsets // row_length, tl.load(row_ptr) // row_length, MASKED),)
     return param, grad, states, scalars
 
 
 @triton.jit
-def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, UPDATE: tl.constexpr,
-                  FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr,
-                  PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-                  STOCHASTIC: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
-    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES, N_SCALARS,
-                                               PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
+def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active,
+                  UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr,
+                  PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
+                  ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
+    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
+                                               N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
-    _store(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED, STOCHASTIC,
-           seed, stream)
+    if param_active:
+        _store(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED, STOCHASTIC, seed, stream)
     for i in tl.static_range(N_STATES):
         _store(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, states[i], MASKED,
                STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
 
 
 @triton.jit
-def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, REDUCE: tl.constexpr, FLAGS: tl.constexpr,
-                  N_STATES: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr,
-                  PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr,
-                  MASKED: tl.constexpr):
-    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, N_STATES, N_SCALARS,
-                                               PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
-    terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
-    if MASKED:
-        terms = tl.where(offsets < numel, terms, 0.0)  # the padding loaded as 0 need not map to 0
-    return tl.sum(terms, axis=0)
-
-
-@triton.jit
-def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
-                 PER_ROW: tl.constexpr):
+def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr,
+                 N_SCALARS: tl.constexpr):
     """This program's tensor (its index in the launch), its row of the pointer table, its size, its
-    chunk, and its per-tensor scalars."""
+    chunk, and the values of its first N_INPUTS per-tensor scalars."""
     program = tl.program_id(0)
     tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
     chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
-    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATES + N_SCALARS + PER_ROW)
+    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATES + N_SCALARS)
     scalars = ()
-    for i in tl.static_range(N_SCALARS):
+    for i in tl.static_range(N_INPUTS):
         scalar_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + i).to(tl.pointer_type(tl.float32))
         scalars = scalars + (tl.load(scalar_ptr),)
     return tensor, row_ptr, tl.load(row_ptr), chunk, scalars
@@ -147,58 +153,116 @@ def _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP: tl.constexpr):
 @triton.jit
 def multi_tensor_update_kernel(
     table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, seed_ptr, inv_scale_ptr, found_inf_ptr,
-    UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
-    PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    STOCHASTIC: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    UPDATE: tl.constexpr, PARAM_ACTIVE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr,
+    N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
+    ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
     the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream. With AMP,
     gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0."""
+    N_INPUTS: tl.constexpr = N_SCALARS - PER_ROW
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATES, N_SCALARS, PER_ROW)
+                                                          N_STATES, N_INPUTS, N_SCALARS)
     seed = 0
     if STOCHASTIC:
         seed = tl.load(seed_ptr)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
+    param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
     stream = tensor * 8 * RANDOM_STREAM  # columns 0 (θ) to 7 (states) of this tensor
     if active:
         for block in range(BLOCKS_PER_PROGRAM):
             start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
             offsets = start + tl.arange(0, BLOCK_SIZE)
             if start + BLOCK_SIZE <= numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, UPDATE, FLAGS,
-                              N_STATES, N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
+                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active, UPDATE,
+                              FLAGS, N_STATES, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
                               MASKED=False)
             elif start < numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, UPDATE, FLAGS,
-                              N_STATES, N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
+                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active, UPDATE,
+                              FLAGS, N_STATES, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
                               MASKED=True)
 
 
 @triton.jit
+def _sum_per_row(row_ptr, out_ptr, offsets, numel, terms, BLOCK_SIZE: tl.constexpr):
+    """Adds each row's part of ``terms`` (rows of row_length elements) into out_ptr[row]: a running
+    sum over the block, whose value at each row's last element in the block, minus its value at the
+    previous row's end, is that row's part. A handful of atomics per block, whatever the row length."""
+    row_length = tl.load(row_ptr + 1)
+    running = tl.cumsum(terms, axis=0)
+    rows = offsets // row_length
+    in_tensor = offsets < numel
+    block_end = (tl.arange(0, BLOCK_SIZE) == BLOCK_SIZE - 1) | (offsets == numel - 1)
+    row_end = (offsets + 1) % row_length == 0
+    tl.atomic_add(out_ptr + rows, running, mask=in_tensor & (row_end | block_end))
+    tl.atomic_add(out_ptr + rows + 1, -running, mask=in_tensor & row_end & ~block_end)
+
+
+@triton.jit
+def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE: tl.constexpr,
+                  FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr, N_OUTPUTS: tl.constexpr,
+                  PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
+                  ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+    param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
+                                               N_INPUTS, False, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
+    terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
+    sums = ()
+    for j in tl.static_range(N_OUTPUTS):
+        term = terms[j]
+        if MASKED:
+            term = tl.where(offsets < numel, term, 0.0)  # the padding loaded as 0 need not map to 0
+        if PER_ROW and j == N_OUTPUTS - 1:
+            out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS + j).to(tl.pointer_type(tl.float32))
+            _sum_per_row(row_ptr, out_ptr, offsets, numel, term, BLOCK_SIZE)
+            sums = sums + (totals[j],)
+        else:
+            sums = sums + (totals[j] + tl.sum(term, axis=0),)
+    return sums
+
+
+@triton.jit
 def multi_tensor_reduce_kernel(
-    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, out_ptr, inv_scale_ptr, found_inf_ptr,
-    REDUCE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_SCALARS: tl.constexpr,
-    PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
-    AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, inv_scale_ptr, found_inf_ptr,
+    REDUCE: tl.constexpr, PARAM_ACTIVE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr,
+    N_SCALARS: tl.constexpr, N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr,
 ):
-    """out += the sum over every element of every tensor of REDUCE(param, grad, states, ...); with
-    AMP, of the unscaled gradients, and nothing at all if found_inf ≠ 0."""
+    """Output j of each tensor += the sum over its elements of REDUCE(...)[j], into the fp32 value its
+    (N_SCALARS − N_OUTPUTS + j)-th scalar points to (per row for the last one with PER_ROW); with AMP,
+    of the unscaled gradients, and nothing at all if found_inf ≠ 0. One atomic per output and program."""
+    N_INPUTS: tl.constexpr = N_SCALARS - N_OUTPUTS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATES, N_SCALARS, PER_ROW)
+                                                          N_STATES, N_INPUTS, N_SCALARS)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
+    param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
     if active:
-        total = 0.0
+        totals = ()
+        for j in tl.static_range(N_OUTPUTS):
+            totals = totals + (0.0,)
         for block in range(BLOCKS_PER_PROGRAM):
             start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
             offsets = start + tl.arange(0, BLOCK_SIZE)
             if start + BLOCK_SIZE <= numel:
-                total += _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, REDUCE, FLAGS, N_STATES,
-                                       N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED=False)
+                totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
+                                       FLAGS, N_STATES, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE,
+                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=False)
             elif start < numel:
-                total += _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, REDUCE, FLAGS, N_STATES,
-                                       N_SCALARS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED=True)
-        tl.atomic_add(out_ptr, total)  # one atomic per program; the order of the additions varies on a GPU
+                totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
+                                       FLAGS, N_STATES, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE,
+                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=True)
+        for j in tl.static_range(N_OUTPUTS - PER_ROW):
+            out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS + j).to(tl.pointer_type(tl.float32))
+            tl.atomic_add(out_ptr, totals[j])  # the order of the additions varies on a GPU
+
+
+@triton.jit
+def _write_pointers_kernel(table_ptr, row_width, column, first_row, tensors, COUNT: tl.constexpr):
+    """table[first_row + i, column] = the address of tensors[i]: a table column rewritten on the device,
+    from kernel arguments, so that a CUDA graph captures no copy from the host."""
+    for i in tl.static_range(COUNT):
+        tl.store(table_ptr + (first_row + i) * row_width + column, tensors[i].to(tl.int64))
 
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
@@ -227,59 +291,24 @@ class TensorSlots:
         return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0)
 
 
-_chunk_maps: dict = {}
+def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether the kernel can walk ``tensor`` element by element beside ``like``: the same shape and
+    strides, dense and non-overlapping (contiguous, channels_last, a transposed matrix...), so that the
+    i-th element in memory of each is the same element of the param."""
+    return tensor.shape == like.shape and tensor.stride() == like.stride() and _dense(tensor)
 
 
-def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
-    """For each program, which tensor and which chunk of it: cached, sizes rarely change."""
-    key = (numels, chunk_size, device)
-    if key not in _chunk_maps:
-        chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
-        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
-        first_chunk = torch.cumsum(chunks, 0) - chunks
-        chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
-        _chunk_maps[key] = (_to_device(chunk_tensor.to(torch.int32), device),
-                            _to_device(chunk_index.to(torch.int32), device))
-    return _chunk_maps[key]
-
-
-def capturing(device: torch.device) -> bool:
-    """Whether work on ``device`` is being recorded into a CUDA graph (torch.cuda.graph) right now."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-
-
-# What a CUDA graph copies from the host: the graph reads each host table again at every replay, so
-# neither it nor its device copy may ever be freed or reused. Kept for the life of the process (a few
-# KiB per captured launch).
-_captured_tables: list = []
-
-
-def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host-built table on ``device`` without a host sync, also while a CUDA graph is captured."""
-    if capturing(device):
-        # pin_memory() queries CUDA events, which a capture forbids; a non-blocking copy from pageable
-        # memory becomes one memcpy node of the graph, which reads ``host`` at every replay.
-        table = host.to(device, non_blocking=True)
-        _captured_tables.append((host, table))
-        return table
-    if device.type == "cpu":
-        return host
-    return host.pin_memory().to(device, non_blocking=True)
-
-
-def _pointer_table(slots: Sequence[TensorSlots], device: torch.device) -> torch.Tensor:
-    rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)] for s in slots]
-    return _to_device(torch.tensor(rows, dtype=torch.int64), device)
-
-
-def on_device(value: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
-    """``value`` moved to ``device``; under a CUDA graph capture it must already be there, since a copy
-    from elsewhere would be frozen into the graph at its captured value."""
-    if value.device != device and capturing(device):
-        raise ValueError(f"{name} is a tensor on {value.device} while a CUDA graph of the step is captured on "
-                         f"{device}; put it on {device} (e.g. lr=torch.tensor(1e-3, device='{device}')) so that "
-                         "each replay reads its current value")
-    return value.to(device, non_blocking=True)
+def _dense(tensor: torch.Tensor) -> bool:
+    """No gaps and no overlaps: the strides, sorted, are those of some order of the dimensions."""
+    if tensor.numel() == 0:
+        return True
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
 
 
 def check_slots(slots: Sequence[TensorSlots]):
@@ -289,14 +318,15 @@ def check_slots(slots: Sequence[TensorSlots]):
             raise TypeError(f"tensor {i}: the Triton kernels support {list(_TRITON_DTYPES)}, not {s.param.dtype}; "
                             "use impl='reference' for other dtypes")
         for name, t in zip(("param", "grad", *("state",) * len(s.states)), s.tensors()):
-            if not t.is_contiguous():
-                raise ValueError(f"tensor {i}: the {name} is not contiguous; the fused kernel walks memory "
-                                 "linearly. Make it contiguous or use impl='reference'")
+            if not walkable(t, s.param):
+                raise ValueError(f"tensor {i}: the {name} (shape {tuple(t.shape)}, strides {t.stride()}) is not laid "
+                                 f"out as its param (shape {tuple(s.param.shape)}, strides {s.param.stride()}) in one "
+                                 "dense block; the fused kernel walks memory linearly. Make them dense with the same "
+                                 "strides, or use impl='reference'")
             if t.device != s.param.device:
                 raise ValueError(f"tensor {i}: the {name} is on {t.device}, its param on {s.param.device}")
-        if s.grad.dtype != s.param.dtype or s.grad.shape != s.param.shape:
-            raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}, {tuple(s.grad.shape)}) does not match "
-                             f"its param ({s.param.dtype}, {tuple(s.param.shape)})")
+        if s.grad.dtype != s.param.dtype:
+            raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}) does not match its param ({s.param.dtype})")
         if len({t.dtype for t in s.states}) > 1:
             raise ValueError(f"tensor {i}: all state tensors of one param must share a dtype")
         rows = s.param.numel() // s.row_length if s.row_length else 1
@@ -310,84 +340,159 @@ def check_slots(slots: Sequence[TensorSlots]):
                              "and the last scalar holds the per-row values")
 
 
-def _launch(kernel, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-            device_arguments=lambda device: {}, **arguments):
-    check_slots(slots)
-    launches: dict = {}
-    for s in slots:
-        if s.param.numel() > 0:
-            launches.setdefault(s.launch_key(), []).append(s)
-    for (device, param_dtype, state_dtype, aligned, tensor_flags, per_row), group in launches.items():
-        n_states, n_scalars = len(group[0].states), len(group[0].scalars) - per_row
-        if any(len(s.states) != n_states or len(s.scalars) != n_scalars + per_row for s in group):
+def capturing(device: torch.device) -> bool:
+    """Whether work on ``device`` is being recorded into a CUDA graph (torch.cuda.graph) right now."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def on_device(value: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """``value`` moved to ``device``; under a CUDA graph capture it must already be there, since a copy
+    from elsewhere would be frozen into the graph at its captured value."""
+    if value.device != device and capturing(device):
+        raise ValueError(f"{name} is a tensor on {value.device} while a CUDA graph of the step is captured on "
+                         f"{device}; put it on {device} (e.g. lr=torch.tensor(1e-3, device='{device}')) so that "
+                         "each replay reads its current value")
+    return value.to(device, non_blocking=True)
+
+
+def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-built table on ``device`` without a host sync (pinned memory, an asynchronous copy).
+    Only ever called outside a capture: a launch is built before the step that captures it."""
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+_chunk_maps: dict = {}
+
+
+def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
+    """For each program, which tensor and which chunk of it: cached, sizes rarely change."""
+    key = (numels, chunk_size, device)
+    if key not in _chunk_maps:
+        chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
+        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+        first_chunk = torch.cumsum(chunks, 0) - chunks
+        chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
+        _chunk_maps[key] = (_upload(chunk_tensor.to(torch.int32), device), _upload(chunk_index.to(torch.int32), device))
+    return _chunk_maps[key]
+
+
+# Launches a CUDA graph has recorded: the graph reads their tables again at every replay, so they are
+# kept for the life of the process (a few KiB each), whatever becomes of the plan that made them.
+_captured_launches: list = []
+POINTERS_PER_WRITE = 32  # tensors per _write_pointers_kernel launch: 256 bytes of kernel arguments
+
+
+class Launch:
+    """One launch, prepared: tensors that share a launch key, checked, their pointer table and the
+    program → (tensor, chunk) map on the device, the launch configuration chosen. ``set_grads`` puts a
+    step's gradients in; ``update`` and ``reduce`` launch."""
+
+    def __init__(self, slots: Sequence[TensorSlots], rule_name: str):
+        first = slots[0]
+        device, param_dtype, state_dtype, aligned, tensor_flags, per_row = first.launch_key()
+        self.device, self.tensor_flags, self.n_tensors = device, tensor_flags, len(slots)
+        numels = tuple(s.param.numel() for s in slots)
+        n_states, n_scalars = len(first.states), len(first.scalars)
+        if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in slots):
             raise ValueError("every tensor of one launch needs the same number of states and scalars")
-        numels = tuple(s.param.numel() for s in group)
         config = launch_config(rule_name, param_dtype, max(numels), device)
-        chunk_size = config.block_size * config.blocks_per_program
-        chunk_tensor, chunk_index = _chunk_map(numels, chunk_size, device)
-        device_hyper = tuple(on_device(h, device, "a hyperparameter") if isinstance(h, torch.Tensor) else h
-                             for h in hyper)
-        kernel[(len(chunk_tensor),)](
-            _pointer_table(group, device), chunk_tensor, chunk_index, device_hyper,
-            **device_arguments(device), **arguments,
-            FLAGS=flags + tensor_flags, N_STATES=n_states, N_SCALARS=n_scalars, PER_ROW=int(per_row),
-            PARAM_DTYPE=_TRITON_DTYPES[param_dtype], STATE_DTYPE=_TRITON_DTYPES[state_dtype], ALIGNED=aligned,
-            BLOCK_SIZE=config.block_size, BLOCKS_PER_PROGRAM=config.blocks_per_program,
-            num_warps=config.num_warps, num_stages=config.num_stages,
+        self.chunk_tensor, self.chunk_index = _chunk_map(numels, config.block_size * config.blocks_per_program, device)
+        self.grid = (len(self.chunk_tensor),)
+        rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)]
+                for s in slots]
+        self.row_width = len(rows[0])
+        host_table = torch.tensor(rows, dtype=torch.int64)
+        self.table = _upload(host_table, device)
+        self._host_view = host_table.numpy() if device.type == "cpu" else None  # the table itself, on a CPU
+        self.grad_pointers = [s.grad.data_ptr() for s in slots]
+        self.constants = dict(
+            N_STATES=n_states, N_SCALARS=n_scalars, PER_ROW=int(per_row), PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
+            STATE_DTYPE=_TRITON_DTYPES[state_dtype], ALIGNED=aligned, BLOCK_SIZE=config.block_size,
+            BLOCKS_PER_PROGRAM=config.blocks_per_program, num_warps=config.num_warps, num_stages=config.num_stages,
             # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
             # default (off) does not silently change the rounding.
             enable_fp_fusion=True,
         )
 
+    def set_grads(self, grads: Sequence[torch.Tensor], pointers: Sequence[int]) -> None:
+        """The table's gradient column, when the gradients moved: from the host in eager mode (on the
+        CPU the table is written in place), by kernel arguments while a CUDA graph is captured."""
+        if pointers == self.grad_pointers:
+            return
+        if capturing(self.device):
+            for first in range(0, len(grads), POINTERS_PER_WRITE):
+                part = tuple(grads[first: first + POINTERS_PER_WRITE])
+                _write_pointers_kernel[(1,)](self.table, self.row_width, GRAD_COLUMN.value, first, part,
+                                             COUNT=len(part))
+        elif self._host_view is not None:
+            self._host_view[:, GRAD_COLUMN.value] = pointers  # no torch op: nothing a step's trace would see
+        else:
+            column = torch.tensor(pointers, dtype=torch.int64).pin_memory()
+            self.table[:, GRAD_COLUMN.value].copy_(column, non_blocking=True)
+        self.grad_pointers = list(pointers)
 
-def amp_arguments(amp: Optional[tuple]):
-    """The kernels' AMP arguments on a device, from ``amp``: None, or GradScaler's (inverse scale,
-    found_inf) as one-element fp32 tensors (found_inf ≠ 0: the step is skipped)."""
-    if amp is not None:
-        for name, value in zip(("the inverse scale", "found_inf"), amp):
-            if not isinstance(value, torch.Tensor) or value.dtype != torch.float32 or value.numel() != 1:
-                raise ValueError(f"amp: {name} must be a one-element fp32 tensor, got {value!r}")
-
-    def arguments(device):
+    def _arguments(self, hyper: tuple, amp: Optional[tuple]) -> tuple:
+        if capturing(self.device) and self not in _captured_launches:
+            _captured_launches.append(self)
+        hyper = tuple(on_device(h, self.device, "a hyperparameter") if isinstance(h, torch.Tensor) else h
+                      for h in hyper)
         if amp is None:
-            return {"inv_scale_ptr": None, "found_inf_ptr": None, "AMP": False}
-        inv_scale, found_inf = (on_device(t, device, f"GradScaler's {name}") for t, name in
+            return hyper, None, None, False
+        inv_scale, found_inf = (on_device(t, self.device, f"GradScaler's {name}") for t, name in
                                 zip(amp, ("scale", "found_inf")))
-        return {"inv_scale_ptr": inv_scale, "found_inf_ptr": found_inf, "AMP": True}
-    return arguments
+        return hyper, inv_scale, found_inf, True
+
+    def update(self, update, param_active, hyper: tuple, flags: tuple, seed: Optional[torch.Tensor] = None,
+               amp: Optional[tuple] = None) -> None:
+        """The rule's ``update`` over every tensor. ``seed``: None rounds to nearest; a 0-d int64 tensor
+        on the device makes 16-bit stores stochastic, and counts the launch. ``amp``: None, or
+        GradScaler's (inverse scale, found_inf) as one-element fp32 tensors."""
+        hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
+        if seed is not None:
+            seed.add_(1)  # each launch draws other random bits (the low 32 bits count launches)
+        multi_tensor_update_kernel[self.grid](
+            self.table, self.chunk_tensor, self.chunk_index, hyper, seed, inv_scale, found_inf, UPDATE=update,
+            PARAM_ACTIVE=param_active, FLAGS=flags + self.tensor_flags, STOCHASTIC=seed is not None, AMP=use_amp,
+            **self.constants)
+
+    def reduce(self, reduce, param_active, n_outputs: int, hyper: tuple, flags: tuple,
+               amp: Optional[tuple] = None) -> None:
+        """Adds each tensor's sums of ``reduce``'s terms into its last ``n_outputs`` scalars."""
+        hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
+        multi_tensor_reduce_kernel[self.grid](
+            self.table, self.chunk_tensor, self.chunk_index, hyper, inv_scale, found_inf, REDUCE=reduce,
+            PARAM_ACTIVE=param_active, FLAGS=flags + self.tensor_flags, N_OUTPUTS=n_outputs, AMP=use_amp,
+            **self.constants)
+
+
+def prepare_launches(slots: Sequence[TensorSlots], rule_name: str) -> list[tuple[list[int], Launch]]:
+    """The launches of ``slots``, one per launch key (device, dtypes, 16-byte alignment, a tensor's
+    flags, per-row scalars): (the indices into ``slots`` it covers, the Launch). Checked first; empty
+    tensors get no launch."""
+    check_slots(slots)
+    indices: dict = {}
+    for i, s in enumerate(slots):
+        if s.param.numel() > 0:
+            indices.setdefault(s.launch_key(), []).append(i)
+    return [(members, Launch([slots[i] for i in members], rule_name)) for members in indices.values()]
 
 
 def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-                        seeds: Optional[dict] = None, amp: Optional[tuple] = None):
-    """Apply the rule's ``update`` math to every tensor in ``slots``: one launch per launch key.
-
-    ``seeds``: None rounds to nearest; {device: a 0-d int64 tensor there} makes bf16 and fp16 stores
-    stochastic, keyed by the tensor's value, which each launch on that device then advances by one.
-    ``amp``: None, or (inverse loss scale, found_inf) of torch.amp.GradScaler: gradients unscaled in the
-    kernel, and on found_inf ≠ 0 nothing written.
-    """
-    amp_arguments_on = amp_arguments(amp)
-    for device, seed in (seeds or {}).items():
-        if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != device:
-            raise ValueError(f"the seed for {device} must be a one-element int64 tensor there, got {seed.dtype} "
-                             f"with {seed.numel()} elements on {seed.device}")
-
-    def device_arguments(device):
-        if seeds is None:
-            return {"seed_ptr": None, "STOCHASTIC": False, **amp_arguments_on(device)}
-        seeds[device].add_(1)  # each launch draws other random bits (the low 32 bits count launches)
-        return {"seed_ptr": seeds[device], "STOCHASTIC": True, **amp_arguments_on(device)}
-
-    _launch(multi_tensor_update_kernel, slots, hyper, flags, rule_name, device_arguments, UPDATE=update)
+                        seeds: Optional[dict] = None, amp: Optional[tuple] = None, param_active=None):
+    """Apply the rule's ``update`` math to every tensor in ``slots`` once: one launch per launch key,
+    prepared and dropped (a step reuses its launches instead: ``prepare_launches``)."""
+    for members, launch in prepare_launches(slots, rule_name):
+        launch.update(update, param_active, hyper, flags, (seeds or {}).get(launch.device), amp)
 
 
 def multi_tensor_reduce(reduce, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-                        out: torch.Tensor, amp: Optional[tuple] = None):
-    """out += Σ over every element of every tensor of ``reduce(param, grad, states, scalars, hyper, FLAGS)``,
-    a @triton.jit function returning fp32 terms shaped like its inputs. ``out``: a one-element fp32
-    tensor on the tensors' device; the sum stays there (no host sync). ``amp`` as for
-    multi_tensor_update: the sum of the unscaled gradients, or nothing on found_inf ≠ 0."""
-    if out.dtype != torch.float32 or out.numel() != 1:
-        raise ValueError(f"out must be a one-element fp32 tensor, got {out.dtype} with {out.numel()} elements")
-    _launch(multi_tensor_reduce_kernel, slots, hyper, flags, rule_name, amp_arguments(amp), out_ptr=out,
-            REDUCE=reduce)
+                        n_outputs: int = 1, amp: Optional[tuple] = None, param_active=None):
+    """Each tensor's last ``n_outputs`` scalars += the sums over its elements of ``reduce``'s terms."""
+    for members, launch in prepare_launches(slots, rule_name):
+        launch.reduce(reduce, param_active, n_outputs, hyper, flags, amp)
+
+
+__all__ = ["INTERPRETED", "Launch", "TensorSlots", "capturing", "check_slots", "multi_tensor_reduce",
+           "multi_tensor_update", "on_device", "prepare_launches", "walkable"]

@@ -1,16 +1,16 @@
-"""The one optimizer base class: param groups, lazy state, validation, and the dispatch between the
-reference and the fused Triton step. A rule adds nothing here; it is a row of optim.registry."""
+"""The one optimizer base class: param groups, lazy state, checkpoints and copies, and the step: the
+launch plan (optim.plan) run eagerly, or one op under torch.compile. A rule adds nothing here; it is
+a row of optim.registry."""
 import inspect
 import itertools
 
 import torch
 
-from kernels import TensorSlots, ops
-from kernels.launcher import INTERPRETED, capturing, check_slots
-from kernels.shards import Shards, local
-from optim.registry import FIRST_STEP
+from kernels import ops
+from kernels.shards import local
+from optim.plan import StepPlan, _same
 from optim.rounding import stochastic_round
-from optim.validation import check_grad, check_hyperparameters, check_options, check_param
+from optim.validation import check_hyperparameters, check_options, check_param
 
 # Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
 OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False)
@@ -23,12 +23,13 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     ``impl``: "reference" runs the rule's pure-PyTorch oracle; "triton" the fused multi-tensor
     kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
-    can run and supports the params' dtype, the reference elsewhere. ``state_dtype``: the dtype of
-    the element-wise state tensors (default: each param's own dtype, as torch.optim).
-    ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
-    reproducibly from ``seed``, so that updates below half an ulp still move them on average.
-    ``gradient_release`` (rules that fold gradients into their state: Tiger): each param's gradient
-    is applied the moment autograd has accumulated it, then freed; ``backward()`` alone trains.
+    can run the params as they are (device, dtype, a dense layout shared by param, gradient and
+    states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
+    (default: each param's own dtype, as torch.optim). ``stochastic_rounding``: bf16 and fp16 params
+    and states are rounded stochastically (unbiased), reproducibly from ``seed``, so that updates
+    below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
+    into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
+    it, then freed; ``backward()`` alone trains.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
@@ -46,8 +47,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
         self._rounding_seeds = {}  # device -> 0-d int64: the seed above bit 32, launches counted below
         self._reference_generator = torch.Generator().manual_seed(seed)
-        self._group_index = {}  # param -> index of its group, for gradient release
+        self._start_planning()
         super().__init__(params, defaults)
+
+    def _start_planning(self):
+        """No plan yet (the first step builds one), a key for the compiled step's op."""
+        self._plan, self._release_plans, self._group_index, self._params = None, {}, {}, []
+        self._key = ops.register(self._step_from_op)
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
@@ -61,7 +67,13 @@ class FusedOptimizer(torch.optim.Optimizer):
         except (TypeError, ValueError):
             self.param_groups.pop()  # the group was not valid: leave the optimizer as it was
             raise
-        for param in group["params"]:
+        self._register_params(index)
+
+    def _register_params(self, index):
+        # Every param in group order, as a new list: what the compiled step hands its op. A list of its
+        # own, so that the traced step reads no param group (dynamo would guard on a float lr's value).
+        self._params = [param for group in self.param_groups for param in group["params"]]
+        for param in self.param_groups[index]["params"]:
             self._group_index[param] = index
             if self.gradient_release:
                 param.register_post_accumulate_grad_hook(self._release_gradient)
@@ -69,9 +81,12 @@ class FusedOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def _release_gradient(self, param):
         """Gradient release: this param's step (a micro-step under accumulation), then its gradient freed."""
-        index = self._group_index[param]
-        impl = self._check_group(index, [param])
-        self._update(self.param_groups[index], [param], impl)
+        plan = self._release_plans.get(param)
+        if plan is None or not plan.refresh(self):
+            plan = StepPlan(self, only=param)
+            plan.make(self)
+            self._release_plans[param] = None if plan.single_use else plan
+        plan.run(self, None)
         param.grad = None
 
     def counter(self, name):
@@ -83,51 +98,46 @@ class FusedOptimizer(torch.optim.Optimizer):
             return torch.zeros((), dtype=torch.float32)
         return torch.stack([value.to(values[0].device) for value in values]).sum()
 
-    def _resolve_impl(self, params, where):
-        on_cuda = all(p.is_cuda for p in params)
-        runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in params))
-        supported = all(p.dtype in self.rule.dtypes for p in params)
-        if self.impl == "auto":
-            return "triton" if runnable and supported else "reference"
-        if self.impl == "triton" and not runnable:
-            raise RuntimeError(f"{self.rule.name}: impl='triton' needs the params of {where} on a CUDA device, or "
-                               "on the CPU with TRITON_INTERPRET=1 set before triton is imported; "
-                               "use impl='reference' or impl='auto'")
-        if self.impl == "triton":
-            check_slots([TensorSlots(local(p), local(p.grad)) for p in params])
-        return self.impl
-
-    def _init_state(self, param, group):
-        """Create the states this group needs and the param lacks; FIRST_STEP states are left to the
-        rule's first step (the reference makes them; _fused_step flags them for the kernel)."""
-        state = self.state[param]
-        param = local(param)  # an FSDP2 shard's state covers the shard: a plain tensor beside it
-        for name in self.rule.scalar_states:
-            if name not in state:
-                state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
-        for spec in self.rule.states:
-            if spec.exists(group) and spec.name not in state and spec.initial != FIRST_STEP:
-                initial = group[spec.initial] if isinstance(spec.initial, str) else spec.initial
-                state[spec.name] = torch.full_like(param, initial, dtype=self.state_dtype or param.dtype,
-                                                   memory_format=torch.contiguous_format)
-        return state
-
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        amp = self._amp_scaling()
-        # Every check runs before any tensor changes: a bad group never leaves others half-updated.
-        work = []
-        for index, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            if params:
-                work.append((group, params, self._check_group(index, params)))
-        for group, params, impl in work:
-            self._update(group, params, impl, amp)
+        if torch.compiler.is_compiling():
+            self._compiled_step()
+        else:
+            self._step(self._amp_scaling())
         return loss
+
+    def _step(self, amp, given_params=None):
+        """The step: its plan reused, or built with every check before any tensor changes."""
+        if given_params is not None and not _same(given_params, [p for g in self.param_groups for p in g["params"]]):
+            raise RuntimeError(f"{self.rule.name}: the compiled step handed its op other tensors than the optimizer's "
+                               "params; it would update copies. Compile optimizer.step as a whole")
+        plan = self._plan
+        if plan is None or not plan.refresh(self):
+            self._plan = None
+            plan = StepPlan(self)
+            if amp is not None and plan.makes_first_step_states and amp[1].item() != 0:
+                return  # a skipped step makes no state that its first step would have written (SGD's buffer)
+            plan.make(self)
+            self._plan = None if plan.single_use else plan
+        if amp is not None and plan.has_reference and amp[1].item() != 0:
+            return  # the reference asks the host whether GradScaler skips this step: one sync
+        plan.run(self, amp)
+
+    def _compiled_step(self):
+        """What torch.compile traces: one op call on the tensors the graph must order it by (the params it
+        updates, GradScaler's tensors). The op's body (``_step_from_op``) runs ``_step`` at run time,
+        which reads the gradients and the hyperparameters and checks everything as an eager step does:
+        the graph guards on neither, so no value of the lr, float or tensor, ever recompiles it."""
+        inv_scale, found_inf = self._amp_scaling() or (None, None)
+        ops.step(self._key, self._params, inv_scale, found_inf)
+
+    def _step_from_op(self, params, inv_scale, found_inf):
+        with torch.no_grad():
+            self._step(None if inv_scale is None else (inv_scale, found_inf), given_params=params)
 
     def _amp_scaling(self):
         """None, or (inverse loss scale, found_inf) from the grad_scale and found_inf GradScaler set."""
@@ -145,60 +155,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                      else torch.zeros((), dtype=torch.float32, device=reference.device))
         return inv_scale.reshape(()), found_inf.reshape(())
 
-    def _check_group(self, index, params):
-        """Check group ``index`` and the gradients of ``params``; return the impl that will run them."""
-        where = f"param group {index}"
-        check_hyperparameters(self.rule.name, self.param_groups[index], self.rule.defaults, where,
-                              host_values_only=True)
-        for i, param in enumerate(params):
-            check_grad(self.rule.name, param, f"param {i} of {where}")
-        return self._resolve_impl(params, where)
-
-    def _update(self, group, params, impl, amp=None):
-        if capturing(params[0].device):
-            self._check_capturable(group, params, impl)
-        shards = Shards.of(params, f"{self.rule.name}'s param group")
-        if shards is not None and impl == "reference" and self.rule.prepare is not None:
-            raise RuntimeError(f"{self.rule.name}: the reference reduces over whole tensors, which FSDP2 params "
-                               "are not; use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums "
-                               "those reductions over the shards")
-        grads = [local(p.grad) for p in params]
-        if amp is not None and (impl == "reference" or self._makes_first_step_states(group, params)):
-            # The reference, and a kernel that would make a state on this step (SGD's buffer, left
-            # unwritten on a skipped step), ask the host whether to step: one sync.
-            if amp[1].item() != 0:
-                return
-            if impl == "reference":
-                grads, amp = [g.float() * amp[0].to(g.device) for g in grads], None
-        states = [self._init_state(p, group) for p in params]
-        params = [local(p) for p in params]  # the state is keyed by the DTensor, the math runs on its shard
-        if impl == "reference":
-            self._reference_step(group, params, grads, states)
-        else:
-            self._fused_step(group, params, grads, states, amp, shards)
-
-    def _check_capturable(self, group, params, impl):
-        """A step recorded into a CUDA graph must neither ask the host anything nor make its state:
-        a state made during capture would be made again, zeroed, at every replay."""
-        if impl != "triton":
-            raise RuntimeError(f"{self.rule.name}: a CUDA graph can capture only the fused step; the reference "
-                               "reads its step counter on the host. Use impl='triton' (or 'auto' with params of a "
-                               f"dtype in {list(self.rule.dtypes)})")
-        names = (*self.rule.scalar_states, *self.rule.state_names(group))
-        missing_seed = self.stochastic_rounding and any(p.device not in self._rounding_seeds for p in params)
-        if missing_seed or any(name not in self.state.get(p, {}) for p in params for name in names):
-            raise RuntimeError(f"{self.rule.name}: the optimizer state does not exist yet; run a few steps "
-                               "eagerly (on a side stream, as torch.cuda.graphs' recipe warms up) before capturing "
-                               "step(), so that every state tensor is made outside the graph")
-
-    def _makes_first_step_states(self, group, params) -> bool:
-        names = [s.name for s in self.rule.states if s.initial == FIRST_STEP and s.exists(group)]
-        return any(name not in self.state[p] for p in params for name in names)
-
-    def _reference_step(self, group, params, grads, states):
-        arguments = ()
-        if self.rule.has_first_step_states:
-            arguments = (self._allocate_first_step_states(group, params, states),)
+    def _reference_step(self, group, params, grads, states, first_step, amp=None):
+        """The rule's oracle over one group; GradScaler's verdict was read on the host before."""
+        if amp is not None:
+            grads = [g.float() * amp[0].to(g.device) for g in grads]
+        arguments = (first_step,) if self.rule.has_first_step_states else ()
         if not self.stochastic_rounding:
             self.rule.reference(params, grads, states, group, *arguments)
             return
@@ -212,63 +173,71 @@ class FusedOptimizer(torch.optim.Optimizer):
             if full is not tensor:  # a 16-bit tensor: its fp32 copy goes back rounded
                 tensor.copy_(stochastic_round(full, tensor.dtype, self._reference_generator))
 
-    def _allocate_first_step_states(self, group, params, states):
-        """Allocate (uninitialised) the FIRST_STEP states the params lack; per param, whether this is
-        their first step, when the rule must write them without reading them."""
-        first_step = []
-        for param, state in zip(params, states):
-            missing = [name for name in self.rule.state_names(group) if name not in state]
-            for name in missing:
-                state[name] = torch.empty_like(param, dtype=self.state_dtype or param.dtype,
-                                               memory_format=torch.contiguous_format)
-            first_step.append(bool(missing))
-        return first_step
-
-    def _fused_step(self, group, params, grads, states, amp=None, shards=None):
-        rule = self.rule
-        if "step" in rule.scalar_states:
-            # One launch for the group; a step GradScaler skips is not counted (on the device: no sync).
-            steps = [state["step"] for state in states]
-            if amp is None:
-                torch._foreach_add_(steps, 1.0)
-            else:  # a list of one tensor each: the overload taking one tensor reads it on the host on a CPU
-                taken = amp[1].to(params[0].device).eq(0).float()
-                torch._foreach_add_(steps, [taken] * len(steps))
-        names = rule.state_names(group)
-        first_step = self._allocate_first_step_states(group, params, states)
-        tensor_flags = [(first,) if rule.has_first_step_states else () for first in first_step]
-        if rule.prepare is not None:
-            scalars, row_lengths = rule.prepare(group, params, grads, states, amp, shards)
-        else:
-            scalars = [tuple(state[name] for name in rule.scalar_states) for state in states]
-            row_lengths = [0] * len(params)
-        slots = [TensorSlots(p, g, tuple(state[n] for n in names), s, f, r)
-                 for p, g, state, s, f, r in zip(params, grads, states, scalars, tensor_flags, row_lengths)]
-        hyper, flags = rule.kernel_arguments(group)
-        ops.update(rule.update, slots, hyper, flags, rule.name, self._launch_seeds(params), amp)
-
-    def _launch_seeds(self, params):
-        """None (round to nearest), or each device's stochastic-rounding seed tensor."""
+    def _rounding_seed(self, device):
+        """None (round to nearest), or this device's stochastic-rounding seed tensor."""
         if not self.stochastic_rounding:
             return None
-        for device in {p.device for p in params}:
-            if device not in self._rounding_seeds:
-                self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
-        return self._rounding_seeds
+        if device not in self._rounding_seeds:
+            self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
+        return self._rounding_seeds[device]
 
     def load_state_dict(self, state_dict):
-        """torch.optim's load, then each state back in this optimizer's state dtype and the scalar
-        states (the step) on the param's device, where the fused kernel reads them."""
+        """torch.optim's load, checked first (nothing changes if it raises), then each state back in
+        this optimizer's state dtype and its param's layout, and the scalar states (the step, also when a
+        checkpoint stores it as a Python number) as fp32 tensors on the param's device."""
+        saved_ids = list(itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
+        params = list(itertools.chain.from_iterable(g["params"] for g in self.param_groups))
+        for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
+            self._check_saved_state(state_dict["state"].get(saved_id, {}), local(param), position)
         super().load_state_dict(state_dict)
-        saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
-        params = itertools.chain.from_iterable(g["params"] for g in self.param_groups)
         for saved_id, param in zip(saved_ids, params):
+            state, shard = self.state[param], local(param)
             for name, value in state_dict["state"].get(saved_id, {}).items():
-                if not isinstance(value, torch.Tensor):
-                    continue
-                # copy=True: the caller's dict may hold the very tensors another optimizer is using
-                dtype = torch.float32 if name in self.rule.scalar_states else self.state_dtype or param.dtype
-                self.state[param][name] = value.to(device=param.device, dtype=dtype, copy=True)
+                if name in self.rule.scalar_states:
+                    # copy: the caller's dict may hold the very tensors another optimizer is using
+                    state[name] = torch.tensor(float(value) if not isinstance(value, torch.Tensor) else value.item(),
+                                               dtype=torch.float32, device=shard.device)
+                elif isinstance(value, torch.Tensor):
+                    state[name] = torch.empty_like(shard, dtype=self.state_dtype or shard.dtype).copy_(value)
+        self._plan, self._release_plans = None, {}
+
+    def _check_saved_state(self, saved: dict, param, position: int):
+        where = f"the state of param {position} (in the order of the param groups)"
+        if saved and "step" in self.rule.scalar_states and "step" not in saved:
+            raise ValueError(f"{self.rule.name}: {where} has no 'step'; without it the step count (and the "
+                             "bias corrections or schedule that follow it) would silently restart. Save it with "
+                             "the state, or drop this param's state from the checkpoint to start it afresh")
+        for name, value in saved.items():
+            if name in self.rule.scalar_states:
+                if isinstance(value, torch.Tensor) and value.numel() != 1:
+                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements, not one")
+            elif isinstance(value, torch.Tensor) and value.shape != param.shape:
+                raise ValueError(f"{self.rule.name}: {where} has {name!r} of shape {tuple(value.shape)}, but the "
+                                 f"param has shape {tuple(param.shape)}: the checkpoint belongs to another model "
+                                 "or another order of params")
+
+    def __getstate__(self):
+        """torch's state (defaults, state, param groups) and every option, so that a deepcopy, a pickle
+        or torch.save(optimizer) steps exactly like the original; plans are rebuilt by the copy."""
+        return {**super().__getstate__(), **{name: getattr(self, name) for name in OPTIONS},
+                "_rounding_seeds": self._rounding_seeds,
+                "_reference_generator_state": self._reference_generator.get_state()}
+
+    def __setstate__(self, state):
+        generator_state = state.pop("_reference_generator_state", None)
+        super().__setstate__(state)
+        if generator_state is None:
+            return  # torch's load_state_dict sets the state and groups through here: not a copy
+        self._reference_generator = torch.Generator()
+        self._reference_generator.set_state(generator_state)
+        self._start_planning()
+        for index in range(len(self.param_groups)):
+            self._register_params(index)
+
+    def __repr__(self):
+        text = super().__repr__()
+        options = ", ".join(f"{name}={getattr(self, name)!r}" for name in OPTIONS)
+        return text.replace(" (", f" ({options}", 1)
 
 
 def optimizer_class(rule):

@@ -1,6 +1,29 @@
-"""Tiger's param groups from a model, in one line: ``optim.Tiger(optim.tiger_param_groups(model), lr=1e-3)``."""
+"""Tiger's classes of tensors, and its param groups from a model in one line:
+``optim.Tiger(optim.tiger_param_groups(model), lr=1e-3)``."""
 import torch
 from torch import nn
+
+# Tiger's classes of tensors: (lr multiplier, weight-decay multiplier, NaN-guard center). The lr
+# multiplier None is RMS(θ) over the whole tensor, "row" one RMS(θ) per row of the last dimension.
+PARAM_KINDS = {
+    "bias": (0.5, 0.0, 0.0),
+    "normalization": (0.5, 0.0, 1.0),  # a normalization layer's weight (gamma), initialised at 1
+    "matrix": (None, 1.0, 0.0),
+    "embedding": ("row", 1.0, 0.0),
+}
+
+
+def param_kind(param: torch.Tensor, group) -> str:
+    """The group's param_kind; "auto" makes every tensor with ndim <= 1 a bias, the others matrices."""
+    kind = group["param_kind"]
+    if kind == "auto":
+        return "bias" if param.ndim <= 1 else "matrix"
+    return kind
+
+
+def row_length(param: torch.Tensor) -> int:
+    """An embedding table's rows run along its last dimension."""
+    return param.shape[-1] if param.ndim and param.shape[-1] else 1
 
 # Modules whose weight is a normalization scale (gamma, initialised at 1); any module whose class name
 # holds "Norm" (a custom RMSNorm) counts too.
@@ -19,7 +42,7 @@ def _kind(module: nn.Module, name: str) -> str:
 
 
 def tiger_param_groups(model: nn.Module, **options) -> list[dict]:
-    """One group per kind of tensor (``kernels.tiger.PARAM_KINDS``), as Tiger's original classes them:
+    """One group per kind of tensor (``PARAM_KINDS``), as Tiger's original classes them:
     biases (lr/2, no decay, NaN center 0), normalization weights (lr/2, no decay, center 1),
     nn.Embedding weights (lr × RMS of each row) and every other weight (lr × RMS of the whole tensor).
 

@@ -16,10 +16,11 @@ from kernels.egstepsize import egstepsize_arguments, egstepsize_update
 from kernels.lion import lion_arguments, lion_update
 from kernels.rmsprop import rmsprop_arguments, rmsprop_update
 from kernels.sgd import sgd_arguments, sgd_update
-from kernels.sgdhd import sgdhd_arguments, sgdhd_prepare, sgdhd_update
+from kernels.elementwise import never
+from kernels.sgdhd import sgdhd_arguments, sgdhd_hypergradient, sgdhd_update
 from kernels.signsgd import signsgd_arguments, signsgd_update
 from kernels.signum import signum_arguments, signum_update
-from kernels.tiger import tiger_arguments, tiger_prepare, tiger_update
+from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
@@ -32,6 +33,8 @@ from optim.reference.sgdhd import sgdhd
 from optim.reference.signsgd import signsgd
 from optim.reference.signum import signum
 from optim.reference.tiger import tiger
+from optim.sgdhd import sgdhd_prepare
+from optim.tiger import tiger_arguments, tiger_prepare
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -85,11 +88,20 @@ class Rule:
     defaults: dict  # argument names and defaults, in the order of the class signature
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
-    # Host-side work before the launch, on the device and without a host sync (Tiger's RMS and NaN
-    # verdict, SGDHD's dot product): (group, params, grads, states, amp) -> (each tensor's fp32 scalars,
-    # each tensor's row length: 0, or the length of the rows its last scalar holds one value for).
-    # Without it, each tensor's scalars are its scalar states.
+    # Host-side set-up of the scalars its kernels read, once per launch plan (Tiger's classes of
+    # tensors and sums, SGDHD's α): (group, local params, states, shards, packed scalar states) ->
+    # optim.prepared.Prepared. Without it, each tensor's scalars are its scalar states.
     prepare: Optional[Callable] = None
+    # A @triton.jit reduction run over the same tensors before each update, into the last
+    # Prepared.outputs scalars (Tiger's NaN counts and Σθ², SGDHD's ⟨g, g_prev⟩); see kernels.launcher.
+    reduce: Optional[Callable] = None
+    # @triton.jit predicates (scalars, hyper, FLAGS) -> bool: where False, that launch neither reads nor
+    # writes θ (Tiger's micro-steps that do not move it). None: θ is always read.
+    reduce_reads_param: Optional[Callable] = None
+    update_reads_param: Optional[Callable] = None
+    # Group keys whose change rebuilds the launch plan, besides the compile-time flags and the states
+    # (Tiger's param_kind: its classes of tensors are laid out in the plan).
+    plan_keys: tuple = ()
     dtypes: tuple = DTYPES  # param dtypes the kernel supports
     tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
     # Sign rules: where the momentum is within fp32 rounding of zero (about 1e-7 of its scale, so
@@ -117,10 +129,16 @@ class Rule:
     def has_first_step_states(self) -> bool:
         return any(s.initial == FIRST_STEP for s in self.states)
 
-    def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None) -> int:
-        """Bytes one step moves per parameter: θ and g read, θ written, each state read and written."""
+    def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True) -> int:
+        """Bytes one step moves per parameter: θ and g read, θ written, each state read and written, and
+        the extra reads (its reduction's). ``moves_param=False``: a micro-step that does not move θ
+        (Tiger under accumulation), where θ is neither read nor written: g is read by the update and
+        by the reduction (the NaN verdict), each state read and written."""
+        element = _element_size(param_dtype)
         state_bytes = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
-        return _element_size(param_dtype) * (3 + self.extra_reads) + 2 * state_bytes
+        if not moves_param:
+            return element * (1 + (self.reduce is not None)) + 2 * state_bytes
+        return element * (3 + self.extra_reads) + 2 * state_bytes
 
     def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None) -> int:
         """Bytes of state kept for params of these sizes after a step: each element-wise state in
@@ -233,7 +251,7 @@ RULES = {
             summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
             reference=sgdhd, update=sgdhd_update, kernel_arguments=sgdhd_arguments,
             defaults=dict(lr=1e-3, hypergrad_lr=1e-6), states=(State("prev_grad"),), prepare=sgdhd_prepare,
-            learns_lr=True, extra_reads=1,
+            reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
         ),
         Rule(
             name="Tiger",
@@ -242,7 +260,9 @@ RULES = {
             defaults=dict(lr=1e-3, beta=0.965, weight_decay=0.01, grad_accum_steps=1, shrink_ratio=0.99,
                           lr_schedule={0: 1}, param_kind="auto"),
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
-            prepare=tiger_prepare, sign_flip_fraction=1e-4, extra_reads=2, folds_gradients=True,
+            prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
+            update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
+            extra_reads=2, folds_gradients=True,
         ),
     )
 }

@@ -5,7 +5,7 @@ import numbers
 import torch
 from torch.distributed.tensor import DTensor
 
-from kernels.tiger import PARAM_KINDS
+from optim.param_groups import PARAM_KINDS
 from optim.schedule import schedule_points
 
 
@@ -109,22 +109,66 @@ CHECKS = {
 }
 
 
+# Hyperparameters a tensor may hold: the kernels read them through a pointer (kernels.hyperparameter),
+# so a tensor changed in place is read on the device at every step. Every other one is a Python
+# value the kernel takes as a number or a compile-time flag; a tensor there would cost a host sync.
+TENSOR_HYPERPARAMETERS = ("lr",)
+
+
+def _tensor_problem(name, value) -> str:
+    """What is wrong with ``value`` as a tensor hyperparameter, read without its value (no host sync)."""
+    if name not in TENSOR_HYPERPARAMETERS:
+        return (f"must be a Python number, not a tensor: only {', '.join(TENSOR_HYPERPARAMETERS)} may be a tensor "
+                f"(use {name}=float(value))")
+    if value.numel() != 1 or not value.is_floating_point() or value.is_complex():
+        return f"must be a one-element floating-point tensor, got {value.dtype} of shape {tuple(value.shape)}"
+    if value.device.type == "meta":
+        return "is a tensor on the meta device, which holds no value; make it on the params' device"
+    return ""
+
+
 def check_hyperparameters(rule_name: str, group: dict, names, where: str, host_values_only=False):
     """Raise ValueError for the first invalid hyperparameter of ``group`` among ``names``.
 
-    With ``host_values_only`` (the check run at every step) tensors are skipped: reading a device
-    tensor would cost a host sync on every step.
+    With ``host_values_only`` (the check run at every step) a tensor's shape, dtype and device are
+    checked but not its value: reading a device tensor would cost a host sync on every step.
     """
     for name in names:
         value = group[name]
-        if host_values_only and isinstance(value, torch.Tensor):
-            continue
-        try:
-            problem = CHECKS[name](value, group)
-        except ValueError as error:
-            problem = str(error)
+        problem = ""
+        if isinstance(value, torch.Tensor):
+            problem = _tensor_problem(name, value)
+        if not problem and not (host_values_only and isinstance(value, torch.Tensor)):
+            try:
+                problem = CHECKS[name](value, group)
+            except ValueError as error:
+                problem = str(error)
         if problem:
             raise ValueError(f"{rule_name}: invalid {name}={value!r} in {where}: {name} {problem}")
+
+
+def check_state(rule_name: str, name: str, value, param, dtype, where: str):
+    """An element-wise state must be the param's twin: its shape, the state dtype, its device. A
+    smaller one would be written past its end by the fused step, a larger one used in part."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{rule_name}: state {name!r} of {where} is a {type(value).__name__}, not a tensor")
+    if value.shape != param.shape or value.dtype != dtype or value.device != param.device:
+        raise ValueError(
+            f"{rule_name}: state {name!r} of {where} is {value.dtype} {tuple(value.shape)} on {value.device}, but its "
+            f"param needs {dtype} {tuple(param.shape)} on {param.device}. The state belongs to another tensor (a "
+            "checkpoint of another model, or the param replaced after the state was made, e.g. p.data = ...): load "
+            "a matching state_dict, or drop this param's state (del optimizer.state[p]) to start it afresh")
+
+
+def check_scalar_state(rule_name: str, name: str, value, param, where: str):
+    """A scalar state (the step counter) is a one-element fp32 tensor on the param's device, where the
+    kernel reads it (load_state_dict converts Python numbers and other dtypes to that)."""
+    if (not isinstance(value, torch.Tensor) or value.numel() != 1 or value.dtype != torch.float32
+            or value.device != param.device):
+        got = (f"{value.dtype} of shape {tuple(value.shape)} on {value.device}" if isinstance(value, torch.Tensor)
+               else repr(value))
+        raise ValueError(f"{rule_name}: state {name!r} of {where} must be a one-element float32 tensor on "
+                         f"{param.device}, got {got}; set it with load_state_dict, which converts it")
 
 
 def check_param(rule_name: str, param, where: str, nonnegative=False):
@@ -158,8 +202,10 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
     if impl not in IMPLS:
         raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
-    if state_dtype is not None and not (isinstance(state_dtype, torch.dtype) and state_dtype.is_floating_point):
-        raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} must be a floating-point torch.dtype or None")
+    if state_dtype is not None and state_dtype not in rule.dtypes:
+        raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} must be None (each param's own dtype) or one of "
+                         f"{list(rule.dtypes)}; for float64 math give float64 params, which step in float64 "
+                         "(impl='auto' takes the reference for them)")
     for name, value in (("stochastic_rounding", stochastic_rounding), ("gradient_release", gradient_release)):
         if not isinstance(value, bool):
             raise ValueError(f"{rule.name}: {name}={value!r} must be True or False")

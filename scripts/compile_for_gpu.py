@@ -132,10 +132,10 @@ def main():
 
     import autotune
     import optim
-    import optim.base
+    import optim.plan
     from kernels import launcher
 
-    optim.base.INTERPRETED = True  # let impl="triton" take CPU tensors: they are only described, never read
+    optim.plan.INTERPRETED = True  # let impl="triton" take CPU tensors: they are only described, never read
     launcher.launch_config = lambda rule, dtype, numel, device: autotune.DEFAULT_CONFIGS[
         torch.empty((), dtype=dtype).element_size()]
     results = {}

@@ -83,7 +83,7 @@ def test_a_compiled_training_step_traces_the_step_and_keeps_its_graphs(name):
     train_step()  # the state is made eagerly
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(train_step)()
-    assert any("triton_optim.update" in str(graph.graph) for graph in explanation.graphs), "the step was not traced"
+    assert any("triton_optim.step" in str(graph.graph) for graph in explanation.graphs), "the step was not traced"
     for reason in explanation.break_reasons:  # torch's own: backward, and Optimizer.zero_grad, which dynamo skips
         assert "Tensor.backward()" in reason.reason or "Optimizer.zero_grad" in reason.reason, reason.reason
     torch._dynamo.reset()
@@ -95,3 +95,25 @@ def test_a_compiled_training_step_traces_the_step_and_keeps_its_graphs(name):
         optimizer.param_groups[0]["lr"].fill_(1e-2 / (2 + index))  # what a scheduler does to a tensor lr
         frames.append(counter.frame_count)
     assert frames == [frames[0]] * 8, f"compiled frames per step: {frames}"
+
+
+def test_a_float_lr_changed_by_a_scheduler_does_not_recompile_either():
+    """The compiled graph only calls the step's op; the op reads the group's hyperparameters at run
+    time, so even a Python float lr, changed each step, is no constant of the graph."""
+    params = make_params(SHAPES, torch.float32)
+    optimizer = optim.AdamW(params, lr=1e-2, impl="triton")
+    reference = optim.AdamW(make_params(SHAPES, torch.float32), lr=1e-2, impl="triton")
+    counter = CompileCounter()
+    torch._dynamo.reset()
+    step = torch.compile(optimizer.step, fullgraph=True, backend=counter)
+    for index in range(8):
+        for opt in (optimizer, reference):
+            ps = opt.param_groups[0]["params"]
+            for p, g in zip(ps, random_grads(ps, index)):
+                p.grad = g
+            opt.param_groups[0]["lr"] = 1e-2 / (1 + index)
+        (step if index else optimizer.step)()
+        reference.step()
+    assert counter.frame_count == 1
+    for a, b in zip(params, reference.param_groups[0]["params"]):
+        assert torch.equal(a, b)

@@ -1,9 +1,10 @@
-"""Capturable steps: after a warm-up, the fused step of every rule asks the host nothing and makes no
-state, so torch.cuda.graph can record it and replay it with new gradients and a new lr.
+"""Capturable steps: after a warm-up, the fused step of every rule asks the host nothing, copies
+nothing from it and makes no state, so torch.cuda.graph can record it and replay it with new
+gradients and a new lr.
 
 On the CPU the capture path runs eagerly: ``capturing`` is forced on, and the step must still equal
-an eager one while every table it copies to the device is kept for replays. The capture itself needs a
-GPU (the last test).
+an eager one, write new gradients' addresses into its tables on the device (by kernel arguments, not
+a copy from the host), and keep its launches for replays. The capture itself needs a GPU (the last test).
 """
 import pytest
 import torch
@@ -11,7 +12,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import optim
 from kernels import launcher
-from optim import base
 from optim.registry import RULES
 from tests.conftest import DEVICE, make_params, random_grads
 from tests.test_amp import assert_identical, grad_scaler, hyper, snapshot
@@ -50,15 +50,28 @@ def warmed_up(rule, seed=0, **options):
 
 
 def set_grads(params, seed):
+    """New gradient tensors, as backward makes after zero_grad(set_to_none=True)."""
     for p, g in zip(params, random_grads(params, seed)):
         p.grad = g
+
+
+def copy_grads(params, seed):
+    """New gradient values in the same tensors, as backward makes after zero_grad(set_to_none=False)."""
+    for p, g in zip(params, random_grads(params, seed)):
+        p.grad.copy_(g)
+
+
+@pytest.fixture
+def forced_capture(monkeypatch):
+    """The capture branch of the step and the launcher, taken on any device."""
+    monkeypatch.setattr(launcher, "capturing", lambda device: True)
 
 
 @pytest.mark.parametrize("with_scaler", [False, True], ids=["plain", "grad-scaler"])
 @pytest.mark.parametrize("rule", list(RULES.values()), **RULE_IDS)
 def test_a_warmed_up_step_makes_no_host_sync_and_no_host_copy(rule, with_scaler):
     optimizer, params = warmed_up(rule)
-    set_grads(params, 10)
+    copy_grads(params, 10)
     if with_scaler:  # what GradScaler.step hands the optimizer
         optimizer.grad_scale, optimizer.found_inf = grad_scaler()._scale, torch.zeros(1, device=DEVICE)
     with HostTraffic() as traffic:
@@ -66,11 +79,21 @@ def test_a_warmed_up_step_makes_no_host_sync_and_no_host_copy(rule, with_scaler)
     assert traffic.found == [], f"{rule.name}: the step called {traffic.found}"
 
 
-@pytest.fixture
-def forced_capture(monkeypatch):
-    """The capture branch of the step and the launcher, taken on any device."""
-    monkeypatch.setattr(launcher, "capturing", lambda device: True)
-    monkeypatch.setattr(base, "capturing", lambda device: True)
+@pytest.mark.parametrize("rule", list(RULES.values()), **RULE_IDS)
+def test_the_capture_path_copies_nothing_from_the_host_and_reads_the_new_gradients(rule, request):
+    """Gradients made inside the capture (torch's whole-network recipe zeroes them to None first) are
+    new tensors: their addresses reach the tables through kernel arguments, recorded by the graph, not
+    through a copy from the host, which a capture must not make."""
+    eager, eager_params = warmed_up(rule)
+    captured, params = warmed_up(rule)
+    set_grads(eager_params, 10)
+    eager.step()
+    request.getfixturevalue("forced_capture")
+    set_grads(params, 10)
+    with HostTraffic() as traffic:
+        captured.step()
+    assert traffic.found == [], f"{rule.name}: the capture path called {traffic.found}"
+    assert_identical(snapshot(captured, params), snapshot(eager, eager_params), rule.name)
 
 
 @pytest.mark.parametrize("rule", [r for r in RULES.values() if r.name in ("AdamW", "Tiger", "SGDHD", "SGD")],
@@ -85,10 +108,11 @@ def test_the_capture_path_steps_as_the_eager_one_and_keeps_its_tables(rule, stoc
     set_grads(eager_params, 10)
     eager.step()
     request.getfixturevalue("forced_capture")
-    kept = len(launcher._captured_tables)
     set_grads(captured_params, 10)
     captured.step()
-    assert len(launcher._captured_tables) > kept, "the tables copied during a capture must be kept for replays"
+    plan_launches = [launch for group in captured._plan.groups for _, _, launch in group.launches]
+    assert plan_launches and all(launch in launcher._captured_launches for launch in plan_launches), \
+        "the launches a capture records must be kept for its replays"
     assert_identical(snapshot(captured, captured_params), snapshot(eager, eager_params), rule.name)
 
 

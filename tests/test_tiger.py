@@ -138,7 +138,7 @@ def test_schedule_is_the_originals_piecewise_linear():
 def test_schedule_is_evaluated_from_the_device_step_counter(impl):
     """Each step a bias moves by exactly lr/2 · schedule(t), t counted in micro-steps; the kernel's
     arguments never change with t (the step counter is a device tensor), so nothing recompiles."""
-    from kernels.tiger import tiger_arguments
+    from optim.tiger import tiger_arguments
     schedule = {2: 1.0, 6: 0.5}
     (bias,) = make_params([(300,)], torch.float32)
     tiger = optim.Tiger([bias], lr=1e-2, lr_schedule=schedule, impl=impl)

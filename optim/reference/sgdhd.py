@@ -1,5 +1,14 @@
-from kernels.sgdhd import learning_rate_tensor
+import torch
+
 from optim.reference import upcast
+
+
+def learning_rate_tensor(group, device) -> torch.Tensor:
+    """group["lr"] as the 0-d fp32 device tensor that holds α (made so on the first step)."""
+    lr = group["lr"]
+    if not isinstance(lr, torch.Tensor) or lr.dtype != torch.float32 or lr.device != device or lr.dim() != 0:
+        group["lr"] = torch.as_tensor(lr, dtype=torch.float32).reshape(()).to(device)
+    return group["lr"]
 
 
 def sgdhd(params, grads, states, group):

@@ -1,6 +1,6 @@
 import torch
 
-from kernels.tiger import PARAM_KINDS, param_kind, row_length
+from optim.param_groups import PARAM_KINDS, param_kind, row_length
 from optim.reference import upcast
 from optim.schedule import piecewise_linear
 
@@ -16,7 +16,7 @@ def tiger(params, grads, states, group):
         \qquad η_t = η\,S(t) \text{ if } (t + 1) \bmod k = 0 \text{ else } 0,
         m ← b_1 m + b_2 g, \qquad θ ← θ − η'_t\,(\mathrm{sign}(m) + λ' θ).
 
-    Per tensor, by its param_kind (``kernels.tiger.PARAM_KINDS``; "auto": ndim ≤ 1 is a bias):
+    Per tensor, by its param_kind (``optim.param_groups.PARAM_KINDS``; "auto": ndim ≤ 1 is a bias):
     bias and normalization tensors take η' = η_t/2 and λ' = 0; matrices take η' = η_t·RMS(θ) and
     λ' = λ; embedding tables η' = η_t·RMS(θ) of each row and λ' = λ. RMS(x) = √mean(x²), of θ before
     this step. S: ``optim.schedule.piecewise_linear``. NaN guard: if g has a NaN, m is kept and

@@ -1,0 +1,331 @@
+"""The launch plan of a step: everything a step checks and builds once, then reuses.
+
+A plan is built when something changed, with every check, before any tensor is modified: each group's
+hyperparameters; each param's gradient and every existing state against the param (shape, dtype,
+device, layout); which impl runs each group; the kernel arguments; the launches (their pointer tables
+and program maps already on the device, their launch configurations). Then it makes what the step
+needs (missing states, the scalar states packed into one buffer per group, a rule's sums).
+
+A later step does only what must be done each time (``StepPlan.refresh``): check cheaply that nothing
+else changed — the same groups and param lists, the same state tensors, the params still at their
+addresses (``p.data = ...`` moves them), the same compile-time flags — check the gradients (after
+``zero_grad(set_to_none=True)`` each is a new tensor: its shape, strides, dtype and device against its
+param, then its address into the tables), check the hyperparameters that changed (a tensor's shape,
+dtype and device, never its value: no host sync), and launch. Anything else that changed rebuilds the
+plan, with every check.
+"""
+import operator
+import weakref
+from itertools import chain, repeat
+from typing import Optional
+
+import torch
+
+from kernels import launcher
+from kernels.launcher import INTERPRETED, TensorSlots, prepare_launches, walkable
+from kernels.shards import Shards, local
+from optim.prepared import Prepared
+from optim.registry import FIRST_STEP
+from optim.validation import check_grad, check_hyperparameters, check_scalar_state, check_state
+
+_grad = operator.attrgetter("grad")
+_data_ptr = torch.Tensor.data_ptr
+_is = operator.is_
+
+
+def _same(values, expected) -> bool:
+    """Whether two sequences hold the very same objects (identity, element by element, in C)."""
+    return len(values) == len(expected) and all(map(_is, values, expected))
+
+
+def _states_of(state_dicts, names) -> list:
+    """The tensors ``names`` of each state dict, flattened in order (KeyError if one is missing)."""
+    if not names:
+        return []
+    getter = operator.itemgetter(*names)
+    return list(map(getter, state_dicts)) if len(names) == 1 else list(chain.from_iterable(map(getter, state_dicts)))
+
+
+def where(group: dict, group_index: int, position: int) -> str:
+    """How an error names a param: its index in its group, and its name if named_parameters gave one."""
+    text = f"param {position} of param group {group_index}"
+    names = group.get("param_names")
+    return f"{text} ('{names[position]}')" if names is not None and position < len(names) else text
+
+
+class GroupPlan:
+    """One param group's part of a step: its checked params (those with a gradient, or the one param a
+    gradient release steps), its impl, and for the fused impl its launches."""
+
+    def __init__(self, optimizer, group_index: int, only: Optional[torch.Tensor] = None):
+        rule = optimizer.rule
+        self.rule, self.index = rule, group_index
+        self.group = group = optimizer.param_groups[group_index]
+        self.params_list = group["params"]
+        self.all_params = [only] if only is not None else list(self.params_list)
+        self.has_grad = [p.grad is not None for p in self.all_params]
+        self.positions = [i for i, has in enumerate(self.has_grad) if has]
+        if only is not None:
+            self.positions = [next(i for i, p in enumerate(self.params_list) if p is only)] if self.has_grad[0] else []
+        self.params = [p for p in self.all_params if p.grad is not None]
+        self.names = [where(group, group_index, i) for i in self.positions]
+        self.hyper_names = tuple(rule.defaults)
+        check_hyperparameters(rule.name, group, self.hyper_names, f"param group {group_index}", host_values_only=True)
+        self.hyper_values = list(map(group.__getitem__, self.hyper_names))
+        for param, name in zip(self.params, self.names):
+            check_grad(rule.name, param, name)
+        self.locals = [local(p) for p in self.params]
+        grads = [local(p.grad) for p in self.params]
+        self.grads = grads  # until the step runs: between steps only weak references, which keep none alive
+        self.shards = Shards.of(self.params, f"{rule.name}'s param group {group_index}")
+        self.sharded = self.shards is not None
+        self.state_names = rule.state_names(group)
+        self.plan_options = [group[key] for key in rule.plan_keys]
+        self.state_dtype = optimizer.state_dtype
+        existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
+        for param, state, name in zip(self.locals, existing, self.names):
+            for state_name in rule.scalar_states:
+                if state_name in state:
+                    check_scalar_state(rule.name, state_name, state[state_name], param, name)
+            for state_name in self.state_names:
+                if state_name in state:
+                    check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
+        self.impl = self._resolve_impl(optimizer.impl, existing)
+        if self.shards is not None and self.impl == "reference" and rule.prepare is not None:
+            raise RuntimeError(f"{rule.name}: the reference reduces over whole tensors, which FSDP2 params are not; "
+                               "use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums those "
+                               "reductions over the shards")
+        if self.impl == "triton":
+            rule.kernel_arguments(group)  # raises here, before any change, if the group cannot be launched
+        self.makes_first_step_states = any(
+            spec.name not in state for spec in rule.states if spec.initial == FIRST_STEP and spec.exists(group)
+            for state in existing)
+        if self.params and launcher.capturing(self.locals[0].device):
+            self._check_capturable(existing)
+
+    def _resolve_impl(self, impl: str, existing: list) -> str:
+        """The impl that will run this group: "auto" takes the kernel where it can run every param as it
+        is laid out, and the reference elsewhere; "triton" refuses, naming the param, what it cannot run."""
+        rule = self.rule
+        if impl == "reference" or not self.params:
+            return "reference"
+        on_cuda = all(p.is_cuda for p in self.locals)
+        runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in self.locals))
+        for param, grad, state, name in zip(self.locals, self.grads, existing, self.names):
+            problem = None
+            if not runnable:
+                problem = RuntimeError(f"impl='triton' needs the params of param group {self.index} on a CUDA device, "
+                                       "or on the CPU with TRITON_INTERPRET=1 set before triton is imported")
+            elif param.dtype not in rule.dtypes:
+                problem = TypeError(f"{name} has dtype {param.dtype}; the Triton kernels support {list(rule.dtypes)}")
+            else:
+                for what, tensor in (("param", param), ("gradient", grad),
+                                     *((f"state {n!r}", state[n]) for n in self.state_names if n in state)):
+                    if not walkable(tensor, param):
+                        problem = ValueError(
+                            f"the {what} of {name} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid "
+                            f"out as its param (strides {param.stride()}) in one dense block; the fused kernel walks "
+                            "memory linearly. Make them dense with the same strides (e.g. .contiguous())")
+                        break
+            if problem is not None:
+                if impl == "auto":
+                    return "reference"
+                raise type(problem)(f"{rule.name}: {problem}; or use impl='reference' (or impl='auto', which takes "
+                                    "the reference for such params)")
+        return "triton"
+
+    def _check_capturable(self, existing):
+        """A step recorded into a CUDA graph must neither ask the host anything nor make its state:
+        a state made during capture would be made again, zeroed, at every replay."""
+        rule = self.rule
+        if self.impl != "triton":
+            raise RuntimeError(f"{rule.name}: a CUDA graph can capture only the fused step; the reference reads its "
+                               f"step counter on the host. Use impl='triton' (or 'auto' with params of a dtype in "
+                               f"{list(rule.dtypes)})")
+        names = (*rule.scalar_states, *self.state_names)
+        if any(name not in state for state in existing for name in names):
+            raise RuntimeError(f"{rule.name}: the optimizer state does not exist yet; run a few steps eagerly (on a "
+                               "side stream, as torch.cuda.graphs' recipe warms up) before capturing step(), so that "
+                               "every state tensor is made outside the graph")
+        raise RuntimeError(f"{rule.name}: the step's launch plan changed since the last eager step (other params, "
+                           "states or options), and building it would copy tables from the host into the graph; run "
+                           "one eager step with what the captured step will see before capturing it")
+
+    def make(self, optimizer) -> None:
+        """What the step needs and the checks did not make: missing states, the packed scalar states,
+        the rule's set-up, the launches. Called only after every group of the step was checked."""
+        rule = self.rule
+        self.state_dicts = [optimizer.state[p] for p in self.params]
+        self.first_step = []
+        for param, state in zip(self.locals, self.state_dicts):
+            dtype = self.state_dtype or param.dtype
+            for name in rule.scalar_states:
+                if name not in state:
+                    state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
+            first = False
+            for spec in rule.states:
+                if spec.exists(self.group) and spec.name not in state:
+                    if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
+                        state[spec.name], first = torch.empty_like(param, dtype=dtype), True
+                    else:  # preserve_format: the param's strides, as torch.optim makes its states
+                        initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                        state[spec.name] = torch.full_like(param, initial, dtype=dtype)
+            self.first_step.append(first)
+        self.launches, self.scalar_buffers, self.step_buffers = [], {}, []
+        if self.impl == "triton":
+            self._pack_scalar_states()
+            self._make_launches(optimizer)
+            self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
+        self.n_params = len(self.params_list)
+        self.state_tensors = _states_of(self.state_dicts, (*rule.scalar_states, *self.state_names))
+        self.param_pointers = self._param_pointers()
+        self.grad_pointers = list(map(_data_ptr, self.grads))
+        self.grad_layouts = [(g.shape, g.stride(), g.dtype, g.device) for g in self.grads]
+        self.grad_refs = list(map(weakref.ref, self.grads))
+
+    def _pack_scalar_states(self):
+        """Each scalar state (the step) of the group's params on one device as views of one buffer, so
+        that a step counts them all with one op, not one per tensor."""
+        devices: dict = {}
+        for i, param in enumerate(self.locals):
+            devices.setdefault(param.device, []).append(i)
+        for name in self.rule.scalar_states:
+            self.scalar_buffers[name] = {}
+            for device, indices in devices.items():
+                buffer = torch.stack([self.state_dicts[i][name].reshape(()) for i in indices])
+                for k, i in enumerate(indices):
+                    self.state_dicts[i][name] = buffer[k]
+                self.scalar_buffers[name][device] = (buffer, indices)
+
+    def _make_launches(self, optimizer):
+        rule = self.rule
+        if rule.prepare is not None:
+            prepared = rule.prepare(self.group, self.locals, self.state_dicts, self.shards, self.scalar_buffers)
+        else:
+            prepared = Prepared(scalars=[tuple(state[name] for name in rule.scalar_states) for state in self.state_dicts],
+                                row_lengths=[0] * len(self.params))
+        self.prepared = prepared
+        slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
+                             (first,) if rule.has_first_step_states else (), row_length)
+                 for p, g, state, scalars, first, row_length in zip(self.locals, self.grads, self.state_dicts,
+                                                                    prepared.scalars, self.first_step,
+                                                                    prepared.row_lengths)]
+        self.launches = [(members, len(members) == len(slots), launch)
+                         for members, launch in prepare_launches(slots, rule.name)]
+        self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
+
+    def _param_pointers(self) -> list:
+        return list(map(_data_ptr, map(local, self.params) if self.sharded else self.params))
+
+    def refresh(self, optimizer) -> bool:
+        """This step's gradients and hyperparameters into the plan; False when it must be rebuilt."""
+        rule, group = self.rule, self.group
+        if group["params"] is not self.params_list or len(self.params_list) != self.n_params:
+            return False
+        grads = list(map(_grad, self.all_params))
+        if all(self.has_grad):
+            if not all(map(operator.is_not, grads, repeat(None))):
+                return False
+        else:
+            if [g is not None for g in grads] != self.has_grad:
+                return False
+            grads = [g for g in grads if g is not None]
+        if self.sharded:
+            grads = [local(g) for g in grads]
+        if self._param_pointers() != self.param_pointers:
+            return False  # a param moved (p.data = ...): check it and its states again
+        if not _same(_states_of(self.state_dicts, (*rule.scalar_states, *self.state_names)), self.state_tensors):
+            return False
+        if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
+            for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):
+                if (grad.layout is not torch.strided or grad.shape != shape or grad.stride() != stride
+                        or grad.dtype is not dtype or grad.device != device):
+                    return False  # the rebuild names what is wrong, or takes the reference under "auto"
+            self.grad_refs = list(map(weakref.ref, grads))
+        self.grads = grads  # for this step's run only
+        pointers = list(map(_data_ptr, grads))
+        if pointers != self.grad_pointers:
+            for members, whole, launch in self.launches:
+                if whole:
+                    launch.set_grads(grads, pointers)
+                else:
+                    launch.set_grads([grads[i] for i in members], [pointers[i] for i in members])
+            self.grad_pointers = pointers
+        values = list(map(group.__getitem__, self.hyper_names))
+        if not _same(values, self.hyper_values):
+            # every one, not only those that changed: a check may read others (nesterov reads momentum)
+            check_hyperparameters(rule.name, group, self.hyper_names, f"param group {self.index}",
+                                  host_values_only=True)
+            self.hyper_values = values
+            if (rule.state_names(group) != self.state_names
+                    or [group[key] for key in rule.plan_keys] != self.plan_options):
+                return False
+        if self.impl == "triton":
+            self.hyper, flags = rule.kernel_arguments(group)
+            if flags != self.flags:
+                return False
+        return True
+
+    def run(self, optimizer, amp: Optional[tuple]) -> None:
+        rule = self.rule
+        grads, self.grads = self.grads, None  # the plan holds no gradient between steps
+        if not self.params:
+            return
+        if self.impl == "reference":
+            optimizer._reference_step(self.group, self.locals, grads, self.state_dicts, self.first_step, amp)
+            return
+        if amp is None:
+            for buffer in self.step_buffers:
+                buffer.add_(1.0)
+        else:  # a step GradScaler skips is not counted (on the device: no sync)
+            for buffer in self.step_buffers:
+                buffer.add_(amp[1].to(buffer.device).eq(0))
+        prepared = self.prepared
+        if prepared.before is not None:
+            prepared.before()
+        if rule.reduce is not None:
+            for _, _, launch in self.launches:
+                launch.reduce(rule.reduce, rule.reduce_reads_param, prepared.outputs, self.hyper, self.flags, amp)
+        if prepared.after is not None:
+            prepared.after(amp)
+        for _, _, launch in self.launches:
+            launch.update(rule.update, rule.update_reads_param, self.hyper, self.flags,
+                          optimizer._rounding_seed(launch.device), amp)
+
+
+class StepPlan:
+    """The plan of a whole step (every group), or of one param's step under gradient release."""
+
+    def __init__(self, optimizer, only: Optional[torch.Tensor] = None):
+        """Every check, no change: a plan that raises here leaves the optimizer as it was."""
+        self.param_groups, self.whole = optimizer.param_groups, only is None
+        if only is None:
+            self.groups = [GroupPlan(optimizer, index) for index in range(len(optimizer.param_groups))]
+        else:
+            self.groups = [GroupPlan(optimizer, optimizer._group_index[only], only=only)]
+        self.makes_first_step_states = any(g.makes_first_step_states for g in self.groups)
+        self.has_reference = any(g.impl == "reference" and g.params for g in self.groups)
+
+    def make(self, optimizer) -> None:
+        """The changes: states made, scalar states packed, launches built. After every check passed."""
+        for group_plan in self.groups:
+            group_plan.make(optimizer)
+        self.n_groups = len(optimizer.param_groups)
+        self.state = optimizer.state
+        self.state_values = list(optimizer.state.values())
+        self.single_use = self.makes_first_step_states  # its launches carry the first step's flags
+
+    def refresh(self, optimizer) -> bool:
+        """False when the plan must be rebuilt; raises (before any change) for a bad hyperparameter."""
+        if optimizer.param_groups is not self.param_groups or optimizer.state is not self.state:
+            return False
+        if self.whole and (len(self.param_groups) != self.n_groups
+                           or not _same(list(self.state.values()), self.state_values)):
+            return False  # a group added, a param's state dict replaced or dropped
+        if not self.whole and optimizer.state.get(self.groups[0].params[0]) is not self.groups[0].state_dicts[0]:
+            return False
+        return all(group_plan.refresh(optimizer) for group_plan in self.groups)
+
+    def run(self, optimizer, amp: Optional[tuple]) -> None:
+        for group_plan in self.groups:
+            group_plan.run(optimizer, amp)
