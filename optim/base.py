@@ -41,7 +41,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                  gradient_release=False):
         check_options(self.rule, impl=impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
                       seed=seed, gradient_release=gradient_release)
-        check_hyperparameters(self.rule.name, defaults, self.rule.defaults, "the optimizer's arguments")
+        check_hyperparameters(self.rule, defaults, "the optimizer's arguments")
         self.impl = impl
         self.state_dtype = state_dtype
         self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
@@ -60,7 +60,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         index = len(self.param_groups) - 1
         group = self.param_groups[index]
         try:
-            check_hyperparameters(self.rule.name, group, self.rule.defaults, f"param group {index}")
+            check_hyperparameters(self.rule, group, f"param group {index}")
             for i, param in enumerate(group["params"]):
                 check_param(self.rule.name, param, f"param {i} of param group {index}",
                             self.rule.nonnegative_params)
@@ -266,6 +266,9 @@ def optimizer_class(rule):
         FusedOptimizer.__init__(self, params, arguments, **options)
 
     __init__.__signature__ = signature
-    doc = f"{rule.summary}.\n\nThe equations: {rule.reference.__module__}.{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}"
+    arguments = ", ".join(f"{spec.name}={spec.default!r}" + (" (a float or a one-element tensor)" if spec.tensor else "")
+                          for spec in rule.hyperparameters)
+    doc = (f"{rule.summary}.\n\nArguments: {arguments}.\n\nThe equations: {rule.reference.__module__}."
+           f"{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}")
     return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,
                                               "__module__": "optim", "__qualname__": rule.name})

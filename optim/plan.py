@@ -70,7 +70,7 @@ class GroupPlan:
         self.params = [p for p in self.all_params if p.grad is not None]
         self.names = [where(group, group_index, i) for i in self.positions]
         self.hyper_names = tuple(rule.defaults)
-        check_hyperparameters(rule.name, group, self.hyper_names, f"param group {group_index}", host_values_only=True)
+        check_hyperparameters(rule, group, f"param group {group_index}", host_values_only=True)
         self.hyper_values = list(map(group.__getitem__, self.hyper_names))
         for param, name in zip(self.params, self.names):
             check_grad(rule.name, param, name)
@@ -171,9 +171,10 @@ class GroupPlan:
                         initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
                         state[spec.name] = torch.full_like(param, initial, dtype=dtype)
             self.first_step.append(first)
-        self.launches, self.scalar_buffers, self.step_buffers = [], {}, []
+        self.launches, self.scalar_buffers = [], {}
+        self._pack_scalar_states()
+        self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
         if self.impl == "triton":
-            self._pack_scalar_states()
             self._make_launches(optimizer)
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
         self.n_params = len(self.params_list)
@@ -212,7 +213,6 @@ class GroupPlan:
                                                                     prepared.row_lengths)]
         self.launches = [(members, len(members) == len(slots), launch)
                          for members, launch in prepare_launches(slots, rule.name)]
-        self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
 
     def _param_pointers(self) -> list:
         return list(map(_data_ptr, map(local, self.params) if self.sharded else self.params))
@@ -254,8 +254,7 @@ class GroupPlan:
         values = list(map(group.__getitem__, self.hyper_names))
         if not _same(values, self.hyper_values):
             # every one, not only those that changed: a check may read others (nesterov reads momentum)
-            check_hyperparameters(rule.name, group, self.hyper_names, f"param group {self.index}",
-                                  host_values_only=True)
+            check_hyperparameters(rule, group, f"param group {self.index}", host_values_only=True)
             self.hyper_values = values
             if (rule.state_names(group) != self.state_names
                     or [group[key] for key in rule.plan_keys] != self.plan_options):
@@ -271,15 +270,16 @@ class GroupPlan:
         grads, self.grads = self.grads, None  # the plan holds no gradient between steps
         if not self.params:
             return
-        if self.impl == "reference":
-            optimizer._reference_step(self.group, self.locals, grads, self.state_dicts, self.first_step, amp)
-            return
-        if amp is None:
+        # The optimizer counts the step, for either impl: one op per group, not one per tensor.
+        if amp is None or self.impl == "reference":  # the reference's skipped steps never get here
             for buffer in self.step_buffers:
                 buffer.add_(1.0)
         else:  # a step GradScaler skips is not counted (on the device: no sync)
             for buffer in self.step_buffers:
                 buffer.add_(amp[1].to(buffer.device).eq(0))
+        if self.impl == "reference":
+            optimizer._reference_step(self.group, self.locals, grads, self.state_dicts, self.first_step, amp)
+            return
         prepared = self.prepared
         if prepared.before is not None:
             prepared.before()

@@ -21,6 +21,9 @@ from kernels.sgdhd import sgdhd_arguments, sgdhd_hypergradient, sgdhd_update
 from kernels.signsgd import signsgd_arguments, signsgd_update
 from kernels.signum import signum_arguments, signum_update
 from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
+from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_most_one, betas, bounds, eps, flag, fraction,
+                                   lr, momentum, nesterov, nonnegative, param_kind, positive_integer, schedule,
+                                   shrink, weight_decay)
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
@@ -85,7 +88,7 @@ class Rule:
     reference: Callable  # the oracle, rule(params, grads, states, group)
     update: Callable  # the @triton.jit math handed to kernels.multi_tensor_update
     kernel_arguments: Callable  # group -> (hyper tuple, compile-time flags tuple)
-    defaults: dict  # argument names and defaults, in the order of the class signature
+    hyperparameters: tuple  # its optim.hyperparameters.Hyperparameter declarations, in signature order
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
     # Host-side set-up of the scalars its kernels read, once per launch plan (Tiger's classes of
@@ -122,6 +125,11 @@ class Rule:
     # built-in accumulation: the update reads only m and θ), so gradient_release=True is possible.
     folds_gradients: bool = False
 
+    @property
+    def defaults(self) -> dict:
+        """Each hyperparameter's default, in the order of the class signature."""
+        return {spec.name: spec.default for spec in self.hyperparameters}
+
     def state_names(self, group) -> tuple:
         return tuple(s.name for s in self.states if s.exists(group))
 
@@ -154,7 +162,7 @@ def _element_size(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-ADAM_DEFAULTS = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, amsgrad=False, maximize=False)
+ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8), weight_decay(0), flag("amsgrad"), MAXIMIZE)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", when="amsgrad"))
 
 RULES = {
@@ -164,7 +172,9 @@ RULES = {
             name="SGD",
             summary="Gradient descent with momentum, dampening and Nesterov (Polyak 1964; Sutskever et al. 2013)",
             reference=sgd, update=sgd_update, kernel_arguments=sgd_arguments,
-            defaults=dict(lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, maximize=False),
+            hyperparameters=(lr(1e-3), momentum(0), nonnegative("dampening", 0), weight_decay(0),
+                             Hyperparameter("nesterov", False, nesterov, bad=(
+                                 ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
             states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
             torch_twin=torch.optim.SGD,
         ),
@@ -172,8 +182,8 @@ RULES = {
             name="Adagrad",
             summary="Per-coordinate lr from the sum of squared gradients (Duchi, Hazan & Singer 2011)",
             reference=adagrad, update=adagrad_update, kernel_arguments=adagrad_arguments,
-            defaults=dict(lr=1e-2, lr_decay=0, weight_decay=0, initial_accumulator_value=0, eps=1e-10,
-                          maximize=False),
+            hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0), weight_decay(0),
+                             nonnegative("initial_accumulator_value", 0), eps(1e-10), MAXIMIZE),
             states=(State("sum", initial="initial_accumulator_value"),), scalar_states=("step",),
             torch_twin=torch.optim.Adagrad,
         ),
@@ -181,8 +191,8 @@ RULES = {
             name="RMSprop",
             summary="Per-coordinate lr from a running mean of squared gradients (Hinton 2012; centered: Graves 2013)",
             reference=rmsprop, update=rmsprop_update, kernel_arguments=rmsprop_arguments,
-            defaults=dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
-                          maximize=False),
+            hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99), eps(1e-8), weight_decay(0), momentum(0),
+                             flag("centered"), MAXIMIZE),
             states=(State("square_avg"), State("momentum_buffer", when=lambda group: group["momentum"] > 0),
                     State("grad_avg", when="centered")),
             scalar_states=("step",), torch_twin=torch.optim.RMSprop,
@@ -195,7 +205,8 @@ RULES = {
             name="Adadelta",
             summary="Step sizes from running means of squared gradients and squared updates (Zeiler 2012)",
             reference=adadelta, update=adadelta_update, kernel_arguments=adadelta_arguments,
-            defaults=dict(lr=1.0, rho=0.9, eps=1e-6, weight_decay=0, maximize=False),
+            hyperparameters=(lr(1.0), Hyperparameter("rho", 0.9, at_most_one, bad=((1.5, "must be in [0, 1]"),)),
+                             eps(1e-6), weight_decay(0), MAXIMIZE),
             states=(State("square_avg"), State("acc_delta")), scalar_states=("step",),
             torch_twin=torch.optim.Adadelta,
         ),
@@ -203,62 +214,75 @@ RULES = {
             name="Adam",
             summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
             reference=adam, update=adam_update, kernel_arguments=adam_arguments,
-            defaults=ADAM_DEFAULTS, states=ADAM_STATES, scalar_states=("step",),
+            hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
             torch_twin=torch.optim.Adam,
         ),
         Rule(
             name="AdamW",
             summary="Adam with decoupled weight decay θ ← θ(1 − ηλ) (Loshchilov & Hutter 2019)",
             reference=adamw, update=adam_update, kernel_arguments=adamw_arguments,
-            defaults={**ADAM_DEFAULTS, "weight_decay": 1e-2}, states=ADAM_STATES, scalar_states=("step",),
+            hyperparameters=tuple(weight_decay(1e-2) if spec.name == "weight_decay" else spec
+                                  for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
             torch_twin=torch.optim.AdamW,
         ),
         Rule(
             name="Lion",
             summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
             reference=lion, update=lion_update, kernel_arguments=lion_arguments,
-            defaults=dict(lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0), states=(State("exp_avg"),),
+            hyperparameters=(lr(1e-4), betas((0.9, 0.99)), weight_decay(0.0)), states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
         ),
         Rule(
             name="SignSGD",
             summary="The sign of the gradient, decoupled decay (Bernstein et al. 2018)",
             reference=signsgd, update=signsgd_update, kernel_arguments=signsgd_arguments,
-            defaults=dict(lr=1e-3, weight_decay=0.0), states=(),
+            hyperparameters=(lr(1e-3), weight_decay(0.0)), states=(),
         ),
         Rule(
             name="Signum",
             summary="The sign of momentum, decoupled decay (Bernstein et al. 2018)",
             reference=signum, update=signum_update, kernel_arguments=signum_arguments,
-            defaults=dict(lr=1e-3, momentum=0.9, weight_decay=0.0), states=(State("exp_avg"),),
+            # Signum's momentum interpolates (m ← βm + (1 − β)g): a fraction, unlike SGD's.
+            hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, bad=(
+                (1.5, "must be in [0, 1)"), (-0.1, "must be in [0, 1)"), (torch.tensor(0.9), "must be a Python number"))),
+                weight_decay(0.0)), states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
         ),
         Rule(
             name="EG",
             summary="Exponentiated gradient θ ← θ·exp(−ηg) for non-negative params (Kivinen & Warmuth 1997)",
             reference=eg, update=eg_update, kernel_arguments=eg_arguments,
-            defaults=dict(lr=1e-2), states=(), nonnegative_params=True,
+            hyperparameters=(lr(1e-2),), states=(), nonnegative_params=True,
         ),
         Rule(
             name="EGStepSize",
             summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
             reference=egstepsize, update=egstepsize_update, kernel_arguments=egstepsize_arguments,
-            defaults=dict(lr=1e-2, gamma=1e-2, step_size_bounds=None),
+            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, bad=(
+                ((0.0, 10.0), "0 < low <= high"), ((2.0, 1.0), "0 < low <= high"), (5.0, "None or a pair")))),
             states=(State("step_size", initial=1.0), State("prev_grad")),
         ),
         Rule(
             name="SGDHD",
             summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
             reference=sgdhd, update=sgdhd_update, kernel_arguments=sgdhd_arguments,
-            defaults=dict(lr=1e-3, hypergrad_lr=1e-6), states=(State("prev_grad"),), prepare=sgdhd_prepare,
+            hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6)), states=(State("prev_grad"),),
+            prepare=sgdhd_prepare,
             reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
         ),
         Rule(
             name="Tiger",
             summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
             reference=tiger, update=tiger_update, kernel_arguments=tiger_arguments,
-            defaults=dict(lr=1e-3, beta=0.965, weight_decay=0.01, grad_accum_steps=1, shrink_ratio=0.99,
-                          lr_schedule={0: 1}, param_kind="auto"),
+            hyperparameters=(
+                lr(1e-3), Hyperparameter("beta", 0.965, fraction, bad=((1.0, "must be in [0, 1)"), (-0.5, "[0, 1)"))),
+                weight_decay(0.01),
+                Hyperparameter("grad_accum_steps", 1, positive_integer, bad=((0, "integer >= 1"), (2.5, "integer >= 1"))),
+                Hyperparameter("shrink_ratio", 0.99, shrink, bad=((0.0, "must be in (0, 1]"), (1.5, "(0, 1]"))),
+                Hyperparameter("lr_schedule", {0: 1}, schedule, bad=(
+                    ({}, "non-empty dict"), ({-5: 1.0}, "steps >= 0"), ({0: float("nan")}, "finite number"),
+                    ([(0, 1.0)], "non-empty dict"))),
+                Hyperparameter("param_kind", "auto", param_kind, bad=(("conv", "must be one of"),))),
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
             prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,

@@ -1,125 +1,16 @@
-"""Checks of hyperparameters by name, shared by every rule: a rule that declares ``betas`` gets the
-``betas`` check. Each error names the rule, the parameter, the group and what to do instead."""
+"""The checks a step runs before it changes anything: hyperparameters (each rule declares its own
+checks, optim.hyperparameters), params, gradients, states and the shared options. Each error names the
+rule, the parameter, the group and what to do instead."""
 import numbers
 
 import torch
 from torch.distributed.tensor import DTensor
 
-from optim.param_groups import PARAM_KINDS
-from optim.schedule import schedule_points
 
-
-def _number(value) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or not value.is_floating_point():
-            raise ValueError("a tensor hyperparameter must be a one-element floating-point tensor")
-        return value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ValueError(f"expected a real number, got {type(value).__name__}")
-    return float(value)
-
-
-def _at_least_zero(value, group):
-    if not _number(value) >= 0.0:  # written so that NaN fails too
-        return "must be >= 0"
-
-
-def _fraction(value, group):
-    if not 0.0 <= _number(value) < 1.0:
-        return "must be in [0, 1)"
-
-
-def _betas(value, group):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        return "must be a pair (beta1, beta2)"
-    for i, beta in enumerate(value):
-        if not 0.0 <= _number(beta) < 1.0:
-            return f"must have each beta in [0, 1); beta{i + 1}={beta}"
-
-
-def _flag(value, group):
-    if not isinstance(value, bool):
-        return "must be True or False"
-
-
-def _positive_integer(value, group):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        return "must be an integer >= 1"
-
-
-def _shrink(value, group):
-    if not 0.0 < _number(value) <= 1.0:
-        return "must be in (0, 1]"
-
-
-def _at_most_one(value, group):
-    if not 0.0 <= _number(value) <= 1.0:
-        return "must be in [0, 1]"
-
-
-def _nesterov(value, group):
-    if not isinstance(value, bool):
-        return "must be True or False"
-    if value and not (_number(group["momentum"]) > 0 and _number(group["dampening"]) == 0):
-        return "needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)"
-
-
-def _bounds(value, group):
-    if value is None:
-        return None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        return "must be None or a pair (low, high)"
-    low, high = _number(value[0]), _number(value[1])
-    if not 0.0 < low <= high:
-        return f"must have 0 < low <= high; got low={low}, high={high}"
-
-
-def _schedule(value, group):
-    schedule_points(value)  # raises ValueError with what is wrong
-
-
-def _param_kind(value, group):
-    if value not in ("auto", *PARAM_KINDS):
-        return f"must be one of {['auto', *PARAM_KINDS]} (optim.tiger_param_groups(model) sets it per module)"
-
-
-CHECKS = {
-    "lr": _at_least_zero,
-    "eps": _at_least_zero,
-    "weight_decay": _at_least_zero,
-    "betas": _betas,
-    "beta": _fraction,
-    "amsgrad": _flag,
-    "maximize": _flag,
-    "grad_accum_steps": _positive_integer,
-    "shrink_ratio": _shrink,
-    "momentum": _at_least_zero,
-    "dampening": _at_least_zero,
-    "nesterov": _nesterov,
-    "lr_decay": _at_least_zero,
-    "initial_accumulator_value": _at_least_zero,
-    "alpha": _at_least_zero,
-    "centered": _flag,
-    "rho": _at_most_one,
-    "gamma": _at_least_zero,
-    "step_size_bounds": _bounds,
-    "hypergrad_lr": _at_least_zero,
-    "lr_schedule": _schedule,
-    "param_kind": _param_kind,
-}
-
-
-# Hyperparameters a tensor may hold: the kernels read them through a pointer (kernels.hyperparameter),
-# so a tensor changed in place is read on the device at every step. Every other one is a Python
-# value the kernel takes as a number or a compile-time flag; a tensor there would cost a host sync.
-TENSOR_HYPERPARAMETERS = ("lr",)
-
-
-def _tensor_problem(name, value) -> str:
+def _tensor_problem(spec, value) -> str:
     """What is wrong with ``value`` as a tensor hyperparameter, read without its value (no host sync)."""
-    if name not in TENSOR_HYPERPARAMETERS:
-        return (f"must be a Python number, not a tensor: only {', '.join(TENSOR_HYPERPARAMETERS)} may be a tensor "
-                f"(use {name}=float(value))")
+    if not spec.tensor:
+        return f"must be a Python number, not a tensor: use {spec.name}=float(value)"
     if value.numel() != 1 or not value.is_floating_point() or value.is_complex():
         return f"must be a one-element floating-point tensor, got {value.dtype} of shape {tuple(value.shape)}"
     if value.device.type == "meta":
@@ -127,24 +18,24 @@ def _tensor_problem(name, value) -> str:
     return ""
 
 
-def check_hyperparameters(rule_name: str, group: dict, names, where: str, host_values_only=False):
-    """Raise ValueError for the first invalid hyperparameter of ``group`` among ``names``.
+def check_hyperparameters(rule, group: dict, where: str, host_values_only=False):
+    """Raise ValueError for the first invalid hyperparameter of ``group`` among the rule's declared ones.
 
     With ``host_values_only`` (the check run at every step) a tensor's shape, dtype and device are
     checked but not its value: reading a device tensor would cost a host sync on every step.
     """
-    for name in names:
-        value = group[name]
+    for spec in rule.hyperparameters:
+        value = group[spec.name]
         problem = ""
         if isinstance(value, torch.Tensor):
-            problem = _tensor_problem(name, value)
+            problem = _tensor_problem(spec, value)
         if not problem and not (host_values_only and isinstance(value, torch.Tensor)):
             try:
-                problem = CHECKS[name](value, group)
+                problem = spec.check(value, group)
             except ValueError as error:
                 problem = str(error)
         if problem:
-            raise ValueError(f"{rule_name}: invalid {name}={value!r} in {where}: {name} {problem}")
+            raise ValueError(f"{rule.name}: invalid {spec.name}={value!r} in {where}: {spec.name} {problem}")
 
 
 def check_state(rule_name: str, name: str, value, param, dtype, where: str):
