@@ -1,0 +1,87 @@
+"""Adding a rule is three things: its math, its oracle and its declaration (README, "How to add a
+rule"). This test adds a toy rule that way, with a hyperparameter no other rule has, and runs it
+through the registry-driven suites without editing any of them: parity in every dtype, bad input,
+GradScaler, torch.compile, the launch plan's refusals, checkpoints.
+
+The toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
+"""
+import re
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+import optim
+from kernels.elementwise import hyperparameter
+from optim.hyperparameters import Hyperparameter, fraction, lr
+from optim.reference import upcast
+from optim.registry import RULES, Rule, State
+from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_step_plan
+
+
+# 1. The math (kernels/<rule>.py).
+@triton.jit
+def velocity_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    lr, friction = hyper
+    velocity = friction * states[0] + grad
+    return param - hyperparameter(lr) * velocity, (velocity,)
+
+
+def velocity_arguments(group):
+    return (group["lr"], float(group["friction"])), ()
+
+
+# 2. The oracle (optim/reference/<rule>.py).
+def velocity(params, grads, states, group):
+    r"""Heavy-ball momentum: :math:`v ← μ v + g,\ θ ← θ − η v` (Polyak 1964), μ = friction."""
+    for param, grad, state in zip(params, grads, states):
+        v = group["friction"] * upcast(state["velocity"]) + upcast(grad)  # v ← μ·v + g
+        param.copy_(upcast(param) - float(group["lr"]) * v)  # θ ← θ − η·v
+        state["velocity"].copy_(v)
+
+
+# 3. The declaration (a row of optim/registry.py).
+VELOCITY = Rule(
+    name="Velocity", summary="Heavy-ball momentum, undampened (a toy rule of the tests)",
+    reference=velocity, update=velocity_update, kernel_arguments=velocity_arguments,
+    hyperparameters=(lr(1e-2), Hyperparameter("friction", 0.5, fraction, bad=((1.5, "must be in [0, 1)"),))),
+    states=(State("velocity"),),
+)
+
+
+@pytest.fixture
+def registered(monkeypatch):
+    """The row in the registry and its class exported, as optim/__init__.py does for every row."""
+    monkeypatch.setitem(RULES, VELOCITY.name, VELOCITY)
+    monkeypatch.setattr(optim, VELOCITY.name, optim.optimizer_class(VELOCITY), raising=False)
+    return VELOCITY
+
+
+def test_the_toy_rule_passes_the_registry_driven_suites(registered):
+    rule = registered
+    for dtype in rule.dtypes:
+        test_parity.test_triton_matches_reference(rule, dtype, dict(test_parity.variants(rule))["defaults"],
+                                                  test_parity.SHAPES["mixed"])
+    test_parity.test_update_moves_params(rule)
+    for spec in rule.hyperparameters:
+        for value, text in spec.bad:
+            text = re.escape(text)  # as the bad-input suite matches it
+            test_bad_input.test_bad_hyperparameter_at_construction(rule.name, spec.name, value, text)
+            for impl in ("triton", "reference", "auto"):
+                test_bad_input.test_bad_hyperparameter_set_later_fails_the_step_before_any_update(
+                    rule.name, spec.name, value, text, impl)
+    for impl in ("triton", "reference"):
+        test_behaviour.test_state_dict_resume_equals_uninterrupted_run(rule, impl)
+        test_behaviour.test_lr_as_tensor_changed_in_place(rule, impl)
+        test_amp.test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl)
+        test_step_plan.test_a_state_of_another_size_is_refused_before_any_change(rule, "smaller", impl)
+    test_compile.test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule)
+
+
+def test_its_hyperparameter_is_checked_from_its_declaration_alone(registered):
+    """No shared table knows "friction": the signature, the check and the message come from the row."""
+    with pytest.raises(ValueError, match=r"Velocity: invalid friction=1.5 in the optimizer's arguments: friction "
+                                         r"must be in \[0, 1\)"):
+        optim.Velocity([torch.zeros(3)], friction=1.5)
+    assert "friction=0.5" in optim.Velocity.__doc__
