@@ -13,7 +13,6 @@ def adadelta(params, grads, states, group):
     """
     lr, rho, eps = float(group["lr"]), group["rho"], group["eps"]
     for param, grad, state in zip(params, grads, states):
-        state["step"] += 1  # kept for torch's state_dict; the rule does not use it
         theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         square_avg = rho * upcast(state["square_avg"]) + (1 - rho) * g * g

@@ -13,8 +13,7 @@ def adagrad(params, grads, states, group):
     """
     lr, lr_decay, eps = float(group["lr"]), group["lr_decay"], group["eps"]
     for param, grad, state in zip(params, grads, states):
-        state["step"] += 1
-        step = state["step"].item()
+        step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
         theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         decayed_lr = lr / (1 + (step - 1) * lr_decay)

@@ -18,8 +18,7 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
     """
     lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
     for param, grad, state in zip(params, grads, states):
-        state["step"] += 1  # the step counter counts this step: 1 on the first
-        step = state["step"].item()
+        step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
         theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype
         exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
         if group["maximize"]:

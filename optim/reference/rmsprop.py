@@ -14,7 +14,6 @@ def rmsprop(params, grads, states, group):
     """
     lr, alpha, eps, momentum = float(group["lr"]), group["alpha"], group["eps"], group["momentum"]
     for param, grad, state in zip(params, grads, states):
-        state["step"] += 1  # kept for torch's state_dict; the rule does not use it
         theta, g = upcast(param), upcast(grad)
         g = coupled_gradient(g, theta, group)  # −g if maximizing, + λθ (L2)
         square_avg = alpha * upcast(state["square_avg"]) + (1 - alpha) * g * g

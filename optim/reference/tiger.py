@@ -27,8 +27,7 @@ def tiger(params, grads, states, group):
     lr, beta, weight_decay = float(group["lr"]), group["beta"], group["weight_decay"]
     k, shrink_ratio = group["grad_accum_steps"], group["shrink_ratio"]
     for param, grad, state in zip(params, grads, states):
-        t = int(state["step"].item())  # micro-steps taken before this one
-        state["step"] += 1
+        t = int(state["step"].item()) - 1  # micro-steps before this one (the optimizer counted this one)
         lr_scale, decay, center = PARAM_KINDS[param_kind(param, group)]
         theta, g, m = upcast(param), upcast(grad), upcast(state["m"])
         if torch.isnan(g).any():  # NaN guard: keep m, shrink θ toward its center
