@@ -11,25 +11,21 @@ from kernels.elementwise import coupled_gradient, hyperparameter
 
 @triton.jit
 def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    AMSGRAD: tl.constexpr = FLAGS[0]
-    MAXIMIZE: tl.constexpr = FLAGS[1]
-    DECOUPLED_WEIGHT_DECAY: tl.constexpr = FLAGS[2]
-    lr, beta1, beta2, eps, weight_decay = hyper
-    lr = hyperparameter(lr)
+    lr, beta1, beta2, eps, weight_decay = hyperparameter(hyper.lr), hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay
     step = scalars[0]  # already counts this step: 1 on the first
     exp_avg = states[0]
     exp_avg_sq = states[1]
-    if DECOUPLED_WEIGHT_DECAY:
+    if FLAGS.DECOUPLED_WEIGHT_DECAY:
         param = param * (1.0 - lr * weight_decay)
-        grad = coupled_gradient(grad, param, 0.0, MAXIMIZE)
+        grad = coupled_gradient(grad, param, 0.0, FLAGS.MAXIMIZE)
     else:
-        grad = coupled_gradient(grad, param, weight_decay, MAXIMIZE)
+        grad = coupled_gradient(grad, param, weight_decay, FLAGS.MAXIMIZE)
     exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)  # torch's lerp_ for weights below 0.5
     exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
     # beta ** step as exp2(step * log2(beta)): fp32 throughout, no host value of the step needed
     bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
     bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
-    if AMSGRAD:
+    if FLAGS.AMSGRAD:
         max_exp_avg_sq = tl.maximum(states[2], exp_avg_sq)
         denom = tl.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
         new_states = (exp_avg, exp_avg_sq, max_exp_avg_sq)
@@ -38,14 +34,3 @@ def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
         new_states = (exp_avg, exp_avg_sq)
     param = param - (lr / bias_correction1) * (exp_avg / denom)
     return param, new_states
-
-
-def adam_arguments(group):
-    beta1, beta2 = group["betas"]
-    hyper = (group["lr"], float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
-    return hyper, (bool(group["amsgrad"]), bool(group["maximize"]), False)
-
-
-def adamw_arguments(group):
-    hyper, (amsgrad, maximize, _) = adam_arguments(group)
-    return hyper, (amsgrad, maximize, True)

@@ -10,9 +10,5 @@ from kernels.elementwise import hyperparameter
 
 @triton.jit
 def eg_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr = hyperparameter(hyper[0])
+    lr = hyperparameter(hyper.lr)
     return param * tl.exp(-lr * grad), ()
-
-
-def eg_arguments(group):
-    return (group["lr"],), ()

@@ -10,17 +10,8 @@ from kernels.elementwise import hyperparameter
 
 @triton.jit
 def egstepsize_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    HAS_BOUNDS: tl.constexpr = FLAGS[0]
-    lr, gamma, low, high = hyper
-    lr = hyperparameter(lr)
     step_size, prev_grad = states
-    step_size = step_size * tl.exp(gamma * prev_grad * grad)  # grows where successive gradients agree
-    if HAS_BOUNDS:
-        step_size = tl.minimum(tl.maximum(step_size, low), high)
-    return param - lr * step_size * grad, (step_size, grad)
-
-
-def egstepsize_arguments(group):
-    bounds = group["step_size_bounds"]
-    low, high = (float(bounds[0]), float(bounds[1])) if bounds is not None else (0.0, 0.0)
-    return (group["lr"], float(group["gamma"]), low, high), (bounds is not None,)
+    step_size = step_size * tl.exp(hyper.gamma * prev_grad * grad)  # grows where successive gradients agree
+    if FLAGS.HAS_BOUNDS:
+        step_size = tl.minimum(tl.maximum(step_size, hyper.low), hyper.high)
+    return param - hyperparameter(hyper.lr) * step_size * grad, (step_size, grad)

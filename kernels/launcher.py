@@ -8,11 +8,12 @@ A rule contributes only its math, a ``@triton.jit`` function with this signature
   upcast from their storage dtype; the launcher rounds what the rule returns back to storage.
 - ``scalars`` is a tuple of fp32 values, one per tensor (the step counter, Tiger's lr multiplier...);
   with ``TensorSlots.row_length`` the last one is a block, one value per row (Tiger's embeddings).
-- ``hyper`` is the tuple of group hyperparameters exactly as the rule's host code passed it: Python
+- ``hyper`` is the rule's named tuple of hyperparameters (``hyper.lr``, ``hyper.beta1``): Python
   floats, or 0-d device tensors that ``kernels.elementwise.hyperparameter()`` reads. Neither
   recompiles when its value changes (Triton specialises integers, not floats; a tensor is a pointer).
-- ``FLAGS`` is a tuple of compile-time options (amsgrad, maximize, ...): one compiled variant each.
-  A tensor's own flags (``TensorSlots.flags``: a state's first step) follow the rule's.
+- ``FLAGS`` is the rule's named tuple of compile-time options (``FLAGS.AMSGRAD``): one compiled
+  variant each. A tensor's own (``TensorSlots.flags``: ``FIRST_STEP``, a state's first step) are set
+  in it by name for that tensor's launch.
 - ``PARAM_ACTIVE``, optional, ``(scalars, hyper, FLAGS) -> bool`` per tensor: where it is False θ is
   neither read nor written (Tiger's micro-steps that do not move θ).
 
@@ -276,7 +277,7 @@ class TensorSlots:
     grad: torch.Tensor
     states: tuple[torch.Tensor, ...] = ()
     scalars: tuple[torch.Tensor, ...] = ()
-    flags: tuple = ()  # compile-time flags of this tensor alone (a state's first step), after the rule's
+    flags: tuple = ()  # (name, value) pairs: FLAGS fields of this tensor alone (FIRST_STEP: a state's first step)
     # When > 0, the last scalar holds one value per row of row_length contiguous elements (an
     # embedding table's per-row lr), which the kernel gathers per element.
     row_length: int = 0
@@ -392,7 +393,7 @@ class Launch:
     def __init__(self, slots: Sequence[TensorSlots], rule_name: str):
         first = slots[0]
         device, param_dtype, state_dtype, aligned, tensor_flags, per_row = first.launch_key()
-        self.device, self.tensor_flags, self.n_tensors = device, tensor_flags, len(slots)
+        self.device, self.tensor_flags, self.n_tensors = device, dict(tensor_flags), len(slots)
         numels = tuple(s.param.numel() for s in slots)
         n_states, n_scalars = len(first.states), len(first.scalars)
         if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in slots):
@@ -425,7 +426,7 @@ class Launch:
             for first in range(0, len(grads), POINTERS_PER_WRITE):
                 part = tuple(grads[first: first + POINTERS_PER_WRITE])
                 _write_pointers_kernel[(1,)](self.table, self.row_width, GRAD_COLUMN.value, first, part,
-                                             COUNT=len(part))
+                                             COUNT=len(part), enable_fp_fusion=True)  # as every launch here
         elif self._host_view is not None:
             self._host_view[:, GRAD_COLUMN.value] = pointers  # no torch op: nothing a step's trace would see
         else:
@@ -436,13 +437,18 @@ class Launch:
     def _arguments(self, hyper: tuple, amp: Optional[tuple]) -> tuple:
         if capturing(self.device) and self not in _captured_launches:
             _captured_launches.append(self)
-        hyper = tuple(on_device(h, self.device, "a hyperparameter") if isinstance(h, torch.Tensor) else h
-                      for h in hyper)
+        if any(isinstance(h, torch.Tensor) for h in hyper):  # hyper: the rule's named tuple, kept as such
+            hyper = type(hyper)(*(on_device(h, self.device, "a hyperparameter") if isinstance(h, torch.Tensor) else h
+                                  for h in hyper))
         if amp is None:
             return hyper, None, None, False
         inv_scale, found_inf = (on_device(t, self.device, f"GradScaler's {name}") for t, name in
                                 zip(amp, ("scale", "found_inf")))
         return hyper, inv_scale, found_inf, True
+
+    def _flags(self, flags):
+        """The rule's FLAGS with this launch's own (a state's first step) set by name."""
+        return flags._replace(**self.tensor_flags) if self.tensor_flags else flags
 
     def update(self, update, param_active, hyper: tuple, flags: tuple, seed: Optional[torch.Tensor] = None,
                amp: Optional[tuple] = None) -> None:
@@ -454,7 +460,7 @@ class Launch:
             seed.add_(1)  # each launch draws other random bits (the low 32 bits count launches)
         multi_tensor_update_kernel[self.grid](
             self.table, self.chunk_tensor, self.chunk_index, hyper, seed, inv_scale, found_inf, UPDATE=update,
-            PARAM_ACTIVE=param_active, FLAGS=flags + self.tensor_flags, STOCHASTIC=seed is not None, AMP=use_amp,
+            PARAM_ACTIVE=param_active, FLAGS=self._flags(flags), STOCHASTIC=seed is not None, AMP=use_amp,
             **self.constants)
 
     def reduce(self, reduce, param_active, n_outputs: int, hyper: tuple, flags: tuple,
@@ -463,7 +469,7 @@ class Launch:
         hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
         multi_tensor_reduce_kernel[self.grid](
             self.table, self.chunk_tensor, self.chunk_index, hyper, inv_scale, found_inf, REDUCE=reduce,
-            PARAM_ACTIVE=param_active, FLAGS=flags + self.tensor_flags, N_OUTPUTS=n_outputs, AMP=use_amp,
+            PARAM_ACTIVE=param_active, FLAGS=self._flags(flags), N_OUTPUTS=n_outputs, AMP=use_amp,
             **self.constants)
 
 

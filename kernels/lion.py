@@ -10,16 +10,10 @@ from kernels.elementwise import hyperparameter, sign
 
 @triton.jit
 def lion_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, beta1, beta2, weight_decay = hyper
-    lr = hyperparameter(lr)
+    lr, beta1, beta2 = hyperparameter(hyper.lr), hyper.beta1, hyper.beta2
     exp_avg = states[0]
-    param = param * (1.0 - lr * weight_decay)
+    param = param * (1.0 - lr * hyper.weight_decay)
     update = sign(beta1 * exp_avg + (1.0 - beta1) * grad)
     param = param - lr * update
     exp_avg = beta2 * exp_avg + (1.0 - beta2) * grad
     return param, (exp_avg,)
-
-
-def lion_arguments(group):
-    beta1, beta2 = group["betas"]
-    return (group["lr"], float(beta1), float(beta2), float(group["weight_decay"])), ()

@@ -10,15 +10,12 @@ from kernels.elementwise import coupled_gradient, hyperparameter
 
 @triton.jit
 def rmsprop_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    HAS_MOMENTUM: tl.constexpr = FLAGS[0]
-    CENTERED: tl.constexpr = FLAGS[1]
-    MAXIMIZE: tl.constexpr = FLAGS[2]
-    lr, alpha, eps, weight_decay, momentum = hyper
-    lr = hyperparameter(lr)
-    grad = coupled_gradient(grad, param, weight_decay, MAXIMIZE)
+    HAS_MOMENTUM: tl.constexpr = FLAGS.HAS_MOMENTUM
+    lr, alpha, eps, momentum = hyperparameter(hyper.lr), hyper.alpha, hyper.eps, hyper.momentum
+    grad = coupled_gradient(grad, param, hyper.weight_decay, FLAGS.MAXIMIZE)
     square_avg = alpha * states[0] + (1.0 - alpha) * grad * grad
     new_states = (square_avg,)
-    if CENTERED:
+    if FLAGS.CENTERED:
         grad_avg = states[1 + HAS_MOMENTUM]  # states: square_avg, [momentum_buffer], [grad_avg]
         grad_avg = grad_avg + (1.0 - alpha) * (grad - grad_avg)
         avg = tl.sqrt(square_avg - grad_avg * grad_avg) + eps
@@ -30,12 +27,6 @@ def rmsprop_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
         new_states = new_states + (buffer,)
     else:
         param = param - lr * (grad / avg)
-    if CENTERED:
+    if FLAGS.CENTERED:
         new_states = new_states + (grad_avg,)
     return param, new_states
-
-
-def rmsprop_arguments(group):
-    hyper = (group["lr"], float(group["alpha"]), float(group["eps"]), float(group["weight_decay"]),
-             float(group["momentum"]))
-    return hyper, (group["momentum"] > 0, bool(group["centered"]), bool(group["maximize"]))

@@ -13,15 +13,10 @@ from kernels.elementwise import hyperparameter
 
 @triton.jit
 def sgdhd_hypergradient(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    hypergrad_lr = hyper[1]
-    return (hypergrad_lr * grad * states[0],)  # summed over the group: β·⟨g, g_prev⟩
+    return (hyper.hypergrad_lr * grad * states[0],)  # summed over the group: β·⟨g, g_prev⟩
 
 
 @triton.jit
 def sgdhd_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr = hyperparameter(hyper[0])  # α, already moved by this step's hypergradient
+    lr = hyperparameter(hyper.lr)  # α, already moved by this step's hypergradient
     return param - lr * grad, (grad,)
-
-
-def sgdhd_arguments(group):
-    return (group["lr"], float(group["hypergrad_lr"])), ()

@@ -10,10 +10,5 @@ from kernels.elementwise import hyperparameter, sign
 
 @triton.jit
 def signsgd_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, weight_decay = hyper
-    lr = hyperparameter(lr)
-    return param * (1.0 - lr * weight_decay) - lr * sign(grad), ()
-
-
-def signsgd_arguments(group):
-    return (group["lr"], float(group["weight_decay"])), ()
+    lr = hyperparameter(hyper.lr)
+    return param * (1.0 - lr * hyper.weight_decay) - lr * sign(grad), ()

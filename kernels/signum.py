@@ -10,11 +10,6 @@ from kernels.elementwise import hyperparameter, sign
 
 @triton.jit
 def signum_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, momentum, weight_decay = hyper
-    lr = hyperparameter(lr)
+    lr, momentum = hyperparameter(hyper.lr), hyper.momentum
     exp_avg = momentum * states[0] + (1.0 - momentum) * grad
-    return param * (1.0 - lr * weight_decay) - lr * sign(exp_avg), (exp_avg,)
-
-
-def signum_arguments(group):
-    return (group["lr"], float(group["momentum"]), float(group["weight_decay"])), ()
+    return param * (1.0 - lr * hyper.weight_decay) - lr * sign(exp_avg), (exp_avg,)

@@ -47,19 +47,18 @@ def tiger_reduce(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
 @triton.jit
 def tiger_reduce_reads_param(scalars, hyper, FLAGS: tl.constexpr):
     """RMS(θ) is needed only by the kinds that scale by it, and only on a micro-step that moves θ."""
-    return _moves_theta(scalars[0], hyper[3]) & (scalars[2] > 0.0)
+    return _moves_theta(scalars[0], hyper.grad_accum_steps) & (scalars[2] > 0.0)
 
 
 @triton.jit
 def tiger_update_reads_param(scalars, hyper, FLAGS: tl.constexpr):
     """θ moves on the last micro-step of a cycle, or toward its center when the gradient has a NaN."""
-    return _moves_theta(scalars[0], hyper[3]) | (scalars[5] > 0.0)
+    return _moves_theta(scalars[0], hyper.grad_accum_steps) | (scalars[5] > 0.0)
 
 
 @triton.jit
 def tiger_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, beta, weight_decay, grad_accum_steps, shrink_ratio = hyper
-    lr = hyperparameter(lr)
+    lr, beta, grad_accum_steps = hyperparameter(hyper.lr), hyper.beta, hyper.grad_accum_steps
     step, lr_constant, inverse_rms_length, decay_scale, center, nan_count, sum_of_squares = scalars
     m = states[0]
     micro_step = step - 1.0
@@ -67,10 +66,10 @@ def tiger_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     cycle_position = micro_step - grad_accum_steps * tl.floor(micro_step / grad_accum_steps)
     b1 = tl.where(cycle_position == 0.0, beta, 1.0)
     b2 = (1.0 - beta) / grad_accum_steps
-    eta = tl.where(cycle_position == grad_accum_steps - 1.0, lr * piecewise_linear(micro_step, FLAGS), 0.0)
+    eta = tl.where(cycle_position == grad_accum_steps - 1.0, lr * piecewise_linear(micro_step, FLAGS.SCHEDULE), 0.0)
     lr_scale = lr_constant + tl.sqrt(sum_of_squares * inverse_rms_length)  # 1/2, RMS(θ), or RMS of the row
     new_m = b1 * m + b2 * grad
-    new_param = param - eta * lr_scale * (sign(new_m) + decay_scale * weight_decay * param)
+    new_param = param - eta * lr_scale * (sign(new_m) + decay_scale * hyper.weight_decay * param)
     grad_has_nan = nan_count > 0.0
-    shrunk = (param - center) * shrink_ratio + center  # NaN guard: toward the initialisation center
+    shrunk = (param - center) * hyper.shrink_ratio + center  # NaN guard: toward the initialisation center
     return tl.where(grad_has_nan, shrunk, new_param), (tl.where(grad_has_nan, m, new_m),)

@@ -7,6 +7,9 @@ rules' hyperparameters of one name (Adam's betas, a three-beta rule's) never sha
 A check is ``check(value, group) -> problem or None``; the problem reads after the name ("lr must be
 >= 0"). Numbers are read with ``number``: a tensor's value is read only where a host sync is fine
 (construction, an added group), never by the check run at each step.
+
+The kernels read hyperparameters by name: ``hyper.lr``, ``hyper.beta1``, ``FLAGS.AMSGRAD``
+(optim.registry.Rule.kernel_arguments builds the two named tuples from these declarations).
 """
 import math
 import numbers
@@ -29,6 +32,21 @@ class Hyperparameter:
     # (kernels.hyperparameter), so a tensor changed in place is read on the device at every step.
     # Any other hyperparameter is a number or a compile-time choice, where a tensor would cost a sync.
     tensor: bool = False
+    # How the value reaches the kernels: "number" as hyper.<name> (a float, or the tensor itself: Triton
+    # does not specialise floats, so a new value never recompiles); "flag" as FLAGS.<NAME>, a
+    # compile-time choice (one compiled variant per value); "host" not at all (Tiger's param_kind).
+    kernel: str = "number"
+    # Any other mapping: value -> (fields of hyper, fields of FLAGS), e.g. betas -> beta1, beta2.
+    to_kernel: Optional[Callable] = None
+
+    def kernel_fields(self, value) -> tuple:
+        if self.to_kernel is not None:
+            return self.to_kernel(value)
+        if self.kernel == "flag":
+            return {}, {self.name.upper(): value}
+        if self.kernel == "host":
+            return {}, {}
+        return {self.name: value if isinstance(value, torch.Tensor) else float(value)}, {}
 
 
 def number(value) -> float:
@@ -120,17 +138,31 @@ def nonnegative(name: str, default: float, **options) -> Hyperparameter:
 
 
 def flag(name: str, default: bool = False) -> Hyperparameter:
-    return Hyperparameter(name, default, boolean, bad=(("yes", "True or False"), (1, "True or False")))
+    return Hyperparameter(name, default, boolean, kernel="flag", bad=(("yes", "True or False"), (1, "True or False")))
 
 
 def betas(default: tuple) -> Hyperparameter:
     return Hyperparameter("betas", default, pair_of_fractions, bad=(
-        ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair")))
+        ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair")),
+        to_kernel=lambda value: ({"beta1": float(value[0]), "beta2": float(value[1])}, {}))
 
 
-def momentum(default: float) -> Hyperparameter:
+def momentum(default: float, present=lambda value: value != 0) -> Hyperparameter:
+    """A momentum coefficient; FLAGS.HAS_MOMENTUM: whether ``present`` (torch keeps no buffer without it)."""
     return Hyperparameter("momentum", default, at_least_zero, bad=(
-        (-0.9, "must be >= 0"), (torch.tensor(0.9), "must be a Python number")))
+        (-0.9, "must be >= 0"), (torch.tensor(0.9), "must be a Python number")),
+        to_kernel=lambda value: ({"momentum": float(value)}, {"HAS_MOMENTUM": bool(present(value))}))
+
+
+def bounds_in_kernel(value) -> tuple:
+    """None -> no clipping (FLAGS.HAS_BOUNDS False); (low, high) -> hyper.low, hyper.high."""
+    low, high = (0.0, 0.0) if value is None else (float(value[0]), float(value[1]))
+    return {"low": low, "high": high}, {"HAS_BOUNDS": value is not None}
+
+
+def schedule_in_kernel(value) -> tuple:
+    """FLAGS.SCHEDULE: the schedule's points flattened (step0, multiplier0, step1, ...), compile-time."""
+    return {}, {"SCHEDULE": sum(schedule_points(value), ())}
 
 
 def weight_decay(default: float = 0.0) -> Hyperparameter:

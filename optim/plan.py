@@ -207,7 +207,7 @@ class GroupPlan:
                                 row_lengths=[0] * len(self.params))
         self.prepared = prepared
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
-                             (first,) if rule.has_first_step_states else (), row_length)
+                             (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length)
                  for p, g, state, scalars, first, row_length in zip(self.locals, self.grads, self.state_dicts,
                                                                     prepared.scalars, self.first_step,
                                                                     prepared.row_lengths)]

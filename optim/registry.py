@@ -1,29 +1,32 @@
 """The registry: one row per update rule. Classes, tests, benchmarks and the tuner iterate it.
 
-Adding a rule is one kernel file (kernels/<rule>.py), one reference function (optim/reference/),
-one row here and one export in optim/__init__.py.
+Adding a rule is its math (kernels/<rule>.py), its oracle (optim/reference/<rule>.py) and one row
+here, which declares its hyperparameters (optim.hyperparameters) and states; optim/__init__.py exports
+every row's class by itself.
 """
+import collections
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
 
 import torch
 
-from kernels.adadelta import adadelta_arguments, adadelta_update
-from kernels.adagrad import adagrad_arguments, adagrad_update
-from kernels.adam import adam_arguments, adam_update, adamw_arguments
-from kernels.eg import eg_arguments, eg_update
-from kernels.egstepsize import egstepsize_arguments, egstepsize_update
-from kernels.lion import lion_arguments, lion_update
-from kernels.rmsprop import rmsprop_arguments, rmsprop_update
-from kernels.sgd import sgd_arguments, sgd_update
+from kernels.adadelta import adadelta_update
+from kernels.adagrad import adagrad_update
+from kernels.adam import adam_update
+from kernels.eg import eg_update
+from kernels.egstepsize import egstepsize_update
+from kernels.lion import lion_update
+from kernels.rmsprop import rmsprop_update
+from kernels.sgd import sgd_update
 from kernels.elementwise import never
-from kernels.sgdhd import sgdhd_arguments, sgdhd_hypergradient, sgdhd_update
-from kernels.signsgd import signsgd_arguments, signsgd_update
-from kernels.signum import signum_arguments, signum_update
+from kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
+from kernels.signsgd import signsgd_update
+from kernels.signum import signum_update
 from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_most_one, betas, bounds, eps, flag, fraction,
-                                   lr, momentum, nesterov, nonnegative, param_kind, positive_integer, schedule,
-                                   shrink, weight_decay)
+from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_most_one, betas, bounds, bounds_in_kernel, eps, flag,
+                                   fraction, lr, momentum, nesterov, nonnegative, param_kind, positive_integer,
+                                   schedule, schedule_in_kernel, shrink, weight_decay)
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
@@ -37,7 +40,7 @@ from optim.reference.signsgd import signsgd
 from optim.reference.signum import signum
 from optim.reference.tiger import tiger
 from optim.sgdhd import sgdhd_prepare
-from optim.tiger import tiger_arguments, tiger_prepare
+from optim.tiger import tiger_prepare
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -87,7 +90,6 @@ class Rule:
     summary: str  # one line: what the rule does, and its paper
     reference: Callable  # the oracle, rule(params, grads, states, group)
     update: Callable  # the @triton.jit math handed to kernels.multi_tensor_update
-    kernel_arguments: Callable  # group -> (hyper tuple, compile-time flags tuple)
     hyperparameters: tuple  # its optim.hyperparameters.Hyperparameter declarations, in signature order
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
@@ -102,6 +104,8 @@ class Rule:
     # writes θ (Tiger's micro-steps that do not move it). None: θ is always read.
     reduce_reads_param: Optional[Callable] = None
     update_reads_param: Optional[Callable] = None
+    # Compile-time constants of the rule's kernel, besides its flag hyperparameters (AdamW's decoupled decay).
+    flags: dict = field(default_factory=dict)
     # Group keys whose change rebuilds the launch plan, besides the compile-time flags and the states
     # (Tiger's param_kind: its classes of tensors are laid out in the plan).
     plan_keys: tuple = ()
@@ -124,6 +128,33 @@ class Rule:
     # Each micro-batch's gradient can be folded into the state the moment autograd has it (Tiger's
     # built-in accumulation: the update reads only m and θ), so gradient_release=True is possible.
     folds_gradients: bool = False
+
+    def kernel_arguments(self, group) -> tuple:
+        """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:
+        ``hyper.lr``, ``FLAGS.AMSGRAD``. FLAGS.FIRST_STEP (rules with a state made by the first step) is
+        the launcher's to set per tensor."""
+        hyper, flags = {}, dict(self.flags)
+        for spec in self.hyperparameters:
+            numbers, choices = spec.kernel_fields(group[spec.name])
+            hyper.update(numbers)
+            flags.update(choices)
+        if self.has_first_step_states:
+            flags["FIRST_STEP"] = False
+        hyper_type, flags_type = self._kernel_types
+        return hyper_type(**hyper), flags_type(**flags)
+
+    @functools.cached_property
+    def _kernel_types(self) -> tuple:
+        """The rule's named tuple types, their fields those its defaults give (built once per rule)."""
+        hyper, flags = {}, dict(self.flags)
+        for spec in self.hyperparameters:
+            numbers, choices = spec.kernel_fields(spec.default)
+            hyper.update(numbers)
+            flags.update(choices)
+        if self.has_first_step_states:
+            flags["FIRST_STEP"] = False
+        return (collections.namedtuple(f"{self.name}Hyperparameters", list(hyper)),
+                collections.namedtuple(f"{self.name}Flags", list(flags)))
 
     @property
     def defaults(self) -> dict:
@@ -171,9 +202,9 @@ RULES = {
         Rule(
             name="SGD",
             summary="Gradient descent with momentum, dampening and Nesterov (Polyak 1964; Sutskever et al. 2013)",
-            reference=sgd, update=sgd_update, kernel_arguments=sgd_arguments,
+            reference=sgd, update=sgd_update,
             hyperparameters=(lr(1e-3), momentum(0), nonnegative("dampening", 0), weight_decay(0),
-                             Hyperparameter("nesterov", False, nesterov, bad=(
+                             Hyperparameter("nesterov", False, nesterov, kernel="flag", bad=(
                                  ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
             states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
             torch_twin=torch.optim.SGD,
@@ -181,7 +212,7 @@ RULES = {
         Rule(
             name="Adagrad",
             summary="Per-coordinate lr from the sum of squared gradients (Duchi, Hazan & Singer 2011)",
-            reference=adagrad, update=adagrad_update, kernel_arguments=adagrad_arguments,
+            reference=adagrad, update=adagrad_update,
             hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0), weight_decay(0),
                              nonnegative("initial_accumulator_value", 0), eps(1e-10), MAXIMIZE),
             states=(State("sum", initial="initial_accumulator_value"),), scalar_states=("step",),
@@ -190,8 +221,9 @@ RULES = {
         Rule(
             name="RMSprop",
             summary="Per-coordinate lr from a running mean of squared gradients (Hinton 2012; centered: Graves 2013)",
-            reference=rmsprop, update=rmsprop_update, kernel_arguments=rmsprop_arguments,
-            hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99), eps(1e-8), weight_decay(0), momentum(0),
+            reference=rmsprop, update=rmsprop_update,
+            hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99), eps(1e-8), weight_decay(0),
+                             momentum(0, present=lambda value: value > 0),
                              flag("centered"), MAXIMIZE),
             states=(State("square_avg"), State("momentum_buffer", when=lambda group: group["momentum"] > 0),
                     State("grad_avg", when="centered")),
@@ -204,7 +236,7 @@ RULES = {
         Rule(
             name="Adadelta",
             summary="Step sizes from running means of squared gradients and squared updates (Zeiler 2012)",
-            reference=adadelta, update=adadelta_update, kernel_arguments=adadelta_arguments,
+            reference=adadelta, update=adadelta_update,
             hyperparameters=(lr(1.0), Hyperparameter("rho", 0.9, at_most_one, bad=((1.5, "must be in [0, 1]"),)),
                              eps(1e-6), weight_decay(0), MAXIMIZE),
             states=(State("square_avg"), State("acc_delta")), scalar_states=("step",),
@@ -213,35 +245,36 @@ RULES = {
         Rule(
             name="Adam",
             summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
-            reference=adam, update=adam_update, kernel_arguments=adam_arguments,
+            reference=adam, update=adam_update,
             hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
-            torch_twin=torch.optim.Adam,
+            flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam,
         ),
         Rule(
             name="AdamW",
             summary="Adam with decoupled weight decay θ ← θ(1 − ηλ) (Loshchilov & Hutter 2019)",
-            reference=adamw, update=adam_update, kernel_arguments=adamw_arguments,
+            reference=adamw, update=adam_update,
             hyperparameters=tuple(weight_decay(1e-2) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
+            flags={"DECOUPLED_WEIGHT_DECAY": True},
             torch_twin=torch.optim.AdamW,
         ),
         Rule(
             name="Lion",
             summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
-            reference=lion, update=lion_update, kernel_arguments=lion_arguments,
+            reference=lion, update=lion_update,
             hyperparameters=(lr(1e-4), betas((0.9, 0.99)), weight_decay(0.0)), states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
         ),
         Rule(
             name="SignSGD",
             summary="The sign of the gradient, decoupled decay (Bernstein et al. 2018)",
-            reference=signsgd, update=signsgd_update, kernel_arguments=signsgd_arguments,
+            reference=signsgd, update=signsgd_update,
             hyperparameters=(lr(1e-3), weight_decay(0.0)), states=(),
         ),
         Rule(
             name="Signum",
             summary="The sign of momentum, decoupled decay (Bernstein et al. 2018)",
-            reference=signum, update=signum_update, kernel_arguments=signum_arguments,
+            reference=signum, update=signum_update,
             # Signum's momentum interpolates (m ← βm + (1 − β)g): a fraction, unlike SGD's.
             hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, bad=(
                 (1.5, "must be in [0, 1)"), (-0.1, "must be in [0, 1)"), (torch.tensor(0.9), "must be a Python number"))),
@@ -251,21 +284,21 @@ RULES = {
         Rule(
             name="EG",
             summary="Exponentiated gradient θ ← θ·exp(−ηg) for non-negative params (Kivinen & Warmuth 1997)",
-            reference=eg, update=eg_update, kernel_arguments=eg_arguments,
+            reference=eg, update=eg_update,
             hyperparameters=(lr(1e-2),), states=(), nonnegative_params=True,
         ),
         Rule(
             name="EGStepSize",
             summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
-            reference=egstepsize, update=egstepsize_update, kernel_arguments=egstepsize_arguments,
-            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, bad=(
+            reference=egstepsize, update=egstepsize_update,
+            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, to_kernel=bounds_in_kernel, bad=(
                 ((0.0, 10.0), "0 < low <= high"), ((2.0, 1.0), "0 < low <= high"), (5.0, "None or a pair")))),
             states=(State("step_size", initial=1.0), State("prev_grad")),
         ),
         Rule(
             name="SGDHD",
             summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
-            reference=sgdhd, update=sgdhd_update, kernel_arguments=sgdhd_arguments,
+            reference=sgdhd, update=sgdhd_update,
             hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6)), states=(State("prev_grad"),),
             prepare=sgdhd_prepare,
             reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
@@ -273,16 +306,16 @@ RULES = {
         Rule(
             name="Tiger",
             summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
-            reference=tiger, update=tiger_update, kernel_arguments=tiger_arguments,
+            reference=tiger, update=tiger_update,
             hyperparameters=(
                 lr(1e-3), Hyperparameter("beta", 0.965, fraction, bad=((1.0, "must be in [0, 1)"), (-0.5, "[0, 1)"))),
                 weight_decay(0.01),
                 Hyperparameter("grad_accum_steps", 1, positive_integer, bad=((0, "integer >= 1"), (2.5, "integer >= 1"))),
                 Hyperparameter("shrink_ratio", 0.99, shrink, bad=((0.0, "must be in (0, 1]"), (1.5, "(0, 1]"))),
-                Hyperparameter("lr_schedule", {0: 1}, schedule, bad=(
+                Hyperparameter("lr_schedule", {0: 1}, schedule, to_kernel=schedule_in_kernel, bad=(
                     ({}, "non-empty dict"), ({-5: 1.0}, "steps >= 0"), ({0: float("nan")}, "finite number"),
                     ([(0, 1.0)], "non-empty dict"))),
-                Hyperparameter("param_kind", "auto", param_kind, bad=(("conv", "must be one of"),))),
+                Hyperparameter("param_kind", "auto", param_kind, kernel="host", bad=(("conv", "must be one of"),))),
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
             prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,

@@ -1,4 +1,4 @@
-"""Tiger's host side: its kernel arguments, and the per-tensor scalars and sums its kernels read,
+"""Tiger's host side: the per-tensor scalars and sums its kernels read,
 laid out once per launch plan (``optim.plan``), so that a step adds no torch op per tensor.
 
 Per device, one constant buffer holds each tensor's class (``optim.param_groups.PARAM_KINDS``) as
@@ -11,13 +11,6 @@ import torch
 
 from optim.param_groups import PARAM_KINDS, param_kind, row_length
 from optim.prepared import Prepared
-from optim.schedule import schedule_points
-
-
-def tiger_arguments(group):
-    hyper = (group["lr"], float(group["beta"]), float(group["weight_decay"]),
-             float(group["grad_accum_steps"]), float(group["shrink_ratio"]))
-    return hyper, sum(schedule_points(group["lr_schedule"]), ())  # FLAGS: the schedule, flattened
 
 
 def _constants(param, group, shards, index) -> tuple:

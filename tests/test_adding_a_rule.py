@@ -23,13 +23,8 @@ from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_p
 # 1. The math (kernels/<rule>.py).
 @triton.jit
 def velocity_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, friction = hyper
-    velocity = friction * states[0] + grad
-    return param - hyperparameter(lr) * velocity, (velocity,)
-
-
-def velocity_arguments(group):
-    return (group["lr"], float(group["friction"])), ()
+    velocity = hyper.friction * states[0] + grad  # hyper: the declared hyperparameters, by name
+    return param - hyperparameter(hyper.lr) * velocity, (velocity,)
 
 
 # 2. The oracle (optim/reference/<rule>.py).
@@ -44,7 +39,7 @@ def velocity(params, grads, states, group):
 # 3. The declaration (a row of optim/registry.py).
 VELOCITY = Rule(
     name="Velocity", summary="Heavy-ball momentum, undampened (a toy rule of the tests)",
-    reference=velocity, update=velocity_update, kernel_arguments=velocity_arguments,
+    reference=velocity, update=velocity_update,
     hyperparameters=(lr(1e-2), Hyperparameter("friction", 0.5, fraction, bad=((1.5, "must be in [0, 1)"),))),
     states=(State("velocity"),),
 )

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 import optim
-from optim.registry import Tolerance
+from optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params, random_grads
 
 SHAPES = [(513,), (17, 33)]  # one bias-like tensor (lr/2, no decay) and one matrix (lr·RMS(θ))
@@ -138,18 +138,17 @@ def test_schedule_is_the_originals_piecewise_linear():
 def test_schedule_is_evaluated_from_the_device_step_counter(impl):
     """Each step a bias moves by exactly lr/2 · schedule(t), t counted in micro-steps; the kernel's
     arguments never change with t (the step counter is a device tensor), so nothing recompiles."""
-    from optim.tiger import tiger_arguments
     schedule = {2: 1.0, 6: 0.5}
     (bias,) = make_params([(300,)], torch.float32)
     tiger = optim.Tiger([bias], lr=1e-2, lr_schedule=schedule, impl=impl)
-    arguments = tiger_arguments(tiger.param_groups[0])
+    arguments = RULES["Tiger"].kernel_arguments(tiger.param_groups[0])
     for t in range(9):
         before = bias.clone()
         bias.grad = torch.ones_like(bias)
         tiger.step()
         expected = 1e-2 / 2 * optim.piecewise_linear(t, schedule)
         assert_close((before - bias), torch.full_like(bias, expected), Tolerance(atol=5e-7, rtol=1e-6), f"t={t}")
-        assert tiger_arguments(tiger.param_groups[0]) == arguments
+        assert RULES["Tiger"].kernel_arguments(tiger.param_groups[0]) == arguments
 
 
 def test_piecewise_linear_lr_drives_any_rule():
