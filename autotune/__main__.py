@@ -20,7 +20,6 @@ from tqdm import tqdm
 from autotune import default_config
 from autotune.space import search_space
 from autotune.table import device_file, write
-from autotune.tuner import do_bench_timer, tune
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 BUCKETS = (14, 18, 22, 26)  # 16 K to 64 M elements: from a bias to a large embedding table
@@ -55,7 +54,10 @@ def print_defaults():
 
 
 def main(argv=None):
-    from optim.registry import RULES  # after argparse's --help, which needs no kernels
+    # The command sits above the library it tunes: optim is imported here, after argparse's --help,
+    # which needs no kernels.
+    from optim.registry import RULES
+    from optim.tuning import do_bench_timer, tune
 
     options = arguments(argv, RULES)
     reason = untunable_reason()

@@ -1,4 +1,5 @@
-"""The tuner: every candidate configuration timed on scratch tensors, never on a caller's.
+"""The tuner: every candidate configuration timed on scratch tensors, never on a caller's. It sits
+above the library it tunes (it steps optimizers), and writes what autotune/, below the kernels, reads.
 
 A fused step is in place: timing it runs the update once per call. Triton's ``@triton.autotune`` on an
 in-place kernel applies the update once per configuration to the caller's tensors (lion-pytorch
@@ -46,7 +47,7 @@ def _best(rule_name, dtype, bucket, timings, default: LaunchConfig, default_ms: 
 def scratch_optimizer(rule, dtype: torch.dtype, numel: int, device: torch.device, seed: int = 0):
     """An optimizer of ``rule`` (its default hyperparameters) over one fresh tensor of ``numel``
     elements, with its state made by one step, so every timed step is a steady-state step."""
-    import optim  # here, not at the top: the launcher imports autotune, and optim imports the launcher
+    import optim  # here, not at the top: a module of the optim package, imported while optim still loads
 
     generator = torch.Generator(device=device).manual_seed(seed)
     param = torch.randn(numel, generator=generator, device=device).to(dtype)

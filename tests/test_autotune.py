@@ -14,7 +14,7 @@ import optim
 from autotune import DEFAULT_CONFIGS, LaunchConfig, default_config, launch_config, size_bucket
 from autotune.__main__ import main as autotune_main
 from autotune.table import TuningTable, entry, read, write
-from autotune.tuner import tune, tune_optimizer
+from optim.tuning import tune, tune_optimizer
 from optim.registry import RULES
 from tests.conftest import make_params, random_grads
 from tests.test_amp import assert_identical, snapshot
