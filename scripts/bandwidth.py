@@ -17,7 +17,8 @@ torch has the rule, and lion-pytorch where installed. Without a GPU the Triton k
 the interpreter, whose times say nothing of a GPU: those figures are listed as needing one.
 
 Run: `python -m scripts.bandwidth` (--help for the options); writes bandwidth.csv, bandwidth.md and
-bandwidth-<dtype>.png under reports/<machine>/.
+bandwidth-<dtype>.png under runs/<machine>/, which git ignores; `--out reports/<machine>` writes them
+into the committed reports/ instead, to keep them.
 """
 import argparse
 import dataclasses
@@ -35,7 +36,7 @@ import optim
 from optim.registry import RULES
 from scripts.gpt import GPT2_SMALL, parameter_shapes
 from scripts.plots import bandwidth_lines
-from scripts.report import describe, machine, markdown_table, report_directory, write_csv
+from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, write_csv, written
 
 # Each dtype and list length is a recompilation of the compiled reference; dynamo's default limit of 8
 # would fall back to eager silently and time that under the compiled label.
@@ -126,6 +127,11 @@ IMPLEMENTATIONS = {impl.name: impl for impl in (
     Implementation("torch foreach", False, torch_optim("foreach")),
     Implementation("lion-pytorch", True, lion_pytorch),
 )}
+# Their names in the figures' legends, where the name alone does not say whose they are.
+LEGEND = {"triton": "triton (ours, fused: one launch per step)",
+          "one launch per tensor": "one launch per tensor (ours)",
+          "reference": "reference (ours, torch ops)",
+          "torch.compile(reference)": "torch.compile(reference) (ours)"}
 # Without a GPU: what a CPU can time in under two minutes (torch.compile alone takes minutes).
 CPU_IMPLEMENTATIONS = ("reference", "torch fused", "torch foreach")
 
@@ -303,19 +309,19 @@ def main(argv=None):
     parser.add_argument("--gpt-width", type=int, default=GPT2_SMALL.width if on_gpu else 192,
                         help="width of the GPT-2 parameter list (default: 768, GPT-2 small, on a GPU; 192 on a CPU)")
     parser.add_argument("--rep-ms", type=float, default=100 if on_gpu else 20, help="time spent timing each case")
-    parser.add_argument("--out", help="report directory (default: reports/<machine>/)")
+    parser.add_argument("--out", help=OUT_HELP)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if on_gpu else "cpu")
     facts = machine(device)
     names = args.implementations or (list(IMPLEMENTATIONS) if on_gpu else list(CPU_IMPLEMENTATIONS))
-    skipped = []
+    skipped = []  # (implementation, why it is not measured): in the report and in the figures' legends
     if not on_gpu:
         skipped = [(name, "needs a GPU: here Triton runs under its CPU interpreter, whose times say nothing of a GPU")
                    for name, implementation in IMPLEMENTATIONS.items() if implementation.needs_gpu]
-        reason = ("not asked for (--implementations)" if args.implementations else
-                  "not in a CPU run's defaults (torch.compile takes minutes here); --implementations adds it")
-        skipped += [(name, reason) for name in IMPLEMENTATIONS if name not in names and not IMPLEMENTATIONS[name].needs_gpu]
         names = [name for name in names if not IMPLEMENTATIONS[name].needs_gpu]
+    reason = ("not asked for (--implementations)" if args.implementations else
+              "not in a CPU run's defaults (torch.compile takes minutes here); --implementations adds it")
+    skipped += [(name, reason) for name in IMPLEMENTATIONS if name not in names and name not in dict(skipped)]
     implementations = [IMPLEMENTATIONS[name] for name in names]
     facts["triton_interpreter"] = facts["triton_interpreter"] and any(i.needs_gpu for i in implementations)
     print(f"Bandwidth profile on {describe(facts)}")
@@ -333,9 +339,18 @@ def main(argv=None):
     write_csv(directory / "bandwidth.csv", facts, rows)
     text = markdown(facts, rows, copy_gbps, gpt_name, skipped)
     (directory / "bandwidth.md").write_text(text)
-    paths = bandwidth_lines(rows, copy_gbps, directory, facts, list(IMPLEMENTATIONS))
+    notes = []
+    if not on_gpu:
+        notes.append("No GPU here: CPU times, of single tensors of " + ", ".join(f"2^{e}" for e in args.sizes)
+                     + " elements (a GPU run's default: 2^12 … 2^28).")
+    left_out = [name for name in DTYPE_NAMES.values() if name not in args.dtypes]
+    if left_out:
+        asked = args.dtypes != parser.get_default("dtypes")
+        notes.append(", ".join(left_out) + ": not measured, " + ("not asked for (--dtypes)." if asked or on_gpu else
+                                                                 "a CPU run's default is fp32; --dtypes adds them."))
+    paths = bandwidth_lines(rows, copy_gbps, directory, facts, list(IMPLEMENTATIONS), skipped, notes, LEGEND)
     print(text)
-    print(f"written: {directory}/bandwidth.csv, bandwidth.md, " + ", ".join(p.name for p in paths))
+    print(written(directory, ["bandwidth.csv", "bandwidth.md", *(p.name for p in paths)]))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ steps with DDP, once with torch's default all-reduce and once with ``optim.distr
 and counts the bytes it put into each collective (the hooks' own counters) and the step time. The
 backend is NCCL on a GPU and gloo over loopback on a CPU, where the vote's kernels run under the
 interpreter: CPU step times measure Python, not the wire. Writes communication.csv and .md to
-reports/<machine>/.
+runs/<machine>/, which git ignores; `--out reports/<machine>` writes them into the committed reports/
+instead, to keep them.
 """
 import argparse
 import os
@@ -24,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from scripts.gpt import GPT
 from scripts.memory import MODELS
-from scripts.report import describe, machine, markdown_table, report_directory, write_csv
+from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, write_csv, written
 
 
 def _counting_allreduce(state, bucket):
@@ -87,7 +88,7 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", nargs="+", type=int, default=[2, 4], help="world sizes (default 2 4)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per run (default 5)")
-    parser.add_argument("--out", help="output directory (default reports/<machine>/)")
+    parser.add_argument("--out", help=OUT_HELP)
     arguments = parser.parse_args(argv)
     if torch.cuda.is_available() and max(arguments.workers) > torch.cuda.device_count():
         parser.error(f"--workers: this machine has {torch.cuda.device_count()} GPU(s), one per worker")
@@ -109,6 +110,7 @@ def main(argv=None):
     text = f"# What a DDP step sends\n\nMeasured on {describe(facts)}.\n\n{table}\n{note}"
     (directory / "communication.md").write_text(text)
     print(text)
+    print(written(directory, ["communication.csv", "communication.md"]))
     return rows
 
 

@@ -31,7 +31,7 @@ from typing import Callable, Optional
 
 import torch
 
-from scripts.report import machine, report_directory
+from scripts.report import REPORTS, machine, report_directory, slug
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL_S = 480  # the promise: every stage's budget together stays under 8 minutes
@@ -151,7 +151,7 @@ def plan(out) -> str:
 def main(args=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="report directory (default: reports/<gpu>/)")
+    parser.add_argument("--out", help="report directory (default: reports/<gpu>/, committed: what a GPU shows is kept)")
     parser.add_argument("--list", action="store_true", help="only list the stages, as without a GPU")
     options = parser.parse_args(args)
     if not torch.cuda.is_available() or options.list:
@@ -161,7 +161,7 @@ def main(args=None) -> int:
         print(plan(options.out or "reports/<gpu>"))
         return 0
     facts = machine(torch.device("cuda"))
-    directory = report_directory(facts, options.out).resolve()
+    directory = report_directory(facts, options.out or REPORTS / slug(facts)).resolve()
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONUNBUFFERED"] = "1"  # a stage cut off by its budget still leaves its output in the log
     started, results = time.time(), {}

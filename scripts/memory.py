@@ -24,10 +24,13 @@ used, as it needs the Python tracer (minutes per step under the Triton interpret
 only torch.optim's own classes as optimizer state: the categories here come from the model above.
 
 Run: `python -m scripts.memory` (--help for the options); writes memory.csv, memory.md and
-memory.png under reports/<machine>/.
+memory.png under runs/<machine>/, which git ignores; `--out reports/<machine>` writes them into the
+committed reports/ instead, to keep them.
 """
 import argparse
 import contextlib
+import gc
+import os
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +41,7 @@ import optim
 from optim.registry import RULES
 from scripts.gpt import GPT, GPT2_SMALL, GPTConfig
 from scripts.plots import MiB, label, memory_bars
-from scripts.report import describe, machine, markdown_table, report_directory, write_csv
+from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, write_csv, written
 
 
 
@@ -61,10 +64,21 @@ HEADLINE_RULES = ("Adam", "Lion", "Tiger")
 MODELS = {"cuda": (GPT2_SMALL, 128), "cpu": (GPTConfig(vocab=1024, context=32, width=64, blocks=1, heads=2), 32)}
 # The peaks agree with the model when within this fraction of it; the report says which do not.
 AGREEMENT = 0.03
+# torch's profiler (libkineto) writes "USDT: ... profiler_start" and "... profiler_stop" to stderr
+# around every profile, at its highest severity, above its own errors (libkineto's LoggerOutputType:
+# STAGE 3, ERROR 4, USDT 5): no KINETO_LOG_LEVEL drops those lines and keeps its errors. The command
+# sets 6, which drops both, unless KINETO_LOG_LEVEL is set already (4 shows libkineto's errors again);
+# it is read when a process starts its first profile. What an error of the profiler would spoil does not
+# pass silently: peak_memory fails when a profile recorded no allocation.
+QUIET_KINETO_LOG_LEVEL = "6"
 
 
 def peak_memory(fn, device: torch.device) -> int:
     """Bytes allocated at the peak of ``fn()``, beyond those allocated when it starts."""
+    # Garbage from before (the previous profile's reference cycles hold a tensor) is freed now, not by
+    # a collection inside the window: there a free of a block allocated before it would lower the
+    # GPU's peak, and on a CPU is a free the profiler never saw allocated (c10 warns of it on stderr).
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -77,6 +91,9 @@ def peak_memory(fn, device: torch.device) -> int:
     # kineto_results holds every allocation (+bytes) and free (-bytes) with its time.
     events = sorted((e for e in profiler.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
+    if not events:
+        raise RuntimeError("torch.profiler recorded no allocation (profile_memory=True) in a step that allocates: "
+                           "no CPU peak to report. Run with KINETO_LOG_LEVEL=4 to see the profiler's errors.")
     allocated = peak = 0
     for event in events:
         allocated += event.nbytes()
@@ -282,7 +299,7 @@ def main(argv=None):
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
     parser.add_argument("--accumulation", nargs="+", type=int, default=[1, 4], help="micro-batches per step")
     parser.add_argument("--impl", default="auto", choices=["auto", "triton", "reference"])
-    parser.add_argument("--out", help="report directory (default: reports/<machine>/)")
+    parser.add_argument("--out", help=OUT_HELP)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     facts = machine(device)
@@ -294,13 +311,21 @@ def main(argv=None):
     write_csv(directory / "memory.csv", facts, peaks + state)
     text = markdown(facts, state, peaks)
     (directory / "memory.md").write_text(text)
-    memory_bars(peaks, directory / "memory.png")
+    notes = []
+    if device.type == "cpu":
+        params = sum(p.numel() for p in make_model(config, POLICIES["fp32"], "meta").parameters())
+        blocks = f"{config.blocks} block" + ("s" if config.blocks > 1 else "")
+        notes.append(f"No GPU here: the peaks are torch's CPU allocations (torch.profiler) while training a "
+                     f"{params / 1e3:.0f}k-param GPT-2 miniature ({blocks}, {tokens} tokens per micro-batch). "
+                     "GPT-2 small's peaks on a GPU (torch.cuda.max_memory_allocated): not measured, needs a GPU.")
+    memory_bars(peaks, directory / "memory.png", notes)
     print(text)
-    print(f"written: {directory}/memory.csv, memory.md, memory.png")
     if device.type == "cpu":
         print("No GPU here: the peaks are torch's CPU allocations, which for these training steps are what a GPU "
               "would allocate too (the fused kernel allocates nothing); the GPU's own figures need a GPU run.")
+    print(written(directory, ["memory.csv", "memory.md", "memory.png"]))
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("KINETO_LOG_LEVEL", QUIET_KINETO_LOG_LEVEL)  # before the first profile: see above
     main()

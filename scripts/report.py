@@ -1,4 +1,8 @@
-"""What the profiles share: the machine they ran on, and the CSV and markdown they write under reports/."""
+"""What the profiles share: the machine they ran on, and the CSV and markdown they write.
+
+A run writes under runs/<machine>/, which git ignores, so that running a profile leaves the checkout
+as it was. Results worth keeping are committed deliberately: ``--out reports/<machine>`` writes them
+into reports/, the committed folder (or copy the files there from runs/<machine>/)."""
 import csv
 import datetime
 import os
@@ -9,7 +13,11 @@ from pathlib import Path
 import torch
 import triton
 
-REPORTS = Path(__file__).resolve().parent.parent / "reports"
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "reports"  # committed: results kept on purpose
+RUNS = ROOT / "runs"  # in .gitignore: where a run writes unless it is given --out
+OUT_HELP = ("report directory (default: runs/<machine>/, untracked; to keep a run's results, "
+            "--out reports/<machine> writes them into the committed reports/)")
 
 
 def machine(device: torch.device) -> dict:
@@ -23,15 +31,28 @@ def machine(device: torch.device) -> dict:
                 date=datetime.date.today().isoformat(), triton_interpreter=interpreted)
 
 
+def slug(facts: dict) -> str:
+    """The machine's folder name, e.g. nvidia-h200 or cpu-x86-64."""
+    return re.sub(r"[^a-z0-9]+", "-", facts["machine"].lower().split(" (")[0]).strip("-")
+
+
 def report_directory(facts: dict, out=None) -> Path:
-    """reports/<machine>/, e.g. reports/nvidia-h200/ or reports/cpu-x86_64/, unless ``out`` is given."""
-    if out is not None:
-        directory = Path(out)
-    else:
-        slug = re.sub(r"[^a-z0-9]+", "-", facts["machine"].lower().split(" (")[0]).strip("-")
-        directory = REPORTS / slug
+    """runs/<machine>/ (untracked), e.g. runs/nvidia-h200/ or runs/cpu-x86-64/, unless ``out`` is given
+    (``reports/<machine>`` to keep the results in the committed folder); made if missing."""
+    directory = Path(out) if out is not None else RUNS / slug(facts)
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def written(directory: Path, names) -> str:
+    """The line a script ends with: where it wrote what, and, for the untracked default, how to keep it."""
+    directory = Path(directory).resolve()
+    shown = directory.relative_to(ROOT) if directory.is_relative_to(ROOT) else directory
+    line = f"written to {shown}/: " + ", ".join(names)
+    if directory.is_relative_to(RUNS):
+        kept = Path(REPORTS.name) / directory.relative_to(RUNS)
+        line += f"\n(untracked; to keep them, rerun with --out {kept} or copy them to {kept}/, and commit)"
+    return line
 
 
 def write_csv(path: Path, facts: dict, rows: list) -> None:

@@ -33,7 +33,8 @@ ratio is against torch fused AdamW; an implementation that fails is a "failed: <
 crash.
 
 Run: `python -m scripts.step_overhead` (--help for the options); writes step_overhead.csv and
-step_overhead.md under reports/<machine>/ (or --out).
+step_overhead.md under runs/<machine>/, which git ignores; `--out reports/<machine>` writes them into
+the committed reports/ instead, to keep them.
 """
 import os
 
@@ -55,7 +56,8 @@ import numpy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import optim  # noqa: E402
-from scripts.report import describe, machine, markdown_table, report_directory, write_csv  # noqa: E402
+from scripts.report import (OUT_HELP, describe, machine, markdown_table, report_directory,  # noqa: E402
+                            write_csv, written)
 
 SHAPE = (4, 4)  # 16 elements; 2-D, so Tiger treats each tensor as a weight matrix
 TENSORS = (148, 2000)  # GPT-2 small's tensor count, and a model of many small tensors
@@ -248,7 +250,7 @@ def add_ratios(rows) -> list:
 
 def run(tensors=TENSORS, rounds=50, rules=None, out=None, modes=MODES, progress=True, seed=0, echo=True) -> list:
     """The CPU profile: rows for every (tensors, mode, implementation), written as CSV and markdown under
-    ``out`` (default reports/<machine>/), the table printed unless ``echo`` is False."""
+    ``out`` (default runs/<machine>/, untracked), the table printed unless ``echo`` is False."""
     if torch.cuda.is_available():
         raise RuntimeError("run() is the CPU profile (launches made free under the interpreter); on a GPU "
                            "use run_gpu()")
@@ -537,7 +539,7 @@ def main(argv=None):
     parser.add_argument("--rules", nargs="+", metavar="RULE",
                         help="our rules to measure: " + ", ".join(list(cases())[:-1]) + ", SGD-momentum (default: "
                              "all of them on a CPU, AdamW on a GPU)")
-    parser.add_argument("--out", help="report directory (default: reports/<machine>/)")
+    parser.add_argument("--out", help=OUT_HELP)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
@@ -549,8 +551,8 @@ def main(argv=None):
     else:
         rows = run(args.tensors, args.rounds, args.rules, args.out, tuple(args.modes), progress=not args.no_progress)
     print("\n".join(goal_lines(rows)))
-    print(f"written: {report_directory(machine(torch.device('cuda' if on_gpu else 'cpu')), args.out)}/"
-          "step_overhead.csv, step_overhead.md")
+    directory = report_directory(machine(torch.device("cuda" if on_gpu else "cpu")), args.out)
+    print(written(directory, ["step_overhead.csv", "step_overhead.md"]))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,19 @@
-"""The profiling suite: memory figures against the analytic model, and the bandwidth report's figures."""
+"""The profiling suite: memory figures against the analytic model, the bandwidth report's figures, and
+what a run leaves behind: its files where git does not track them, its figures saying what they lack."""
 import csv
+import importlib
 import math
+import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from optim.registry import RULES
-from scripts import bandwidth, memory
+from scripts import bandwidth, memory, report
 from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes
 from tests.conftest import DEVICE
 
@@ -14,6 +21,24 @@ from tests.conftest import DEVICE
 # a GPU run's peaks are the tensors' bytes as on the CPU.
 TINY_GPT = GPTConfig(vocab=256, context=16, width=128, blocks=1, heads=2)
 TOKENS = 16
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """Every matplotlib figure saved while the test runs (and still written to its file)."""
+    saved, savefig = [], Figure.savefig
+
+    def recording(figure, *args, **kwargs):
+        saved.append(figure)
+        return savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording)
+    return saved
+
+
+def texts(artist) -> str:
+    """Every text a reader sees in a figure or in one of its axes (titles, labels, legends, notes)."""
+    return "\n".join(text.get_text() for text in artist.findobj(Text) if text.get_visible() and text.get_text())
 
 
 def test_gpt2_small_shapes_are_gpt2_small():
@@ -70,13 +95,17 @@ def test_pure_bf16_with_release_agrees_with_the_model():
     assert row["measured_peak_bytes"] >= row["analytic_peak_bytes"] * (1 - memory.AGREEMENT), row
 
 
-def test_memory_report_is_written(tmp_path):
+def test_memory_report_is_written(tmp_path, saved_figures):
     memory.main(["--rules", "Lion", "--policies", "fp32", "--accumulation", "1", "--impl", "reference",
                  "--out", str(tmp_path)])
     rows = list(csv.DictReader(open(tmp_path / "memory.csv")))
     assert {"machine", "torch", "triton", "date"} <= set(rows[0])
     assert "Lion" in (tmp_path / "memory.md").read_text()
     assert (tmp_path / "memory.png").stat().st_size > 10_000
+    (figure,) = saved_figures
+    if DEVICE.type == "cpu":  # the figure itself says what a CPU could not measure, and why
+        assert "GPT-2 small's peaks on a GPU (torch.cuda.max_memory_allocated): not measured, needs a GPU" in \
+            " ".join(texts(figure).split())
 
 
 def test_rotating_buffer_sets_outsize_the_cache():
@@ -88,9 +117,9 @@ def test_rotating_buffer_sets_outsize_the_cache():
         assert sets >= 2
 
 
-def test_bandwidth_report_figures(tmp_path):
+def test_bandwidth_report_figures(tmp_path, saved_figures):
     """A short run: every figure is its own arithmetic (bytes from the registry, GB/s from the median),
-    and what needs a GPU is said, not measured, on a CPU."""
+    and what needs a GPU is said, not measured, on a CPU: in the report and in the figure."""
     bandwidth.main(["--rules", "Adam", "Lion", "--sizes", "12", "--gpt-width", "16", "--rep-ms", "5",
                     "--out", str(tmp_path)] + ([] if DEVICE.type == "cuda" else ["--dtypes", "fp32"]))
     rows = list(csv.DictReader(open(tmp_path / "bandwidth.csv")))
@@ -112,3 +141,39 @@ def test_bandwidth_report_figures(tmp_path):
     else:
         assert ("Lion", "triton") in implementations
     assert (tmp_path / "bandwidth-fp32.png").stat().st_size > 10_000
+    # In the figure, every implementation is a line or a legend entry saying why it has none; a rule
+    # another implementation could not run says so under its plot.
+    (figure,) = saved_figures
+    (legend,) = figure.legends
+    entries = [" ".join(text.get_text().split()) for text in legend.get_texts()]
+    for name in bandwidth.IMPLEMENTATIONS:  # its legend name: the name, or the name and whose it is "(ours …)"
+        mine = [entry for entry in entries if entry.split(": ")[0] == name or entry.startswith(f"{name} (")]
+        assert len(mine) == 1, (name, entries)
+        drawn = any(r["implementation"] == name and r["size"] != "GPT list" for r in measured)
+        assert drawn != (": not measured, " in mine[0]), (name, mine)
+        if DEVICE.type == "cpu" and bandwidth.IMPLEMENTATIONS[name].needs_gpu:
+            assert ": not measured, needs a GPU" in mine[0], mine
+    lion = next(axis for axis in figure.axes if axis.get_title() == "Lion")
+    assert "torch.optim has no Lion" in " ".join(texts(lion).split())
+
+
+def test_a_run_writes_where_git_does_not_track_by_default():
+    """A profile run leaves the checkout clean: by default it writes under a folder git ignores, and
+    writing into the committed reports/ is a deliberate --out."""
+    facts = report.machine(DEVICE)
+    directory = report.report_directory(facts).resolve()
+    root = Path(__file__).resolve().parent.parent
+    assert directory.is_relative_to(root) and not directory.is_relative_to(report.REPORTS), directory
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    for path in (directory, directory / "memory.csv", directory / "bandwidth-fp32.png"):
+        ignored = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", "--", str(path)])
+        assert ignored.returncode == 0, f"git would track {path.relative_to(root)}: a run would dirty the checkout"
+
+
+@pytest.mark.parametrize("module", ["memory", "bandwidth", "communication", "step_overhead"])
+def test_each_profile_says_where_it_writes_and_how_to_keep_its_results(module, capsys):
+    with pytest.raises(SystemExit):
+        importlib.import_module(f"scripts.{module}").main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "runs/<machine>/" in text and "--out reports/<machine>" in text, f"python -m scripts.{module} --help"
