@@ -18,9 +18,11 @@ from kernels.elementwise import hyperparameter, sign
 
 
 @triton.jit
-def piecewise_linear(step, SCHEDULE: tl.constexpr):
-    """``optim.schedule.piecewise_linear`` on the device. SCHEDULE: its points flattened, (step0,
-    multiplier0, step1, multiplier1, ...), as triton 3.6 takes no nested tuples as constexpr."""
+def piecewise_linear(step, FLAGS: tl.constexpr):
+    """``optim.schedule.piecewise_linear`` on the device. FLAGS.SCHEDULE: its points flattened, (step0,
+    multiplier0, step1, multiplier1, ...). Read here, from the FLAGS tuple itself: triton 3.6 cannot
+    pass a tuple taken out of a constexpr on to another function."""
+    SCHEDULE: tl.constexpr = FLAGS.SCHEDULE
     multiplier = SCHEDULE[len(SCHEDULE) - 1] + 0.0 * step  # constant after the last point
     for i in tl.static_range(0, len(SCHEDULE) - 2, 2):
         step_begin, begin, step_end, end = SCHEDULE[i], SCHEDULE[i + 1], SCHEDULE[i + 2], SCHEDULE[i + 3]
@@ -66,7 +68,7 @@ def tiger_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     cycle_position = micro_step - grad_accum_steps * tl.floor(micro_step / grad_accum_steps)
     b1 = tl.where(cycle_position == 0.0, beta, 1.0)
     b2 = (1.0 - beta) / grad_accum_steps
-    eta = tl.where(cycle_position == grad_accum_steps - 1.0, lr * piecewise_linear(micro_step, FLAGS.SCHEDULE), 0.0)
+    eta = tl.where(cycle_position == grad_accum_steps - 1.0, lr * piecewise_linear(micro_step, FLAGS), 0.0)
     lr_scale = lr_constant + tl.sqrt(sum_of_squares * inverse_rms_length)  # 1/2, RMS(θ), or RMS of the row
     new_m = b1 * m + b2 * grad
     new_param = param - eta * lr_scale * (sign(new_m) + decay_scale * hyper.weight_decay * param)
