@@ -6,7 +6,7 @@ The equations, and torch's order of operations that this math follows, are in
 import triton
 import triton.language as tl
 
-from kernels.elementwise import coupled_gradient, hyperparameter
+from kernels.elementwise import bias_correction, coupled_gradient, decoupled_decay, hyperparameter
 
 
 @triton.jit
@@ -16,15 +16,14 @@ def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     exp_avg = states[0]
     exp_avg_sq = states[1]
     if FLAGS.DECOUPLED_WEIGHT_DECAY:
-        param = param * (1.0 - lr * weight_decay)
+        param = decoupled_decay(param, lr, weight_decay)
         grad = coupled_gradient(grad, param, 0.0, FLAGS.MAXIMIZE)
     else:
         grad = coupled_gradient(grad, param, weight_decay, FLAGS.MAXIMIZE)
     exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)  # torch's lerp_ for weights below 0.5
     exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
-    # beta ** step as exp2(step * log2(beta)): fp32 throughout, no host value of the step needed
-    bias_correction1 = 1.0 - tl.exp2(step * tl.log2(beta1))
-    bias_correction2_sqrt = tl.sqrt(1.0 - tl.exp2(step * tl.log2(beta2)))
+    bias_correction1 = bias_correction(beta1, step)
+    bias_correction2_sqrt = tl.sqrt(bias_correction(beta2, step))
     if FLAGS.AMSGRAD:
         max_exp_avg_sq = tl.maximum(states[2], exp_avg_sq)
         denom = tl.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps

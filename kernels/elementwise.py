@@ -31,3 +31,15 @@ def coupled_gradient(grad, param, weight_decay, MAXIMIZE: tl.constexpr):
 def never(scalars, hyper, FLAGS: tl.constexpr):
     """A ``PARAM_ACTIVE`` for a reduction that does not read θ (SGDHD's ⟨g, g_prev⟩)."""
     return False
+
+
+@triton.jit
+def decoupled_decay(param, lr, weight_decay):
+    """Decoupled weight decay (Loshchilov & Hutter 2019): θ ← θ·(1 − η·λ), before the update."""
+    return param * (1.0 - lr * weight_decay)
+
+
+@triton.jit
+def bias_correction(beta, step):
+    """1 − βᵗ, as exp2(t·log2 β): fp32 throughout, from the device step counter (no host value of t)."""
+    return 1.0 - tl.exp2(step * tl.log2(beta))

@@ -5,14 +5,14 @@ Equations in ``optim.reference.lion``'s docstring.
 import triton
 import triton.language as tl
 
-from kernels.elementwise import hyperparameter, sign
+from kernels.elementwise import decoupled_decay, hyperparameter, sign
 
 
 @triton.jit
 def lion_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     lr, beta1, beta2 = hyperparameter(hyper.lr), hyper.beta1, hyper.beta2
     exp_avg = states[0]
-    param = param * (1.0 - lr * hyper.weight_decay)
+    param = decoupled_decay(param, lr, hyper.weight_decay)
     update = sign(beta1 * exp_avg + (1.0 - beta1) * grad)
     param = param - lr * update
     exp_avg = beta2 * exp_avg + (1.0 - beta2) * grad

@@ -38,6 +38,10 @@ class Hyperparameter:
     kernel: str = "number"
     # Any other mapping: value -> (fields of hyper, fields of FLAGS), e.g. betas -> beta1, beta2.
     to_kernel: Optional[Callable] = None
+    # What the registry-driven tests step with: a value that makes its code path run and moves 16-bit
+    # params by more than their rounding (None: the default), and values run as variants of their own.
+    test_value: Any = None
+    test_variants: tuple = ()
 
     def kernel_fields(self, value) -> tuple:
         if self.to_kernel is not None:
@@ -128,7 +132,7 @@ NEGATIVE_OR_NAN = ((-1e-3, "must be >= 0"), (math.nan, "must be >= 0"))
 
 
 def lr(default: float) -> Hyperparameter:
-    return Hyperparameter("lr", default, at_least_zero, tensor=True, bad=(
+    return Hyperparameter("lr", default, at_least_zero, tensor=True, test_value=max(default, 1e-2), bad=(
         *NEGATIVE_OR_NAN, ("fast", "expected a real number"), (torch.tensor([1e-3, 1e-3]), "one-element"),
         (torch.tensor(1e-3, device="meta"), "meta device")))
 
@@ -149,7 +153,7 @@ def betas(default: tuple) -> Hyperparameter:
 
 def momentum(default: float, present=lambda value: value != 0) -> Hyperparameter:
     """A momentum coefficient; FLAGS.HAS_MOMENTUM: whether ``present`` (torch keeps no buffer without it)."""
-    return Hyperparameter("momentum", default, at_least_zero, bad=(
+    return Hyperparameter("momentum", default, at_least_zero, test_value=0.9, bad=(
         (-0.9, "must be >= 0"), (torch.tensor(0.9), "must be a Python number")),
         to_kernel=lambda value: ({"momentum": float(value)}, {"HAS_MOMENTUM": bool(present(value))}))
 
@@ -166,7 +170,7 @@ def schedule_in_kernel(value) -> tuple:
 
 
 def weight_decay(default: float = 0.0) -> Hyperparameter:
-    return nonnegative("weight_decay", default)
+    return nonnegative("weight_decay", default, test_value=0.1)
 
 
 def eps(default: float) -> Hyperparameter:

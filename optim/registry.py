@@ -27,6 +27,7 @@ from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, 
 from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_most_one, betas, bounds, bounds_in_kernel, eps, flag,
                                    fraction, lr, momentum, nesterov, nonnegative, param_kind, positive_integer,
                                    schedule, schedule_in_kernel, shrink, weight_decay)
+from optim.param_groups import tiger_param_groups
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
@@ -104,6 +105,8 @@ class Rule:
     # writes θ (Tiger's micro-steps that do not move it). None: θ is always read.
     reduce_reads_param: Optional[Callable] = None
     update_reads_param: Optional[Callable] = None
+    # Its param groups from a model, when its classes of tensors differ (Tiger's tiger_param_groups).
+    param_groups: Optional[Callable] = None
     # Compile-time constants of the rule's kernel, besides its flag hyperparameters (AdamW's decoupled decay).
     flags: dict = field(default_factory=dict)
     # Group keys whose change rebuilds the launch plan, besides the compile-time flags and the states
@@ -299,7 +302,7 @@ RULES = {
             name="SGDHD",
             summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
             reference=sgdhd, update=sgdhd_update,
-            hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6)), states=(State("prev_grad"),),
+            hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6, test_value=1e-4)), states=(State("prev_grad"),),
             prepare=sgdhd_prepare,
             reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
         ),
@@ -310,12 +313,16 @@ RULES = {
             hyperparameters=(
                 lr(1e-3), Hyperparameter("beta", 0.965, fraction, bad=((1.0, "must be in [0, 1)"), (-0.5, "[0, 1)"))),
                 weight_decay(0.01),
-                Hyperparameter("grad_accum_steps", 1, positive_integer, bad=((0, "integer >= 1"), (2.5, "integer >= 1"))),
+                Hyperparameter("grad_accum_steps", 1, positive_integer, test_variants=(3,),
+                               bad=((0, "integer >= 1"), (2.5, "integer >= 1"))),
                 Hyperparameter("shrink_ratio", 0.99, shrink, bad=((0.0, "must be in (0, 1]"), (1.5, "(0, 1]"))),
-                Hyperparameter("lr_schedule", {0: 1}, schedule, to_kernel=schedule_in_kernel, bad=(
+                Hyperparameter("lr_schedule", {0: 1}, schedule, to_kernel=schedule_in_kernel,
+                               test_variants=({2: 1.0, 5: 0.25},), bad=(
                     ({}, "non-empty dict"), ({-5: 1.0}, "steps >= 0"), ({0: float("nan")}, "finite number"),
                     ([(0, 1.0)], "non-empty dict"))),
-                Hyperparameter("param_kind", "auto", param_kind, kernel="host", bad=(("conv", "must be one of"),))),
+                Hyperparameter("param_kind", "auto", param_kind, kernel="host", bad=(("conv", "must be one of"),),
+                               test_variants=("embedding", "normalization", "matrix"))),
+            param_groups=tiger_param_groups,
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
             prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,

@@ -121,7 +121,7 @@ def make_optimizer(rule, model, policy: Policy, accumulation: int, release: bool
     """The rule's optimizer on the model, with Tiger's param groups and accumulation where the row has them."""
     options = dict(impl=impl, state_dtype=policy.state_dtype, stochastic_rounding=policy.stochastic_rounding,
                    gradient_release=release)
-    params = optim.tiger_param_groups(model) if "param_kind" in rule.defaults else model.parameters()
+    params = rule.param_groups(model) if rule.param_groups is not None else model.parameters()
     if rule.folds_gradients:
         options["grad_accum_steps"] = accumulation
     return getattr(optim, rule.name)(params, **options)

@@ -28,6 +28,11 @@ def assert_close(actual, expected, tolerance, what, allowed_mismatches=0):
             f"first bad indices {bad.nonzero()[:5].tolist()}")
 
 
+def hyperparameters_for_tests(rule) -> dict:
+    """The values each hyperparameter declares for the tests (its test_value, else its default)."""
+    return {spec.name: spec.default if spec.test_value is None else spec.test_value for spec in rule.hyperparameters}
+
+
 def make_params(shapes, dtype, seed=0, rule=None):
     """Random params; non-negative for a rule that needs them so (EG)."""
     generator = torch.Generator().manual_seed(seed)

@@ -10,8 +10,7 @@ import torch
 
 import optim
 from optim.registry import RULES
-from tests.conftest import DEVICE, make_params, random_grads
-from tests.test_parity import HYPER
+from tests.conftest import DEVICE, hyperparameters_for_tests, make_params, random_grads
 
 SHAPES = [(1023,), (3, 7, 5), (1,)]
 SCALE = 2.0**10
@@ -24,7 +23,7 @@ def grad_scaler():
 
 
 def hyper(rule):
-    return {name: HYPER[name](value) if name in HYPER else value for name, value in rule.defaults.items()}
+    return hyperparameters_for_tests(rule)
 
 
 def snapshot(optimizer, params):

@@ -161,7 +161,7 @@ def _model_and_optimizer(rule, sharded):
     if sharded:
         for module in (model.embedding, model.linear, model.norm, model.head, model):
             fully_shard(module)
-    params = optim.tiger_param_groups(model) if rule.name == "Tiger" else model.parameters()
+    params = rule.param_groups(model) if rule.param_groups is not None else model.parameters()
     return model, getattr(optim, rule.name)(params, **hyper(rule), impl="triton")
 
 

@@ -13,7 +13,7 @@ import torch
 
 import optim
 from optim.registry import RULES
-from tests.conftest import assert_close, make_params, random_grads
+from tests.conftest import assert_close, hyperparameters_for_tests, make_params, random_grads
 
 STEPS = 7
 SHAPES = {
@@ -24,28 +24,18 @@ SHAPES = {
     "empty": [(0,)],
     "mixed": [(4097,), (1,), (3, 7, 257), (0,), (33, 64), (1023,)],
 }
-# Each rule's defaults, changed so that every code path runs and each step moves half-precision params
-# by more than their rounding: an lr of at least 1e-2, weight decay, momentum (SGD's and RMSprop's
-# buffers exist only with it), and a hypergradient lr that moves SGDHD's α visibly.
-HYPER = {"lr": lambda default: max(default, 1e-2), "weight_decay": lambda _: 0.1, "momentum": lambda _: 0.9,
-         "hypergrad_lr": lambda _: 1e-4}
-
-
-# Options that are not booleans but still change what the kernel does: Tiger's classes of tensors
-# (embedding: the per-row lr; normalization: the center), its schedule and its accumulation gating.
-OTHER_VARIANTS = {"param_kind": ["embedding", "normalization", "matrix"], "lr_schedule": [{2: 1.0, 5: 0.25}],
-                  "grad_accum_steps": [3]}
-
-
 def variants(rule):
-    """The rule's test hyperparameters, and the same with each boolean option switched."""
-    base = {name: HYPER[name](value) if name in HYPER else value for name, value in rule.defaults.items()}
+    """The rule's test hyperparameters (each declaration's test_value: an lr of at least 1e-2, weight
+    decay, momentum, so that every code path runs and each step moves half-precision params by more
+    than their rounding), the same with each boolean option switched, and each declared test variant
+    (Tiger's classes of tensors, its schedule and its accumulation gating)."""
+    base = hyperparameters_for_tests(rule)
     yield "defaults", base
-    for name, value in rule.defaults.items():
-        if isinstance(value, bool):
-            yield name, {**base, name: not value}
-        for other in OTHER_VARIANTS.get(name, []):
-            yield f"{name}={other}", {**base, name: other}
+    for spec in rule.hyperparameters:
+        if isinstance(spec.default, bool):
+            yield spec.name, {**base, spec.name: not spec.default}
+        for other in spec.test_variants:
+            yield f"{spec.name}={other}", {**base, spec.name: other}
 
 
 # Every shape for the test hyperparameters; each boolean variant (a compile-time flag: one more
