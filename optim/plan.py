@@ -62,21 +62,21 @@ class GroupPlan:
         self.rule, self.index = rule, group_index
         self.group = group = optimizer.param_groups[group_index]
         self.params_list = group["params"]
-        self.all_params = [only] if only is not None else list(self.params_list)
+        if only is None:
+            self.all_params, positions = list(self.params_list), range(len(self.params_list))
+        else:
+            self.all_params, positions = [only], [next(i for i, p in enumerate(self.params_list) if p is only)]
         self.has_grad = [p.grad is not None for p in self.all_params]
-        self.positions = [i for i, has in enumerate(self.has_grad) if has]
-        if only is not None:
-            self.positions = [next(i for i, p in enumerate(self.params_list) if p is only)] if self.has_grad[0] else []
-        self.params = [p for p in self.all_params if p.grad is not None]
-        self.names = [where(group, group_index, i) for i in self.positions]
+        self.params = [p for p, has in zip(self.all_params, self.has_grad) if has]
+        self.names = [where(group, group_index, i) for i, has in zip(positions, self.has_grad) if has]
         self.hyper_names = tuple(rule.defaults)
         check_hyperparameters(rule, group, f"param group {group_index}", host_values_only=True)
         self.hyper_values = list(map(group.__getitem__, self.hyper_names))
         for param, name in zip(self.params, self.names):
             check_grad(rule.name, param, name)
         self.locals = [local(p) for p in self.params]
-        grads = [local(p.grad) for p in self.params]
-        self.grads = grads  # until the step runs: between steps only weak references, which keep none alive
+        # Until the step runs; between steps only weak references, which keep no gradient alive.
+        self.grads = [local(p.grad) for p in self.params]
         self.shards = Shards.of(self.params, f"{rule.name}'s param group {group_index}")
         self.sharded = self.shards is not None
         self.state_names = rule.state_names(group)
