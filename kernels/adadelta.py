@@ -12,8 +12,9 @@ from kernels.elementwise import coupled_gradient, hyperparameter
 def adadelta_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     rho, eps = hyper.rho, hyper.eps
     grad = coupled_gradient(grad, param, hyper.weight_decay, FLAGS.MAXIMIZE)
-    square_avg = rho * states[0] + (1.0 - rho) * grad * grad
+    square_avg = rho * states[FLAGS.SQUARE_AVG_INDEX] + (1.0 - rho) * grad * grad
     std = tl.sqrt(square_avg + eps)  # eps inside both square roots
-    delta = tl.sqrt(states[1] + eps) / std * grad
-    acc_delta = rho * states[1] + (1.0 - rho) * delta * delta
+    acc_delta = states[FLAGS.ACC_DELTA_INDEX]
+    delta = tl.sqrt(acc_delta + eps) / std * grad
+    acc_delta = rho * acc_delta + (1.0 - rho) * delta * delta
     return param - hyperparameter(hyper.lr) * delta, (square_avg, acc_delta)

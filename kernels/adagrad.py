@@ -13,6 +13,6 @@ def adagrad_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     step = scalars[0]
     grad = coupled_gradient(grad, param, hyper.weight_decay, FLAGS.MAXIMIZE)
     decayed_lr = hyperparameter(hyper.lr) / (1.0 + (step - 1.0) * hyper.lr_decay)
-    state_sum = states[0] + grad * grad
+    state_sum = states[FLAGS.SUM_INDEX] + grad * grad
     std = tl.sqrt(state_sum) + hyper.eps  # eps after the square root
     return param - decayed_lr * (grad / std), (state_sum,)

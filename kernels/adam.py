@@ -13,8 +13,8 @@ from kernels.elementwise import bias_correction, coupled_gradient, decoupled_dec
 def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     lr, beta1, beta2, eps, weight_decay = hyperparameter(hyper.lr), hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay
     step = scalars[0]  # already counts this step: 1 on the first
-    exp_avg = states[0]
-    exp_avg_sq = states[1]
+    exp_avg = states[FLAGS.EXP_AVG_INDEX]
+    exp_avg_sq = states[FLAGS.EXP_AVG_SQ_INDEX]
     if FLAGS.DECOUPLED_WEIGHT_DECAY:
         param = decoupled_decay(param, lr, weight_decay)
         grad = coupled_gradient(grad, param, 0.0, FLAGS.MAXIMIZE)
@@ -25,7 +25,7 @@ def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     bias_correction1 = bias_correction(beta1, step)
     bias_correction2_sqrt = tl.sqrt(bias_correction(beta2, step))
     if FLAGS.AMSGRAD:
-        max_exp_avg_sq = tl.maximum(states[2], exp_avg_sq)
+        max_exp_avg_sq = tl.maximum(states[FLAGS.MAX_EXP_AVG_SQ_INDEX], exp_avg_sq)
         denom = tl.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
         new_states = (exp_avg, exp_avg_sq, max_exp_avg_sq)
     else:

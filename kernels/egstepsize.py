@@ -10,7 +10,7 @@ from kernels.elementwise import hyperparameter
 
 @triton.jit
 def egstepsize_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    step_size, prev_grad = states
+    step_size, prev_grad = states[FLAGS.STEP_SIZE_INDEX], states[FLAGS.PREV_GRAD_INDEX]
     step_size = step_size * tl.exp(hyper.gamma * prev_grad * grad)  # grows where successive gradients agree
     if FLAGS.HAS_BOUNDS:
         step_size = tl.minimum(tl.maximum(step_size, hyper.low), hyper.high)

@@ -13,16 +13,16 @@ def rmsprop_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     HAS_MOMENTUM: tl.constexpr = FLAGS.HAS_MOMENTUM
     lr, alpha, eps, momentum = hyperparameter(hyper.lr), hyper.alpha, hyper.eps, hyper.momentum
     grad = coupled_gradient(grad, param, hyper.weight_decay, FLAGS.MAXIMIZE)
-    square_avg = alpha * states[0] + (1.0 - alpha) * grad * grad
+    square_avg = alpha * states[FLAGS.SQUARE_AVG_INDEX] + (1.0 - alpha) * grad * grad
     new_states = (square_avg,)
     if FLAGS.CENTERED:
-        grad_avg = states[1 + HAS_MOMENTUM]  # states: square_avg, [momentum_buffer], [grad_avg]
+        grad_avg = states[FLAGS.GRAD_AVG_INDEX]
         grad_avg = grad_avg + (1.0 - alpha) * (grad - grad_avg)
         avg = tl.sqrt(square_avg - grad_avg * grad_avg) + eps
     else:
         avg = tl.sqrt(square_avg) + eps  # eps after the square root
     if HAS_MOMENTUM:
-        buffer = momentum * states[1] + grad / avg
+        buffer = momentum * states[FLAGS.MOMENTUM_BUFFER_INDEX] + grad / avg
         param = param - lr * buffer
         new_states = new_states + (buffer,)
     else:

@@ -17,7 +17,7 @@ def sgd_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
         if FLAGS.FIRST_STEP:  # the momentum buffer is made by this step
             buffer = grad  # torch: the first buffer is the gradient itself, undampened
         else:
-            buffer = momentum * states[0] + (1.0 - dampening) * grad
+            buffer = momentum * states[FLAGS.MOMENTUM_BUFFER_INDEX] + (1.0 - dampening) * grad
         if FLAGS.NESTEROV:
             grad = grad + momentum * buffer
         else:

@@ -13,7 +13,7 @@ from kernels.elementwise import hyperparameter
 
 @triton.jit
 def sgdhd_hypergradient(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    return (hyper.hypergrad_lr * grad * states[0],)  # summed over the group: β·⟨g, g_prev⟩
+    return (hyper.hypergrad_lr * grad * states[FLAGS.PREV_GRAD_INDEX],)  # summed over the group: β·⟨g, g_prev⟩
 
 
 @triton.jit

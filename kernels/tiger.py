@@ -62,7 +62,7 @@ def tiger_update_reads_param(scalars, hyper, FLAGS: tl.constexpr):
 def tiger_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     lr, beta, grad_accum_steps = hyperparameter(hyper.lr), hyper.beta, hyper.grad_accum_steps
     step, lr_constant, inverse_rms_length, decay_scale, center, nan_count, sum_of_squares = scalars
-    m = states[0]
+    m = states[FLAGS.M_INDEX]
     micro_step = step - 1.0
     # Accumulation gating: the first micro-step of a cycle decays m, the last one moves θ.
     cycle_position = micro_step - grad_accum_steps * tl.floor(micro_step / grad_accum_steps)

@@ -135,27 +135,27 @@ class Rule:
     def kernel_arguments(self, group) -> tuple:
         """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:
         ``hyper.lr``, ``FLAGS.AMSGRAD``. FLAGS.FIRST_STEP (rules with a state made by the first step) is
-        the launcher's to set per tensor."""
+        the launcher's to set per tensor. FLAGS.<STATE>_INDEX is where each declared state is in the
+        kernel's ``states`` (-1 where the group keeps none): ``states[FLAGS.GRAD_AVG_INDEX]``."""
+        return tuple(fields(**values) for fields, values in zip(self._kernel_types, self._kernel_fields(group)))
+
+    def _kernel_fields(self, group) -> tuple:
         hyper, flags = {}, dict(self.flags)
         for spec in self.hyperparameters:
             numbers, choices = spec.kernel_fields(group[spec.name])
             hyper.update(numbers)
             flags.update(choices)
+        names = self.state_names(group)
+        flags.update({f"{spec.name.upper()}_INDEX": names.index(spec.name) if spec.name in names else -1
+                      for spec in self.states})
         if self.has_first_step_states:
             flags["FIRST_STEP"] = False
-        hyper_type, flags_type = self._kernel_types
-        return hyper_type(**hyper), flags_type(**flags)
+        return hyper, flags
 
     @functools.cached_property
     def _kernel_types(self) -> tuple:
         """The rule's named tuple types, their fields those its defaults give (built once per rule)."""
-        hyper, flags = {}, dict(self.flags)
-        for spec in self.hyperparameters:
-            numbers, choices = spec.kernel_fields(spec.default)
-            hyper.update(numbers)
-            flags.update(choices)
-        if self.has_first_step_states:
-            flags["FIRST_STEP"] = False
+        hyper, flags = self._kernel_fields(self.defaults)
         return (collections.namedtuple(f"{self.name}Hyperparameters", list(hyper)),
                 collections.namedtuple(f"{self.name}Flags", list(flags)))
 

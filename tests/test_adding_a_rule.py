@@ -23,7 +23,8 @@ from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_p
 # 1. The math (kernels/<rule>.py).
 @triton.jit
 def velocity_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    velocity = hyper.friction * states[0] + grad  # hyper: the declared hyperparameters, by name
+    # hyper and FLAGS come from the declaration: hyperparameters and where each state is, by name
+    velocity = hyper.friction * states[FLAGS.VELOCITY_INDEX] + grad
     return param - hyperparameter(hyper.lr) * velocity, (velocity,)
 
 
