@@ -393,7 +393,7 @@ class Launch:
     def __init__(self, slots: Sequence[TensorSlots], rule_name: str):
         first = slots[0]
         device, param_dtype, state_dtype, aligned, tensor_flags, per_row = first.launch_key()
-        self.device, self.tensor_flags, self.n_tensors = device, dict(tensor_flags), len(slots)
+        self.device, self.tensor_flags = device, dict(tensor_flags)
         numels = tuple(s.param.numel() for s in slots)
         n_states, n_scalars = len(first.states), len(first.scalars)
         if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in slots):
@@ -485,20 +485,5 @@ def prepare_launches(slots: Sequence[TensorSlots], rule_name: str) -> list[tuple
     return [(members, Launch([slots[i] for i in members], rule_name)) for members in indices.values()]
 
 
-def multi_tensor_update(update, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-                        seeds: Optional[dict] = None, amp: Optional[tuple] = None, param_active=None):
-    """Apply the rule's ``update`` math to every tensor in ``slots`` once: one launch per launch key,
-    prepared and dropped (a step reuses its launches instead: ``prepare_launches``)."""
-    for members, launch in prepare_launches(slots, rule_name):
-        launch.update(update, param_active, hyper, flags, (seeds or {}).get(launch.device), amp)
-
-
-def multi_tensor_reduce(reduce, slots: Sequence[TensorSlots], hyper: tuple, flags: tuple, rule_name: str,
-                        n_outputs: int = 1, amp: Optional[tuple] = None, param_active=None):
-    """Each tensor's last ``n_outputs`` scalars += the sums over its elements of ``reduce``'s terms."""
-    for members, launch in prepare_launches(slots, rule_name):
-        launch.reduce(reduce, param_active, n_outputs, hyper, flags, amp)
-
-
-__all__ = ["INTERPRETED", "Launch", "TensorSlots", "capturing", "check_slots", "multi_tensor_reduce",
-           "multi_tensor_update", "on_device", "prepare_launches", "walkable"]
+__all__ = ["INTERPRETED", "Launch", "TensorSlots", "capturing", "check_slots", "on_device", "prepare_launches",
+           "walkable"]

@@ -90,7 +90,7 @@ class Rule:
     name: str  # the optimizer class's name
     summary: str  # one line: what the rule does, and its paper
     reference: Callable  # the oracle, rule(params, grads, states, group)
-    update: Callable  # the @triton.jit math handed to kernels.multi_tensor_update
+    update: Callable  # the @triton.jit math the shared launcher runs (kernels.launcher.Launch.update)
     hyperparameters: tuple  # its optim.hyperparameters.Hyperparameter declarations, in signature order
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
