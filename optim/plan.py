@@ -171,11 +171,11 @@ class GroupPlan:
                         initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
                         state[spec.name] = torch.full_like(param, initial, dtype=dtype)
             self.first_step.append(first)
-        self.launches, self.scalar_buffers = [], {}
+        self.launches, self.scalar_buffers = [], {}  # launches: for the fused impl only
         self._pack_scalar_states()
         self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
         if self.impl == "triton":
-            self._make_launches(optimizer)
+            self._make_launches()
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
         self.n_params = len(self.params_list)
         self.state_tensors = _states_of(self.state_dicts, (*rule.scalar_states, *self.state_names))
@@ -198,7 +198,7 @@ class GroupPlan:
                     self.state_dicts[i][name] = buffer[k]
                 self.scalar_buffers[name][device] = (buffer, indices)
 
-    def _make_launches(self, optimizer):
+    def _make_launches(self):
         rule = self.rule
         if rule.prepare is not None:
             prepared = rule.prepare(self.group, self.locals, self.state_dicts, self.shards, self.scalar_buffers)
