@@ -10,12 +10,11 @@ from kernels import ops
 from kernels.shards import local
 from optim.plan import StepPlan, _same
 from optim.rounding import stochastic_round
+from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
 
 # Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
 OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False)
-# torch.optim's switches between its own implementations; ours is `impl`.
-TORCH_IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -62,8 +61,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         try:
             check_hyperparameters(self.rule, group, f"param group {index}")
             for i, param in enumerate(group["params"]):
-                check_param(self.rule.name, param, f"param {i} of param group {index}",
-                            self.rule.nonnegative_params)
+                check_param(self.rule, param, f"param {i} of param group {index}")
         except (TypeError, ValueError):
             self.param_groups.pop()  # the group was not valid: leave the optimizer as it was
             raise
@@ -190,6 +188,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
             self._check_saved_state(state_dict["state"].get(saved_id, {}), local(param), position)
         super().load_state_dict(state_dict)
+        drop_switches(self.param_groups)
         for saved_id, param in zip(saved_ids, params):
             state, shard = self.state[param], local(param)
             for name, value in state_dict["state"].get(saved_id, {}).items():
@@ -251,10 +250,7 @@ def optimizer_class(rule):
     signature = inspect.Signature(parameters)
 
     def __init__(self, *args, **kwargs):
-        for switch in TORCH_IMPLEMENTATION_SWITCHES:
-            if switch in kwargs:
-                raise TypeError(f"{rule.name}: {switch}= selects one of torch.optim's implementations; here "
-                                "impl='auto' | 'triton' | 'reference' chooses between the fused kernel and the reference")
+        switches = {name: kwargs.pop(name) for name in SWITCHES if name in kwargs}  # torch.optim's
         try:
             bound = signature.bind(self, *args, **kwargs)
         except TypeError as error:
@@ -263,6 +259,8 @@ def optimizer_class(rule):
         arguments = dict(bound.arguments)
         del arguments["self"]
         params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
+        if switches:
+            options["impl"] = impl_from_switches(rule, switches, arguments, options["impl"])
         FusedOptimizer.__init__(self, params, arguments, **options)
 
     __init__.__signature__ = signature
