@@ -11,7 +11,8 @@ from kernels.elementwise import bias_correction, coupled_gradient, decoupled_dec
 
 @triton.jit
 def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, beta1, beta2, eps, weight_decay = hyperparameter(hyper.lr), hyper.beta1, hyper.beta2, hyper.eps, hyper.weight_decay
+    lr, beta1, beta2 = hyperparameter(hyper.lr), hyperparameter(hyper.beta1), hyperparameter(hyper.beta2)
+    eps, weight_decay = hyper.eps, hyper.weight_decay
     step = scalars[0]  # already counts this step: 1 on the first
     exp_avg = states[FLAGS.EXP_AVG_INDEX]
     exp_avg_sq = states[FLAGS.EXP_AVG_SQ_INDEX]

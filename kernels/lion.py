@@ -10,7 +10,7 @@ from kernels.elementwise import decoupled_decay, hyperparameter, sign
 
 @triton.jit
 def lion_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    lr, beta1, beta2 = hyperparameter(hyper.lr), hyper.beta1, hyper.beta2
+    lr, beta1, beta2 = hyperparameter(hyper.lr), hyperparameter(hyper.beta1), hyperparameter(hyper.beta2)
     exp_avg = states[FLAGS.EXP_AVG_INDEX]
     param = decoupled_decay(param, lr, hyper.weight_decay)
     update = sign(beta1 * exp_avg + (1.0 - beta1) * grad)

@@ -28,7 +28,7 @@ class Hyperparameter:
     default: Any
     check: Callable[[Any, dict], Optional[str]]
     bad: tuple = ()  # (a bad value, text its error must contain): the bad-input tests' cases
-    # A one-element floating-point tensor may hold it: the kernels read it through a pointer
+    # A one-element floating-point tensor may hold it (each of a pair's two): the kernels read it through a pointer
     # (kernels.hyperparameter), so a tensor changed in place is read on the device at every step.
     # Any other hyperparameter is a number or a compile-time choice, where a tensor would cost a sync.
     tensor: bool = False
@@ -145,10 +145,17 @@ def flag(name: str, default: bool = False) -> Hyperparameter:
     return Hyperparameter(name, default, boolean, kernel="flag", bad=(("yes", "True or False"), (1, "True or False")))
 
 
+def _number_or_tensor(value):
+    return value if isinstance(value, torch.Tensor) else float(value)
+
+
 def betas(default: tuple) -> Hyperparameter:
-    return Hyperparameter("betas", default, pair_of_fractions, bad=(
-        ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair")),
-        to_kernel=lambda value: ({"beta1": float(value[0]), "beta2": float(value[1])}, {}))
+    """Two floats, or two one-element tensors (read on the device, as torch's capturable Adam reads them)."""
+    return Hyperparameter("betas", default, pair_of_fractions, tensor=True, bad=(
+        ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair"),
+        ((0.9, torch.tensor(0.99)), "all numbers or all tensors"),
+        ((torch.tensor([0.9, 0.9]), torch.tensor(0.99)), "one-element")),
+        to_kernel=lambda value: ({"beta1": _number_or_tensor(value[0]), "beta2": _number_or_tensor(value[1])}, {}))
 
 
 def momentum(default: float, present=lambda value: value != 0) -> Hyperparameter:

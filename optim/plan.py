@@ -46,6 +46,11 @@ def _states_of(state_dicts, names) -> list:
     return list(map(getter, state_dicts)) if len(names) == 1 else list(chain.from_iterable(map(getter, state_dicts)))
 
 
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    """A complex tensor as torch.optim steps it: its real and imaginary parts, torch.view_as_real."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+
 def where(group: dict, group_index: int, position: int) -> str:
     """How an error names a param: its index in its group, and its name if named_parameters gave one."""
     text = f"param {position} of param group {group_index}"
@@ -66,6 +71,11 @@ class GroupPlan:
             self.all_params, positions = list(self.params_list), range(len(self.params_list))
         else:
             self.all_params, positions = [only], [next(i for i, p in enumerate(self.params_list) if p is only)]
+        if only is None and len(set(map(id, self.params_list))) != len(self.params_list):
+            first = next(i for i, p in enumerate(self.params_list) if any(p is q for q in self.params_list[:i]))
+            raise ValueError(f"{rule.name}: param group {group_index} holds one tensor twice (again at position "
+                             f"{first}); torch.optim warns and applies its update twice, which counts its step "
+                             "twice: give each param once")
         self.has_grad = [p.grad is not None for p in self.all_params]
         self.params = [p for p, has in zip(self.all_params, self.has_grad) if has]
         self.names = [where(group, group_index, i) for i, has in zip(positions, self.has_grad) if has]
@@ -73,8 +83,9 @@ class GroupPlan:
         check_hyperparameters(rule, group, f"param group {group_index}", host_values_only=True)
         self.hyper_values = list(map(group.__getitem__, self.hyper_names))
         for param, name in zip(self.params, self.names):
-            check_grad(rule.name, param, name)
-        self.locals = [local(p) for p in self.params]
+            check_grad(rule, param, name, group)
+        self.locals = [local(p) for p in self.params]  # as they are: their states are made like them
+        self.complex = any(p.is_complex() for p in self.locals)
         # Until the step runs; between steps only weak references, which keep no gradient alive.
         self.grads = [local(p.grad) for p in self.params]
         self.shards = Shards.of(self.params, f"{rule.name}'s param group {group_index}")
@@ -91,6 +102,9 @@ class GroupPlan:
                 if state_name in state:
                     check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
         self.impl = self._resolve_impl(optimizer.impl, existing)
+        # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
+        self.views = list(map(_real, self.locals)) if self.complex else self.locals
+        self.grads = [_real(g.to_dense() if g.is_sparse else g) for g in self.grads]
         if self.shards is not None and self.impl == "reference" and rule.prepare is not None:
             raise RuntimeError(f"{rule.name}: the reference reduces over whole tensors, which FSDP2 params are not; "
                                "use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums those "
@@ -112,15 +126,17 @@ class GroupPlan:
         on_cuda = all(p.is_cuda for p in self.locals)
         runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in self.locals))
         for param, grad, state, name in zip(self.locals, self.grads, existing, self.names):
-            problem = None
-            if not runnable:
+            problem, param = None, _real(param)
+            if grad.is_sparse:
+                problem = RuntimeError(f"the gradient of {name} is sparse; the fused kernel reads dense gradients")
+            elif not runnable:
                 problem = RuntimeError(f"impl='triton' needs the params of param group {self.index} on a CUDA device, "
                                        "or on the CPU with TRITON_INTERPRET=1 set before triton is imported")
             elif param.dtype not in rule.dtypes:
                 problem = TypeError(f"{name} has dtype {param.dtype}; the Triton kernels support {list(rule.dtypes)}")
             else:
-                for what, tensor in (("param", param), ("gradient", grad),
-                                     *((f"state {n!r}", state[n]) for n in self.state_names if n in state)):
+                for what, tensor in (("param", param), ("gradient", _real(grad)),
+                                     *((f"state {n!r}", _real(state[n])) for n in self.state_names if n in state)):
                     if not walkable(tensor, param):
                         problem = ValueError(
                             f"the {what} of {name} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid "
@@ -169,11 +185,15 @@ class GroupPlan:
                         state[spec.name], first = torch.empty_like(param, dtype=dtype), True
                     else:  # preserve_format: the param's strides, as torch.optim makes its states
                         initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                        if param.is_complex():  # each of the real view's coordinates starts there (as torch)
+                            initial = complex(initial, initial)
                         state[spec.name] = torch.full_like(param, initial, dtype=dtype)
             self.first_step.append(first)
         self.launches, self.scalar_buffers = [], {}  # launches: for the fused impl only
         self._pack_scalar_states()
         self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
+        self.run_states = ([{name: _real(value) for name, value in state.items()} for state in self.state_dicts]
+                           if self.complex else self.state_dicts)
         if self.impl == "triton":
             self._make_launches()
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
@@ -201,14 +221,14 @@ class GroupPlan:
     def _make_launches(self):
         rule = self.rule
         if rule.prepare is not None:
-            prepared = rule.prepare(self.group, self.locals, self.state_dicts, self.shards, self.scalar_buffers)
+            prepared = rule.prepare(self.group, self.views, self.run_states, self.shards, self.scalar_buffers)
         else:
-            prepared = Prepared(scalars=[tuple(state[name] for name in rule.scalar_states) for state in self.state_dicts],
+            prepared = Prepared(scalars=[tuple(state[name] for name in rule.scalar_states) for state in self.run_states],
                                 row_lengths=[0] * len(self.params))
         self.prepared = prepared
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
                              (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length)
-                 for p, g, state, scalars, first, row_length in zip(self.locals, self.grads, self.state_dicts,
+                 for p, g, state, scalars, first, row_length in zip(self.views, self.grads, self.run_states,
                                                                     prepared.scalars, self.first_step,
                                                                     prepared.row_lengths)]
         self.launches = [(members, len(members) == len(slots), launch)
@@ -232,6 +252,8 @@ class GroupPlan:
             grads = [g for g in grads if g is not None]
         if self.sharded:
             grads = [local(g) for g in grads]
+        if self.complex:
+            grads = list(map(_real, grads))
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
         if not _same(_states_of(self.state_dicts, (*rule.scalar_states, *self.state_names)), self.state_tensors):
@@ -278,7 +300,7 @@ class GroupPlan:
             for buffer in self.step_buffers:
                 buffer.add_(amp[1].to(buffer.device).eq(0))
         if self.impl == "reference":
-            optimizer._reference_step(self.group, self.locals, grads, self.state_dicts, self.first_step, amp)
+            optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp)
             return
         prepared = self.prepared
         if prepared.before is not None:

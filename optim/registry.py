@@ -124,6 +124,12 @@ class Rule:
     # g (2); SGDHD's dot product reads g and g_prev, and then the update need not read g_prev (1).
     extra_reads: int = 0
     torch_twin: Optional[type] = None  # the torch.optim class this rule must match
+    # Complex params stepped as torch.optim steps them: param, gradient and states as torch.view_as_real,
+    # element-wise on the real and imaginary parts (the states are kept complex, as torch keeps them).
+    complex_params: bool = False
+    # Sparse gradients (nn.Embedding(sparse=True)) served by the reference, densified, as torch's twin
+    # serves them; the kernel reads dense gradients only. Weight decay is refused with them, as torch does.
+    sparse_gradients: bool = False
     nonnegative_params: bool = False  # the rule needs params >= 0 from the start (EG)
     learns_lr: bool = False  # the rule changes group["lr"] itself (SGDHD): a scheduler's lr is a start
     # Scalar states that count events (Tiger's NaN skips): optimizer.counter(name) sums them on the device.
@@ -210,7 +216,7 @@ RULES = {
                              Hyperparameter("nesterov", False, nesterov, kernel="flag", bad=(
                                  ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
             states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
-            torch_twin=torch.optim.SGD,
+            torch_twin=torch.optim.SGD, complex_params=True, sparse_gradients=True,
         ),
         Rule(
             name="Adagrad",
@@ -219,7 +225,7 @@ RULES = {
             hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0), weight_decay(0),
                              nonnegative("initial_accumulator_value", 0), eps(1e-10), MAXIMIZE),
             states=(State("sum", initial="initial_accumulator_value"),), scalar_states=("step",),
-            torch_twin=torch.optim.Adagrad,
+            torch_twin=torch.optim.Adagrad, complex_params=True, sparse_gradients=True,
         ),
         Rule(
             name="RMSprop",
@@ -230,7 +236,7 @@ RULES = {
                              flag("centered"), MAXIMIZE),
             states=(State("square_avg"), State("momentum_buffer", when=lambda group: group["momentum"] > 0),
                     State("grad_avg", when="centered")),
-            scalar_states=("step",), torch_twin=torch.optim.RMSprop,
+            scalar_states=("step",), torch_twin=torch.optim.RMSprop, complex_params=True,
             # The momentum buffer sums terms g/(√v + ε) as large as 1/√(1 − α) = 10 that cancel to
             # ~0.1: one fp32 ulp of a term (1e-6), from another operation order (torch's CPU kernels
             # round g + λθ once), becomes a few 1e-6 absolute over 20 steps.
@@ -243,14 +249,14 @@ RULES = {
             hyperparameters=(lr(1.0), Hyperparameter("rho", 0.9, at_most_one, bad=((1.5, "must be in [0, 1]"),)),
                              eps(1e-6), weight_decay(0), MAXIMIZE),
             states=(State("square_avg"), State("acc_delta")), scalar_states=("step",),
-            torch_twin=torch.optim.Adadelta,
+            torch_twin=torch.optim.Adadelta, complex_params=True,
         ),
         Rule(
             name="Adam",
             summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
             reference=adam, update=adam_update,
             hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
-            flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam,
+            flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
         ),
         Rule(
             name="AdamW",
@@ -258,8 +264,7 @@ RULES = {
             reference=adamw, update=adam_update,
             hyperparameters=tuple(weight_decay(1e-2) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
-            flags={"DECOUPLED_WEIGHT_DECAY": True},
-            torch_twin=torch.optim.AdamW,
+            flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
         ),
         Rule(
             name="Lion",

@@ -26,10 +26,11 @@ def check_hyperparameters(rule, group: dict, where: str, host_values_only=False)
     """
     for spec in rule.hyperparameters:
         value = group[spec.name]
-        problem = ""
-        if isinstance(value, torch.Tensor):
-            problem = _tensor_problem(spec, value)
-        if not problem and not (host_values_only and isinstance(value, torch.Tensor)):
+        tensors = [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if isinstance(v, torch.Tensor)]
+        problem = next(filter(None, (_tensor_problem(spec, tensor) for tensor in tensors)), "")
+        if tensors and isinstance(value, (tuple, list)) and len(tensors) != len(value):
+            problem = "must hold all numbers or all tensors (as torch.optim's betas: both floats or both Tensors)"
+        if not problem and not (host_values_only and tensors):
             try:
                 problem = spec.check(value, group)
             except ValueError as error:
@@ -62,27 +63,32 @@ def check_scalar_state(rule_name: str, name: str, value, param, where: str):
                          f"{param.device}, got {got}; set it with load_state_dict, which converts it")
 
 
-def check_param(rule_name: str, param, where: str, nonnegative=False):
+def check_param(rule, param, where: str):
     if not isinstance(param, torch.Tensor):
-        raise TypeError(f"{rule_name}: {where} is a {type(param).__name__}, not a tensor")
-    if param.is_complex() or not param.is_floating_point():
-        raise TypeError(f"{rule_name}: {where} has dtype {param.dtype}; only real floating-point params "
+        raise TypeError(f"{rule.name}: {where} is a {type(param).__name__}, not a tensor")
+    if not (param.is_floating_point() or (param.is_complex() and rule.complex_params)):
+        raise TypeError(f"{rule.name}: {where} has dtype {param.dtype}; only real floating-point params "
                         "can be optimized (for complex params, optimize torch.view_as_real(param))")
-    if nonnegative and isinstance(param, DTensor):
+    if rule.nonnegative_params and isinstance(param, DTensor):
         param = param.full_tensor()  # every rank checks the whole tensor, so all raise or none does
-    if nonnegative and param.numel() and param.min() < 0:  # a host sync, at construction only
-        raise ValueError(f"{rule_name}: {where} has negative entries (min {param.min().item():.4g}); "
-                         f"{rule_name} multiplies params by positive factors and needs them >= 0 from the "
+    if rule.nonnegative_params and param.numel() and param.min() < 0:  # a host sync, at construction only
+        raise ValueError(f"{rule.name}: {where} has negative entries (min {param.min().item():.4g}); "
+                         f"{rule.name} multiplies params by positive factors and needs them >= 0 from the "
                          "start (e.g. initialise with .abs() or a positive distribution)")
 
 
-def check_grad(rule_name: str, param, where: str):
+def check_grad(rule, param, where: str, group: dict):
     grad = param.grad
     if grad.is_sparse:
-        raise RuntimeError(f"{rule_name}: {where} has a sparse gradient, which {rule_name} does not support; "
-                           "use dense gradients (e.g. nn.Embedding(sparse=False))")
+        if not rule.sparse_gradients:
+            raise RuntimeError(f"{rule.name}: {where} has a sparse gradient, which {rule.name} does not support; "
+                               "use dense gradients (e.g. nn.Embedding(sparse=False)), or optim.SGD or optim.Adagrad")
+        if group["weight_decay"] != 0:  # g + λθ is dense: torch refuses it too
+            raise RuntimeError(f"{rule.name}: {where} has a sparse gradient, and weight_decay="
+                               f"{group['weight_decay']} would make it dense (torch.optim refuses it too); use "
+                               "weight_decay=0 for the groups of sparse params, or dense gradients")
     if grad.shape != param.shape or grad.dtype != param.dtype or grad.device != param.device:
-        raise ValueError(f"{rule_name}: the gradient of {where} is {grad.dtype} {tuple(grad.shape)} on {grad.device}, "
+        raise ValueError(f"{rule.name}: the gradient of {where} is {grad.dtype} {tuple(grad.shape)} on {grad.device}, "
                          f"its param {param.dtype} {tuple(param.shape)} on {param.device}; they must match")
 
 

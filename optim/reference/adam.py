@@ -16,7 +16,7 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
 
     State per param: step (fp32 scalar tensor), exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only).
     """
-    lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+    lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), map(float, group["betas"]), group["eps"], group["weight_decay"]
     for param, grad, state in zip(params, grads, states):
         step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
         theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype

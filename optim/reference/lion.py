@@ -12,7 +12,7 @@ def lion(params, grads, states, group):
 
     State per param: exp_avg (m).
     """
-    lr, (beta1, beta2), weight_decay = float(group["lr"]), group["betas"], group["weight_decay"]
+    lr, (beta1, beta2), weight_decay = float(group["lr"]), map(float, group["betas"]), group["weight_decay"]
     for param, grad, state in zip(params, grads, states):
         theta, g, exp_avg = upcast(param), upcast(grad), upcast(state["exp_avg"])
         theta = theta * (1 - lr * weight_decay)  # decoupled weight decay
