@@ -28,7 +28,7 @@ IMPLS = ("reference", "triton")
 
 def not_installed(distribution: str) -> str:
     return (f"{distribution} is not installed: `./dev test` installs the pinned peers, or "
-            f"`pip install --no-deps {distribution}` (the version ./dev pins)")
+            f"`pip install --no-deps {distribution}`")
 
 
 @dataclass(frozen=True)
