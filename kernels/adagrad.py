@@ -15,4 +15,5 @@ def adagrad_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     decayed_lr = hyperparameter(hyper.lr) / (1.0 + (step - 1.0) * hyper.lr_decay)
     state_sum = states[FLAGS.SUM_INDEX] + grad * grad
     std = tl.sqrt(state_sum) + hyper.eps  # eps after the square root
-    return param - decayed_lr * (grad / std), (state_sum,)
+    # (η_t·g)/std, torch's order (addcdiv): where η_t·g overflows, torch's θ is ±inf or NaN, not finite
+    return param - (decayed_lr * grad) / std, (state_sum,)

@@ -26,11 +26,13 @@ def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     bias_correction1 = bias_correction(beta1, step)
     bias_correction2_sqrt = tl.sqrt(bias_correction(beta2, step))
     if FLAGS.AMSGRAD:
-        max_exp_avg_sq = tl.maximum(states[FLAGS.MAX_EXP_AVG_SQ_INDEX], exp_avg_sq)
+        # NaN wins, as in torch.maximum (the default maximum returns the other operand)
+        max_exp_avg_sq = tl.maximum(states[FLAGS.MAX_EXP_AVG_SQ_INDEX], exp_avg_sq, propagate_nan=tl.PropagateNan.ALL)
         denom = tl.sqrt(max_exp_avg_sq) / bias_correction2_sqrt + eps
         new_states = (exp_avg, exp_avg_sq, max_exp_avg_sq)
     else:
         denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         new_states = (exp_avg, exp_avg_sq)
-    param = param - (lr / bias_correction1) * (exp_avg / denom)
+    # (step size·m)/denom, torch's order (addcdiv): where the product overflows, torch's θ is ±inf or NaN
+    param = param - ((lr / bias_correction1) * exp_avg) / denom
     return param, new_states

@@ -21,10 +21,11 @@ def sign(x):
 
 @triton.jit
 def coupled_gradient(grad, param, weight_decay, MAXIMIZE: tl.constexpr):
-    """torch.optim's prologue: g ← −g when maximizing, then L2 weight decay g ← g + λθ."""
+    """torch.optim's prologue: g ← −g when maximizing, then L2 weight decay g ← g + λθ, only where
+    λ ≠ 0 (as torch skips it): 0·θ of an infinite θ would make the gradient NaN."""
     if MAXIMIZE:
         grad = -grad
-    return grad + weight_decay * param
+    return tl.where(weight_decay != 0.0, grad + weight_decay * param, grad)
 
 
 @triton.jit

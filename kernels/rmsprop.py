@@ -18,7 +18,9 @@ def rmsprop_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     if FLAGS.CENTERED:
         grad_avg = states[FLAGS.GRAD_AVG_INDEX]
         grad_avg = grad_avg + (1.0 - alpha) * (grad - grad_avg)
-        avg = tl.sqrt(square_avg - grad_avg * grad_avg) + eps
+        # v − ḡ² rounded once (torch's addcmul is a fused multiply-add): ḡ² alone can overflow to inf
+        # where v − ḡ² does not, and inf − inf would be NaN where torch stays finite
+        avg = tl.sqrt(tl.fma(-grad_avg, grad_avg, square_avg)) + eps
     else:
         avg = tl.sqrt(square_avg) + eps  # eps after the square root
     if HAS_MOMENTUM:
@@ -26,7 +28,7 @@ def rmsprop_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
         param = param - lr * buffer
         new_states = new_states + (buffer,)
     else:
-        param = param - lr * (grad / avg)
+        param = param - (lr * grad) / avg  # torch's order (addcdiv): η·g may overflow where g/avg does not
     if FLAGS.CENTERED:
         new_states = new_states + (grad_avg,)
     return param, new_states

@@ -95,3 +95,20 @@ def test_signum_without_momentum_is_signsgd(impl):
         signum.step()
         signsgd.step()
     assert_close(params[0], signsgd_params[0], EXACT, "Signum(momentum=0) vs SignSGD")
+
+
+PREV_GRAD_RULES = [rule for rule in optim.RULES.values() if "prev_grad" in rule.state_names(rule.defaults)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("rule", PREV_GRAD_RULES, ids=[rule.name for rule in PREV_GRAD_RULES])
+def test_prev_grad_is_the_gradient_before_the_step_when_it_aliases_its_param(rule, impl):
+    """A gradient that shares its param's memory (p.grad = p.detach()) is stored as it was read, before
+    θ moved: the kernel reads both into registers first, the oracle must not read g after writing θ."""
+    param = make_params([(33,)], torch.float32, rule=rule)[0].abs() + 0.5
+    optimizer = getattr(optim, rule.name)([param], impl=impl)
+    param.grad = param.detach()
+    before = param.detach().clone()
+    optimizer.step()
+    assert not torch.equal(param, before), f"{rule.name}: the step did not move θ"
+    assert_close(optimizer.state[param]["prev_grad"], before, EXACT, f"{rule.name} ({impl}) prev_grad")

@@ -15,7 +15,16 @@ def upcast(tensor: torch.Tensor) -> torch.Tensor:
 
 def coupled_gradient(g, theta, group):
     """torch.optim's prologue (the twin of ``kernels.coupled_gradient``): g ← −g when maximizing,
-    then L2 weight decay coupled into the gradient, g ← g + λθ."""
+    then L2 weight decay coupled into the gradient, g ← g + λθ, only where λ ≠ 0 (as torch skips it:
+    0·θ of an infinite θ would make the gradient NaN)."""
     if group["maximize"]:
         g = -g
-    return g + group["weight_decay"] * theta
+    if group["weight_decay"] != 0:
+        g = g + group["weight_decay"] * theta
+    return g
+
+
+def sign(x: torch.Tensor) -> torch.Tensor:
+    """The sign of x, -1, 0 or +1, and NaN where x is NaN (the twin of ``kernels.sign``): torch.sign
+    of NaN is 0 on the CPU but NaN on CUDA, so the oracle would depend on its device."""
+    return torch.where(x.isnan(), x, torch.sign(x))

@@ -19,5 +19,5 @@ def adagrad(params, grads, states, group):
         decayed_lr = lr / (1 + (step - 1) * lr_decay)
         state_sum = upcast(state["sum"]) + g * g  # the sum of squared gradients
         std = state_sum.sqrt() + eps  # eps after the square root
-        param.copy_(theta - decayed_lr * (g / std))
+        param.copy_(theta - (decayed_lr * g) / std)  # (η_t·g)/std, torch's order: η_t·g may overflow
         state["sum"].copy_(state_sum)

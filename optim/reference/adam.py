@@ -23,10 +23,11 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
         exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
         if group["maximize"]:
             g = -g
-        if decoupled_weight_decay:
-            theta = theta * (1 - lr * weight_decay)  # AdamW: decay θ before the update
-        else:
-            g = g + weight_decay * theta  # Adam: L2 added to the gradient
+        if weight_decay != 0:  # skipped at 0, as torch does: 0·θ of an infinite θ is NaN
+            if decoupled_weight_decay:
+                theta = theta * (1 - lr * weight_decay)  # AdamW: decay θ before the update
+            else:
+                g = g + weight_decay * theta  # Adam: L2 added to the gradient
         exp_avg = exp_avg.lerp(g, 1 - beta1)  # m ← β1·m + (1 − β1)·g
         exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g  # v ← β2·v + (1 − β2)·g²
         bias_correction1 = 1 - beta1**step
@@ -37,7 +38,8 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
             denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
         else:
             denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps  # √v / √(1 − β2ᵗ) + ε
-        theta = theta - (lr / bias_correction1) * (exp_avg / denom)  # θ ← θ − η/(1 − β1ᵗ) · m/denom
+        # θ ← θ − η/(1 − β1ᵗ) · m/denom, as ((η/(1 − β1ᵗ))·m)/denom: torch's order, where the product may overflow
+        theta = theta - ((lr / bias_correction1) * exp_avg) / denom
         param.copy_(theta)
         state["exp_avg"].copy_(exp_avg)
         state["exp_avg_sq"].copy_(exp_avg_sq)

@@ -20,6 +20,8 @@ def egstepsize(params, grads, states, group):
         step_size = upcast(state["step_size"]) * torch.exp(gamma * upcast(state["prev_grad"]) * g)
         if bounds is not None:
             step_size = step_size.clamp(bounds[0], bounds[1])
-        param.copy_(upcast(param) - lr * step_size * g)
-        state["step_size"].copy_(step_size)
+        theta = upcast(param) - lr * step_size * g
+        # g_prev before θ is written: a gradient that shares its param's memory would read the new θ
         state["prev_grad"].copy_(g)
+        state["step_size"].copy_(step_size)
+        param.copy_(theta)

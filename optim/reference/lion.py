@@ -1,6 +1,4 @@
-import torch
-
-from optim.reference import upcast
+from optim.reference import sign, upcast
 
 
 def lion(params, grads, states, group):
@@ -16,7 +14,7 @@ def lion(params, grads, states, group):
     for param, grad, state in zip(params, grads, states):
         theta, g, exp_avg = upcast(param), upcast(grad), upcast(state["exp_avg"])
         theta = theta * (1 - lr * weight_decay)  # decoupled weight decay
-        update = torch.sign(beta1 * exp_avg + (1 - beta1) * g)  # sign of the interpolated momentum
+        update = sign(beta1 * exp_avg + (1 - beta1) * g)  # sign of the interpolated momentum
         theta = theta - lr * update
         exp_avg = beta2 * exp_avg + (1 - beta2) * g  # the momentum moves with the slower β2
         param.copy_(theta)

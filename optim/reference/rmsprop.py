@@ -1,3 +1,5 @@
+import torch
+
 from optim.reference import coupled_gradient, upcast
 
 
@@ -21,7 +23,8 @@ def rmsprop(params, grads, states, group):
         if group["centered"]:  # subtract the squared running mean of g
             grad_avg = upcast(state["grad_avg"]).lerp(g, 1 - alpha)
             state["grad_avg"].copy_(grad_avg)
-            avg = (square_avg - grad_avg * grad_avg).sqrt() + eps
+            # v − ḡ² rounded once, torch's fused multiply-add: ḡ² alone may overflow where v − ḡ² does not
+            avg = torch.addcmul(square_avg, grad_avg, grad_avg, value=-1).sqrt() + eps
         else:
             avg = square_avg.sqrt() + eps  # eps after the square root
         if momentum > 0:
@@ -29,4 +32,4 @@ def rmsprop(params, grads, states, group):
             state["momentum_buffer"].copy_(buffer)
             param.copy_(theta - lr * buffer)
         else:
-            param.copy_(theta - lr * (g / avg))
+            param.copy_(theta - (lr * g) / avg)  # torch's order: η·g may overflow where g/avg does not

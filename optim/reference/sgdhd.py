@@ -25,5 +25,7 @@ def sgdhd(params, grads, states, group):
     dot = sum((upcast(g) * upcast(state["prev_grad"])).sum() for g, state in zip(grads, states))
     lr.add_(group["hypergrad_lr"] * dot)  # the hypergradient step on α
     for param, grad, state in zip(params, grads, states):
-        param.copy_(upcast(param) - lr * upcast(grad))
+        theta = upcast(param) - lr * upcast(grad)
+        # g_prev before θ is written: a gradient that shares its param's memory would read the new θ
         state["prev_grad"].copy_(grad)
+        param.copy_(theta)

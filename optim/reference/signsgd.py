@@ -1,6 +1,4 @@
-import torch
-
-from optim.reference import upcast
+from optim.reference import sign, upcast
 
 
 def signsgd(params, grads, states, group):
@@ -13,4 +11,4 @@ def signsgd(params, grads, states, group):
     """
     lr, weight_decay = float(group["lr"]), group["weight_decay"]
     for param, grad in zip(params, grads):
-        param.copy_(upcast(param) * (1 - lr * weight_decay) - lr * torch.sign(upcast(grad)))
+        param.copy_(upcast(param) * (1 - lr * weight_decay) - lr * sign(upcast(grad)))

@@ -1,6 +1,4 @@
-import torch
-
-from optim.reference import upcast
+from optim.reference import sign, upcast
 
 
 def signum(params, grads, states, group):
@@ -13,5 +11,5 @@ def signum(params, grads, states, group):
     lr, beta, weight_decay = float(group["lr"]), group["momentum"], group["weight_decay"]
     for param, grad, state in zip(params, grads, states):
         exp_avg = beta * upcast(state["exp_avg"]) + (1 - beta) * upcast(grad)  # momentum, then its sign
-        param.copy_(upcast(param) * (1 - lr * weight_decay) - lr * torch.sign(exp_avg))
+        param.copy_(upcast(param) * (1 - lr * weight_decay) - lr * sign(exp_avg))
         state["exp_avg"].copy_(exp_avg)
