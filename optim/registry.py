@@ -299,7 +299,7 @@ RULES = {
             name="EGStepSize",
             summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
             reference=egstepsize, update=egstepsize_update,
-            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, to_kernel=bounds_in_kernel, bad=(
+            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, to_kernel=bounds_in_kernel, test_variants=((0.5, 2.0),), bad=(
                 ((0.0, 10.0), "0 < low <= high"), ((2.0, 1.0), "0 < low <= high"), (5.0, "None or a pair")))),
             states=(State("step_size", initial=1.0), State("prev_grad")),
         ),

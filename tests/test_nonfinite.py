@@ -41,6 +41,8 @@ def variants(rule):
     for spec in rule.hyperparameters:
         if isinstance(spec.default, bool):
             yield f"{spec.name}={not spec.default}", {**base, spec.name: not spec.default}
+        for value in spec.test_variants:  # the row's own variants (EGStepSize's bounds, Tiger's k)
+            yield f"{spec.name}={value}", {**base, spec.name: value}
     for extreme in EXTREMES:
         if extreme.keys() <= base.keys():
             yield "-".join(f"{name}={value}" for name, value in extreme.items()), {**base, **extreme}
