@@ -189,6 +189,9 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._check_saved_state(state_dict["state"].get(saved_id, {}), local(param), position)
         super().load_state_dict(state_dict)
         drop_switches(self.param_groups)
+        for group in self.param_groups:  # a checkpoint from before a hyperparameter existed: its default
+            for name, default in self.defaults.items():
+                group.setdefault(name, default)
         for saved_id, param in zip(saved_ids, params):
             state, shard = self.state[param], local(param)
             for name, value in state_dict["state"].get(saved_id, {}).items():
@@ -261,11 +264,12 @@ def optimizer_class(rule):
         params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
         if switches:
             options["impl"] = impl_from_switches(rule, switches, arguments, options["impl"])
+        arguments.update({spec.name: spec.recorded(arguments) for spec in rule.hyperparameters if spec.recorded})
         FusedOptimizer.__init__(self, params, arguments, **options)
 
     __init__.__signature__ = signature
     arguments = ", ".join(f"{spec.name}={spec.default!r}" + (" (a float or a one-element tensor)" if spec.tensor else "")
-                          for spec in rule.hyperparameters)
+                          for spec in rule.arguments)
     doc = (f"{rule.summary}.\n\nArguments: {arguments}.\n\nThe equations: {rule.reference.__module__}."
            f"{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}")
     return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,

@@ -42,6 +42,9 @@ class Hyperparameter:
     # params by more than their rounding (None: the default), and values run as variants of their own.
     test_value: Any = None
     test_variants: tuple = ()
+    # Not an argument of the class: recorded at construction from the arguments given, then a group
+    # value like any other (Lion's lr at construction: lion-pytorch's decoupled decay is relative to it).
+    recorded: Optional[Callable[[dict], Any]] = None
 
     def kernel_fields(self, value) -> tuple:
         if self.to_kernel is not None:

@@ -24,7 +24,7 @@ from kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
 from kernels.signsgd import signsgd_update
 from kernels.signum import signum_update
 from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_most_one, betas, bounds, bounds_in_kernel, eps, flag,
+from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas, bounds, bounds_in_kernel, eps, flag,
                                    fraction, lr, momentum, nesterov, nonnegative, param_kind, positive_integer,
                                    schedule, schedule_in_kernel, shrink, weight_decay)
 from optim.param_groups import tiger_param_groups
@@ -148,7 +148,8 @@ class Rule:
     def _kernel_fields(self, group) -> tuple:
         hyper, flags = {}, dict(self.flags)
         for spec in self.hyperparameters:
-            numbers, choices = spec.kernel_fields(group[spec.name])
+            value = group[spec.name] if spec.recorded is None else group.get(spec.name, spec.default)
+            numbers, choices = spec.kernel_fields(value)
             hyper.update(numbers)
             flags.update(choices)
         names = self.state_names(group)
@@ -161,14 +162,19 @@ class Rule:
     @functools.cached_property
     def _kernel_types(self) -> tuple:
         """The rule's named tuple types, their fields those its defaults give (built once per rule)."""
-        hyper, flags = self._kernel_fields(self.defaults)
+        hyper, flags = self._kernel_fields({spec.name: spec.default for spec in self.hyperparameters})
         return (collections.namedtuple(f"{self.name}Hyperparameters", list(hyper)),
                 collections.namedtuple(f"{self.name}Flags", list(flags)))
 
     @property
+    def arguments(self) -> tuple:
+        """The hyperparameters that are arguments of the class (all but the recorded ones), in order."""
+        return tuple(spec for spec in self.hyperparameters if spec.recorded is None)
+
+    @property
     def defaults(self) -> dict:
-        """Each hyperparameter's default, in the order of the class signature."""
-        return {spec.name: spec.default for spec in self.hyperparameters}
+        """Each argument's default, in the order of the class signature (recorded hyperparameters are none)."""
+        return {spec.name: spec.default for spec in self.arguments}
 
     def state_names(self, group) -> tuple:
         return tuple(s.name for s in self.states if s.exists(group))
@@ -270,7 +276,10 @@ RULES = {
             name="Lion",
             summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
             reference=lion, update=lion_update,
-            hyperparameters=(lr(1e-4), betas((0.9, 0.99)), weight_decay(0.0)), states=(State("exp_avg"),),
+            hyperparameters=(lr(1e-4), betas((0.9, 0.99)), weight_decay(0.0), flag("decoupled_weight_decay"),
+                             Hyperparameter("lr_at_construction", 1e-4, at_least_zero, tensor=True,
+                                            recorded=lambda arguments: arguments["lr"])),
+            states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
         ),
         Rule(

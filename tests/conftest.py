@@ -30,7 +30,7 @@ def assert_close(actual, expected, tolerance, what, allowed_mismatches=0):
 
 def hyperparameters_for_tests(rule) -> dict:
     """The values each hyperparameter declares for the tests (its test_value, else its default)."""
-    return {spec.name: spec.default if spec.test_value is None else spec.test_value for spec in rule.hyperparameters}
+    return {spec.name: spec.default if spec.test_value is None else spec.test_value for spec in rule.arguments}
 
 
 def make_params(shapes, dtype, seed=0, rule=None):

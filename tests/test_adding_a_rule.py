@@ -60,7 +60,7 @@ def test_the_toy_rule_passes_the_registry_driven_suites(registered):
         test_parity.test_triton_matches_reference(rule, dtype, dict(test_parity.variants(rule))["defaults"],
                                                   test_parity.SHAPES["mixed"])
     test_parity.test_update_moves_params(rule)
-    for spec in rule.hyperparameters:
+    for spec in rule.arguments:
         for value, text in spec.bad:
             text = re.escape(text)  # as the bad-input suite matches it
             test_bad_input.test_bad_hyperparameter_at_construction(rule.name, spec.name, value, text)

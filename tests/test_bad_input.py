@@ -41,7 +41,7 @@ def stepped_optimizer(rule, impl="triton"):
 
 def test_every_hyperparameter_declares_a_bad_value():
     for rule in RULES.values():
-        for spec in rule.hyperparameters:
+        for spec in rule.arguments:
             assert spec.bad, f"{rule.name}.{spec.name} declares no bad value: the bad-input tests would skip it"
 
 

@@ -38,7 +38,7 @@ def variants(rule):
     """The rule's test hyperparameters, each boolean option switched, and each extreme setting."""
     base = hyperparameters_for_tests(rule)
     yield "test-values", base
-    for spec in rule.hyperparameters:
+    for spec in rule.arguments:
         if isinstance(spec.default, bool):
             yield f"{spec.name}={not spec.default}", {**base, spec.name: not spec.default}
         for value in spec.test_variants:  # the row's own variants (EGStepSize's bounds, Tiger's k)

@@ -31,7 +31,7 @@ def variants(rule):
     (Tiger's classes of tensors, its schedule and its accumulation gating)."""
     base = hyperparameters_for_tests(rule)
     yield "defaults", base
-    for spec in rule.hyperparameters:
+    for spec in rule.arguments:
         if isinstance(spec.default, bool):
             yield spec.name, {**base, spec.name: not spec.default}
         for other in spec.test_variants:

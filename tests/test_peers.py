@@ -44,16 +44,9 @@ class Case:
     peer_groups: Callable = lambda params: params  # how the peer receives the params
 
 
-def cases(case_list, need_decoupled_lion=()):
-    """pytest params with ids ``<name>-<impl>``; the cases named in ``need_decoupled_lion`` are expected
-    to fail until optim.Lion has decoupled_weight_decay."""
-    return [pytest.param(case, impl, id=f"{name}-{impl}",
-                         marks=[DECOUPLED_LANDS_LATER] if name in need_decoupled_lion else [])
-            for name, case in case_list.items() for impl in IMPLS]
-
-
-DECOUPLED_LANDS_LATER = pytest.mark.xfail(
-    strict=True, reason="optim.Lion(decoupled_weight_decay=) lands with branch nonfinite")
+def cases(case_list):
+    """pytest params with ids ``<name>-<impl>``."""
+    return [pytest.param(case, impl, id=f"{name}-{impl}") for name, case in case_list.items() for impl in IMPLS]
 
 
 def run_and_compare(case, impl, peer_class, what):
@@ -96,7 +89,7 @@ LION_PYTORCH = {
 }
 
 
-@pytest.mark.parametrize("case, impl", cases(LION_PYTORCH, need_decoupled_lion={"Lion-decoupled_weight_decay"}))
+@pytest.mark.parametrize("case, impl", cases(LION_PYTORCH))
 def test_lion_pytorch(case, impl):
     lion_pytorch = pytest.importorskip("lion_pytorch", reason=not_installed("lion-pytorch==0.2.5"))
     run_and_compare(case, impl, getattr(lion_pytorch, case.peer), f"{case.ours} ({impl}) vs lion_pytorch.{case.peer}")
@@ -161,7 +154,7 @@ PYTORCH_OPTIMIZER = {
 }
 
 
-@pytest.mark.parametrize("case, impl", cases(PYTORCH_OPTIMIZER, need_decoupled_lion={"Lion-fixed_decay"}))
+@pytest.mark.parametrize("case, impl", cases(PYTORCH_OPTIMIZER))
 def test_pytorch_optimizer(case, impl):
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer", reason=not_installed("pytorch-optimizer==4.1.0"))
     run_and_compare(case, impl, getattr(pytorch_optimizer, case.peer),

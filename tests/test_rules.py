@@ -112,3 +112,29 @@ def test_prev_grad_is_the_gradient_before_the_step_when_it_aliases_its_param(rul
     optimizer.step()
     assert not torch.equal(param, before), f"{rule.name}: the step did not move θ"
     assert_close(optimizer.state[param]["prev_grad"], before, EXACT, f"{rule.name} ({impl}) prev_grad")
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_lion_decoupled_weight_decay_is_relative_to_the_lr_at_construction(impl):
+    """lion-pytorch's decoupled_weight_decay, written out: with η₀ the lr given at construction and η_t
+    the lr of step t (here changed every step, as a scheduler would),
+        θ ← θ(1 − η_t·λ/η₀),  c = β1·m + (1 − β1)·g,  θ ← θ − η_t·sign(c),  m ← β2·m + (1 − β2)·g."""
+    lr0, decay, (beta1, beta2) = 1e-2, 0.1, (0.9, 0.99)
+    params = make_params([(33,), (4, 5)], torch.float32)
+    expected = [p.clone() for p in params]
+    momenta = [torch.zeros_like(p) for p in params]
+    lion = optim.Lion(params, lr=lr0, weight_decay=decay, decoupled_weight_decay=True, impl=impl)
+    for step in range(6):
+        lr = lr0 * (1 + step) / 2  # below η₀, then above it
+        lion.param_groups[0]["lr"] = lr
+        grads = random_grads(params, seed=step)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        lion.step()
+        for theta, m, g in zip(expected, momenta, grads):
+            theta.mul_(1 - lr * decay / lr0)
+            theta.sub_(lr * torch.sign(beta1 * m + (1 - beta1) * g))
+            m.mul_(beta2).add_((1 - beta2) * g)
+    for param, theta, m in zip(params, expected, momenta):
+        assert_close(param, theta, Tolerance(atol=1e-6, rtol=1e-6), "θ")
+        assert_close(lion.state[param]["exp_avg"], m, Tolerance(atol=1e-6, rtol=1e-6), "m")
