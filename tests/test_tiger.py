@@ -1,5 +1,6 @@
 """Tiger against the original's own claims (bojone/tiger's tiger.py, RULES.md), in both impls."""
 import copy
+import re
 import warnings
 
 import pytest
@@ -137,13 +138,16 @@ def test_schedule_is_the_originals_piecewise_linear():
     assert optim.piecewise_linear(123, {0: 1}) == 1.0  # the original's default: constant
 
 
+@pytest.mark.parametrize("keys", ["int", "str and float"])
 @pytest.mark.parametrize("impl", ["triton", "reference"])
-def test_schedule_is_evaluated_from_the_device_step_counter(impl):
+def test_schedule_is_evaluated_from_the_device_step_counter(impl, keys):
     """Each step a bias moves by exactly lr/2 · schedule(t), t counted in micro-steps; the kernel's
-    arguments never change with t (the step counter is a device tensor), so nothing recompiles."""
+    arguments never change with t (the step counter is a device tensor), so nothing recompiles. Keys
+    as a JSON config or the original's int() gives them ("2", 6.0) name the same steps."""
     schedule = {2: 1.0, 6: 0.5}
     (bias,) = make_params([(300,)], torch.float32)
-    tiger = optim.Tiger([bias], lr=1e-2, lr_schedule=schedule, impl=impl)
+    given = schedule if keys == "int" else {"2": 1.0, 6.0: 0.5}
+    tiger = optim.Tiger([bias], lr=1e-2, lr_schedule=given, impl=impl)
     arguments = RULES["Tiger"].kernel_arguments(tiger.param_groups[0])
     for t in range(9):
         before = bias.clone()
@@ -168,6 +172,22 @@ def test_piecewise_linear_lr_drives_any_rule():
     assert seen == pytest.approx(expected, abs=1e-12)
     with pytest.raises(ValueError, match="schedule=.*integer steps >= 0"):
         optim.PiecewiseLinearLR(adam, {-1: 1.0})
+
+
+def test_schedule_keys_are_read_as_the_originals_int_reads_them():
+    """bojone/tiger passes each key through int(): strings of integers and whole floats are steps. A
+    fractional step is refused rather than truncated, and two keys naming one step are refused."""
+    for given in ({"4": 1, "10": 0.5}, {4.0: 1, 10.0: 0.5}, {" 4": 1, 10.0: 0.5}):
+        for step in (0, 2, 4, 7, 10, 12):
+            assert optim.piecewise_linear(step, given) == optim.piecewise_linear(step, {4: 1, 10: 0.5}), given
+    param = torch.zeros(3, requires_grad=True)
+    scheduler = optim.PiecewiseLinearLR(optim.Adam([param], lr=0.1, impl="reference"), {"4": 1})
+    assert scheduler.get_last_lr() == [0.0]
+    for schedule, message in (({4.5: 1}, "not 4.5; the original would truncate it to 4"), ({"4.5": 1}, "not '4.5'"),
+                              ({"4": 1, 4.0: 0.5}, "gives step 4 twice"), ({"-2": 1}, "not '-2'"),
+                              ({True: 1}, "not True")):
+        with pytest.raises(ValueError, match=f"lr_schedule .*{re.escape(message)}"):
+            optim.Tiger([torch.zeros(3)], lr_schedule=schedule)
 
 
 @pytest.mark.parametrize("impl", ["triton", "reference"])
