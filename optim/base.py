@@ -101,7 +101,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         param.grad = None
 
     def _end_backward(self):
-        self._backward_counted = False
+        """Autograd's call at the end of the backward that counted a micro-step. A backward run inside a
+        node of another (a reentrant activation checkpoint's) is part of that one's micro-step: the note
+        waits for the node, then for the end of the enclosing backward."""
+        node = torch._C._current_autograd_node()
+        if node is None:
+            self._backward_counted = False
+        else:
+            node.register_hook(lambda grad_inputs, grad_outputs:
+                               torch.autograd.Variable._execution_engine.queue_callback(self._end_backward))
 
     def _step_counter(self, device):
         """The optimizer's step count on ``device`` (a rule with step_per_optimizer): made at the first

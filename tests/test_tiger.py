@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 import optim
 from optim.registry import RULES, Tolerance
@@ -347,12 +348,14 @@ def test_an_older_checkpoint_with_steps_per_param_loads_the_largest_with_a_warni
         assert torch.equal(resumed.state[a]["m"], tiger.state[b]["m"]), f"m of tensor {i}"
 
 
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "reentrant checkpoint"])
 @pytest.mark.parametrize("impl", ["triton", "reference"])
-def test_gradient_release_counts_each_backward_once_and_keeps_the_phase(impl):
+def test_gradient_release_counts_each_backward_once_and_keeps_the_phase(impl, checkpointed):
     """k = 3, six backwards; the second layer is left out of backwards 1 and 3 (its hook never fires):
     each backward counts one micro-step however many hooks fire, so the run equals step() after each
     micro-batch bit for bit (the run test_a_tensor_missing_gradients_keeps_the_originals_phase holds to
-    the original's equations)."""
+    the original's equations). A reentrant activation checkpoint of the second layer runs its backward
+    inside the outer one, which ends after it: still one micro-step."""
     runs = []
     for release in (False, True):
         torch.manual_seed(0)
@@ -362,7 +365,8 @@ def test_gradient_release_counts_each_backward_once_and_keeps_the_phase(impl):
         for t in range(6):
             inputs = torch.randn(4, 6, generator=torch.Generator().manual_seed(t)).to(DEVICE)
             hidden = first(inputs)
-            (hidden if t in (1, 3) else second(hidden)).square().mean().backward()
+            output = checkpoint(second, hidden, use_reentrant=True) if checkpointed else second(hidden)
+            (hidden if t in (1, 3) else output).square().mean().backward()
             if not release:
                 tiger.step()
                 tiger.zero_grad()
