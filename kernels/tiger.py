@@ -1,15 +1,16 @@
 """Tiger (Su Jianlin 2023, bojone/tiger): the fused update, with all that the original has.
 
 Equations in ``optim.reference.tiger``'s docstring; the host side (classes of tensors, the buffers
-below) is ``optim.tiger``. Per tensor the kernels receive, as scalars: its step counter (micro-steps),
-its lr constant (1/2 for biases and normalization weights, else 0), 1/(elements per RMS) (0 for the
-kinds without RMS; a matrix's numel, an embedding row's length), its weight-decay multiplier (0 or 1),
-its NaN-guard center (0 or 1), and the two sums ``tiger_reduce`` adds up before the update: the NaN
-count of its gradient (the guard needs a verdict on the whole tensor before any element moves) and
-Σθ² (one per row for an embedding table: the launcher's per-row scalar). The piecewise-linear schedule
-is a compile-time table evaluated from the step counter: the lr never syncs to the host and a new
-step never compiles. On micro-steps that do not move θ (accumulation), θ is neither read nor written
-unless the NaN guard shrinks it.
+below) is ``optim.tiger``. Per tensor the kernels receive, as scalars: the step counter (the
+optimizer's micro-steps, one tensor for every param on a device), its lr constant (1/2 for biases and
+normalization weights, else 0), 1/(elements per RMS) (0 for the kinds without RMS; a matrix's numel,
+an embedding row's length), its weight-decay multiplier (0 or 1), its NaN-guard center (0 or 1), and
+the two sums ``tiger_reduce`` adds up before the update: the NaN count of its gradient (the guard
+needs a verdict on the whole tensor before any element moves) and Σθ² (one per row for an embedding
+table: the launcher's per-row scalar). The piecewise-linear schedule is a compile-time table
+evaluated from the step counter: the lr never syncs to the host and a new step never compiles. On
+micro-steps that do not move θ (accumulation), θ is neither read nor written unless the NaN guard
+shrinks it.
 """
 import triton
 import triton.language as tl

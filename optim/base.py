@@ -3,12 +3,13 @@ launch plan (optim.plan) run eagerly, or one op under torch.compile. A rule adds
 a row of optim.registry."""
 import inspect
 import itertools
+import warnings
 
 import torch
 
 from kernels import ops
 from kernels.shards import local
-from optim.plan import StepPlan, _same
+from optim.plan import StepPlan, _same, count_step
 from optim.rounding import stochastic_round
 from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
@@ -46,6 +47,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
         self._rounding_seeds = {}  # device -> 0-d int64: the seed above bit 32, launches counted below
         self._reference_generator = torch.Generator().manual_seed(seed)
+        self._step_counters = {}  # device -> the step count of a rule with step_per_optimizer (Tiger)
         self._start_planning()
         super().__init__(params, defaults)
 
@@ -53,6 +55,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """No plan yet (the first step builds one), a key for the compiled step's op."""
         self._plan, self._release_plans, self._group_index, self._params = None, {}, {}, []
         self._key = ops.register(self._step_from_op)
+        self._backward_counted = False  # gradient release: whether this backward's micro-step was counted
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
@@ -73,6 +76,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._params = [param for group in self.param_groups for param in group["params"]]
         for param in self.param_groups[index]["params"]:
             self._group_index[param] = index
+            if self.rule.step_per_optimizer:  # from the first step(), even one without any gradient
+                self._step_counter(local(param).device)
             if self.gradient_release:
                 param.register_post_accumulate_grad_hook(self._release_gradient)
 
@@ -84,8 +89,36 @@ class FusedOptimizer(torch.optim.Optimizer):
             plan = StepPlan(self, only=param)
             plan.make(self)
             self._release_plans[param] = None if plan.single_use else plan
+        if self.rule.step_per_optimizer and not self._backward_counted:
+            # A backward is one micro-step: its first gradient counts it, for every param, and autograd
+            # calls back when the backward has ended, so that the next backward counts its own.
+            count_step(self._step_counters.values(), None)
+            self._backward_counted = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
         plan.run(self, None)
         param.grad = None
+
+    def _end_backward(self):
+        """Autograd's call at the end of the backward that counted a micro-step. A backward run inside a
+        node of another (a reentrant activation checkpoint's) is part of that one's micro-step: the note
+        waits for the node, then for the end of the enclosing backward."""
+        node = torch._C._current_autograd_node()
+        if node is None:
+            self._backward_counted = False
+        else:
+            node.register_hook(lambda grad_inputs, grad_outputs:
+                               torch.autograd.Variable._execution_engine.queue_callback(self._end_backward))
+
+    def _step_counter(self, device):
+        """The optimizer's step count on ``device`` (a rule with step_per_optimizer): made at the first
+        param there, from the count on another device if the optimizer has one, so that all agree."""
+        counter = self._step_counters.get(device)
+        if counter is None:
+            counts = list(self._step_counters.values())
+            counter = (counts[0].to(device, copy=True) if counts
+                       else torch.zeros((), dtype=torch.float32, device=device))
+            self._step_counters[device] = counter
+        return counter
 
     def counter(self, name):
         """The sum over every param of a counting state (Tiger: "nan_skips"), as a device tensor: no sync."""
@@ -182,26 +215,49 @@ class FusedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict):
         """torch.optim's load, checked first (nothing changes if it raises), then each state back in
         this optimizer's state dtype and its param's layout, and the scalar states (the step, also when a
-        checkpoint stores it as a Python number) as fp32 tensors on the param's device."""
+        checkpoint stores it as a Python number) as fp32 tensors on the param's device. A rule with
+        step_per_optimizer takes the checkpoint's step as its count (the largest, with a warning, where
+        a checkpoint from before that counter holds steps that differ)."""
         saved_ids = list(itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
         params = list(itertools.chain.from_iterable(g["params"] for g in self.param_groups))
         for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
             self._check_saved_state(state_dict["state"].get(saved_id, {}), local(param), position)
+        if self.rule.step_per_optimizer:
+            count = self._saved_step_count([state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
         super().load_state_dict(state_dict)
         drop_switches(self.param_groups)
         for group in self.param_groups:  # a checkpoint from before a hyperparameter existed: its default
             for name, default in self.defaults.items():
                 group.setdefault(name, default)
+        if self.rule.step_per_optimizer:
+            self._step_counters = {device: torch.tensor(count, dtype=torch.float32, device=device)
+                                   for device in self._step_counters}
         for saved_id, param in zip(saved_ids, params):
             state, shard = self.state[param], local(param)
             for name, value in state_dict["state"].get(saved_id, {}).items():
-                if name in self.rule.scalar_states:
+                if name == "step" and self.rule.step_per_optimizer:
+                    state[name] = self._step_counter(shard.device)
+                elif name in self.rule.scalar_states:
                     # copy: the caller's dict may hold the very tensors another optimizer is using
                     state[name] = torch.tensor(float(value) if not isinstance(value, torch.Tensor) else value.item(),
                                                dtype=torch.float32, device=shard.device)
                 elif isinstance(value, torch.Tensor):
                     state[name] = torch.empty_like(shard, dtype=self.state_dtype or shard.dtype).copy_(value)
         self._plan, self._release_plans = None, {}
+
+    def _saved_step_count(self, saved_states: list) -> float:
+        """The optimizer's step count in a checkpoint (0 where no param has state). One saved by this
+        counter holds it in every param's state; an older one each param's own count, which the params
+        that missed gradients left behind: the largest is the optimizer's, as the original counts."""
+        steps = [float(value) if not isinstance(value, torch.Tensor) else value.item()
+                 for value in (saved["step"] for saved in saved_states if "step" in saved)]
+        if len(set(steps)) > 1:
+            warnings.warn(f"{self.rule.name}: the checkpoint's params count different steps ({min(steps):g} to "
+                          f"{max(steps):g}), as checkpoints saved before {self.rule.name} counted its step once per "
+                          f"optimizer do; loaded the largest, {max(steps):g}, as the optimizer's step for every "
+                          "param, so the params behind take the optimizer's phase of the accumulation cycle and "
+                          "the schedule", UserWarning, stacklevel=3)
+        return max(steps, default=0.0)
 
     def _check_saved_state(self, saved: dict, param, position: int):
         where = f"the state of param {position} (in the order of the param groups)"
@@ -222,7 +278,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         """torch's state (defaults, state, param groups) and every option, so that a deepcopy, a pickle
         or torch.save(optimizer) steps exactly like the original; plans are rebuilt by the copy."""
         return {**super().__getstate__(), **{name: getattr(self, name) for name in OPTIONS},
-                "_rounding_seeds": self._rounding_seeds,
+                "_rounding_seeds": self._rounding_seeds, "_step_counters": self._step_counters,
                 "_reference_generator_state": self._reference_generator.get_state()}
 
     def __setstate__(self, state):

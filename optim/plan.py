@@ -176,7 +176,9 @@ class GroupPlan:
         for param, state in zip(self.locals, self.state_dicts):
             dtype = self.state_dtype or param.dtype
             for name in rule.scalar_states:
-                if name not in state:
+                if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
+                    state[name] = optimizer._step_counter(param.device)
+                elif name not in state:
                     state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
             first = False
             for spec in rule.states:
@@ -211,6 +213,8 @@ class GroupPlan:
         for i, param in enumerate(self.locals):
             devices.setdefault(param.device, []).append(i)
         for name in self.rule.scalar_states:
+            if name == "step" and self.rule.step_per_optimizer:
+                continue  # already one tensor per device, the optimizer's, which it counts itself
             self.scalar_buffers[name] = {}
             for device, indices in devices.items():
                 buffer = torch.stack([self.state_dicts[i][name].reshape(()) for i in indices])
@@ -292,13 +296,9 @@ class GroupPlan:
         grads, self.grads = self.grads, None  # the plan holds no gradient between steps
         if not self.params:
             return
-        # The optimizer counts the step, for either impl: one op per group, not one per tensor.
-        if amp is None or self.impl == "reference":  # the reference's skipped steps never get here
-            for buffer in self.step_buffers:
-                buffer.add_(1.0)
-        else:  # a step GradScaler skips is not counted (on the device: no sync)
-            for buffer in self.step_buffers:
-                buffer.add_(amp[1].to(buffer.device).eq(0))
+        # The optimizer counts the step, for either impl: one op per group, not one per tensor. The
+        # reference's skipped steps never get here.
+        count_step(self.step_buffers, None if self.impl == "reference" else amp)
         if self.impl == "reference":
             optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp)
             return
@@ -349,5 +349,19 @@ class StepPlan:
         return all(group_plan.refresh(optimizer) for group_plan in self.groups)
 
     def run(self, optimizer, amp: Optional[tuple]) -> None:
+        # A rule whose step is the optimizer's counts it here, once for every group and every param, with
+        # or without a gradient; under gradient release each backward counts it (FusedOptimizer's hook)
+        # and a step() applies what gradients are left in that backward's micro-step.
+        if self.whole and optimizer.rule.step_per_optimizer and not optimizer.gradient_release:
+            count_step(optimizer._step_counters.values(), None if self.has_reference else amp)
         for group_plan in self.groups:
             group_plan.run(optimizer, amp)
+
+
+def count_step(counters, amp: Optional[tuple]) -> None:
+    """Each step counter + 1, or + 0 on a step GradScaler skips (decided on the device: no sync)."""
+    for counter in counters:
+        if amp is None:
+            counter.add_(1.0)
+        else:
+            counter.add_(amp[1].to(counter.device).eq(0))

@@ -137,6 +137,11 @@ class Rule:
     # Each micro-batch's gradient can be folded into the state the moment autograd has it (Tiger's
     # built-in accumulation: the update reads only m and θ), so gradient_release=True is possible.
     folds_gradients: bool = False
+    # The "step" scalar state counts the optimizer's (micro-)steps, not each param's (Tiger: the
+    # original's one `iterations`): every param's step is one counter per device, advanced once by
+    # each step, also for params without a gradient (left untouched, they keep the optimizer's phase),
+    # and under gradient_release once by each backward.
+    step_per_optimizer: bool = False
 
     def kernel_arguments(self, group) -> tuple:
         """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:
@@ -340,7 +345,7 @@ RULES = {
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
             prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
-            extra_reads=2, folds_gradients=True,
+            extra_reads=2, folds_gradients=True, step_per_optimizer=True,
         ),
     )
 }

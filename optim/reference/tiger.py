@@ -22,7 +22,8 @@ def tiger(params, grads, states, group):
     this step. S: ``optim.schedule.piecewise_linear``. NaN guard: if g has a NaN, m is kept and
     θ ← (θ − c)·s + c, with the center c = 1 for normalization weights and 0 otherwise, on every
     micro-step; the tensor's nan_skips counts it.
-    State per param: step (micro-steps taken), nan_skips (fp32 scalar tensors) and m.
+    State per param: step (the optimizer's micro-steps, counted once for every param: one tensor per
+    device, as the original's `iterations`), nan_skips (fp32 scalar tensors) and m.
     """
     lr, beta, weight_decay = float(group["lr"]), group["beta"], group["weight_decay"]
     k, shrink_ratio = group["grad_accum_steps"], group["shrink_ratio"]
