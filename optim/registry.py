@@ -135,8 +135,11 @@ class Rule:
     # Scalar states that count events (Tiger's NaN skips): optimizer.counter(name) sums them on the device.
     counters: tuple = ()
     # Each micro-batch's gradient can be folded into the state the moment autograd has it (Tiger's
-    # built-in accumulation: the update reads only m and θ), so gradient_release=True is possible.
+    # built-in accumulation: the update reads only m and θ), so gradient release works under accumulation.
     folds_gradients: bool = False
+    # Why gradient_release=True is refused, for a rule whose update needs more than its own param's
+    # gradient (SGDHD's hypergradient: one dot product over every param's); "" where it is allowed.
+    release_refused: str = ""
     # The "step" scalar state counts the optimizer's (micro-)steps, not each param's (Tiger: the
     # original's one `iterations`): every param's step is one counter per device, advanced once by
     # each step, also for params without a gradient (left untouched, they keep the optimizer's phase),
@@ -324,6 +327,8 @@ RULES = {
             hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6, test_value=1e-4)), states=(State("prev_grad"),),
             prepare=sgdhd_prepare,
             reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
+            release_refused="its lr moves by one dot product ⟨g, g_prev⟩ over every param's gradient, which no "
+                            "single param's gradient hook has",
         ),
         Rule(
             name="Tiger",

@@ -108,9 +108,6 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
             raise ValueError(f"{rule.name}: {name}={value!r} must be True or False")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
         raise ValueError(f"{rule.name}: seed={seed!r} must be an integer in [0, 2**31)")
-    if gradient_release and not rule.folds_gradients:
-        raise ValueError(
-            f"{rule.name}: gradient_release=True needs a rule whose update reads only its state and θ, so that "
-            f"each micro-batch's gradient can be folded into the state and freed (Tiger). {rule.name}'s update "
-            "reads the step's whole gradient besides its state, so under accumulation it must be kept in a "
-            "buffer until the last micro-batch; use optim.Tiger, or gradient_release=False")
+    if gradient_release and rule.release_refused:
+        raise ValueError(f"{rule.name}: gradient_release=True steps each param inside backward, the moment its own "
+                         f"gradient is ready, and {rule.name} cannot: {rule.release_refused}; use gradient_release=False")

@@ -1,11 +1,13 @@
-"""Gradient release: each gradient folded into Tiger's momentum as autograd makes it, then freed."""
+"""Gradient release: each param stepped by its gradient hook the moment autograd has its gradient, then
+the gradient freed: for every rule whose update needs no other param's gradient; under accumulation
+for Tiger, which folds each micro-batch into its momentum."""
 import pytest
 import torch
 from torch import nn
 
 import optim
-from optim.registry import Tolerance
-from tests.conftest import DEVICE, assert_close
+from optim.registry import RULES, Tolerance
+from tests.conftest import DEVICE, assert_close, hyperparameters_for_tests
 
 
 def model_and_batches(seed=0):
@@ -40,7 +42,40 @@ def test_release_trains_exactly_as_accumulation_with_step_per_micro_batch(impl):
         assert released_tiger.state[b]["step"].item() == 6
 
 
-def test_rules_that_need_the_whole_gradient_refuse_release():
-    for rule in ("Lion", "Adam", "AdamW", "SGD", "Signum"):
-        with pytest.raises(ValueError, match="reads the step's whole gradient"):
-            getattr(optim, rule)([torch.zeros(3)], gradient_release=True)
+RELEASED = [rule for rule in RULES.values() if not rule.release_refused]
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("rule", RELEASED, ids=lambda rule: rule.name)
+def test_release_without_accumulation_equals_step_for_every_rule_that_allows_it(rule, impl):
+    """k = 1: backward() alone (each param stepped by its gradient hook, then its gradient freed) equals
+    backward, step, zero_grad — params and every state, bit for bit, over three steps."""
+    runs = []
+    for release in (False, True):
+        model, batches = model_and_batches()
+        if rule.nonnegative_params:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.abs_()
+        optimizer = getattr(optim, rule.name)(model.parameters(), **hyperparameters_for_tests(rule), impl=impl,
+                                              gradient_release=release)
+        for inputs in batches[:3]:
+            model(inputs).square().mean().backward()
+            if release:
+                assert all(p.grad is None for p in model.parameters()), "a gradient outlived its backward"
+            else:
+                optimizer.step()
+                optimizer.zero_grad()
+        runs.append((model, optimizer))
+    (kept, kept_optimizer), (released, released_optimizer) = runs
+    for a, b in zip(kept.parameters(), released.parameters()):
+        assert_close(b, a, Tolerance(atol=0, rtol=0), f"{rule.name}: param {tuple(a.shape)}")
+        assert set(released_optimizer.state[b]) == set(kept_optimizer.state[a])
+        for name, value in kept_optimizer.state[a].items():
+            assert_close(released_optimizer.state[b][name], value, Tolerance(atol=0, rtol=0), f"{rule.name}: {name}")
+
+
+@pytest.mark.parametrize("rule", [rule for rule in RULES.values() if rule.release_refused], ids=lambda rule: rule.name)
+def test_rules_that_need_other_params_gradients_refuse_release(rule):
+    with pytest.raises(ValueError, match=f"gradient_release=True .* {rule.name} cannot: .*{rule.release_refused[:20]}"):
+        getattr(optim, rule.name)([torch.zeros(3)], gradient_release=True)
