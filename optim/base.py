@@ -225,7 +225,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self.rule.step_per_optimizer:
             count = self._saved_step_count([state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
         super().load_state_dict(state_dict)
-        drop_switches(self.param_groups)
+        drop_switches([self.defaults, *self.param_groups])  # torch's __setstate__ puts one in the defaults
         for group in self.param_groups:  # a checkpoint from before a hyperparameter existed: its default
             for name, default in self.defaults.items():
                 group.setdefault(name, default)

@@ -41,8 +41,8 @@ def impl_from_switches(rule, switches: dict, hyperparameters: dict, impl: str) -
     return impl
 
 
-def drop_switches(param_groups: list) -> None:
-    """torch's switches out of the groups (a torch checkpoint brings them): they would mean nothing here."""
-    for group in param_groups:
+def drop_switches(groups: list) -> None:
+    """torch's switches out of these dicts (a torch checkpoint brings them): they would mean nothing here."""
+    for group in groups:
         for name in SWITCHES:
             group.pop(name, None)
