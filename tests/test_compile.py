@@ -117,3 +117,25 @@ def test_a_float_lr_changed_by_a_scheduler_does_not_recompile_either():
     assert counter.frame_count == 1
     for a, b in zip(params, reference.param_groups[0]["params"]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
+def test_a_cold_start_compiles_once(rule):
+    """torch.compile(step, fullgraph=True) called from the very first step, while the state does not
+    exist yet: one compilation (the state is made inside the op, at run time, so the graph never sees
+    it change), and the steps equal eager ones."""
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        optimizer, params = optimizer_and_params(rule)
+        counter = CompileCounter()
+        step = torch.compile(optimizer.step, fullgraph=True, backend=counter) if compiled else optimizer.step
+        for index in range(4):
+            for p, g in zip(params, random_grads(params, index)):
+                p.grad = g
+            step()
+        runs.append((params, counter))
+    (eager, _), (compiled, counter) = runs
+    assert counter.frame_count == 1, f"{rule.name}: {counter.frame_count} compilations from a cold start"
+    for a, b in zip(compiled, eager):
+        assert torch.equal(a, b), f"{rule.name}: compiled and eager params differ"
