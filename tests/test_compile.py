@@ -18,29 +18,42 @@ def optimizer_and_params(rule):
     return getattr(optim, rule.name)(params, lr=torch.tensor(1e-2), impl="triton"), params
 
 
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
-def test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule):
-    """The first step runs eagerly (it makes the state); then 20 compiled steps, the lr tensor changed
-    by fill_ before each (SGDHD learns its own), equal to the same steps run eagerly."""
+def eager_and_compiled(rule, steps, compile_first_step, before_step=lambda optimizer, index: None):
+    """The same steps run eagerly and compiled (the first one eagerly too, unless compile_first_step):
+    (eager params and optimizer, compiled params and optimizer, the compilation counter)."""
     runs = []
     for compiled in (False, True):
         torch._dynamo.reset()
         optimizer, params = optimizer_and_params(rule)
         counter = CompileCounter()
         step = torch.compile(optimizer.step, fullgraph=True, backend=counter) if compiled else optimizer.step
-        for index in range(STEPS + 1):
+        for index in range(steps):
             for p, g in zip(params, random_grads(params, index)):
                 p.grad = g
-            if not rule.learns_lr:
-                optimizer.param_groups[0]["lr"].fill_(1e-2 / (1 + index))
-            (step if index else optimizer.step)()
-        runs.append((params, optimizer, counter))
-    (eager, eager_optimizer, _), (compiled, compiled_optimizer, counter) = runs
-    assert counter.frame_count == 1, f"{rule.name}: {counter.frame_count} compilations over {STEPS} steps"
+            before_step(optimizer, index)
+            (step if index or compile_first_step else optimizer.step)()
+        runs.append((params, optimizer))
+    return (*runs[0], *runs[1], counter)
+
+
+def assert_same(rule, compiled, compiled_optimizer, eager, eager_optimizer):
     for a, b in zip(compiled, eager):
         assert torch.equal(a, b), f"{rule.name}: compiled and eager params differ"
         for name, value in eager_optimizer.state[b].items():
             assert torch.equal(compiled_optimizer.state[a][name], value), f"{rule.name}: state {name} differs"
+
+
+@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
+def test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule):
+    """The first step runs eagerly (it makes the state); then 20 compiled steps, the lr tensor changed
+    by fill_ before each (SGDHD learns its own), equal to the same steps run eagerly."""
+    def change_lr(optimizer, index):
+        if not rule.learns_lr:
+            optimizer.param_groups[0]["lr"].fill_(1e-2 / (1 + index))
+
+    eager, eager_optimizer, compiled, compiled_optimizer, counter = eager_and_compiled(rule, STEPS + 1, False, change_lr)
+    assert counter.frame_count == 1, f"{rule.name}: {counter.frame_count} compilations over {STEPS} steps"
+    assert_same(rule, compiled, compiled_optimizer, eager, eager_optimizer)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
@@ -124,18 +137,6 @@ def test_a_cold_start_compiles_once(rule):
     """torch.compile(step, fullgraph=True) called from the very first step, while the state does not
     exist yet: one compilation (the state is made inside the op, at run time, so the graph never sees
     it change), and the steps equal eager ones."""
-    runs = []
-    for compiled in (False, True):
-        torch._dynamo.reset()
-        optimizer, params = optimizer_and_params(rule)
-        counter = CompileCounter()
-        step = torch.compile(optimizer.step, fullgraph=True, backend=counter) if compiled else optimizer.step
-        for index in range(4):
-            for p, g in zip(params, random_grads(params, index)):
-                p.grad = g
-            step()
-        runs.append((params, counter))
-    (eager, _), (compiled, counter) = runs
+    eager, eager_optimizer, compiled, compiled_optimizer, counter = eager_and_compiled(rule, 4, True)
     assert counter.frame_count == 1, f"{rule.name}: {counter.frame_count} compilations from a cold start"
-    for a, b in zip(compiled, eager):
-        assert torch.equal(a, b), f"{rule.name}: compiled and eager params differ"
+    assert_same(rule, compiled, compiled_optimizer, eager, eager_optimizer)
