@@ -368,8 +368,8 @@ def test_tiger_leaves_theta_alone_on_micro_steps_that_do_not_move_it(monkeypatch
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="launches are counted in Triton's CPU interpreter")
-@pytest.mark.parametrize("name", ["Tiger", "SGDHD"])
-def test_tiger_and_sgdhd_take_one_reduce_launch_and_no_torch_op_per_tensor(name, monkeypatch):
+@pytest.mark.parametrize("name", [rule.name for rule in RULES.values() if rule.reduce is not None])
+def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_tensor(name, monkeypatch):
     """A step of 64 tensors: one reduce and one update launch, and a handful of torch ops (Tiger: count
     the steps, clear the sums, count the NaN skips), whatever the number of tensors. Launches are
     recorded, not run, so that the interpreter's own copies of kernel arguments are not counted."""
