@@ -75,15 +75,18 @@ def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr, STOCHASTIC: tl
 def _load_param(row_ptr, offsets, numel, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr,
                 MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
     """θ in fp32: the param itself, or with MASTER_BITS its fp32 master, rebuilt from it and its residual."""
-    param = _load(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
-    if MASTER_BITS != 0:
+    param_ptr = _pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED)
+    if MASTER_BITS == 0:
+        return _load(param_ptr, offsets, numel, MASKED)
+    else:
         residual_ptr = _pointer(row_ptr, RESIDUAL_COLUMN, tl.int16 if MASTER_BITS == 32 else tl.int8, ALIGNED)
         if MASKED:
+            param = tl.load(param_ptr + offsets, mask=offsets < numel, other=0.0)
             residual = tl.load(residual_ptr + offsets, mask=offsets < numel, other=0)
         else:
+            param = tl.load(param_ptr + offsets)
             residual = tl.load(residual_ptr + offsets)
-        param = rebuild_master(param, residual, PARAM_DTYPE, MASTER_BITS)
-    return param
+        return rebuild_master(param, residual, PARAM_DTYPE, MASTER_BITS)
 
 
 @triton.jit

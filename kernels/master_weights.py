@@ -55,11 +55,23 @@ def _narrow(remainder, DTYPE: tl.constexpr, MASTER_BITS: tl.constexpr):
 
 
 @triton.jit
+def _upcast_bits(param, DTYPE: tl.constexpr):
+    """The bits of θ in fp32. bf16's are its own followed by 16 zeros: spelled out, since the
+    interpreter's bf16 → fp32 conversion flushes subnormals to zero."""
+    if DTYPE == tl.bfloat16:
+        return param.to(tl.uint16, bitcast=True).to(tl.uint32) << 16
+    else:
+        return param.to(tl.float32).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
 def rebuild_master(param, residual, DTYPE: tl.constexpr, MASTER_BITS: tl.constexpr):
-    """The fp32 master from θ (already upcast to fp32, exactly) and its residual (int8 or int16)."""
-    offset = _widen(residual, DTYPE, MASTER_BITS).to(tl.uint32, bitcast=True)
-    master = (param.to(tl.uint32, bitcast=True) + offset).to(tl.float32, bitcast=True)  # wraps as sign-magnitude
-    return tl.where(tl.abs(param) < float("inf"), master, param)  # NaN and ±inf: θ itself
+    """The fp32 master from θ (in DTYPE, as stored) and its residual (int8 or int16)."""
+    upcast_bits = _upcast_bits(param, DTYPE)
+    upcast = upcast_bits.to(tl.float32, bitcast=True)
+    # Unsigned addition: the residual moves the magnitude, the sign bit stays (wrapping is modulo 2^32).
+    master = (upcast_bits + _widen(residual, DTYPE, MASTER_BITS).to(tl.uint32, bitcast=True)).to(tl.float32, bitcast=True)
+    return tl.where(tl.abs(upcast) < float("inf"), master, upcast)  # NaN and ±inf: θ itself
 
 
 @triton.jit
@@ -73,8 +85,9 @@ def split_master(master, DTYPE: tl.constexpr, MASTER_BITS: tl.constexpr):
         param = param_bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
     else:
         param = round_to_nearest(master, DTYPE)
-    upcast = param.to(tl.float32)
-    remainder = (bits - upcast.to(tl.uint32, bitcast=True)).to(tl.int32, bitcast=True)
+    upcast_bits = _upcast_bits(param, DTYPE)
+    upcast = upcast_bits.to(tl.float32, bitcast=True)
+    remainder = (bits - upcast_bits).to(tl.int32, bitcast=True)
     residual = tl.where(tl.abs(upcast) < float("inf"), _narrow(remainder, DTYPE, MASTER_BITS), 0)
     if MASTER_BITS == 32:
         return param, residual.to(tl.int16)
