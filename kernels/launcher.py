@@ -40,6 +40,7 @@ import triton
 import triton.language as tl
 
 from autotune import launch_config
+from kernels.master_weights import rebuild_master, split_master
 from kernels.rounding import INTERPRETED, round_to_storage
 
 ALIGNMENT_BYTES = 16  # a 16-byte aligned tensor can be read with 128-bit vector loads
@@ -55,7 +56,8 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
         return tl.load(base_ptr + offsets).to(tl.float32)
 
 
-# One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...].
+# One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...],
+# and with split master weights (kernels.master_weights) θ's residual last.
 PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
 RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: (tensor, column) above bit 40, the element offset below
 
@@ -67,6 +69,43 @@ def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr, STOCHASTIC: tl
         tl.store(base_ptr + offsets, value, mask=offsets < numel)
     else:
         tl.store(base_ptr + offsets, value)
+
+
+@triton.jit
+def _load_param(row_ptr, offsets, numel, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, MASKED: tl.constexpr,
+                MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
+    """θ in fp32: the param itself, or with MASTER_BITS its fp32 master, rebuilt from it and its residual."""
+    param_ptr = _pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED)
+    if MASTER_BITS == 0:
+        return _load(param_ptr, offsets, numel, MASKED)
+    else:
+        residual_ptr = _pointer(row_ptr, RESIDUAL_COLUMN, tl.int16 if MASTER_BITS == 32 else tl.int8, ALIGNED)
+        if MASKED:
+            param = tl.load(param_ptr + offsets, mask=offsets < numel, other=0.0)
+            residual = tl.load(residual_ptr + offsets, mask=offsets < numel, other=0)
+        else:
+            param = tl.load(param_ptr + offsets)
+            residual = tl.load(residual_ptr + offsets)
+        return rebuild_master(param, residual, PARAM_DTYPE, MASTER_BITS)
+
+
+@triton.jit
+def _store_param(row_ptr, offsets, numel, value, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
+                 MASKED: tl.constexpr, STOCHASTIC: tl.constexpr, seed, stream, MASTER_BITS: tl.constexpr,
+                 RESIDUAL_COLUMN: tl.constexpr):
+    """θ back: rounded to its dtype, or with MASTER_BITS split into θ and its residual."""
+    param_ptr = _pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED)
+    if MASTER_BITS == 0:
+        _store(param_ptr, offsets, numel, value, MASKED, STOCHASTIC, seed, stream)
+    else:
+        param, residual = split_master(value, PARAM_DTYPE, MASTER_BITS)
+        residual_ptr = _pointer(row_ptr, RESIDUAL_COLUMN, residual.dtype, ALIGNED)
+        if MASKED:
+            tl.store(param_ptr + offsets, param, mask=offsets < numel)
+            tl.store(residual_ptr + offsets, residual, mask=offsets < numel)
+        else:
+            tl.store(param_ptr + offsets, param)
+            tl.store(residual_ptr + offsets, residual)
 
 
 @triton.jit
@@ -88,10 +127,11 @@ def _param_active(scalars, hyper, FLAGS: tl.constexpr, PARAM_ACTIVE: tl.constexp
 @triton.jit
 def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES: tl.constexpr,
                 N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
-                STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
+                STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr,
+                MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
     grad = _load(_pointer(row_ptr, GRAD_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
     if param_active:
-        param = _load(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
+        param = _load_param(row_ptr, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
     else:
         param = tl.zeros_like(grad)  # not read: the rule's result for θ is not stored either
     if AMP:
@@ -112,12 +152,15 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STA
 def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active,
                   UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr,
                   PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                  ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr):
+                  ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr,
+                  MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
     param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
-                                               N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
+                                               N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED,
+                                               MASTER_BITS, RESIDUAL_COLUMN)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
     if param_active:
-        _store(_pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, param, MASKED, STOCHASTIC, seed, stream)
+        _store_param(row_ptr, offsets, numel, param, PARAM_DTYPE, ALIGNED, MASKED, STOCHASTIC, seed, stream, MASTER_BITS,
+                     RESIDUAL_COLUMN)
     for i in tl.static_range(N_STATES):
         _store(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, states[i], MASKED,
                STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
@@ -125,13 +168,13 @@ def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stre
 
 @triton.jit
 def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr,
-                 N_SCALARS: tl.constexpr):
+                 N_SCALARS: tl.constexpr, MASTER_BITS: tl.constexpr):
     """This program's tensor (its index in the launch), its row of the pointer table, its size, its
     chunk, and the values of its first N_INPUTS per-tensor scalars."""
     program = tl.program_id(0)
     tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
     chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
-    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATES + N_SCALARS)
+    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATES + N_SCALARS + (MASTER_BITS != 0))
     scalars = ()
     for i in tl.static_range(N_INPUTS):
         scalar_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + i).to(tl.pointer_type(tl.float32))
@@ -157,14 +200,16 @@ def multi_tensor_update_kernel(
     UPDATE: tl.constexpr, PARAM_ACTIVE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr,
     N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
     ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCKS_PER_PROGRAM: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
 ):
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
     the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream. With AMP,
-    gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0."""
+    gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0. With
+    MASTER_BITS (24 or 32), θ is the fp32 master rebuilt from the param and its residual, and split back."""
     N_INPUTS: tl.constexpr = N_SCALARS - PER_ROW
+    RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATES + N_SCALARS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATES, N_INPUTS, N_SCALARS)
+                                                          N_STATES, N_INPUTS, N_SCALARS, MASTER_BITS)
     seed = 0
     if STOCHASTIC:
         seed = tl.load(seed_ptr)
@@ -178,11 +223,11 @@ def multi_tensor_update_kernel(
             if start + BLOCK_SIZE <= numel:
                 _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active, UPDATE,
                               FLAGS, N_STATES, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
-                              MASKED=False)
+                              MASKED=False, MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
             elif start < numel:
                 _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active, UPDATE,
                               FLAGS, N_STATES, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
-                              MASKED=True)
+                              MASKED=True, MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
 
 
 @triton.jit
@@ -204,9 +249,11 @@ def _sum_per_row(row_ptr, out_ptr, offsets, numel, terms, BLOCK_SIZE: tl.constex
 def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE: tl.constexpr,
                   FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr, N_OUTPUTS: tl.constexpr,
                   PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                  ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+                  ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr,
+                  MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
     param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
-                                               N_INPUTS, False, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED)
+                                               N_INPUTS, False, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED,
+                                               MASTER_BITS, RESIDUAL_COLUMN)
     terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
     sums = ()
     for j in tl.static_range(N_OUTPUTS):
@@ -228,14 +275,16 @@ def multi_tensor_reduce_kernel(
     REDUCE: tl.constexpr, PARAM_ACTIVE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr,
     N_SCALARS: tl.constexpr, N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCKS_PER_PROGRAM: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
 ):
     """Output j of each tensor += the sum over its elements of REDUCE(...)[j], into the fp32 value its
     (N_SCALARS − N_OUTPUTS + j)-th scalar points to (per row for the last one with PER_ROW); with AMP,
-    of the unscaled gradients, and nothing at all if found_inf ≠ 0. One atomic per output and program."""
+    of the unscaled gradients, and nothing at all if found_inf ≠ 0. One atomic per output and program.
+    With MASTER_BITS, REDUCE sees θ's fp32 master, as the update does."""
     N_INPUTS: tl.constexpr = N_SCALARS - N_OUTPUTS
+    RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATES + N_SCALARS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATES, N_INPUTS, N_SCALARS)
+                                                          N_STATES, N_INPUTS, N_SCALARS, MASTER_BITS)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
     param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
     if active:
@@ -248,11 +297,13 @@ def multi_tensor_reduce_kernel(
             if start + BLOCK_SIZE <= numel:
                 totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
                                        FLAGS, N_STATES, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE,
-                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=False)
+                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=False, MASTER_BITS=MASTER_BITS,
+                                       RESIDUAL_COLUMN=RESIDUAL_COLUMN)
             elif start < numel:
                 totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
                                        FLAGS, N_STATES, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE,
-                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=True)
+                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=True, MASTER_BITS=MASTER_BITS,
+                                       RESIDUAL_COLUMN=RESIDUAL_COLUMN)
         for j in tl.static_range(N_OUTPUTS - PER_ROW):
             out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS + j).to(tl.pointer_type(tl.float32))
             tl.atomic_add(out_ptr, totals[j])  # the order of the additions varies on a GPU
@@ -267,6 +318,7 @@ def _write_pointers_kernel(table_ptr, row_width, column, first_row, tensors, COU
 
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+MASTER_BITS = {None: 0, torch.int16: 32, torch.int8: 24}  # θ's residual's dtype -> the master's width
 
 
 @dataclass(frozen=True)
@@ -281,15 +333,19 @@ class TensorSlots:
     # When > 0, the last scalar holds one value per row of row_length contiguous elements (an
     # embedding table's per-row lr), which the kernel gathers per element.
     row_length: int = 0
+    # Split master weights (kernels.master_weights): θ's int16 (32-bit master) or int8 (24-bit) residual.
+    residual: Optional[torch.Tensor] = None
 
     def tensors(self):
         return (self.param, self.grad, *self.states)
 
     def launch_key(self):
         """Tensors that share this key share one launch."""
-        aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in self.tensors())
+        tensors = self.tensors() if self.residual is None else (*self.tensors(), self.residual)
+        aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in tensors)
         state_dtype = self.states[0].dtype if self.states else self.param.dtype
-        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0)
+        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0,
+                MASTER_BITS[None if self.residual is None else self.residual.dtype])
 
 
 def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
@@ -326,6 +382,12 @@ def check_slots(slots: Sequence[TensorSlots]):
                                  "strides, or use impl='reference'")
             if t.device != s.param.device:
                 raise ValueError(f"tensor {i}: the {name} is on {t.device}, its param on {s.param.device}")
+        if s.residual is not None and (s.residual.dtype not in MASTER_BITS or not walkable(s.residual, s.param)
+                                       or s.residual.device != s.param.device
+                                       or s.param.dtype not in (torch.bfloat16, torch.float16)):
+            raise ValueError(f"tensor {i}: a master residual must be int16 or int8, laid out as its bf16 or fp16 param "
+                             f"on its device; got {s.residual.dtype} {tuple(s.residual.shape)} strides "
+                             f"{s.residual.stride()} on {s.residual.device} for a {s.param.dtype} param")
         if s.grad.dtype != s.param.dtype:
             raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}) does not match its param ({s.param.dtype})")
         if len({t.dtype for t in s.states}) > 1:
@@ -392,7 +454,7 @@ class Launch:
 
     def __init__(self, slots: Sequence[TensorSlots], rule_name: str):
         first = slots[0]
-        device, param_dtype, state_dtype, aligned, tensor_flags, per_row = first.launch_key()
+        device, param_dtype, state_dtype, aligned, tensor_flags, per_row, master_bits = first.launch_key()
         self.device, self.tensor_flags = device, dict(tensor_flags)
         numels = tuple(s.param.numel() for s in slots)
         n_states, n_scalars = len(first.states), len(first.scalars)
@@ -402,7 +464,7 @@ class Launch:
         self.chunk_tensor, self.chunk_index = _chunk_map(numels, config.block_size * config.blocks_per_program, device)
         self.grid = (len(self.chunk_tensor),)
         rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)]
-                for s in slots]
+                + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
         self.row_width = len(rows[0])
         host_table = torch.tensor(rows, dtype=torch.int64)
         self.table = _upload(host_table, device)
@@ -411,7 +473,7 @@ class Launch:
         self.constants = dict(
             N_STATES=n_states, N_SCALARS=n_scalars, PER_ROW=int(per_row), PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
             STATE_DTYPE=_TRITON_DTYPES[state_dtype], ALIGNED=aligned, BLOCK_SIZE=config.block_size,
-            BLOCKS_PER_PROGRAM=config.blocks_per_program, num_warps=config.num_warps, num_stages=config.num_stages,
+            BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, num_warps=config.num_warps, num_stages=config.num_stages,
             # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
             # default (off) does not silently change the rounding.
             enable_fp_fusion=True,

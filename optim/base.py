@@ -9,13 +9,15 @@ import torch
 
 from kernels import ops
 from kernels.shards import local
-from optim.plan import StepPlan, _same, count_step
+from optim.master_weights import RESIDUAL_DTYPES, rebuild_master, split_master
+from optim.plan import MASTER_RESIDUAL, StepPlan, _same, count_step
 from optim.rounding import stochastic_round
 from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
 
 # Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
-OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False)
+OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False,
+               master_weight_bits=None)
 
 
 class FusedOptimizer(torch.optim.Optimizer):
@@ -29,7 +31,10 @@ class FusedOptimizer(torch.optim.Optimizer):
     and states are rounded stochastically (unbiased), reproducibly from ``seed``, so that updates
     below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
     into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
-    it, then freed; ``backward()`` alone trains.
+    it, then freed; ``backward()`` alone trains. ``master_weight_bits`` (bf16 and fp16 params): None,
+    or 32 to step an fp32 master kept as the param plus an int16 residual (state "master_residual"),
+    exactly as fp32 params would step, or 24 for an int8 residual (1/256 of θ's ulp); see
+    kernels.master_weights.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
@@ -38,13 +43,14 @@ class FusedOptimizer(torch.optim.Optimizer):
     _step_supports_amp_scaling = True
 
     def __init__(self, params, defaults, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
-                 gradient_release=False):
+                 gradient_release=False, master_weight_bits=None):
         check_options(self.rule, impl=impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
-                      seed=seed, gradient_release=gradient_release)
+                      seed=seed, gradient_release=gradient_release, master_weight_bits=master_weight_bits)
         check_hyperparameters(self.rule, defaults, "the optimizer's arguments")
         self.impl = impl
         self.state_dtype = state_dtype
         self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
+        self.master_weight_bits = master_weight_bits
         self._rounding_seeds = {}  # device -> 0-d int64: the seed above bit 32, launches counted below
         self._reference_generator = torch.Generator().manual_seed(seed)
         self._step_counters = {}  # device -> the step count of a rule with step_per_optimizer (Tiger)
@@ -191,6 +197,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         if amp is not None:
             grads = [g.float() * amp[0].to(g.device) for g in grads]
         arguments = (first_step,) if self.rule.has_first_step_states else ()
+        if self.master_weight_bits is not None:
+            # The oracle steps the fp32 masters (fed fp32 gradients, as fp32 params are), split back after.
+            residuals = [state[MASTER_RESIDUAL] for state in states]
+            masters = [rebuild_master(p, residual) for p, residual in zip(params, residuals)]
+            rule_states = [{name: value for name, value in state.items() if name != MASTER_RESIDUAL} for state in states]
+            self.rule.reference(masters, [g.float() for g in grads], rule_states, group, *arguments)
+            for param, residual, master in zip(params, residuals, masters):
+                new_param, new_residual = split_master(master, param.dtype, residual.dtype)
+                param.copy_(new_param)
+                residual.copy_(new_residual)
+            return
         if not self.stochastic_rounding:
             self.rule.reference(params, grads, states, group, *arguments)
             return
@@ -217,7 +234,9 @@ class FusedOptimizer(torch.optim.Optimizer):
         this optimizer's state dtype and its param's layout, and the scalar states (the step, also when a
         checkpoint stores it as a Python number) as fp32 tensors on the param's device. A rule with
         step_per_optimizer takes the checkpoint's step as its count (the largest, with a warning, where
-        a checkpoint from before that counter holds steps that differ)."""
+        a checkpoint from before that counter holds steps that differ). A master residual is loaded
+        into an optimizer of the same master_weight_bits, and dropped by one without: θ, the 16-bit
+        param, is then the master."""
         saved_ids = list(itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
         params = list(itertools.chain.from_iterable(g["params"] for g in self.param_groups))
         for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
@@ -241,6 +260,11 @@ class FusedOptimizer(torch.optim.Optimizer):
                     # copy: the caller's dict may hold the very tensors another optimizer is using
                     state[name] = torch.tensor(float(value) if not isinstance(value, torch.Tensor) else value.item(),
                                                dtype=torch.float32, device=shard.device)
+                elif name == MASTER_RESIDUAL:
+                    if self.master_weight_bits is None:
+                        del state[name]
+                    else:
+                        state[name] = torch.empty_like(shard, dtype=value.dtype).copy_(value)
                 elif isinstance(value, torch.Tensor):
                     state[name] = torch.empty_like(shard, dtype=self.state_dtype or shard.dtype).copy_(value)
         self._plan, self._release_plans = None, {}
@@ -265,6 +289,14 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.rule.name}: {where} has no 'step'; without it the step count (and the "
                              "bias corrections or schedule that follow it) would silently restart. Save it with "
                              "the state, or drop this param's state from the checkpoint to start it afresh")
+        residual = saved.get(MASTER_RESIDUAL)
+        if residual is not None and self.master_weight_bits is not None:
+            expected = RESIDUAL_DTYPES[self.master_weight_bits]
+            if not isinstance(residual, torch.Tensor) or residual.dtype != expected:
+                got = residual.dtype if isinstance(residual, torch.Tensor) else type(residual).__name__
+                raise ValueError(f"{self.rule.name}: {where} has a {MASTER_RESIDUAL!r} of {got}, but "
+                                 f"master_weight_bits={self.master_weight_bits} keeps {expected}: load it into an "
+                                 "optimizer of the master_weight_bits it was saved with (int16: 32, int8: 24)")
         for name, value in saved.items():
             if name in self.rule.scalar_states:
                 if isinstance(value, torch.Tensor) and value.numel() != 1:
@@ -286,6 +318,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         super().__setstate__(state)
         if generator_state is None:
             return  # torch's load_state_dict sets the state and groups through here: not a copy
+        for name, default in OPTIONS.items():  # a copy made before an option existed steps without it
+            self.__dict__.setdefault(name, default)
         self._reference_generator = torch.Generator()
         self._reference_generator.set_state(generator_state)
         self._start_planning()

@@ -25,8 +25,12 @@ from kernels import launcher
 from kernels.launcher import INTERPRETED, TensorSlots, prepare_launches, walkable
 from kernels.shards import Shards, local
 from optim.prepared import Prepared
+from optim.master_weights import RESIDUAL_DTYPES
 from optim.registry import FIRST_STEP
-from optim.validation import check_grad, check_hyperparameters, check_scalar_state, check_state
+from optim.validation import check_grad, check_hyperparameters, check_master_param, check_scalar_state, check_state
+
+# The state of split master weights (master_weight_bits): θ's residual, int16 or int8, laid out as θ.
+MASTER_RESIDUAL = "master_residual"
 
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -82,8 +86,12 @@ class GroupPlan:
         self.hyper_names = tuple(rule.defaults)
         check_hyperparameters(rule, group, f"param group {group_index}", host_values_only=True)
         self.hyper_values = list(map(group.__getitem__, self.hyper_names))
+        self.master_weight_bits = optimizer.master_weight_bits
+        self.master_names = () if self.master_weight_bits is None else (MASTER_RESIDUAL,)
         for param, name in zip(self.params, self.names):
             check_grad(rule, param, name, group)
+            if self.master_weight_bits is not None:
+                check_master_param(rule, param, name, self.master_weight_bits)
         self.locals = [local(p) for p in self.params]  # as they are: their states are made like them
         self.complex = any(p.is_complex() for p in self.locals)
         # Until the step runs; between steps only weak references, which keep no gradient alive.
@@ -101,6 +109,9 @@ class GroupPlan:
             for state_name in self.state_names:
                 if state_name in state:
                     check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
+            if MASTER_RESIDUAL in state and self.master_weight_bits is not None:
+                check_state(rule.name, MASTER_RESIDUAL, state[MASTER_RESIDUAL], param,
+                            RESIDUAL_DTYPES[self.master_weight_bits], name)
         self.impl = self._resolve_impl(optimizer.impl, existing)
         # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
         self.views = list(map(_real, self.locals)) if self.complex else self.locals
@@ -136,7 +147,8 @@ class GroupPlan:
                 problem = TypeError(f"{name} has dtype {param.dtype}; the Triton kernels support {list(rule.dtypes)}")
             else:
                 for what, tensor in (("param", param), ("gradient", _real(grad)),
-                                     *((f"state {n!r}", _real(state[n])) for n in self.state_names if n in state)):
+                                     *((f"state {n!r}", _real(state[n])) for n in (*self.state_names, *self.master_names)
+                                       if n in state)):
                     if not walkable(tensor, param):
                         problem = ValueError(
                             f"the {what} of {name} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid "
@@ -158,7 +170,7 @@ class GroupPlan:
             raise RuntimeError(f"{rule.name}: a CUDA graph can capture only the fused step; the reference reads its "
                                f"step counter on the host. Use impl='triton' (or 'auto' with params of a dtype in "
                                f"{list(rule.dtypes)})")
-        names = (*rule.scalar_states, *self.state_names)
+        names = (*rule.scalar_states, *self.state_names, *self.master_names)
         if any(name not in state for state in existing for name in names):
             raise RuntimeError(f"{rule.name}: the optimizer state does not exist yet; run a few steps eagerly (on a "
                                "side stream, as torch.cuda.graphs' recipe warms up) before capturing step(), so that "
@@ -190,6 +202,8 @@ class GroupPlan:
                         if param.is_complex():  # each of the real view's coordinates starts there (as torch)
                             initial = complex(initial, initial)
                         state[spec.name] = torch.full_like(param, initial, dtype=dtype)
+            if self.master_names and MASTER_RESIDUAL not in state:  # zero: θ is the master at the first step
+                state[MASTER_RESIDUAL] = torch.zeros_like(param, dtype=RESIDUAL_DTYPES[self.master_weight_bits])
             self.first_step.append(first)
         self.launches, self.scalar_buffers = [], {}  # launches: for the fused impl only
         self._pack_scalar_states()
@@ -200,7 +214,7 @@ class GroupPlan:
             self._make_launches()
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
         self.n_params = len(self.params_list)
-        self.state_tensors = _states_of(self.state_dicts, (*rule.scalar_states, *self.state_names))
+        self.state_tensors = _states_of(self.state_dicts, (*rule.scalar_states, *self.state_names, *self.master_names))
         self.param_pointers = self._param_pointers()
         self.grad_pointers = list(map(_data_ptr, self.grads))
         self.grad_layouts = [(g.shape, g.stride(), g.dtype, g.device) for g in self.grads]
@@ -231,7 +245,8 @@ class GroupPlan:
                                 row_lengths=[0] * len(self.params))
         self.prepared = prepared
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
-                             (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length)
+                             (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length,
+                             state.get(MASTER_RESIDUAL) if self.master_names else None)
                  for p, g, state, scalars, first, row_length in zip(self.views, self.grads, self.run_states,
                                                                     prepared.scalars, self.first_step,
                                                                     prepared.row_lengths)]
@@ -260,7 +275,8 @@ class GroupPlan:
             grads = list(map(_real, grads))
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
-        if not _same(_states_of(self.state_dicts, (*rule.scalar_states, *self.state_names)), self.state_tensors):
+        if not _same(_states_of(self.state_dicts, (*rule.scalar_states, *self.state_names, *self.master_names)),
+                     self.state_tensors):
             return False
         if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
             for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):

@@ -27,6 +27,7 @@ from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, 
 from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas, bounds, bounds_in_kernel, eps, flag,
                                    fraction, lr, momentum, nesterov, nonnegative, param_kind, positive_integer,
                                    schedule, schedule_in_kernel, shrink, weight_decay)
+from optim.master_weights import RESIDUAL_DTYPES
 from optim.param_groups import tiger_param_groups
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
@@ -191,21 +192,25 @@ class Rule:
     def has_first_step_states(self) -> bool:
         return any(s.initial == FIRST_STEP for s in self.states)
 
-    def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True) -> int:
+    def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True,
+                        master_weight_bits=None) -> int:
         """Bytes one step moves per parameter: θ and g read, θ written, each state read and written, and
         the extra reads (its reduction's). ``moves_param=False``: a micro-step that does not move θ
         (Tiger under accumulation), where θ is neither read nor written: g is read by the update and
-        by the reduction (the NaN verdict), each state read and written."""
+        by the reduction (the NaN verdict), each state read and written. ``master_weight_bits``: θ's
+        residual is read and written with θ."""
         element = _element_size(param_dtype)
         state_bytes = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
         if not moves_param:
             return element * (1 + (self.reduce is not None)) + 2 * state_bytes
-        return element * (3 + self.extra_reads) + 2 * state_bytes
+        return element * (3 + self.extra_reads) + 2 * state_bytes + 2 * _residual_size(master_weight_bits)
 
-    def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None) -> int:
+    def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None, master_weight_bits=None) -> int:
         """Bytes of state kept for params of these sizes after a step: each element-wise state in
-        ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value."""
+        ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value,
+        and with ``master_weight_bits`` θ's residual (int16 for 32 bits, int8 for 24)."""
         per_element = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
+        per_element += _residual_size(master_weight_bits)
         return sum(numels) * per_element + len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
 
 
@@ -214,6 +219,10 @@ SCALAR_STATE_BYTES = 4  # scalar states are fp32 0-d tensors on the param's devi
 
 def _element_size(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _residual_size(master_weight_bits) -> int:
+    return 0 if master_weight_bits is None else _element_size(RESIDUAL_DTYPES[master_weight_bits])
 
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8), weight_decay(0), flag("amsgrad"), MAXIMIZE)

@@ -6,6 +6,8 @@ import numbers
 import torch
 from torch.distributed.tensor import DTensor
 
+from optim.master_weights import PARAM_DTYPES
+
 
 def _tensor_problem(spec, value) -> str:
     """What is wrong with ``value`` as a tensor hyperparameter, read without its value (no host sync)."""
@@ -77,6 +79,14 @@ def check_param(rule, param, where: str):
                          "start (e.g. initialise with .abs() or a positive distribution)")
 
 
+def check_master_param(rule, param, where: str, master_weight_bits: int):
+    """Split master weights complete a bf16 or fp16 param; any other is its own master."""
+    if param.dtype not in PARAM_DTYPES:
+        raise TypeError(f"{rule.name}: {where} is {param.dtype}, and master_weight_bits={master_weight_bits} completes "
+                        f"bf16 or fp16 params only (an fp32 param is its own master); give {where} another optimizer "
+                        "without master_weight_bits, or make it bf16 or fp16")
+
+
 def check_grad(rule, param, where: str, group: dict):
     grad = param.grad
     if grad.is_sparse:
@@ -95,7 +105,7 @@ def check_grad(rule, param, where: str, group: dict):
 IMPLS = ("auto", "triton", "reference")
 
 
-def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_release):
+def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_release, master_weight_bits):
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
     if impl not in IMPLS:
         raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
@@ -108,6 +118,13 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
             raise ValueError(f"{rule.name}: {name}={value!r} must be True or False")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
         raise ValueError(f"{rule.name}: seed={seed!r} must be an integer in [0, 2**31)")
+    if master_weight_bits not in (None, 24, 32) or isinstance(master_weight_bits, bool):
+        raise ValueError(f"{rule.name}: master_weight_bits={master_weight_bits!r} must be None (the param is its own "
+                         "master), 32 (bf16 or fp16 params plus a 16-bit residual: an exact fp32 master) or 24 (an "
+                         "8-bit residual)")
+    if master_weight_bits is not None and stochastic_rounding:
+        raise ValueError(f"{rule.name}: master_weight_bits={master_weight_bits} keeps in θ's residual the part of each "
+                         "update that stochastic_rounding=True would keep on average only; use one or the other")
     if gradient_release and rule.release_refused:
         raise ValueError(f"{rule.name}: gradient_release=True steps each param inside backward, the moment its own "
                          f"gradient is ready, and {rule.name} cannot: {rule.release_refused}; use gradient_release=False")

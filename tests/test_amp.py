@@ -41,19 +41,27 @@ def assert_identical(actual, expected, what):
         assert torch.equal(a, e), f"{what}: tensor {i} differs (max |Δ| {(a.float() - e.float()).abs().max()})"
 
 
+# fp32 params, and bf16 params with split master weights of each width (the residual is a state: a
+# skipped step leaves it, and θ, untouched).
+PRECISIONS = {"fp32": (torch.float32, {}), "bf16-master-32": (torch.bfloat16, {"master_weight_bits": 32}),
+              "bf16-master-24": (torch.bfloat16, {"master_weight_bits": 24})}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
-def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl):
-    steps = [random_grads(make_params(SHAPES, torch.float32, rule=rule), seed) for seed in range(3)]
-    plain_params = make_params(SHAPES, torch.float32, rule=rule)
-    plain = getattr(optim, rule.name)(plain_params, **hyper(rule), impl=impl)
+def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, precision):
+    dtype, options = PRECISIONS[precision]
+    steps = [random_grads(make_params(SHAPES, dtype, rule=rule), seed) for seed in range(3)]
+    plain_params = make_params(SHAPES, dtype, rule=rule)
+    plain = getattr(optim, rule.name)(plain_params, **hyper(rule), impl=impl, **options)
     for grads in steps:
         for p, g in zip(plain_params, grads):
             p.grad = g.clone()
         plain.step()
 
-    params = make_params(SHAPES, torch.float32, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl)
+    params = make_params(SHAPES, dtype, rule=rule)
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl, **options)
     scaler = grad_scaler()
     for index, grads in enumerate(steps):
         if index == 1:  # an overflow between two real steps: nothing may change

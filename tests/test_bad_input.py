@@ -116,3 +116,39 @@ def test_unknown_impl_and_arguments(rule):
     for state_dtype in (torch.int32, torch.float64):  # float64 state would fail in the kernel, after changes
         with pytest.raises(ValueError, match=f"state_dtype={state_dtype} must be None .* or one of"):
             getattr(optim, rule)([torch.zeros(3)], state_dtype=state_dtype)
+
+
+@pytest.mark.parametrize("master_weight_bits", [32, 24])
+@pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_split_master_weights_refuse_what_they_cannot_complete_before_any_change(rule, impl, master_weight_bits):
+    """An fp32 param (its own master), then a residual of the wrong shape or dtype: each named, untouched."""
+    params = make_params([(33,), (65,)], torch.bfloat16, rule=RULES[rule])
+    full = make_params([(5,)], torch.float32, rule=RULES[rule])
+    optimizer = getattr(optim, rule)([{"params": params}, {"params": full}], impl=impl,
+                                     master_weight_bits=master_weight_bits)
+    for param, grad in zip([*params, *full], random_grads([*params, *full], seed=0)):
+        param.grad = grad
+    before = [p.clone() for p in params]
+    with pytest.raises(TypeError, match="param 0 of param group 1 is torch.float32, and master_weight_bits="):
+        optimizer.step()
+    assert all(torch.equal(p, b) for p, b in zip(params, before)) and not optimizer.state
+    optimizer.param_groups.pop()
+    optimizer.step()
+    good = optimizer.state[params[1]]["master_residual"]
+    other = torch.int8 if master_weight_bits == 32 else torch.int16
+    for bad in (torch.zeros(64, dtype=good.dtype), torch.zeros_like(good, dtype=other)):
+        optimizer.state[params[1]]["master_residual"] = bad
+        before = snapshot(optimizer, params)
+        with pytest.raises(ValueError, match="state 'master_residual' of param 1 of param group 0 is"):
+            optimizer.step()
+        assert_untouched(optimizer, params, before)
+
+
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_bad_master_weight_bits_are_refused_at_construction(rule):
+    for value in (16, True, "32"):
+        with pytest.raises(ValueError, match=f"master_weight_bits={value!r} must be None"):
+            getattr(optim, rule)([torch.zeros(3, dtype=torch.bfloat16)], master_weight_bits=value)
+    with pytest.raises(ValueError, match="use one or the other"):
+        getattr(optim, rule)([torch.zeros(3, dtype=torch.bfloat16)], master_weight_bits=32, stochastic_rounding=True)

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import optim
-from optim.registry import RULES
+from optim.master_weights import rebuild_master
+from optim.registry import RULES, Tolerance
 from tests.conftest import assert_close, hyperparameters_for_tests, make_params, random_grads
 
 STEPS = 7
@@ -45,9 +46,9 @@ CASES = [pytest.param(rule, dtype, hyper, shapes, id=f"{rule.name}-{str(dtype)[6
          for shape_name, shapes in SHAPES.items() if variant == "defaults" or shape_name == "mixed"]
 
 
-def run(rule, impl, shapes, dtype, hyper, state_dtype=None, steps=STEPS):
+def run(rule, impl, shapes, dtype, hyper, state_dtype=None, steps=STEPS, **options):
     params = make_params(shapes, dtype, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper, impl=impl, state_dtype=state_dtype)
+    optimizer = getattr(optim, rule.name)(params, **hyper, impl=impl, state_dtype=state_dtype, **options)
     for step in range(steps):
         for param, grad in zip(params, random_grads(params, seed=step)):
             param.grad = grad
@@ -93,3 +94,32 @@ def test_update_moves_params(rule):
             assert (param - initial).abs().max() > 1e-4, f"{rule.name}: a param did not move"
             for name in rule.state_names(hyper):
                 assert state[name].abs().max() > 0, f"{rule.name}: state {name} stayed zero"
+
+
+# Split master weights: every rule, both half dtypes, both widths, on the mixed shapes. fp32 state, so
+# that with 32 bits kernel and reference differ only by the order of fp32 operations: the masters,
+# rebuilt from θ and the residual, and the states within the row's fp32 tolerance. A 24-bit master is
+# a float of 8 more bits than θ, rounded at every step: as θ is compared within the row's tolerance of
+# its dtype, the master (and the states it feeds: weight decay, SGDHD's hypergradient) within that
+# tolerance over 2^8, or the fp32 one where that is larger.
+MASTER_CASES = [pytest.param(rule, dtype, bits, id=f"{rule.name}-{str(dtype)[6:]}-{bits}") for rule in RULES.values()
+                for dtype in (torch.bfloat16, torch.float16) if dtype in rule.dtypes for bits in (32, 24)]
+
+
+@pytest.mark.parametrize("rule, dtype, master_weight_bits", MASTER_CASES)
+def test_split_master_weights_match_reference(rule, dtype, master_weight_bits):
+    shapes, hyper = SHAPES["mixed"], hyperparameters_for_tests(rule)
+    runs = [run(rule, impl, shapes, dtype, hyper, torch.float32, master_weight_bits=master_weight_bits)
+            for impl in ("triton", "reference")]
+    fp32, half = rule.tolerances[torch.float32], rule.tolerances[dtype]
+    tolerance = fp32 if master_weight_bits == 32 else Tolerance(max(fp32.atol, half.atol / 2**8),
+                                                                 max(fp32.rtol, half.rtol / 2**8))
+    for i, ((param, state), (ref_param, ref_state)) in enumerate(zip(zip(*runs[0]), zip(*runs[1]))):
+        flips = math.floor(rule.sign_flip_fraction * param.numel())
+        what = f"{rule.name} {master_weight_bits}-bit master of param {i} {tuple(param.shape)}"
+        assert state.keys() == ref_state.keys() and "master_residual" in state, what
+        assert_close(rebuild_master(param, state["master_residual"]),
+                     rebuild_master(ref_param, ref_state["master_residual"]), tolerance, what, flips)
+        assert_close(param, ref_param, half, f"{what}: θ", flips)
+        for name in rule.state_names(hyper):
+            assert_close(state[name], ref_state[name], tolerance, f"{what}: state {name}", flips)
