@@ -70,7 +70,8 @@ def test_the_toy_rule_passes_the_registry_driven_suites(registered):
     for impl in ("triton", "reference"):
         test_behaviour.test_state_dict_resume_equals_uninterrupted_run(rule, impl)
         test_behaviour.test_lr_as_tensor_changed_in_place(rule, impl)
-        test_amp.test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl)
+        for precision in test_amp.PRECISIONS:
+            test_amp.test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, precision)
         test_step_plan.test_a_state_of_another_size_is_refused_before_any_change(rule, "smaller", impl)
     test_compile.test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule)
 
