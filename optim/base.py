@@ -10,6 +10,7 @@ import torch
 from kernels import ops
 from kernels.shards import local
 from optim.plan import StepPlan, _same, count_step
+from optim.quantization import COUNT_KEY, dequantize, is_quantized, quantize, scale_name, scale_numel, storage_dtype
 from optim.rounding import stochastic_round
 from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
@@ -25,7 +26,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
     can run the params as they are (device, dtype, a dense layout shared by param, gradient and
     states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
-    (default: each param's own dtype, as torch.optim). ``stochastic_rounding``: bf16 and fp16 params
+    (default: each param's own dtype, as torch.optim), or "int8": codes and one fp32 scale per block
+    (``optim.quantization``), dequantized and requantized inside the step. ``stochastic_rounding``: bf16 and fp16 params
     and states are rounded stochastically (unbiased), reproducibly from ``seed``, so that updates
     below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
     into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
@@ -186,8 +188,19 @@ class FusedOptimizer(torch.optim.Optimizer):
                      else torch.zeros((), dtype=torch.float32, device=reference.device))
         return inv_scale.reshape(()), found_inf.reshape(())
 
-    def _reference_step(self, group, params, grads, states, first_step, amp=None):
-        """The rule's oracle over one group; GradScaler's verdict was read on the host before."""
+    def _reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None):
+        """The rule's oracle over one group; GradScaler's verdict was read on the host before. ``kinds``
+        (int8 states: name → kind, in the kernel's order): the oracle runs on their fp32 values, which
+        are then quantized back with the kernel's scheme and draws."""
+        if kinds:
+            scales = set(map(scale_name, kinds))
+            full_states = [{name: dequantize(value, state[scale_name(name)], kinds[name]) if name in kinds else value
+                            for name, value in state.items() if name not in scales} for state in states]
+            self._reference_step(group, params, grads, full_states, first_step, amp)
+            for state, full_state in zip(states, full_states):
+                for column, (name, kind) in enumerate(kinds.items()):
+                    quantize(full_state[name], kind, state[name], state[scale_name(name)], group[COUNT_KEY], column)
+            return
         if amp is not None:
             grads = [g.float() * amp[0].to(g.device) for g in grads]
         arguments = (first_step,) if self.rule.has_first_step_states else ()
@@ -232,18 +245,43 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self.rule.step_per_optimizer:
             self._step_counters = {device: torch.tensor(count, dtype=torch.float32, device=device)
                                    for device in self._step_counters}
+        kinds = {spec.name: spec.kind for spec in self.rule.states}
         for saved_id, param in zip(saved_ids, params):
             state, shard = self.state[param], local(param)
-            for name, value in state_dict["state"].get(saved_id, {}).items():
-                if name == "step" and self.rule.step_per_optimizer:
+            saved = state_dict["state"].get(saved_id, {})
+            for name, value in saved.items():
+                if name in kinds and isinstance(value, torch.Tensor):
+                    self._load_state(state, name, kinds[name], value, saved.get(scale_name(name)), shard)
+                elif name in map(scale_name, kinds):
+                    if not is_quantized(self.state_dtype):
+                        del state[name]  # its codes were dequantized: a float state has no scales
+                elif name == "step" and self.rule.step_per_optimizer:
                     state[name] = self._step_counter(shard.device)
                 elif name in self.rule.scalar_states:
                     # copy: the caller's dict may hold the very tensors another optimizer is using
                     state[name] = torch.tensor(float(value) if not isinstance(value, torch.Tensor) else value.item(),
                                                dtype=torch.float32, device=shard.device)
                 elif isinstance(value, torch.Tensor):
-                    state[name] = torch.empty_like(shard, dtype=self.state_dtype or shard.dtype).copy_(value)
+                    state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(value)
         self._plan, self._release_plans = None, {}
+
+    def _load_state(self, state: dict, name: str, kind: str, value, scales, shard) -> None:
+        """One element-wise state from a checkpoint, in this optimizer's state dtype and the param's
+        layout: int8 codes and scales as they are where their layout is the param's, else through their
+        fp32 values (dequantized from a quantized checkpoint, quantized into a quantized optimizer)."""
+        if scales is not None:
+            scales = scales.to(shard.device, torch.float32)
+        target = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard))
+        if is_quantized(self.state_dtype) and scales is not None and value.stride() == target.stride():
+            state[name], state[scale_name(name)] = target.copy_(value), scales.clone().contiguous()
+            return
+        values = dequantize(value.to(shard.device), scales, kind) if scales is not None else value
+        if is_quantized(self.state_dtype):
+            state[scale_name(name)] = torch.empty(scale_numel(shard.numel()), dtype=torch.float32, device=shard.device)
+            quantize(values.to(shard.device), kind, target, state[scale_name(name)])
+            state[name] = target
+        else:
+            state[name] = target.copy_(values)
 
     def _saved_step_count(self, saved_states: list) -> float:
         """The optimizer's step count in a checkpoint (0 where no param has state). One saved by this
@@ -265,10 +303,20 @@ class FusedOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{self.rule.name}: {where} has no 'step'; without it the step count (and the "
                              "bias corrections or schedule that follow it) would silently restart. Save it with "
                              "the state, or drop this param's state from the checkpoint to start it afresh")
+        scales = {scale_name(spec.name): spec.name for spec in self.rule.states}
         for name, value in saved.items():
             if name in self.rule.scalar_states:
                 if isinstance(value, torch.Tensor) and value.numel() != 1:
                     raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements, not one")
+            elif name in scales:
+                if scales[name] not in saved or value.numel() != scale_numel(param.numel()):
+                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements; the "
+                                     f"scales of int8 codes {scales[name]!r} of a param of {param.numel()} elements "
+                                     f"are {scale_numel(param.numel())}, beside the codes: the checkpoint belongs "
+                                     "to another model, or was edited")
+            elif isinstance(value, torch.Tensor) and value.dtype == torch.int8 and scale_name(name) not in saved:
+                raise ValueError(f"{self.rule.name}: {where} has int8 {name!r} without its {scale_name(name)!r}; "
+                                 "int8 codes cannot be read without their scales")
             elif isinstance(value, torch.Tensor) and value.shape != param.shape:
                 raise ValueError(f"{self.rule.name}: {where} has {name!r} of shape {tuple(value.shape)}, but the "
                                  f"param has shape {tuple(param.shape)}: the checkpoint belongs to another model "

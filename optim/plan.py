@@ -22,11 +22,13 @@ from typing import Optional
 import torch
 
 from kernels import launcher
-from kernels.launcher import INTERPRETED, TensorSlots, prepare_launches, walkable
+from kernels.launcher import INTERPRETED, QuantizedStates, TensorSlots, prepare_launches, walkable
 from kernels.shards import Shards, local
 from optim.prepared import Prepared
+from optim.quantization import (COUNT_KEY, QUANT_BLOCK, STOCHASTIC, UNSIGNED, is_quantized, new_count, quantize,
+                                scale_name, scale_numel)
 from optim.registry import FIRST_STEP
-from optim.validation import check_grad, check_hyperparameters, check_scalar_state, check_state
+from optim.validation import check_grad, check_hyperparameters, check_quantized_state, check_scalar_state, check_state
 
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -93,13 +95,22 @@ class GroupPlan:
         self.state_names = rule.state_names(group)
         self.plan_options = [group[key] for key in rule.plan_keys]
         self.state_dtype = optimizer.state_dtype
+        # int8 states: each state's kind (its scheme), in the kernel's order; {} for float states.
+        self.kinds = ({spec.name: spec.kind for spec in rule.states if spec.name in self.state_names}
+                      if is_quantized(self.state_dtype) else {})
+        self.tracked_names = (*rule.scalar_states, *self.state_names, *map(scale_name, self.kinds))
         existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
         for param, state, name in zip(self.locals, existing, self.names):
+            if self.kinds and param.is_complex():
+                raise TypeError(f"{rule.name}: {name} is complex; int8 states code real values only. Use a float "
+                                "state_dtype for complex params, or optimize torch.view_as_real(param)")
             for state_name in rule.scalar_states:
                 if state_name in state:
                     check_scalar_state(rule.name, state_name, state[state_name], param, name)
             for state_name in self.state_names:
-                if state_name in state:
+                if state_name in state and self.kinds:
+                    check_quantized_state(rule.name, state_name, state, param, name)
+                elif state_name in state:
                     check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
         self.impl = self._resolve_impl(optimizer.impl, existing)
         # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
@@ -173,6 +184,8 @@ class GroupPlan:
         rule = self.rule
         self.state_dicts = [optimizer.state[p] for p in self.params]
         self.first_step = []
+        if self.kinds and self.params:
+            self._make_quantization_count(optimizer.seed, self.locals[0].device)
         for param, state in zip(self.locals, self.state_dicts):
             dtype = self.state_dtype or param.dtype
             for name in rule.scalar_states:
@@ -180,6 +193,9 @@ class GroupPlan:
                     state[name] = optimizer._step_counter(param.device)
                 elif name not in state:
                     state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
+            if self.kinds:
+                self.first_step.append(self._make_quantized_states(param, state))
+                continue
             first = False
             for spec in rule.states:
                 if spec.exists(self.group) and spec.name not in state:
@@ -200,11 +216,37 @@ class GroupPlan:
             self._make_launches()
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
         self.n_params = len(self.params_list)
-        self.state_tensors = _states_of(self.state_dicts, (*rule.scalar_states, *self.state_names))
+        self.state_tensors = _states_of(self.state_dicts, self.tracked_names)
         self.param_pointers = self._param_pointers()
         self.grad_pointers = list(map(_data_ptr, self.grads))
         self.grad_layouts = [(g.shape, g.stride(), g.dtype, g.device) for g in self.grads]
         self.grad_refs = list(map(weakref.ref, self.grads))
+
+    def _make_quantization_count(self, seed: int, device) -> None:
+        """The group's counter that keys the stochastic rounding of codes, saved with the param groups."""
+        count = self.group.get(COUNT_KEY)
+        if count is None:
+            self.group[COUNT_KEY] = new_count(seed, device)
+        elif count.device != device:
+            self.group[COUNT_KEY] = count.to(device)
+
+    def _make_quantized_states(self, param, state) -> bool:
+        """The missing int8 states of ``param``: codes and scales of their initial values; a state made by
+        the first step starts at zero codes and scales (the step writes it without reading it). Whether
+        one is made by the first step."""
+        first = False
+        for spec in self.rule.states:
+            if spec.exists(self.group) and spec.name not in state:
+                codes = torch.empty_like(param, dtype=torch.int8)
+                scales = torch.zeros(scale_numel(param.numel()), dtype=torch.float32, device=param.device)
+                if spec.initial == FIRST_STEP:
+                    codes.zero_()
+                    first = True
+                else:
+                    initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                    quantize(torch.full_like(param, initial, dtype=torch.float32), spec.kind, codes, scales)
+                state[spec.name], state[scale_name(spec.name)] = codes, scales
+        return first
 
     def _pack_scalar_states(self):
         """Each scalar state (the step) of the group's params on one device as views of one buffer, so
@@ -231,12 +273,16 @@ class GroupPlan:
                                 row_lengths=[0] * len(self.params))
         self.prepared = prepared
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
-                             (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length)
+                             (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length,
+                             tuple(state[scale_name(name)] for name in self.kinds))
                  for p, g, state, scalars, first, row_length in zip(self.views, self.grads, self.run_states,
                                                                     prepared.scalars, self.first_step,
                                                                     prepared.row_lengths)]
+        quantization = (QuantizedStates(QUANT_BLOCK, tuple(UNSIGNED[kind] for kind in self.kinds.values()),
+                                        tuple(STOCHASTIC[kind] for kind in self.kinds.values()))
+                        if self.kinds else None)
         self.launches = [(members, len(members) == len(slots), launch)
-                         for members, launch in prepare_launches(slots, rule.name)]
+                         for members, launch in prepare_launches(slots, rule.name, quantization)]
 
     def _param_pointers(self) -> list:
         return list(map(_data_ptr, map(local, self.params) if self.sharded else self.params))
@@ -260,7 +306,7 @@ class GroupPlan:
             grads = list(map(_real, grads))
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
-        if not _same(_states_of(self.state_dicts, (*rule.scalar_states, *self.state_names)), self.state_tensors):
+        if not _same(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
             return False
         if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
             for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):
@@ -299,8 +345,11 @@ class GroupPlan:
         # The optimizer counts the step, for either impl: one op per group, not one per tensor. The
         # reference's skipped steps never get here.
         count_step(self.step_buffers, None if self.impl == "reference" else amp)
+        quantization_count = self.group[COUNT_KEY] if self.kinds else None
+        if quantization_count is not None:  # this step's draws for the codes: + 0 on a step GradScaler skips
+            quantization_count.add_(1 if self.impl == "reference" or amp is None else amp[1].eq(0))
         if self.impl == "reference":
-            optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp)
+            optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp, self.kinds)
             return
         prepared = self.prepared
         if prepared.before is not None:
@@ -312,7 +361,7 @@ class GroupPlan:
             prepared.after(amp)
         for _, _, launch in self.launches:
             launch.update(rule.update, rule.update_reads_param, self.hyper, self.flags,
-                          optimizer._rounding_seed(launch.device), amp)
+                          optimizer._rounding_seed(launch.device), amp, quantization_count)
 
 
 class StepPlan:
