@@ -41,19 +41,20 @@ def assert_identical(actual, expected, what):
         assert torch.equal(a, e), f"{what}: tensor {i} differs (max |Δ| {(a.float() - e.float()).abs().max()})"
 
 
+@pytest.mark.parametrize("state_dtype", [None, "int8"])  # int8: codes, scales and their draw counter untouched
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
-def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl):
+def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, state_dtype):
     steps = [random_grads(make_params(SHAPES, torch.float32, rule=rule), seed) for seed in range(3)]
     plain_params = make_params(SHAPES, torch.float32, rule=rule)
-    plain = getattr(optim, rule.name)(plain_params, **hyper(rule), impl=impl)
+    plain = getattr(optim, rule.name)(plain_params, **hyper(rule), impl=impl, state_dtype=state_dtype)
     for grads in steps:
         for p, g in zip(plain_params, grads):
             p.grad = g.clone()
         plain.step()
 
     params = make_params(SHAPES, torch.float32, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl)
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl, state_dtype=state_dtype)
     scaler = grad_scaler()
     for index, grads in enumerate(steps):
         if index == 1:  # an overflow between two real steps: nothing may change
