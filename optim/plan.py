@@ -306,8 +306,11 @@ class GroupPlan:
             grads = list(map(_real, grads))
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
-        if not _same(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
-            return False
+        try:
+            if not _same(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
+                return False
+        except KeyError:
+            return False  # a state dropped (an int8 state's scales): the rebuild makes or refuses it
         if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
             for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):
                 if (grad.layout is not torch.strided or grad.shape != shape or grad.stride() != stride
