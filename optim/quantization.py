@@ -99,7 +99,10 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
              count=None, column: int = 0) -> None:
     """fp32 ``values`` into ``codes`` (int8, laid out as values) and ``scales`` (fp32, one per block);
     a stochastic kind draws its rounding from (count, column), round to nearest without a count."""
-    flat = memory_order(values.float())
+    values = values.float()
+    if values.stride() != codes.stride():  # blocks follow the codes' memory order (a checkpoint's layout may differ)
+        values = torch.empty_like(codes, dtype=torch.float32).copy_(values)
+    flat = memory_order(values)
     blocks = _blocks(flat)
     scale = blocks.abs().amax(dim=1, keepdim=True)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
