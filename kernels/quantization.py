@@ -60,6 +60,10 @@ def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.co
     BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
     value = tl.where(offsets < numel, value, 0.0)
     scale = tl.max(tl.reshape(tl.abs(value), [BLOCKS, QUANT_BLOCK]), axis=1)
+    # A NaN makes its block's scale NaN, as torch's amax in the oracle (tl.max skips it): the block
+    # then reads NaN, as θ does where a NaN gradient lands.
+    has_nan = tl.max(tl.reshape((value != value).to(tl.int32), [BLOCKS, QUANT_BLOCK]), axis=1) > 0
+    scale = tl.where(has_nan, float("nan"), scale)
     first = tl.min(tl.reshape(offsets, [BLOCKS, QUANT_BLOCK]), axis=1)  # each block's first element
     per_element = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
     safe = tl.where(per_element > 0.0, per_element, 1.0)
@@ -69,7 +73,7 @@ def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.co
     else:
         scaled = value / (safe / SIGNED_LEVELS)
         low, high = -127.0, 127.0
-    scaled = tl.where(per_element > 0.0, scaled, 0.0)
+    scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # inf over an inf scale: code 0
     if STOCHASTIC:
         scaled = scaled + _uniform(key, offsets)
     else:

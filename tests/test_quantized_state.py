@@ -202,3 +202,21 @@ def test_a_launch_block_that_is_not_a_multiple_of_the_quantization_block_is_refu
         with pytest.raises(ValueError, match="block of 128 elements is not a multiple of the quantization block"):
             optimizer.step()
     assert torch.equal(params[0], before)
+
+
+def test_a_nan_makes_its_blocks_scale_nan_in_kernel_and_reference_alike():
+    """torch's amax propagates NaN where Triton's max skips it: the kernel makes the scale of a block
+    holding a NaN NaN itself, so its state reads NaN as the oracle's does (and an inf block inf)."""
+    runs = []
+    for impl in ("triton", "reference"):
+        params = make_params([(600,)], torch.float32)
+        optimizer = optim.Adam(params, lr=1e-2, state_dtype="int8", impl=impl)
+        grad = torch.randn(600, generator=torch.Generator().manual_seed(1), device=DEVICE)
+        grad[3], grad[300] = float("nan"), float("inf")
+        params[0].grad = grad
+        optimizer.step()
+        runs.append([params[0], *optimizer.state[params[0]].values()])
+    for actual, expected in zip(*runs):
+        assert_close(actual, expected, Tolerance(atol=1e-6, rtol=1e-5), "after a NaN and an inf gradient")
+    scales = optimizer.state[params[0]]["exp_avg_scale"]
+    assert scales[0].isnan() and scales[1].isinf() and scales[2].isfinite()
