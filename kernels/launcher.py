@@ -549,5 +549,5 @@ def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
     return [(members, Launch([slots[i] for i in members], rule_name, quantization)) for members in indices.values()]
 
 
-__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device", "prepare_launches",
-           "walkable"]
+__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device",
+           "prepare_launches", "walkable"]

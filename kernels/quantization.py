@@ -73,7 +73,7 @@ def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.co
     else:
         scaled = value / (safe / SIGNED_LEVELS)
         low, high = -127.0, 127.0
-    scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # inf over an inf scale: code 0
+    scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # a 0 scale, and inf over an inf one
     if STOCHASTIC:
         scaled = scaled + _uniform(key, offsets)
     else:

@@ -110,7 +110,8 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
         scaled, low, high = (blocks / safe).sqrt() * UNSIGNED_LEVELS, 0, UNSIGNED_LEVELS
     else:
         scaled, low, high = blocks / (safe / SIGNED_LEVELS), -SIGNED_LEVELS, SIGNED_LEVELS
-    scaled = torch.where((scale > 0) & (scaled == scaled), scaled, torch.zeros_like(scaled))  # inf over an inf scale: code 0
+    # code 0 where the scale is 0, and for an inf over its inf scale (NaN), as the kernel
+    scaled = torch.where((scale > 0) & (scaled == scaled), scaled, torch.zeros_like(scaled))
     if STOCHASTIC[kind] and count is not None:
         offset = _blocks(uniforms(count, column, flat.numel()))
     else:

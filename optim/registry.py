@@ -195,9 +195,10 @@ class Rule:
 
     def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True) -> float:
         """Bytes one step moves per parameter: θ and g read, θ written, each state read and written (int8
-        states: a byte of code and 4/QUANT_BLOCK of scale), and the extra reads (its reduction's). ``moves_param=False``: a micro-step that does not move θ
-        (Tiger under accumulation), where θ is neither read nor written: g is read by the update and
-        by the reduction (the NaN verdict), each state read and written."""
+        states: a byte of code and 4/QUANT_BLOCK of scale), and the extra reads (its reduction's).
+        ``moves_param=False``: a micro-step that does not move θ (Tiger under accumulation), where θ is
+        neither read nor written: g is read by the update and by the reduction (the NaN verdict), each
+        state read and written."""
         element = _element_size(param_dtype)
         state_bytes = _state_element_size(state_dtype, param_dtype) * len(self.state_names(group))
         if not moves_param:
