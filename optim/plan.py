@@ -187,26 +187,13 @@ class GroupPlan:
         if self.kinds and self.params:
             self._make_quantization_count(optimizer.seed, self.locals[0].device)
         for param, state in zip(self.locals, self.state_dicts):
-            dtype = self.state_dtype or param.dtype
             for name in rule.scalar_states:
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer._step_counter(param.device)
                 elif name not in state:
                     state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
-            if self.kinds:
-                self.first_step.append(self._make_quantized_states(param, state))
-                continue
-            first = False
-            for spec in rule.states:
-                if spec.exists(self.group) and spec.name not in state:
-                    if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
-                        state[spec.name], first = torch.empty_like(param, dtype=dtype), True
-                    else:  # preserve_format: the param's strides, as torch.optim makes its states
-                        initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
-                        if param.is_complex():  # each of the real view's coordinates starts there (as torch)
-                            initial = complex(initial, initial)
-                        state[spec.name] = torch.full_like(param, initial, dtype=dtype)
-            self.first_step.append(first)
+            make_states = self._make_quantized_states if self.kinds else self._make_float_states
+            self.first_step.append(make_states(param, state))
         self.launches, self.scalar_buffers = [], {}  # launches: for the fused impl only
         self._pack_scalar_states()
         self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
@@ -229,6 +216,20 @@ class GroupPlan:
             self.group[COUNT_KEY] = new_count(seed, device)
         elif count.device != device:
             self.group[COUNT_KEY] = count.to(device)
+
+    def _make_float_states(self, param, state) -> bool:
+        """The missing states of ``param`` in the state dtype; whether one is made by the first step."""
+        dtype, first = self.state_dtype or param.dtype, False
+        for spec in self.rule.states:
+            if spec.exists(self.group) and spec.name not in state:
+                if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
+                    state[spec.name], first = torch.empty_like(param, dtype=dtype), True
+                else:  # preserve_format: the param's strides, as torch.optim makes its states
+                    initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                    if param.is_complex():  # each of the real view's coordinates starts there (as torch)
+                        initial = complex(initial, initial)
+                    state[spec.name] = torch.full_like(param, initial, dtype=dtype)
+        return first
 
     def _make_quantized_states(self, param, state) -> bool:
         """The missing int8 states of ``param``: codes and scales of their initial values; a state made by
