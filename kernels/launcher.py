@@ -104,8 +104,8 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STA
         state_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED)
         if QUANT is not None:
             scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
-            states = states + (load_dequantized(state_ptr, scale_ptr, offsets, numel, QUANT.UNSIGNED[i], QUANT.BLOCK,
-                                                MASKED),)
+            states = states + (load_dequantized(state_ptr, scale_ptr, offsets, numel, QUANT.UNSIGNED[i], QUANT.BITS,
+                                                QUANT.BLOCK, MASKED),)
         else:
             states = states + (_load(state_ptr, offsets, numel, MASKED),)
     if PER_ROW:
@@ -135,7 +135,7 @@ def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stre
             scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
             key = random_key(quantization_count, i)
             store_quantized(state_ptr, scale_ptr, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
-                            key, QUANT.BLOCK, BLOCK_SIZE, MASKED)
+                            key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
         else:
             _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
 
@@ -291,13 +291,15 @@ def _write_pointers_kernel(table_ptr, row_width, column, first_row, tensors, COU
 
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-_STATE_DTYPES = {**_TRITON_DTYPES, torch.int8: tl.int8}  # int8: codes, with QuantizedStates
+_STATE_DTYPES = {**_TRITON_DTYPES, torch.int8: tl.int8, torch.uint8: tl.uint8}  # codes, with QuantizedStates
 
 
 class QuantizedStates(NamedTuple):
-    """How a launch's int8 states are coded (the QUANT constexpr): elements per fp32 scale, and per
-    state (in the kernel's order) whether its codes are unsigned and rounded stochastically."""
+    """How a launch's quantized states are coded (the QUANT constexpr): bits per code (8: int8 codes
+    laid out as the param; 4: two per uint8, flat in the param's memory order), elements per fp32
+    scale, and per state (in the kernel's order) whether its codes are unsigned and stochastic."""
 
+    BITS: int
     BLOCK: int
     UNSIGNED: tuple
     STOCHASTIC: tuple
@@ -354,7 +356,8 @@ def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedSt
         if s.param.dtype not in _TRITON_DTYPES:
             raise TypeError(f"tensor {i}: the Triton kernels support {list(_TRITON_DTYPES)}, not {s.param.dtype}; "
                             "use impl='reference' for other dtypes")
-        for name, t in zip(("param", "grad", *("state",) * len(s.states)), s.tensors()):
+        walked = s.tensors() if quantization is None or quantization.BITS == 8 else (s.param, s.grad)
+        for name, t in zip(("param", "grad", *("state",) * len(s.states)), walked):
             if not walkable(t, s.param):
                 raise ValueError(f"tensor {i}: the {name} (shape {tuple(t.shape)}, strides {t.stride()}) is not laid "
                                  f"out as its param (shape {tuple(s.param.shape)}, strides {s.param.stride()}) in one "
@@ -378,18 +381,23 @@ def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedSt
 
 
 def _check_quantized(i: int, s: TensorSlots, quantization: Optional[QuantizedStates]):
-    """int8 states come with one dense fp32 scale tensor each, one value per quantization block."""
+    """Quantized states come with one dense fp32 scale tensor each, one value per quantization block."""
     if quantization is None:
-        if s.scales or any(t.dtype == torch.int8 for t in s.states):
-            raise ValueError(f"tensor {i}: int8 states and scales need the launch's QuantizedStates")
+        if s.scales or any(t.dtype in (torch.int8, torch.uint8) for t in s.states):
+            raise ValueError(f"tensor {i}: quantized states and scales need the launch's QuantizedStates")
         return
     if len(s.scales) != len(s.states) or len(quantization.UNSIGNED) != len(s.states):
-        raise ValueError(f"tensor {i}: {len(s.states)} int8 states need as many scale tensors and schemes, got "
+        raise ValueError(f"tensor {i}: {len(s.states)} quantized states need as many scale tensors and schemes, got "
                          f"{len(s.scales)} and {len(quantization.UNSIGNED)}")
     blocks = triton.cdiv(s.param.numel(), quantization.BLOCK)
     for j, (state, scale) in enumerate(zip(s.states, s.scales)):
-        if state.dtype != torch.int8:
-            raise ValueError(f"tensor {i}: state {j} is {state.dtype}; quantized states are int8 codes")
+        if quantization.BITS == 8 and state.dtype != torch.int8:
+            raise ValueError(f"tensor {i}: state {j} is {state.dtype}; 8-bit states are int8 codes")
+        packed = triton.cdiv(s.param.numel(), 2)
+        if quantization.BITS == 4 and (state.dtype != torch.uint8 or state.numel() != packed
+                                       or not state.is_contiguous() or state.device != s.param.device):
+            raise ValueError(f"tensor {i}: state {j} must be {packed} contiguous uint8 on {s.param.device} (two "
+                             f"4-bit codes a byte), got {state.dtype} with {state.numel()} elements on {state.device}")
         if scale.dtype != torch.float32 or scale.numel() != blocks or not scale.is_contiguous() \
                 or scale.device != s.param.device:
             raise ValueError(f"tensor {i}: the scales of state {j} must be a contiguous fp32 tensor of {blocks} "

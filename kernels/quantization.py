@@ -1,15 +1,14 @@
-"""int8 state in registers: codes and one fp32 scale per block, dequantized after the load and
+"""Quantized state in registers: codes and one fp32 scale per block, dequantized after the load and
 requantized before the store, inside the fused update.
 
 The schemes, their papers and why each kind of state takes its own are in ``optim.quantization``'s
 docstring, the plain-PyTorch twin that the reference path runs: the same block layout, the same fp32
-operations in the same order, the same hash for the random bits of stochastic rounding.
+operations in the same order, the same hash for the random bits of stochastic rounding. BITS = 8:
+one int8 code per element, walked like the param; BITS = 4: two per byte, element 2k in the low
+nibble of byte k of the param's memory order (read twice, once per nibble; written once per pair).
 """
 import triton
 import triton.language as tl
-
-SIGNED_LEVELS: tl.constexpr = tl.constexpr(127)
-UNSIGNED_LEVELS: tl.constexpr = tl.constexpr(255)
 
 
 @triton.jit
@@ -37,25 +36,76 @@ def _uniform(key, offsets):
 
 
 @triton.jit
-def load_dequantized(codes_ptr, scale_ptr, offsets, numel, UNSIGNED: tl.constexpr, QUANT_BLOCK: tl.constexpr,
-                     MASKED: tl.constexpr):
+def _levels(UNSIGNED: tl.constexpr, BITS: tl.constexpr):
+    """The largest code: 2^BITS − 1 unsigned, 2^(BITS−1) − 1 signed (symmetric)."""
+    if UNSIGNED:
+        return (1 << BITS) - 1.0
+    else:
+        return (1 << (BITS - 1)) - 1.0
+
+
+@triton.jit
+def _load_codes(codes_ptr, offsets, numel, UNSIGNED: tl.constexpr, BITS: tl.constexpr, MASKED: tl.constexpr):
+    """Each element's code as fp32: the int8 (its bits unsigned for unsigned kinds), or its nibble."""
+    if BITS == 8:
+        if MASKED:
+            codes = tl.load(codes_ptr + offsets, mask=offsets < numel, other=0)
+        else:
+            codes = tl.load(codes_ptr + offsets)
+        if UNSIGNED:
+            codes = codes.to(tl.uint8, bitcast=True)
+        return codes.to(tl.float32)
+    else:
+        if MASKED:
+            byte = tl.load(codes_ptr + offsets // 2, mask=offsets < numel, other=0)
+        else:
+            byte = tl.load(codes_ptr + offsets // 2)
+        nibble = (byte.to(tl.int32) >> ((offsets % 2) * 4).to(tl.int32)) & 15
+        if not UNSIGNED:
+            nibble = (nibble ^ 8) - 8  # two's complement
+        return nibble.to(tl.float32)
+
+
+@triton.jit
+def load_dequantized(codes_ptr, scale_ptr, offsets, numel, UNSIGNED: tl.constexpr, BITS: tl.constexpr,
+                     QUANT_BLOCK: tl.constexpr, MASKED: tl.constexpr):
     """The fp32 values of a block of codes; each element's scale gathered from its quantization block."""
+    codes = _load_codes(codes_ptr, offsets, numel, UNSIGNED, BITS, MASKED)
     if MASKED:
-        codes = tl.load(codes_ptr + offsets, mask=offsets < numel, other=0)
         scale = tl.load(scale_ptr + offsets // QUANT_BLOCK, mask=offsets < numel, other=0.0)
     else:
-        codes = tl.load(codes_ptr + offsets)
         scale = tl.load(scale_ptr + offsets // QUANT_BLOCK)
     if UNSIGNED:
-        ratio = codes.to(tl.uint8, bitcast=True).to(tl.float32) / UNSIGNED_LEVELS
+        ratio = codes / _levels(UNSIGNED, BITS)
         return ratio * ratio * scale
     else:
-        return codes.to(tl.float32) * (scale / SIGNED_LEVELS)
+        return codes * (scale / _levels(UNSIGNED, BITS))
+
+
+@triton.jit
+def _store_codes(codes_ptr, offsets, numel, code, BITS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """int8 codes one per element; int4 codes packed by pairs (a masked tail's codes are 0)."""
+    if BITS == 8:
+        codes = code.to(tl.int32).to(tl.int8)  # 128..255 of unsigned kinds in the int8's bits
+        if MASKED:
+            tl.store(codes_ptr + offsets, codes, mask=offsets < numel)
+        else:
+            tl.store(codes_ptr + offsets, codes)
+    else:
+        shifted = (code.to(tl.int32) & 15) << ((offsets % 2) * 4).to(tl.int32)
+        pairs = tl.sum(tl.reshape(shifted, [BLOCK_SIZE // 2, 2]), axis=1).to(tl.uint8)  # disjoint bits
+        first = tl.min(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]), axis=1)
+        if MASKED:
+            tl.store(codes_ptr + first // 2, pairs, mask=first < numel)
+        else:
+            tl.store(codes_ptr + first // 2, pairs)
 
 
 @triton.jit
 def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
-                    key, QUANT_BLOCK: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+                    key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    MASKED: tl.constexpr):
     """Each quantization block's absmax (the masked tail counts as 0), then the codes against it."""
     BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
     value = tl.where(offsets < numel, value, 0.0)
@@ -67,25 +117,21 @@ def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.co
     first = tl.min(tl.reshape(offsets, [BLOCKS, QUANT_BLOCK]), axis=1)  # each block's first element
     per_element = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
     safe = tl.where(per_element > 0.0, per_element, 1.0)
+    levels = _levels(UNSIGNED, BITS)
     if UNSIGNED:
-        scaled = tl.sqrt_rn(value / safe) * UNSIGNED_LEVELS
-        low, high = 0.0, 255.0
+        scaled = tl.sqrt_rn(value / safe) * levels
+        low = 0.0
     else:
-        scaled = value / (safe / SIGNED_LEVELS)
-        low, high = -127.0, 127.0
+        scaled = value / (safe / levels)
+        low = -levels
     scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # a 0 scale, and inf over an inf one
     if STOCHASTIC:
         scaled = scaled + _uniform(key, offsets)
     else:
         scaled = scaled + 0.5
-    code = tl.minimum(tl.maximum(tl.floor(scaled), low), high)
-    if UNSIGNED:
-        codes = code.to(tl.uint8).to(tl.int8, bitcast=True)  # 128..255 in the int8's bits
-    else:
-        codes = code.to(tl.int8)
+    code = tl.minimum(tl.maximum(tl.floor(scaled), low), levels)
+    _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
     if MASKED:
-        tl.store(codes_ptr + offsets, codes, mask=offsets < numel)
         tl.store(scale_ptr + first // QUANT_BLOCK, scale, mask=first < numel)
     else:
-        tl.store(codes_ptr + offsets, codes)
         tl.store(scale_ptr + first // QUANT_BLOCK, scale)

@@ -10,7 +10,8 @@ import torch
 from kernels import ops
 from kernels.shards import local
 from optim.plan import StepPlan, _same, count_step
-from optim.quantization import COUNT_KEY, dequantize, is_quantized, quantize, scale_name, scale_numel, storage_dtype
+from optim.quantization import (COUNT_KEY, FORMATS, dequantize, format_of, is_quantized, new_codes, quantize,
+                                scale_name, scale_numel, storage_dtype)
 from optim.rounding import stochastic_round
 from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
@@ -26,8 +27,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
     can run the params as they are (device, dtype, a dense layout shared by param, gradient and
     states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
-    (default: each param's own dtype, as torch.optim), or "int8": codes and one fp32 scale per block
-    (``optim.quantization``), dequantized and requantized inside the step. ``stochastic_rounding``: bf16 and fp16 params
+    (default: each param's own dtype, as torch.optim), or "int8" or "int4": codes and one fp32 scale
+    per block (``optim.quantization``), dequantized and requantized inside the step. ``stochastic_rounding``: bf16 and fp16 params
     and states are rounded stochastically (unbiased), reproducibly from ``seed``, so that updates
     below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
     into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
@@ -190,12 +191,13 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None):
         """The rule's oracle over one group; GradScaler's verdict was read on the host before. ``kinds``
-        (int8 states: name → kind, in the kernel's order): the oracle runs on their fp32 values, which
-        are then quantized back with the kernel's scheme and draws."""
+        (quantized states: name → kind, in the kernel's order): the oracle runs on their fp32 values,
+        laid out as the params, which are then quantized back with the kernel's scheme and draws."""
         if kinds:
             scales = set(map(scale_name, kinds))
-            full_states = [{name: dequantize(value, state[scale_name(name)], kinds[name]) if name in kinds else value
-                            for name, value in state.items() if name not in scales} for state in states]
+            full_states = [{name: dequantize(value, state[scale_name(name)], kinds[name], param) if name in kinds
+                            else value for name, value in state.items() if name not in scales}
+                           for param, state in zip(params, states)]
             self._reference_step(group, params, grads, full_states, first_step, amp)
             for state, full_state in zip(states, full_states):
                 for column, (name, kind) in enumerate(kinds.items()):
@@ -267,21 +269,26 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     def _load_state(self, state: dict, name: str, kind: str, value, scales, shard) -> None:
         """One element-wise state from a checkpoint, in this optimizer's state dtype and the param's
-        layout: int8 codes and scales as they are where their layout is the param's, else through their
-        fp32 values (dequantized from a quantized checkpoint, quantized into a quantized optimizer)."""
+        layout: codes and scales of this optimizer's format as they are (int8 ones where laid out as the
+        param), else through their fp32 values (dequantized from a quantized checkpoint, quantized into
+        a quantized optimizer). int4 codes are read in the param's memory order, as they were saved."""
+        quantized = is_quantized(self.state_dtype)
         if scales is not None:
-            scales = scales.to(shard.device, torch.float32)
-        target = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard))
-        if is_quantized(self.state_dtype) and scales is not None and value.stride() == target.stride():
-            state[name], state[scale_name(name)] = target.copy_(value), scales.clone().contiguous()
-            return
-        values = dequantize(value.to(shard.device), scales, kind) if scales is not None else value
-        if is_quantized(self.state_dtype):
-            state[scale_name(name)] = torch.empty(scale_numel(shard.numel()), dtype=torch.float32, device=shard.device)
-            quantize(values.to(shard.device), kind, target, state[scale_name(name)])
-            state[name] = target
+            scales, value = scales.to(shard.device, torch.float32), value.to(shard.device)
+            if quantized and format_of(value) is FORMATS[self.state_dtype]:
+                codes = new_codes(shard, self.state_dtype)
+                if codes.stride() == value.stride():
+                    state[name], state[scale_name(name)] = codes.copy_(value), scales.clone().contiguous()
+                    return
+        values = dequantize(value, scales, kind, shard) if scales is not None else value
+        values = torch.empty_like(shard, dtype=values.dtype).copy_(values)  # the param's layout
+        if quantized:
+            state[name] = new_codes(shard, self.state_dtype)
+            state[scale_name(name)] = torch.empty(scale_numel(shard.numel(), self.state_dtype), dtype=torch.float32,
+                                                  device=shard.device)
+            quantize(values, kind, state[name], state[scale_name(name)])
         else:
-            state[name] = target.copy_(values)
+            state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(values)
 
     def _saved_step_count(self, saved_states: list) -> float:
         """The optimizer's step count in a checkpoint (0 where no param has state). One saved by this
@@ -309,15 +316,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                 if isinstance(value, torch.Tensor) and value.numel() != 1:
                     raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements, not one")
             elif name in scales:
-                if scales[name] not in saved or value.numel() != scale_numel(param.numel()):
-                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements; the "
-                                     f"scales of int8 codes {scales[name]!r} of a param of {param.numel()} elements "
-                                     f"are {scale_numel(param.numel())}, beside the codes: the checkpoint belongs "
-                                     "to another model, or was edited")
-            elif isinstance(value, torch.Tensor) and value.dtype == torch.int8 and scale_name(name) not in saved:
-                raise ValueError(f"{self.rule.name}: {where} has int8 {name!r} without its {scale_name(name)!r}; "
-                                 "int8 codes cannot be read without their scales")
-            elif isinstance(value, torch.Tensor) and value.shape != param.shape:
+                codes = saved.get(scales[name])
+                coded = isinstance(codes, torch.Tensor) and codes.dtype in (torch.int8, torch.uint8)
+                fmt = format_of(codes) if coded else None
+                blocks = -(-param.numel() // fmt.block) if coded else None
+                if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != -(-param.numel() // 2)):
+                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements beside "
+                                     f"codes {scales[name]!r} that are not int8 of the param's shape, or int4 two a "
+                                     f"byte, with a scale per block of them: the checkpoint belongs to another "
+                                     "model, or was edited")
+            elif (isinstance(value, torch.Tensor) and value.dtype in (torch.int8, torch.uint8)
+                  and scale_name(name) not in saved):
+                raise ValueError(f"{self.rule.name}: {where} has codes {name!r} ({value.dtype}) without their "
+                                 f"{scale_name(name)!r}; codes cannot be read without their scales")
+            elif isinstance(value, torch.Tensor) and value.dtype != torch.uint8 and value.shape != param.shape:
                 raise ValueError(f"{self.rule.name}: {where} has {name!r} of shape {tuple(value.shape)}, but the "
                                  f"param has shape {tuple(param.shape)}: the checkpoint belongs to another model "
                                  "or another order of params")

@@ -25,8 +25,8 @@ from kernels import launcher
 from kernels.launcher import INTERPRETED, QuantizedStates, TensorSlots, prepare_launches, walkable
 from kernels.shards import Shards, local
 from optim.prepared import Prepared
-from optim.quantization import (COUNT_KEY, QUANT_BLOCK, STOCHASTIC, UNSIGNED, is_quantized, new_count, quantize,
-                                scale_name, scale_numel)
+from optim.quantization import (COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, new_codes, new_count,
+                                quantize, scale_name, scale_numel)
 from optim.registry import FIRST_STEP
 from optim.validation import check_grad, check_hyperparameters, check_quantized_state, check_scalar_state, check_state
 
@@ -95,21 +95,21 @@ class GroupPlan:
         self.state_names = rule.state_names(group)
         self.plan_options = [group[key] for key in rule.plan_keys]
         self.state_dtype = optimizer.state_dtype
-        # int8 states: each state's kind (its scheme), in the kernel's order; {} for float states.
+        # Quantized states: each state's kind (its scheme), in the kernel's order; {} for float states.
         self.kinds = ({spec.name: spec.kind for spec in rule.states if spec.name in self.state_names}
                       if is_quantized(self.state_dtype) else {})
         self.tracked_names = (*rule.scalar_states, *self.state_names, *map(scale_name, self.kinds))
         existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
         for param, state, name in zip(self.locals, existing, self.names):
             if self.kinds and param.is_complex():
-                raise TypeError(f"{rule.name}: {name} is complex; int8 states code real values only. Use a float "
+                raise TypeError(f"{rule.name}: {name} is complex; quantized states code real values only. Use a float "
                                 "state_dtype for complex params, or optimize torch.view_as_real(param)")
             for state_name in rule.scalar_states:
                 if state_name in state:
                     check_scalar_state(rule.name, state_name, state[state_name], param, name)
             for state_name in self.state_names:
                 if state_name in state and self.kinds:
-                    check_quantized_state(rule.name, state_name, state, param, name)
+                    check_quantized_state(rule.name, state_name, state, param, self.state_dtype, name)
                 elif state_name in state:
                     check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
         self.impl = self._resolve_impl(optimizer.impl, existing)
@@ -136,6 +136,8 @@ class GroupPlan:
             return "reference"
         on_cuda = all(p.is_cuda for p in self.locals)
         runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in self.locals))
+        # int4 codes are packed flat, two a byte, not laid out as the param: checked by check_quantized_state
+        walked = () if self.kinds and FORMATS[self.state_dtype].bits == 4 else self.state_names
         for param, grad, state, name in zip(self.locals, self.grads, existing, self.names):
             problem, param = None, _real(param)
             if grad.is_sparse:
@@ -147,7 +149,7 @@ class GroupPlan:
                 problem = TypeError(f"{name} has dtype {param.dtype}; the Triton kernels support {list(rule.dtypes)}")
             else:
                 for what, tensor in (("param", param), ("gradient", _real(grad)),
-                                     *((f"state {n!r}", _real(state[n])) for n in self.state_names if n in state)):
+                                     *((f"state {n!r}", _real(state[n])) for n in walked if n in state)):
                     if not walkable(tensor, param):
                         problem = ValueError(
                             f"the {what} of {name} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid "
@@ -232,14 +234,15 @@ class GroupPlan:
         return first
 
     def _make_quantized_states(self, param, state) -> bool:
-        """The missing int8 states of ``param``: codes and scales of their initial values; a state made by
+        """The missing quantized states of ``param``: codes and scales of their initial values; a state made by
         the first step starts at zero codes and scales (the step writes it without reading it). Whether
         one is made by the first step."""
         first = False
         for spec in self.rule.states:
             if spec.exists(self.group) and spec.name not in state:
-                codes = torch.empty_like(param, dtype=torch.int8)
-                scales = torch.zeros(scale_numel(param.numel()), dtype=torch.float32, device=param.device)
+                codes = new_codes(param, self.state_dtype)
+                scales = torch.zeros(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32,
+                                     device=param.device)
                 if spec.initial == FIRST_STEP:
                     codes.zero_()
                     first = True
@@ -279,9 +282,11 @@ class GroupPlan:
                  for p, g, state, scalars, first, row_length in zip(self.views, self.grads, self.run_states,
                                                                     prepared.scalars, self.first_step,
                                                                     prepared.row_lengths)]
-        quantization = (QuantizedStates(QUANT_BLOCK, tuple(UNSIGNED[kind] for kind in self.kinds.values()),
-                                        tuple(STOCHASTIC[kind] for kind in self.kinds.values()))
-                        if self.kinds else None)
+        quantization = None
+        if self.kinds:
+            fmt = FORMATS[self.state_dtype]
+            quantization = QuantizedStates(fmt.bits, fmt.block, tuple(UNSIGNED[kind] for kind in self.kinds.values()),
+                                           tuple(STOCHASTIC[kind] for kind in self.kinds.values()))
         self.launches = [(members, len(members) == len(slots), launch)
                          for members, launch in prepare_launches(slots, rule.name, quantization)]
 
@@ -311,7 +316,7 @@ class GroupPlan:
             if not _same(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
                 return False
         except KeyError:
-            return False  # a state dropped (an int8 state's scales): the rebuild makes or refuses it
+            return False  # a state dropped (a quantized state's scales): the rebuild makes or refuses it
         if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
             for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):
                 if (grad.layout is not torch.strided or grad.shape != shape or grad.stride() != stride

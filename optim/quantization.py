@@ -30,12 +30,30 @@ state's column and a key: the group's ``quantization_count`` (the seed above bit
 counted by each step and saved with the param groups, so a resumed run draws the same bits. Integer
 arithmetic only, so the kernel and this twin draw the very same bits.
 """
+from dataclasses import dataclass
+
 import torch
 
-QUANT_BLOCK = 256
-QUANTIZED_DTYPES = ("int8",)  # values state_dtype takes besides torch's float dtypes
+
+@dataclass(frozen=True)
+class Format:
+    """How a quantized state dtype stores its codes."""
+
+    bits: int
+    block: int  # elements per fp32 scale
+    codes_dtype: torch.dtype  # int8: one code per byte, laid out as the param; uint8: two, packed flat
+
+    def levels(self, kind: str) -> int:
+        """The largest code: 127 or 7 for signed kinds (symmetric), 255 or 15 for the others."""
+        return 2**self.bits - 1 if UNSIGNED[kind] else 2 ** (self.bits - 1) - 1
+
+
+# int8 in blocks of 256 (torchao's 8-bit Adam); int4 in blocks of 128, Li et al. 2023's for 4-bit
+# states: a coarser code needs a smaller block so that an outlier spoils fewer elements.
+FORMATS = {"int8": Format(8, 256, torch.int8), "int4": Format(4, 128, torch.uint8)}
+QUANTIZED_DTYPES = tuple(FORMATS)  # values state_dtype takes besides torch's float dtypes
+QUANT_BLOCK = FORMATS["int8"].block
 COUNT_KEY = "quantization_count"  # the param group's key: a 0-d int64, (seed << 32) + steps
-SIGNED_LEVELS, UNSIGNED_LEVELS = 127, 255
 UNSIGNED = {"signed": False, "nonnegative": True, "accumulator": True, "multiplicative": True}
 STOCHASTIC = {"signed": False, "nonnegative": False, "accumulator": True, "multiplicative": True}
 _MASK32 = 0xFFFFFFFF
@@ -45,17 +63,30 @@ def is_quantized(state_dtype) -> bool:
     return isinstance(state_dtype, str) and state_dtype in QUANTIZED_DTYPES
 
 
+def format_of(codes: torch.Tensor) -> Format:
+    """The format of a tensor of codes, told by its dtype."""
+    return next(f for f in FORMATS.values() if f.codes_dtype == codes.dtype)
+
+
 def storage_dtype(state_dtype, param: torch.Tensor) -> torch.dtype:
-    """The dtype a state tensor of ``param`` is stored in: int8 codes, else the float state dtype."""
-    return torch.int8 if is_quantized(state_dtype) else (state_dtype or param.dtype)
+    """The dtype a state tensor of ``param`` is stored in: its codes', else the float state dtype."""
+    return FORMATS[state_dtype].codes_dtype if is_quantized(state_dtype) else (state_dtype or param.dtype)
+
+
+def new_codes(param: torch.Tensor, state_dtype: str) -> torch.Tensor:
+    """Uninitialised codes for a state of ``param``: int8 laid out as the param; int4 two per byte,
+    flat, in the param's memory order (element 2k in the low nibble, 2k + 1 in the high one)."""
+    if FORMATS[state_dtype].bits == 8:
+        return torch.empty_like(param, dtype=torch.int8)
+    return torch.empty(-(-param.numel() // 2), dtype=torch.uint8, device=param.device)
 
 
 def scale_name(name: str) -> str:
     return name + "_scale"
 
 
-def scale_numel(numel: int) -> int:
-    return -(-numel // QUANT_BLOCK)
+def scale_numel(numel: int, state_dtype: str = "int8") -> int:
+    return -(-numel // FORMATS[state_dtype].block)
 
 
 def memory_order(tensor: torch.Tensor) -> torch.Tensor:
@@ -64,10 +95,10 @@ def memory_order(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.permute(order).reshape(-1)
 
 
-def _blocks(flat: torch.Tensor) -> torch.Tensor:
-    """[n] → [blocks, QUANT_BLOCK], the tail padded with zeros (which never raise a block's max)."""
-    padding = scale_numel(flat.numel()) * QUANT_BLOCK - flat.numel()
-    return torch.nn.functional.pad(flat, (0, padding)).view(-1, QUANT_BLOCK)
+def _blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
+    """[n] → [blocks, block], the tail padded with zeros (which never raise a block's max)."""
+    padding = -(-flat.numel() // block) * block - flat.numel()
+    return torch.nn.functional.pad(flat, (0, padding)).view(-1, block)
 
 
 def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
@@ -97,41 +128,53 @@ def uniforms(count: torch.Tensor, column: int, numel: int) -> torch.Tensor:
 
 def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.Tensor,
              count=None, column: int = 0) -> None:
-    """fp32 ``values`` into ``codes`` (int8, laid out as values) and ``scales`` (fp32, one per block);
-    a stochastic kind draws its rounding from (count, column), round to nearest without a count."""
+    """fp32 ``values`` into ``codes`` (their format told by their dtype: ``new_codes``) and ``scales``
+    (fp32, one per block); a stochastic kind draws its rounding from (count, column), round to
+    nearest without a count. Blocks follow the memory order of int8 codes, else of ``values``."""
+    fmt = format_of(codes)
     values = values.float()
-    if values.stride() != codes.stride():  # blocks follow the codes' memory order (a checkpoint's layout may differ)
+    if fmt.bits == 8 and values.stride() != codes.stride():  # a checkpoint's layout may differ
         values = torch.empty_like(codes, dtype=torch.float32).copy_(values)
     flat = memory_order(values)
-    blocks = _blocks(flat)
+    blocks = _blocks(flat, fmt.block)
     scale = blocks.abs().amax(dim=1, keepdim=True)
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    levels = fmt.levels(kind)
     if UNSIGNED[kind]:
-        scaled, low, high = (blocks / safe).sqrt() * UNSIGNED_LEVELS, 0, UNSIGNED_LEVELS
+        scaled, low = (blocks / safe).sqrt() * levels, 0
     else:
-        scaled, low, high = blocks / (safe / SIGNED_LEVELS), -SIGNED_LEVELS, SIGNED_LEVELS
+        scaled, low = blocks / (safe / levels), -levels
     # code 0 where the scale is 0, and for an inf over its inf scale (NaN), as the kernel
     scaled = torch.where((scale > 0) & (scaled == scaled), scaled, torch.zeros_like(scaled))
     if STOCHASTIC[kind] and count is not None:
-        offset = _blocks(uniforms(count, column, flat.numel()))
+        offset = _blocks(uniforms(count, column, flat.numel()), fmt.block)
     else:
         offset = torch.full_like(scaled, 0.5)
-    code = (scaled + offset).floor().clamp(low, high).view(-1)[:flat.numel()]
-    # Unsigned codes 128..255 are kept in the int8's bits (as −128..−1), as the kernel stores them.
-    memory_order(codes).copy_(code.to(torch.int32).to(torch.uint8).view(torch.int8))
+    code = (scaled + offset).floor().clamp(low, levels).view(-1)[:flat.numel()].to(torch.int32)
+    if fmt.bits == 8:
+        # Unsigned codes 128..255 are kept in the int8's bits (as −128..−1), as the kernel stores them.
+        memory_order(codes).copy_(code.to(torch.uint8).view(torch.int8))
+    else:  # two's-complement nibbles, element 2k low, 2k + 1 high
+        nibbles = torch.nn.functional.pad(code & 15, (0, code.numel() % 2))
+        codes.copy_((nibbles[0::2] | (nibbles[1::2] << 4)).to(torch.uint8))
     scales.copy_(scale.view(-1))
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, kind: str) -> torch.Tensor:
-    """The fp32 values of ``codes``, laid out as the codes."""
-    flat = memory_order(codes)
-    scale = scales.float().repeat_interleave(QUANT_BLOCK)[:flat.numel()]
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, kind: str, like: torch.Tensor = None) -> torch.Tensor:
+    """The fp32 values of ``codes``, laid out as int8 codes, or as ``like`` (the param) for int4."""
+    fmt = format_of(codes)
+    if fmt.bits == 8:
+        like, flat = codes, memory_order(codes).view(torch.uint8 if UNSIGNED[kind] else torch.int8).int()
+    else:
+        nibbles = torch.stack([codes & 15, codes >> 4], dim=1).view(-1)[:like.numel()].int()
+        flat = nibbles if UNSIGNED[kind] else (nibbles ^ 8) - 8
+    scale = scales.float().repeat_interleave(fmt.block)[:flat.numel()]
     if UNSIGNED[kind]:
-        ratio = flat.view(torch.uint8).float() / UNSIGNED_LEVELS
+        ratio = flat.float() / fmt.levels(kind)
         values = ratio * ratio * scale
     else:
-        values = flat.float() * (scale / SIGNED_LEVELS)
-    result = torch.empty_like(codes, dtype=torch.float32)
+        values = flat.float() * (scale / fmt.levels(kind))
+    result = torch.empty_like(like, dtype=torch.float32)
     memory_order(result).copy_(values)
     return result
 

@@ -28,7 +28,7 @@ from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_m
                                    fraction, lr, momentum, nesterov, nonnegative, param_kind, positive_integer,
                                    schedule, schedule_in_kernel, shrink, weight_decay)
 from optim.param_groups import tiger_param_groups
-from optim.quantization import QUANT_BLOCK, is_quantized, scale_numel
+from optim.quantization import FORMATS, is_quantized, scale_numel
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
@@ -195,7 +195,7 @@ class Rule:
 
     def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True) -> float:
         """Bytes one step moves per parameter: θ and g read, θ written, each state read and written (int8
-        states: a byte of code and 4/QUANT_BLOCK of scale), and the extra reads (its reduction's).
+        states: a code and its share of a 4-byte scale), and the extra reads (its reduction's).
         ``moves_param=False``: a micro-step that does not move θ (Tiger under accumulation), where θ is
         neither read nor written: g is read by the update and by the reduction (the NaN verdict), each
         state read and written."""
@@ -208,11 +208,15 @@ class Rule:
     def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None) -> int:
         """Bytes of state kept for params of these sizes after a step: each element-wise state in
         ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value;
-        int8 states one byte of code per element and one fp32 scale per started quantization block."""
+        int8 states one byte of code per element, int4 one per started pair, and one fp32 scale per
+        started quantization block."""
         names = self.state_names(group)
-        per_element = (1 if is_quantized(state_dtype) else _element_size(state_dtype or param_dtype)) * len(names)
-        scales = sum(scale_numel(n) for n in numels) * 4 * len(names) if is_quantized(state_dtype) else 0
-        return sum(numels) * per_element + scales + len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
+        scalars = len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
+        if not is_quantized(state_dtype):
+            return sum(numels) * _element_size(state_dtype or param_dtype) * len(names) + scalars
+        codes = sum(-(-n * FORMATS[state_dtype].bits // 8) for n in numels)
+        scales = sum(scale_numel(n, state_dtype) for n in numels) * 4
+        return (codes + scales) * len(names) + scalars
 
 
 SCALAR_STATE_BYTES = 4  # scalar states are fp32 0-d tensors on the param's device
@@ -223,9 +227,9 @@ def _element_size(dtype) -> int:
 
 
 def _state_element_size(state_dtype, param_dtype) -> float:
-    """Bytes per element of one state: int8 codes carry a 4-byte scale per QUANT_BLOCK elements."""
+    """Bytes per element of one state: a quantized one's code and its share of a 4-byte scale."""
     if is_quantized(state_dtype):
-        return 1 + 4 / QUANT_BLOCK
+        return FORMATS[state_dtype].bits / 8 + 4 / FORMATS[state_dtype].block
     return _element_size(state_dtype or param_dtype)
 
 

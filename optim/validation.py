@@ -6,7 +6,7 @@ import numbers
 import torch
 from torch.distributed.tensor import DTensor
 
-from optim.quantization import QUANTIZED_DTYPES, is_quantized, scale_name, scale_numel
+from optim.quantization import FORMATS, QUANTIZED_DTYPES, is_quantized, scale_name, scale_numel
 
 
 def _tensor_problem(spec, value) -> str:
@@ -54,12 +54,22 @@ def check_state(rule_name: str, name: str, value, param, dtype, where: str):
             "a matching state_dict, or drop this param's state (del optimizer.state[p]) to start it afresh")
 
 
-def check_quantized_state(rule_name: str, name: str, state: dict, param, where: str):
-    """An int8 state is its codes, the param's twin in int8, and its fp32 scales, one per quantization
-    block: fewer would be read and written past their end by the fused step."""
-    check_state(rule_name, name, state[name], param, torch.int8, where)
+def check_quantized_state(rule_name: str, name: str, state: dict, param, state_dtype: str, where: str):
+    """A quantized state is its codes (int8: the param's twin in int8; int4: two a byte, flat) and its
+    fp32 scales, one per quantization block: fewer would be read and written past their end."""
+    if FORMATS[state_dtype].bits == 8:
+        check_state(rule_name, name, state[name], param, torch.int8, where)
+    else:
+        codes, packed = state[name], -(-param.numel() // 2)
+        if (not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.numel() != packed
+                or codes.dim() != 1 or codes.device != param.device):
+            got = (f"{codes.dtype} {tuple(codes.shape)} on {codes.device}" if isinstance(codes, torch.Tensor)
+                   else repr(codes))
+            raise ValueError(f"{rule_name}: state {name!r} of {where} is {got}, but int4 codes of its param are "
+                             f"uint8 ({packed},) on {param.device}, two a byte: load a matching state_dict, or "
+                             "drop this param's state (del optimizer.state[p]) to start it afresh")
     scales = state.get(scale_name(name))
-    blocks = scale_numel(param.numel())
+    blocks = scale_numel(param.numel(), state_dtype)
     if (not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != blocks
             or scales.device != param.device or not scales.is_contiguous()):
         got = (f"{scales.dtype} of {scales.numel()} elements on {scales.device}" if isinstance(scales, torch.Tensor)
