@@ -28,9 +28,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     can run the params as they are (device, dtype, a dense layout shared by param, gradient and
     states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
     (default: each param's own dtype, as torch.optim), or "int8" or "int4": codes and one fp32 scale
-    per block (``optim.quantization``), dequantized and requantized inside the step. ``stochastic_rounding``: bf16 and fp16 params
-    and states are rounded stochastically (unbiased), reproducibly from ``seed``, so that updates
-    below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
+    per block (``optim.quantization``), dequantized and requantized inside the step.
+    ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
+    reproducibly from ``seed``, so that updates below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
     into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
     it, then freed; ``backward()`` alone trains.
     """

@@ -160,14 +160,20 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
     scales.copy_(scale.view(-1))
 
 
+def code_values(codes: torch.Tensor, kind: str, numel: int) -> torch.Tensor:
+    """The codes of ``numel`` elements as int32, in the param's memory order: int8 codes (their bits
+    unsigned for unsigned kinds), or int4 nibbles (two's complement for signed kinds)."""
+    if format_of(codes).bits == 8:
+        return memory_order(codes).view(torch.uint8 if UNSIGNED[kind] else torch.int8).int()
+    nibbles = torch.stack([codes & 15, codes >> 4], dim=1).view(-1)[:numel].int()
+    return nibbles if UNSIGNED[kind] else (nibbles ^ 8) - 8
+
+
 def dequantize(codes: torch.Tensor, scales: torch.Tensor, kind: str, like: torch.Tensor = None) -> torch.Tensor:
     """The fp32 values of ``codes``, laid out as int8 codes, or as ``like`` (the param) for int4."""
     fmt = format_of(codes)
-    if fmt.bits == 8:
-        like, flat = codes, memory_order(codes).view(torch.uint8 if UNSIGNED[kind] else torch.int8).int()
-    else:
-        nibbles = torch.stack([codes & 15, codes >> 4], dim=1).view(-1)[:like.numel()].int()
-        flat = nibbles if UNSIGNED[kind] else (nibbles ^ 8) - 8
+    like = codes if fmt.bits == 8 else like
+    flat = code_values(codes, kind, like.numel())
     scale = scales.float().repeat_interleave(fmt.block)[:flat.numel()]
     if UNSIGNED[kind]:
         ratio = flat.float() / fmt.levels(kind)

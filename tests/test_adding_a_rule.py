@@ -1,8 +1,8 @@
 """Adding a rule is three things: its math, its oracle and its declaration (README, "How to add a
 rule"). This test adds a toy rule that way, with a hyperparameter no other rule has, and runs it
 through the registry-driven suites without editing any of them: parity in every dtype, bad input,
-GradScaler, torch.compile, the launch plan's refusals, checkpoints; parity, GradScaler and resume also with
-int8 states.
+GradScaler, torch.compile, the launch plan's refusals, checkpoints; parity and GradScaler also with int8
+and int4 states, and an int4 run resumed.
 
 The toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
 """
@@ -16,6 +16,7 @@ import triton.language as tl
 import optim
 from kernels.elementwise import hyperparameter
 from optim.hyperparameters import Hyperparameter, fraction, lr
+from optim.quantization import QUANTIZED_DTYPES
 from optim.reference import upcast
 from optim.registry import RULES, Rule, State
 from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
@@ -61,9 +62,10 @@ def test_the_toy_rule_passes_the_registry_driven_suites(registered):
         test_parity.test_triton_matches_reference(rule, dtype, dict(test_parity.variants(rule))["defaults"],
                                                   test_parity.SHAPES["mixed"])
     test_parity.test_update_moves_params(rule)
-    test_parity.test_int8_states_match_the_reference_to_the_code(rule, torch.float32,
-                                                                dict(test_parity.variants(rule))["defaults"])
-    test_quantized_state.test_a_resumed_int8_run_equals_the_uninterrupted_one_bit_for_bit(rule)
+    for state_dtype in QUANTIZED_DTYPES:
+        test_parity.test_quantized_states_match_the_reference_to_the_code(
+            rule, torch.float32, dict(test_parity.variants(rule))["defaults"], state_dtype)
+    test_quantized_state.test_a_resumed_quantized_run_equals_the_uninterrupted_one_bit_for_bit(rule, "int4")
     for spec in rule.arguments:
         for value, text in spec.bad:
             text = re.escape(text)  # as the bad-input suite matches it
@@ -74,7 +76,7 @@ def test_the_toy_rule_passes_the_registry_driven_suites(registered):
     for impl in ("triton", "reference"):
         test_behaviour.test_state_dict_resume_equals_uninterrupted_run(rule, impl)
         test_behaviour.test_lr_as_tensor_changed_in_place(rule, impl)
-        for state_dtype in (None, "int8"):
+        for state_dtype in (None, *QUANTIZED_DTYPES):
             test_amp.test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, state_dtype)
         test_step_plan.test_a_state_of_another_size_is_refused_before_any_change(rule, "smaller", impl)
     test_compile.test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule)

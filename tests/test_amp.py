@@ -41,7 +41,8 @@ def assert_identical(actual, expected, what):
         assert torch.equal(a, e), f"{what}: tensor {i} differs (max |Δ| {(a.float() - e.float()).abs().max()})"
 
 
-@pytest.mark.parametrize("state_dtype", [None, "int8"])  # int8: codes, scales and their draw counter untouched
+# Quantized states: codes, scales and their draw counter untouched by a skipped step.
+@pytest.mark.parametrize("state_dtype", [None, "int8", "int4"])
 @pytest.mark.parametrize("impl", ["triton", "reference"])
 @pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
 def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, state_dtype):

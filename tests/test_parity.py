@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import optim
-from optim.quantization import UNSIGNED
+from optim.quantization import FORMATS, QUANTIZED_DTYPES, code_values
 from optim.registry import RULES
 from tests.conftest import assert_close, hyperparameters_for_tests, make_params, random_grads
 
@@ -56,20 +56,20 @@ def run(rule, impl, shapes, dtype, hyper, state_dtype=None, steps=STEPS):
     return params, [optimizer.state[p] for p in params]
 
 
-# int8 states: kernel and oracle quantize with the same scheme and the same draws, so their codes
+# Quantized states: kernel and oracle quantize with the same scheme and the same draws, so their codes
 # agree exactly wherever their fp32 values do. Where those differ (another fp32 operation order: exp2
 # for β^t, GPU fused multiply-adds), a value that close to a rounding boundary (x.5 to nearest, the
 # uniform when stochastic) takes the neighbouring code: codes one step apart, and the params there
 # by what one code step moves them. With fp32 params that is an ulp of the state, about 2^-24·255 of
 # the elements per state and step (seen: 1 in 5397 after 7 steps); with bf16 params, θ itself may
 # differ by a unit of bf16 (its tolerance), which the weight decay carries into the state: 2^-8·255
-# per affected element (seen: 5 in 2112). Allowed: these fractions of a tensor, none below 1000 or 100.
+# per affected element (seen: 5 in 2112). int4's 15 levels make flips rarer (and each moves more).
+# Allowed: these fractions of a tensor, none below 1000 or 100 elements.
 CODE_FLIP_FRACTION = {torch.float32: 1e-3, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
-def assert_codes_close(codes, expected, kind, fraction, what):
-    view = torch.uint8 if UNSIGNED[kind] else torch.int8
-    difference = (codes.view(view).int() - expected.view(view).int()).abs()
+def assert_codes_close(codes, expected, kind, numel, fraction, what):
+    difference = (code_values(codes, kind, numel) - code_values(expected, kind, numel)).abs()
     assert difference.numel() == 0 or difference.max() <= 1, f"{what}: codes differ by {difference.max()} steps"
     differing = int((difference > 0).sum())
     assert differing <= math.floor(fraction * codes.numel()), f"{what}: {differing} codes differ"
@@ -82,16 +82,17 @@ def assert_matches_reference(rule, shapes, dtype, hyper, state_dtype=None):
     kinds = {spec.name: spec.kind for spec in rule.states}
     for i, (param, ref_param, state, ref_state) in enumerate(zip(params, ref_params, states, ref_states)):
         flips = math.floor(rule.sign_flip_fraction * param.numel())
-        if state_dtype == "int8":
+        if state_dtype in QUANTIZED_DTYPES:
             flips += math.floor(CODE_FLIP_FRACTION[dtype] * param.numel())
         assert_close(param, ref_param, tolerance, f"{rule.name} param {i} {tuple(param.shape)}", flips)
         assert state.keys() == ref_state.keys(), f"{rule.name}: state names {list(state)} != {list(ref_state)}"
         for name in state:
             what = f"{rule.name} state {name} of param {i}"
             assert state[name].dtype == ref_state[name].dtype, f"{what}: dtype"
-            if name in kinds and state_dtype == "int8":
-                assert state[name].dtype == torch.int8, f"{what}: {state[name].dtype}, not int8 codes"
-                assert_codes_close(state[name], ref_state[name], kinds[name], CODE_FLIP_FRACTION[dtype], what)
+            if name in kinds and state_dtype in QUANTIZED_DTYPES:
+                assert state[name].dtype == FORMATS[state_dtype].codes_dtype, f"{what}: {state[name].dtype} codes"
+                assert_codes_close(state[name], ref_state[name], kinds[name], param.numel(), CODE_FLIP_FRACTION[dtype],
+                                   what)
             else:
                 assert_close(state[name], ref_state[name], tolerance, what, flips)
 
@@ -110,18 +111,23 @@ def test_state_dtype_may_differ_from_param_dtype(rule):
     assert_matches_reference(rule, SHAPES["mixed"], torch.bfloat16, hyper, state_dtype=torch.float32)
 
 
-# int8 states: every rule × each of its variants with fp32 params, and with bf16 params for its
-# defaults, on a short mixed list: 1100 and 33×64 span two and three programs and end in a partial
-# quantization block, with a single element and an empty tensor beside them.
-QUANTIZED_SHAPES = [(1100,), (1,), (0,), (33, 64)]
-QUANTIZED_CASES = [pytest.param(rule, dtype, hyper, id=f"{rule.name}-{str(dtype)[6:]}-{variant}")
-                   for rule in RULES.values() for dtype in (torch.float32, torch.bfloat16)
-                   for variant, hyper in variants(rule) if dtype == torch.float32 or variant == "defaults"]
+# Quantized states: every rule × each of its variants with fp32 params in int8, with bf16 params for
+# its defaults in int8, and its defaults in int4 (whose codes differ from int8's only in how they are
+# stored, which no variant changes), on a short mixed list: 1101 and 33×64 span two and three programs
+# and end in a partial quantization block (1101 and 1 in half a byte of int4 codes), with an empty
+# tensor beside them.
+QUANTIZED_SHAPES = [(1101,), (1,), (0,), (33, 64)]
+QUANTIZED_SETTINGS = [(torch.float32, "int8", "every variant"), (torch.bfloat16, "int8", "defaults"),
+                      (torch.float32, "int4", "defaults")]
+QUANTIZED_CASES = [pytest.param(rule, dtype, hyper, state_dtype,
+                                id=f"{rule.name}-{str(dtype)[6:]}-{state_dtype}-{variant}")
+                   for dtype, state_dtype, which in QUANTIZED_SETTINGS for rule in RULES.values()
+                   for variant, hyper in variants(rule) if which == "every variant" or variant == "defaults"]
 
 
-@pytest.mark.parametrize("rule, dtype, hyper", QUANTIZED_CASES)
-def test_int8_states_match_the_reference_to_the_code(rule, dtype, hyper):
-    assert_matches_reference(rule, QUANTIZED_SHAPES, dtype, hyper, state_dtype="int8")
+@pytest.mark.parametrize("rule, dtype, hyper, state_dtype", QUANTIZED_CASES)
+def test_quantized_states_match_the_reference_to_the_code(rule, dtype, hyper, state_dtype):
+    assert_matches_reference(rule, QUANTIZED_SHAPES, dtype, hyper, state_dtype)
 
 
 @pytest.mark.parametrize("rule", RULES.values(), ids=RULES.keys())

@@ -1,4 +1,5 @@
-"""int8 optimizer state: the schemes' equations, checkpoints of codes and scales, the memory model.
+"""Quantized optimizer state (int8, int4): the schemes' equations, checkpoints of codes and scales,
+the memory model.
 
 The fused step against the reference (to the code) runs in the parity matrix, the GradScaler and the
 bad-input suites (tests/test_parity.py, test_amp.py, test_bad_input.py); here what those do not say.
@@ -11,20 +12,21 @@ import torch
 
 import optim
 from autotune import LaunchConfig, forced_config
-from optim.quantization import QUANT_BLOCK, dequantize, new_count, quantize
+from optim.quantization import FORMATS, QUANTIZED_DTYPES, dequantize, new_codes, new_count, quantize, scale_numel
 from optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params
 from tests.test_amp import assert_identical, hyper, snapshot
 from tests.test_step_plan import layout_grads, layout_params, set_grads
 
 STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule))]
+QUANT_BLOCK = FORMATS["int8"].block
 SHAPES = [(300,), (5, 13)]  # 300: a full quantization block and a partial one
 ULP = Tolerance(atol=0.0, rtol=2.0**-23)
 
 
-def coded(values, kind, count=None):
-    codes = torch.empty_like(values, dtype=torch.int8)
-    scales = torch.empty(-(-values.numel() // QUANT_BLOCK), device=values.device)
+def coded(values, kind, count=None, state_dtype="int8"):
+    codes = new_codes(values, state_dtype)
+    scales = torch.empty(scale_numel(values.numel(), state_dtype), device=values.device)
     quantize(values, kind, codes, scales, count)
     return codes, scales
 
@@ -91,18 +93,23 @@ def test_adagrad_accumulates_small_increments_stochastically():
     assert abs(total[1:].mean().item() - 3.0) < 0.3, f"mean sum {total[1:].mean().item()}, not 3.0"
 
 
+# Per state, for params of 300, 5×13 and 1 elements: int8, a byte each (366) and a scale per started
+# block of 256 (2 + 1 + 1); int4, a byte per started pair (150 + 33 + 1) and a scale per started
+# block of 128 (3 + 1 + 1).
+BYTES_PER_STATE = {"int8": 366 + 4 * 4, "int4": 184 + 4 * 5}
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
 @pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
-def test_measured_state_bytes_equal_the_registry_model(rule):
-    """One byte of code per element and an fp32 scale per started block of 256, for every state."""
+def test_measured_state_bytes_equal_the_registry_model(rule, state_dtype):
     params = make_params([(300,), (5, 13), (1,)], torch.float32, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper(rule), state_dtype="int8", impl="reference")
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), state_dtype=state_dtype, impl="reference")
     set_grads(params, 0)
     optimizer.step()
     measured = sum(t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values())
+    analytic = rule.state_bytes(optimizer.param_groups[0], [300, 65, 1], state_dtype=state_dtype)
     n_states = len(rule.state_names(hyper(rule)))
-    assert measured == rule.state_bytes(optimizer.param_groups[0], [300, 65, 1], state_dtype="int8")
-    assert rule.state_bytes(optimizer.param_groups[0], [300, 65, 1], state_dtype="int8") == (
-        n_states * (366 + 4 * (2 + 1 + 1)) + 3 * 4 * len(rule.scalar_states))
+    assert measured == analytic == n_states * BYTES_PER_STATE[state_dtype] + 3 * 4 * len(rule.scalar_states)
 
 
 def _saved(optimizer):
@@ -112,21 +119,22 @@ def _saved(optimizer):
     return torch.load(buffer, weights_only=False)
 
 
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
 @pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
-def test_a_resumed_int8_run_equals_the_uninterrupted_one_bit_for_bit(rule):
-    """The checkpoint holds int8 codes and fp32 scales (and the group's draw counter): a new
-    optimizer loading it after 2 steps takes 3 more exactly as the original does."""
+def test_a_resumed_quantized_run_equals_the_uninterrupted_one_bit_for_bit(rule, state_dtype):
+    """The checkpoint holds the codes and fp32 scales (and the group's draw counter): a new optimizer
+    loading it after 2 steps takes 3 more exactly as the original does."""
     params = make_params(SHAPES, torch.float32, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper(rule), state_dtype="int8", impl="triton", seed=5)
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), state_dtype=state_dtype, impl="triton", seed=5)
     for step in range(2):
         set_grads(params, step)
         optimizer.step()
     saved = _saved(optimizer)
     for name in rule.state_names(hyper(rule)):
-        assert all(state[name].dtype == torch.int8 and state[name + "_scale"].dtype == torch.float32
-                   for state in saved["state"].values())
+        assert all(state[name].dtype == FORMATS[state_dtype].codes_dtype
+                   and state[name + "_scale"].dtype == torch.float32 for state in saved["state"].values())
     resumed_params = [p.detach().clone() for p in params]
-    resumed = getattr(optim, rule.name)(resumed_params, **hyper(rule), state_dtype="int8", impl="triton", seed=5)
+    resumed = getattr(optim, rule.name)(resumed_params, **hyper(rule), state_dtype=state_dtype, impl="triton", seed=5)
     resumed.load_state_dict(saved)
     for step in range(2, 5):
         for ps in (params, resumed_params):
@@ -136,29 +144,35 @@ def test_a_resumed_int8_run_equals_the_uninterrupted_one_bit_for_bit(rule):
     assert_identical(snapshot(resumed, resumed_params), snapshot(optimizer, params), f"{rule.name} resumed")
 
 
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
 @pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
-def test_checkpoints_convert_between_int8_and_float_states(rule):
-    """An int8 checkpoint loads into an fp32-state optimizer as its dequantized values (no scales
-    left), and an fp32 checkpoint into an int8 optimizer as those values' codes and scales."""
+def test_checkpoints_convert_between_quantized_and_float_states(rule, state_dtype):
+    """A quantized checkpoint loads into an fp32-state optimizer as its dequantized values (no scales
+    left) and into one of the other quantized dtype as those values' codes; an fp32 checkpoint into a
+    quantized optimizer as its values' codes and scales."""
     params = make_params(SHAPES, torch.float32, rule=rule)
-    quantized = getattr(optim, rule.name)(params, **hyper(rule), state_dtype="int8", impl="reference")
+    quantized = getattr(optim, rule.name)(params, **hyper(rule), state_dtype=state_dtype, impl="reference")
     plain = getattr(optim, rule.name)(params, **hyper(rule), impl="reference")
     set_grads(params, 0)
     quantized.step()
     plain.step()
     kinds = {spec.name: spec.kind for spec in rule.states}
-    into_float = getattr(optim, rule.name)(params, **hyper(rule))
+    other = next(d for d in QUANTIZED_DTYPES if d != state_dtype)
+    into_float, into_quantized, into_other = (getattr(optim, rule.name)(params, **hyper(rule), state_dtype=d)
+                                              for d in (None, state_dtype, other))
     into_float.load_state_dict(_saved(quantized))
-    into_int8 = getattr(optim, rule.name)(params, **hyper(rule), state_dtype="int8")
-    into_int8.load_state_dict(_saved(plain))
+    into_quantized.load_state_dict(_saved(plain))
+    into_other.load_state_dict(_saved(quantized))
     for p in params:
         for name in rule.state_names(hyper(rule)):
-            codes, scales = quantized.state[p][name], quantized.state[p][name + "_scale"]
-            assert torch.equal(into_float.state[p][name], dequantize(codes, scales, kinds[name]))
+            values = dequantize(quantized.state[p][name], quantized.state[p][name + "_scale"], kinds[name], p)
+            assert torch.equal(into_float.state[p][name], values)
             assert name + "_scale" not in into_float.state[p]
-            expected_codes, expected_scales = coded(plain.state[p][name], kinds[name])
-            assert torch.equal(into_int8.state[p][name], expected_codes)
-            assert torch.equal(into_int8.state[p][name + "_scale"], expected_scales)
+            for optimizer, source, dtype in ((into_quantized, plain.state[p][name], state_dtype),
+                                             (into_other, values, other)):
+                codes, scales = coded(source, kinds[name], state_dtype=dtype)
+                assert torch.equal(optimizer.state[p][name], codes), f"{name} into {dtype}"
+                assert torch.equal(optimizer.state[p][name + "_scale"], scales), f"{name}'s scales into {dtype}"
 
 
 def test_int8_states_of_channels_last_and_transposed_params_are_coded_in_memory_order():
@@ -189,6 +203,46 @@ def test_int8_states_of_channels_last_and_transposed_params_are_coded_in_memory_
         # recoded from x̂ = c·s/127, whose largest is s within an ulp: the same codes, scales within an ulp
         assert_close(dequantize(state["exp_avg"], state["exp_avg_scale"], "signed"),
                      dequantize(expected["exp_avg"], expected["exp_avg_scale"], "signed"), ULP, "recoded exp_avg")
+
+
+def test_int4_codes_of_channels_last_and_transposed_params_follow_their_memory_order():
+    """int4 codes are flat, two a byte, in the param's memory order, where the kernel walks it: the
+    kernel equals the reference to the byte, and the codes dequantize to the param's layout."""
+    runs = []
+    for impl in ("triton", "reference"):
+        params = layout_params()
+        optimizer = optim.Adam(params, lr=1e-2, weight_decay=0.1, state_dtype="int4", impl=impl)
+        for step in range(3):
+            for p, g in zip(params, layout_grads(params, step)):
+                p.grad = g
+            optimizer.step()
+        runs.append([optimizer.state[p][name] for p in params for name in ("exp_avg", "exp_avg_sq")])
+        values = dequantize(optimizer.state[params[0]]["exp_avg"], optimizer.state[params[0]]["exp_avg_scale"],
+                            "signed", params[0])
+        assert values.stride() == params[0].stride()
+    assert_identical(*runs, "int4 codes")
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+def test_the_masked_tail_writes_nothing_past_the_codes_and_scales(state_dtype):
+    """Codes and scales as the heads of larger buffers, sentinels past their ends: 1101 elements end
+    in a partial quantization block (and in half a byte of int4 codes), and two steps of the kernel
+    leave every sentinel as it was."""
+    params = make_params([(1101,)], torch.float32)
+    optimizer = optim.Adam(params, lr=1e-2, state_dtype=state_dtype, impl="triton")
+    set_grads(params, 0)
+    optimizer.step()
+    state, buffers = optimizer.state[params[0]], []
+    for name in ("exp_avg", "exp_avg_scale", "exp_avg_sq", "exp_avg_sq_scale"):
+        buffer = torch.full((state[name].numel() + 16,), 77, dtype=state[name].dtype, device=DEVICE)
+        buffer[:state[name].numel()].copy_(state[name])
+        state[name] = buffer[:state[name].numel()]
+        buffers.append((name, buffer, state[name].numel()))
+    for step in (1, 2):
+        set_grads(params, step)
+        optimizer.step()
+    for name, buffer, numel in buffers:
+        assert (buffer[numel:] == 77).all(), f"{state_dtype}: written past the end of {name}"
 
 
 def test_a_launch_block_that_is_not_a_multiple_of_the_quantization_block_is_refused():
