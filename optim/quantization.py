@@ -1,29 +1,33 @@
-r"""int8 optimizer state in plain PyTorch: the reference path's twin of ``kernels.quantization``.
+r"""Quantized optimizer state (int8, int4) in plain PyTorch: the reference path's twin of
+``kernels.quantization``.
 
-A quantized state is two tensors: ``state[name]``, int8 codes laid out as the param (so the launcher
-walks them like any state), and ``state[name + "_scale"]``, one fp32 scale per block of QUANT_BLOCK
-elements of the param in memory order. The scheme follows the kind its ``State`` declares
-(``optim.registry``), never the rule:
+A quantized state is two tensors: ``state[name]``, its codes, and ``state[name + "_scale"]``, one
+fp32 scale per block of the param's elements in memory order. int8 codes are laid out as the param
+(the launcher walks them like any state), blocks of 256; int4 codes are packed two a byte, flat in
+the param's memory order (element 2k in the low nibble of byte k), blocks of 128. The scheme follows
+the kind its ``State`` declares (``optim.registry``), never the rule; L is the largest code, 127 or
+7 signed, 255 or 15 unsigned:
 
 - ``signed`` (momenta, previous gradients): symmetric linear absmax, scale s = max|x| over the block,
-  code c = ⌊127·x/s + ½⌋ in [−127, 127], x̂ = c·(s/127). Linear, not Dettmers et al. 2022's dynamic
-  tree map, as torchao's and Li et al. 2023's first moments: a momentum's values in a block are of
-  one magnitude, and round to nearest is exact to twin in the oracle.
+  code c = ⌊L·x/s + ½⌋ in [−L, L], x̂ = c·(s/L). Linear, not Dettmers et al. 2022's dynamic tree
+  map, as torchao's 8-bit first moment: a momentum's values in a block are of one magnitude, and
+  round to nearest is exact to twin in the oracle (Li et al. 2023 prefer a dynamic-exponent map at
+  4 bits; linear keeps one scheme for both widths).
 - ``nonnegative`` (running means of squares: exp_avg_sq, max_exp_avg_sq, square_avg, acc_delta):
-  companded, s = max v over the block, c = ⌊255·√(v/s) + ½⌋ in [0, 255] (unsigned, in the int8's
-  bits), v̂ = (c/255)²·s. The square root spends the codes on small values: a v at 10⁻⁴ of its
-  block's largest still gets code 3 rather than 0, where a linear map would make it 0 and blow up
-  m/√v: the zero-point problem of Li et al. 2023 ("Memory Efficient Optimizers with 4-bit States"),
-  who quantize the second moment without zero for the same reason.
+  companded, s = max v over the block, c = ⌊L·√(v/s) + ½⌋ in [0, L] (unsigned), v̂ = (c/L)²·s.
+  The square root spends the codes on small values: at 8 bits a v at 10⁻⁴ of its block's largest
+  still gets code 3 rather than 0, where a linear map would make it 0 and blow up m/√v: the
+  zero-point problem of Li et al. 2023 ("Memory Efficient Optimizers with 4-bit States").
 - ``accumulator`` (Adagrad's sum) and ``multiplicative`` (EGStepSize's positive step sizes): the
-  nonnegative map with stochastic rounding, c = ⌊255·√(v/s) + u⌋, u uniform in [0, 1): a sum grows by
+  nonnegative map with stochastic rounding, c = ⌊L·√(v/s) + u⌋, u uniform in [0, 1): a sum grows by
   1/t of itself at step t and a step size by a factor e^{γ g g'} near 1, soon far below half a code
   step, which round to nearest would drop every time; rounded stochastically the code moves by the
   increment on average.
 
-Blocks of 256 (torchao's 8-bit Adam; bitsandbytes uses 2048 and Li et al. 128): one fp32 scale per
-256 bytes of codes, 1/64 of a byte per element, and an outlier spoils only its block. The kernel's
-block is a multiple of it, so no quantization block straddles two programs.
+Blocks of 256 for int8 (torchao's 8-bit Adam; bitsandbytes uses 2048): one fp32 scale per 256 bytes
+of codes, 1/64 of a byte per element, and an outlier spoils only its block; 128 for int4 (Li et
+al.'s), as a coarser code needs a smaller block. The kernel's block is a multiple of either, so no
+quantization block straddles two programs.
 
 The uniforms come from a counter-based hash (lowbias32, Wellons 2018) of the element's offset, the
 state's column and a key: the group's ``quantization_count`` (the seed above bit 32, the steps below),
@@ -52,7 +56,6 @@ class Format:
 # states: a coarser code needs a smaller block so that an outlier spoils fewer elements.
 FORMATS = {"int8": Format(8, 256, torch.int8), "int4": Format(4, 128, torch.uint8)}
 QUANTIZED_DTYPES = tuple(FORMATS)  # values state_dtype takes besides torch's float dtypes
-QUANT_BLOCK = FORMATS["int8"].block
 COUNT_KEY = "quantization_count"  # the param group's key: a 0-d int64, (seed << 32) + steps
 UNSIGNED = {"signed": False, "nonnegative": True, "accumulator": True, "multiplicative": True}
 STOCHASTIC = {"signed": False, "nonnegative": False, "accumulator": True, "multiplicative": True}
