@@ -57,7 +57,7 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
 
 
 # One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...];
-# with int8 states, [..., codes..., scales..., scalars...]: N_STATE_COLUMNS is twice N_STATES.
+# with quantized states, [..., codes..., scales..., scalars...]: N_STATE_COLUMNS is twice N_STATES.
 PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
 RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: (tensor, column) above bit 40, the element offset below
 
@@ -179,7 +179,7 @@ def multi_tensor_update_kernel(
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
     the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream. With AMP,
     gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0.
-    With QUANT (int8 states, ``QuantizedStates``), the states are codes and scales, and the stochastic
+    With QUANT (quantized states, ``QuantizedStates``), the states are codes and scales, and the stochastic
     kinds round their codes with draws keyed by the count at quantization_count_ptr."""
     N_INPUTS: tl.constexpr = N_SCALARS - PER_ROW
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
@@ -317,7 +317,7 @@ class TensorSlots:
     # When > 0, the last scalar holds one value per row of row_length contiguous elements (an
     # embedding table's per-row lr), which the kernel gathers per element.
     row_length: int = 0
-    scales: tuple[torch.Tensor, ...] = ()  # int8 states: each state's fp32 scales, one per quantization block
+    scales: tuple[torch.Tensor, ...] = ()  # quantized states: each state's fp32 scales, one per quantization block
 
     def tensors(self):
         return (self.param, self.grad, *self.states)
@@ -524,8 +524,10 @@ class Launch:
         """The rule's ``update`` over every tensor. ``seed``: None rounds to nearest; a 0-d int64 tensor
         on the device makes 16-bit stores stochastic, and counts the launch. ``amp``: None, or
         GradScaler's (inverse scale, found_inf) as one-element fp32 tensors. ``quantization_count``
-        (int8 states): the 0-d int64 tensor that keys the stochastic rounding of codes."""
+        (quantized states): the 0-d int64 tensor that keys the stochastic rounding of codes."""
         hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
+        if quantization_count is not None:
+            quantization_count = on_device(quantization_count, self.device, "the quantization count")
         if seed is not None:
             seed.add_(1)  # each launch draws other random bits (the low 32 bits count launches)
         multi_tensor_update_kernel[self.grid](
@@ -548,7 +550,7 @@ def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
                      quantization: Optional[QuantizedStates] = None) -> list[tuple[list[int], Launch]]:
     """The launches of ``slots``, one per launch key (device, dtypes, 16-byte alignment, a tensor's
     flags, per-row scalars): (the indices into ``slots`` it covers, the Launch). Checked first; empty
-    tensors get no launch. ``quantization``: how int8 states are coded, None for float states."""
+    tensors get no launch. ``quantization``: how quantized states are coded, None for float states."""
     check_slots(slots, quantization)
     indices: dict = {}
     for i, s in enumerate(slots):

@@ -30,9 +30,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     (default: each param's own dtype, as torch.optim), or "int8" or "int4": codes and one fp32 scale
     per block (``optim.quantization``), dequantized and requantized inside the step.
     ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
-    reproducibly from ``seed``, so that updates below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
-    into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
-    it, then freed; ``backward()`` alone trains.
+    reproducibly from ``seed``, so that updates below half an ulp still move them on average.
+    ``gradient_release`` (rules that fold gradients into their state: Tiger): each param's gradient is
+    applied the moment autograd has accumulated it, then freed; ``backward()`` alone trains.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
@@ -281,14 +281,14 @@ class FusedOptimizer(torch.optim.Optimizer):
                     state[name], state[scale_name(name)] = codes.copy_(value), scales.clone().contiguous()
                     return
         values = dequantize(value, scales, kind, shard) if scales is not None else value
-        values = torch.empty_like(shard, dtype=values.dtype).copy_(values)  # the param's layout
-        if quantized:
-            state[name] = new_codes(shard, self.state_dtype)
-            state[scale_name(name)] = torch.empty(scale_numel(shard.numel(), self.state_dtype), dtype=torch.float32,
-                                                  device=shard.device)
-            quantize(values, kind, state[name], state[scale_name(name)])
-        else:
+        if not quantized:
             state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(values)
+            return
+        values = torch.empty_like(shard, dtype=torch.float32).copy_(values)  # the param's memory order, int4's
+        state[name] = new_codes(shard, self.state_dtype)
+        state[scale_name(name)] = torch.empty(scale_numel(shard.numel(), self.state_dtype), dtype=torch.float32,
+                                              device=shard.device)
+        quantize(values, kind, state[name], state[scale_name(name)])
 
     def _saved_step_count(self, saved_states: list) -> float:
         """The optimizer's step count in a checkpoint (0 where no param has state). One saved by this

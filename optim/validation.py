@@ -62,7 +62,7 @@ def check_quantized_state(rule_name: str, name: str, state: dict, param, state_d
     else:
         codes, packed = state[name], -(-param.numel() // 2)
         if (not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.numel() != packed
-                or codes.dim() != 1 or codes.device != param.device):
+                or codes.dim() != 1 or not codes.is_contiguous() or codes.device != param.device):
             got = (f"{codes.dtype} {tuple(codes.shape)} on {codes.device}" if isinstance(codes, torch.Tensor)
                    else repr(codes))
             raise ValueError(f"{rule_name}: state {name!r} of {where} is {got}, but int4 codes of its param are "
