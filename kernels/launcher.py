@@ -33,7 +33,7 @@ into the table when they changed, from the host in eager mode, and by a small ke
 are the gradients while a CUDA graph is captured (a capture may copy nothing from the host).
 """
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -41,6 +41,7 @@ import triton.language as tl
 
 from autotune import launch_config
 from kernels.master_weights import rebuild_master, split_master
+from kernels.quantization import load_dequantized, random_key, store_quantized
 from kernels.rounding import INTERPRETED, round_to_storage
 
 ALIGNMENT_BYTES = 16  # a 16-byte aligned tensor can be read with 128-bit vector loads
@@ -56,8 +57,9 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
         return tl.load(base_ptr + offsets).to(tl.float32)
 
 
-# One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...],
-# and with split master weights (kernels.master_weights) θ's residual last.
+# One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...];
+# with quantized states, [..., codes..., scales..., scalars...]: N_STATE_COLUMNS is twice N_STATES; with
+# split master weights (kernels.master_weights), θ's residual last.
 PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
 RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: (tensor, column) above bit 40, the element offset below
 
@@ -126,9 +128,9 @@ def _param_active(scalars, hyper, FLAGS: tl.constexpr, PARAM_ACTIVE: tl.constexp
 
 @triton.jit
 def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES: tl.constexpr,
-                N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
-                STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr,
-                MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
+                N_STATE_COLUMNS: tl.constexpr, N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr,
+                PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr,
+                AMP: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
     grad = _load(_pointer(row_ptr, GRAD_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
     if param_active:
         param = _load_param(row_ptr, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
@@ -138,46 +140,59 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STA
         grad = grad * inv_scale  # GradScaler's loss scale undone in fp32, in registers: no pass over g
     states = ()
     for i in tl.static_range(N_STATES):
-        states = states + (_load(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, MASKED),)
+        state_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED)
+        if QUANT is not None:
+            scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
+            states = states + (load_dequantized(state_ptr, scale_ptr, offsets, numel, QUANT.UNSIGNED[i], QUANT.BITS,
+                                                QUANT.BLOCK, MASKED),)
+        else:
+            states = states + (_load(state_ptr, offsets, numel, MASKED),)
     if PER_ROW:
         # The last scalar holds one value per row of row_length elements (an embedding table's
         # per-row lr): gathered per element, from a vector small enough to stay in cache.
         row_length = tl.load(row_ptr + 1)
-        values = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS).to(tl.pointer_type(tl.float32))
+        values = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_INPUTS).to(tl.pointer_type(tl.float32))
         scalars = scalars + (_load(values, offsets // row_length, tl.load(row_ptr) // row_length, MASKED),)
     return param, grad, states, scalars
 
 
 @triton.jit
-def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active,
-                  UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr,
-                  PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                  ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, MASKED: tl.constexpr,
-                  MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
+def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count, param_active,
+                  UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_STATE_COLUMNS: tl.constexpr,
+                  N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
+                  STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
+                  AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr,
+                  RESIDUAL_COLUMN: tl.constexpr):
     param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
-                                               N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED,
-                                               MASTER_BITS, RESIDUAL_COLUMN)
+                                               N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, QUANT,
+                                               ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
     if param_active:
         _store_param(row_ptr, offsets, numel, param, PARAM_DTYPE, ALIGNED, MASKED, STOCHASTIC, seed, stream, MASTER_BITS,
                      RESIDUAL_COLUMN)
     for i in tl.static_range(N_STATES):
-        _store(_pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED), offsets, numel, states[i], MASKED,
-               STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
+        state_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED)
+        if QUANT is not None:
+            scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
+            key = random_key(quantization_count, i)
+            store_quantized(state_ptr, scale_ptr, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
+                            key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
+        else:
+            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
 
 
 @triton.jit
-def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr,
-                 N_SCALARS: tl.constexpr, MASTER_BITS: tl.constexpr):
+def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATE_COLUMNS: tl.constexpr,
+                 N_INPUTS: tl.constexpr, N_SCALARS: tl.constexpr, MASTER_BITS: tl.constexpr):
     """This program's tensor (its index in the launch), its row of the pointer table, its size, its
     chunk, and the values of its first N_INPUTS per-tensor scalars."""
     program = tl.program_id(0)
     tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
     chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
-    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATES + N_SCALARS + (MASTER_BITS != 0))
+    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS + (MASTER_BITS != 0))
     scalars = ()
     for i in tl.static_range(N_INPUTS):
-        scalar_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + i).to(tl.pointer_type(tl.float32))
+        scalar_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + i).to(tl.pointer_type(tl.float32))
         scalars = scalars + (tl.load(scalar_ptr),)
     return tensor, row_ptr, tl.load(row_ptr), chunk, scalars
 
@@ -196,23 +211,28 @@ def _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP: tl.constexpr):
 
 @triton.jit
 def multi_tensor_update_kernel(
-    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, seed_ptr, inv_scale_ptr, found_inf_ptr,
+    table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, seed_ptr, inv_scale_ptr, found_inf_ptr, quantization_count_ptr,
     UPDATE: tl.constexpr, PARAM_ACTIVE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr,
-    N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-    ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
+    N_STATE_COLUMNS: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
+    STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
+    AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
 ):
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
     the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream. With AMP,
-    gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0. With
-    MASTER_BITS (24 or 32), θ is the fp32 master rebuilt from the param and its residual, and split back."""
+    gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0.
+    With QUANT (quantized states, ``QuantizedStates``), the states are codes and scales, and the stochastic
+    kinds round their codes with draws keyed by the count at quantization_count_ptr. With MASTER_BITS
+    (24 or 32), θ is the fp32 master rebuilt from the param and its residual, and split back."""
     N_INPUTS: tl.constexpr = N_SCALARS - PER_ROW
-    RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATES + N_SCALARS
+    RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATES, N_INPUTS, N_SCALARS, MASTER_BITS)
+                                                          N_STATE_COLUMNS, N_INPUTS, N_SCALARS, MASTER_BITS)
     seed = 0
     if STOCHASTIC:
         seed = tl.load(seed_ptr)
+    quantization_count = 0
+    if QUANT is not None:
+        quantization_count = tl.load(quantization_count_ptr)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
     param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
     stream = tensor * 8 * RANDOM_STREAM  # columns 0 (θ) to 7 (states) of this tensor
@@ -221,13 +241,15 @@ def multi_tensor_update_kernel(
             start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
             offsets = start + tl.arange(0, BLOCK_SIZE)
             if start + BLOCK_SIZE <= numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active, UPDATE,
-                              FLAGS, N_STATES, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
-                              MASKED=False, MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
+                              param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
+                              STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=False,
+                              MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
             elif start < numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, param_active, UPDATE,
-                              FLAGS, N_STATES, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, ALIGNED, STOCHASTIC, AMP,
-                              MASKED=True, MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
+                              param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
+                              STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=True,
+                              MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
 
 
 @triton.jit
@@ -247,13 +269,14 @@ def _sum_per_row(row_ptr, out_ptr, offsets, numel, terms, BLOCK_SIZE: tl.constex
 
 @triton.jit
 def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE: tl.constexpr,
-                  FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_INPUTS: tl.constexpr, N_OUTPUTS: tl.constexpr,
-                  PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr,
-                  ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr,
-                  MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
+                  FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_STATE_COLUMNS: tl.constexpr, N_INPUTS: tl.constexpr,
+                  N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
+                  STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr,
+                  BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr,
+                  RESIDUAL_COLUMN: tl.constexpr):
     param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
-                                               N_INPUTS, False, PARAM_DTYPE, STATE_DTYPE, ALIGNED, AMP, MASKED,
-                                               MASTER_BITS, RESIDUAL_COLUMN)
+                                               N_STATE_COLUMNS, N_INPUTS, False, PARAM_DTYPE, STATE_DTYPE, QUANT,
+                                               ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
     terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
     sums = ()
     for j in tl.static_range(N_OUTPUTS):
@@ -261,7 +284,7 @@ def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_acti
         if MASKED:
             term = tl.where(offsets < numel, term, 0.0)  # the padding loaded as 0 need not map to 0
         if PER_ROW and j == N_OUTPUTS - 1:
-            out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS + j).to(tl.pointer_type(tl.float32))
+            out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_INPUTS + j).to(tl.pointer_type(tl.float32))
             _sum_per_row(row_ptr, out_ptr, offsets, numel, term, BLOCK_SIZE)
             sums = sums + (totals[j],)
         else:
@@ -273,18 +296,18 @@ def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_acti
 def multi_tensor_reduce_kernel(
     table_ptr, chunk_tensor_ptr, chunk_index_ptr, hyper, inv_scale_ptr, found_inf_ptr,
     REDUCE: tl.constexpr, PARAM_ACTIVE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr,
-    N_SCALARS: tl.constexpr, N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
-    STATE_DTYPE: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
+    N_STATE_COLUMNS: tl.constexpr, N_SCALARS: tl.constexpr, N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr,
+    PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr,
+    AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
 ):
     """Output j of each tensor += the sum over its elements of REDUCE(...)[j], into the fp32 value its
     (N_SCALARS − N_OUTPUTS + j)-th scalar points to (per row for the last one with PER_ROW); with AMP,
     of the unscaled gradients, and nothing at all if found_inf ≠ 0. One atomic per output and program.
     With MASTER_BITS, REDUCE sees θ's fp32 master, as the update does."""
     N_INPUTS: tl.constexpr = N_SCALARS - N_OUTPUTS
-    RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATES + N_SCALARS
+    RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATES, N_INPUTS, N_SCALARS, MASTER_BITS)
+                                                          N_STATE_COLUMNS, N_INPUTS, N_SCALARS, MASTER_BITS)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
     param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
     if active:
@@ -296,16 +319,16 @@ def multi_tensor_reduce_kernel(
             offsets = start + tl.arange(0, BLOCK_SIZE)
             if start + BLOCK_SIZE <= numel:
                 totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
-                                       FLAGS, N_STATES, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE,
-                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=False, MASTER_BITS=MASTER_BITS,
-                                       RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                                       FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE,
+                                       STATE_DTYPE, QUANT, ALIGNED, AMP, BLOCK_SIZE, MASKED=False,
+                                       MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
             elif start < numel:
                 totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
-                                       FLAGS, N_STATES, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE,
-                                       ALIGNED, AMP, BLOCK_SIZE, MASKED=True, MASTER_BITS=MASTER_BITS,
-                                       RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                                       FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE,
+                                       STATE_DTYPE, QUANT, ALIGNED, AMP, BLOCK_SIZE, MASKED=True,
+                                       MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
         for j in tl.static_range(N_OUTPUTS - PER_ROW):
-            out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATES + N_INPUTS + j).to(tl.pointer_type(tl.float32))
+            out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_INPUTS + j).to(tl.pointer_type(tl.float32))
             tl.atomic_add(out_ptr, totals[j])  # the order of the additions varies on a GPU
 
 
@@ -319,6 +342,18 @@ def _write_pointers_kernel(table_ptr, row_width, column, first_row, tensors, COU
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 MASTER_BITS = {None: 0, torch.int16: 32, torch.int8: 24}  # θ's residual's dtype -> the master's width
+_STATE_DTYPES = {**_TRITON_DTYPES, torch.int8: tl.int8, torch.uint8: tl.uint8}  # codes, with QuantizedStates
+
+
+class QuantizedStates(NamedTuple):
+    """How a launch's quantized states are coded (the QUANT constexpr): bits per code (8: int8 codes
+    laid out as the param; 4: two per uint8, flat in the param's memory order), elements per fp32
+    scale, and per state (in the kernel's order) whether its codes are unsigned and stochastic."""
+
+    BITS: int
+    BLOCK: int
+    UNSIGNED: tuple
+    STOCHASTIC: tuple
 
 
 @dataclass(frozen=True)
@@ -335,6 +370,7 @@ class TensorSlots:
     row_length: int = 0
     # Split master weights (kernels.master_weights): θ's int16 (32-bit master) or int8 (24-bit) residual.
     residual: Optional[torch.Tensor] = None
+    scales: tuple[torch.Tensor, ...] = ()  # quantized states: each state's fp32 scales, one per quantization block
 
     def tensors(self):
         return (self.param, self.grad, *self.states)
@@ -368,13 +404,15 @@ def _dense(tensor: torch.Tensor) -> bool:
     return True
 
 
-def check_slots(slots: Sequence[TensorSlots]):
+def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedStates] = None):
     """What a kernel needs of its tensors; raised before any launch so nothing is half-updated."""
     for i, s in enumerate(slots):
+        _check_quantized(i, s, quantization)
         if s.param.dtype not in _TRITON_DTYPES:
             raise TypeError(f"tensor {i}: the Triton kernels support {list(_TRITON_DTYPES)}, not {s.param.dtype}; "
                             "use impl='reference' for other dtypes")
-        for name, t in zip(("param", "grad", *("state",) * len(s.states)), s.tensors()):
+        walked = s.tensors() if quantization is None or quantization.BITS == 8 else (s.param, s.grad)
+        for name, t in zip(("param", "grad", *("state",) * len(s.states)), walked):
             if not walkable(t, s.param):
                 raise ValueError(f"tensor {i}: the {name} (shape {tuple(t.shape)}, strides {t.stride()}) is not laid "
                                  f"out as its param (shape {tuple(s.param.shape)}, strides {s.param.stride()}) in one "
@@ -401,6 +439,31 @@ def check_slots(slots: Sequence[TensorSlots]):
         if s.row_length and (s.param.numel() % s.row_length or not s.scalars):
             raise ValueError(f"tensor {i}: row_length={s.row_length} must divide its {s.param.numel()} elements, "
                              "and the last scalar holds the per-row values")
+
+
+def _check_quantized(i: int, s: TensorSlots, quantization: Optional[QuantizedStates]):
+    """Quantized states come with one dense fp32 scale tensor each, one value per quantization block."""
+    if quantization is None:
+        if s.scales or any(t.dtype in (torch.int8, torch.uint8) for t in s.states):
+            raise ValueError(f"tensor {i}: quantized states and scales need the launch's QuantizedStates")
+        return
+    if len(s.scales) != len(s.states) or len(quantization.UNSIGNED) != len(s.states):
+        raise ValueError(f"tensor {i}: {len(s.states)} quantized states need as many scale tensors and schemes, got "
+                         f"{len(s.scales)} and {len(quantization.UNSIGNED)}")
+    blocks = triton.cdiv(s.param.numel(), quantization.BLOCK)
+    for j, (state, scale) in enumerate(zip(s.states, s.scales)):
+        if quantization.BITS == 8 and state.dtype != torch.int8:
+            raise ValueError(f"tensor {i}: state {j} is {state.dtype}; 8-bit states are int8 codes")
+        packed = triton.cdiv(s.param.numel(), 2)
+        if quantization.BITS == 4 and (state.dtype != torch.uint8 or state.numel() != packed
+                                       or not state.is_contiguous() or state.device != s.param.device):
+            raise ValueError(f"tensor {i}: state {j} must be {packed} contiguous uint8 on {s.param.device} (two "
+                             f"4-bit codes a byte), got {state.dtype} with {state.numel()} elements on {state.device}")
+        if scale.dtype != torch.float32 or scale.numel() != blocks or not scale.is_contiguous() \
+                or scale.device != s.param.device:
+            raise ValueError(f"tensor {i}: the scales of state {j} must be a contiguous fp32 tensor of {blocks} "
+                             f"elements (one per {quantization.BLOCK}) on {s.param.device}, got {scale.dtype} with "
+                             f"{scale.numel()} elements on {scale.device}")
 
 
 def capturing(device: torch.device) -> bool:
@@ -452,7 +515,7 @@ class Launch:
     program → (tensor, chunk) map on the device, the launch configuration chosen. ``set_grads`` puts a
     step's gradients in; ``update`` and ``reduce`` launch."""
 
-    def __init__(self, slots: Sequence[TensorSlots], rule_name: str):
+    def __init__(self, slots: Sequence[TensorSlots], rule_name: str, quantization: Optional[QuantizedStates] = None):
         first = slots[0]
         device, param_dtype, state_dtype, aligned, tensor_flags, per_row, master_bits = first.launch_key()
         self.device, self.tensor_flags = device, dict(tensor_flags)
@@ -461,9 +524,13 @@ class Launch:
         if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in slots):
             raise ValueError("every tensor of one launch needs the same number of states and scalars")
         config = launch_config(rule_name, param_dtype, max(numels), device)
+        if quantization is not None and config.block_size % quantization.BLOCK:
+            raise ValueError(f"{rule_name}: a launch block of {config.block_size} elements is not a multiple of the "
+                             f"quantization block ({quantization.BLOCK}): a block's scale would straddle two "
+                             "programs. Use a launch configuration whose block_size is a multiple of it")
         self.chunk_tensor, self.chunk_index = _chunk_map(numels, config.block_size * config.blocks_per_program, device)
         self.grid = (len(self.chunk_tensor),)
-        rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scalars)]
+        rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
                 + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
         self.row_width = len(rows[0])
         host_table = torch.tensor(rows, dtype=torch.int64)
@@ -471,9 +538,11 @@ class Launch:
         self._host_view = host_table.numpy() if device.type == "cpu" else None  # the table itself, on a CPU
         self.grad_pointers = [s.grad.data_ptr() for s in slots]
         self.constants = dict(
-            N_STATES=n_states, N_SCALARS=n_scalars, PER_ROW=int(per_row), PARAM_DTYPE=_TRITON_DTYPES[param_dtype],
-            STATE_DTYPE=_TRITON_DTYPES[state_dtype], ALIGNED=aligned, BLOCK_SIZE=config.block_size,
-            BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, num_warps=config.num_warps, num_stages=config.num_stages,
+            N_STATES=n_states, N_STATE_COLUMNS=n_states * (1 + (quantization is not None)), N_SCALARS=n_scalars,
+            PER_ROW=int(per_row), PARAM_DTYPE=_TRITON_DTYPES[param_dtype], STATE_DTYPE=_STATE_DTYPES[state_dtype],
+            QUANT=quantization, ALIGNED=aligned, BLOCK_SIZE=config.block_size,
+            BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, num_warps=config.num_warps,
+            num_stages=config.num_stages,
             # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
             # default (off) does not silently change the rounding.
             enable_fp_fusion=True,
@@ -513,15 +582,19 @@ class Launch:
         return flags._replace(**self.tensor_flags) if self.tensor_flags else flags
 
     def update(self, update, param_active, hyper: tuple, flags: tuple, seed: Optional[torch.Tensor] = None,
-               amp: Optional[tuple] = None) -> None:
+               amp: Optional[tuple] = None, quantization_count: Optional[torch.Tensor] = None) -> None:
         """The rule's ``update`` over every tensor. ``seed``: None rounds to nearest; a 0-d int64 tensor
         on the device makes 16-bit stores stochastic, and counts the launch. ``amp``: None, or
-        GradScaler's (inverse scale, found_inf) as one-element fp32 tensors."""
+        GradScaler's (inverse scale, found_inf) as one-element fp32 tensors. ``quantization_count``
+        (quantized states): the 0-d int64 tensor that keys the stochastic rounding of codes."""
         hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
+        if quantization_count is not None:
+            quantization_count = on_device(quantization_count, self.device, "the quantization count")
         if seed is not None:
             seed.add_(1)  # each launch draws other random bits (the low 32 bits count launches)
         multi_tensor_update_kernel[self.grid](
-            self.table, self.chunk_tensor, self.chunk_index, hyper, seed, inv_scale, found_inf, UPDATE=update,
+            self.table, self.chunk_tensor, self.chunk_index, hyper, seed, inv_scale, found_inf, quantization_count,
+            UPDATE=update,
             PARAM_ACTIVE=param_active, FLAGS=self._flags(flags), STOCHASTIC=seed is not None, AMP=use_amp,
             **self.constants)
 
@@ -535,17 +608,18 @@ class Launch:
             **self.constants)
 
 
-def prepare_launches(slots: Sequence[TensorSlots], rule_name: str) -> list[tuple[list[int], Launch]]:
+def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
+                     quantization: Optional[QuantizedStates] = None) -> list[tuple[list[int], Launch]]:
     """The launches of ``slots``, one per launch key (device, dtypes, 16-byte alignment, a tensor's
     flags, per-row scalars): (the indices into ``slots`` it covers, the Launch). Checked first; empty
-    tensors get no launch."""
-    check_slots(slots)
+    tensors get no launch. ``quantization``: how quantized states are coded, None for float states."""
+    check_slots(slots, quantization)
     indices: dict = {}
     for i, s in enumerate(slots):
         if s.param.numel() > 0:
             indices.setdefault(s.launch_key(), []).append(i)
-    return [(members, Launch([slots[i] for i in members], rule_name)) for members in indices.values()]
+    return [(members, Launch([slots[i] for i in members], rule_name, quantization)) for members in indices.values()]
 
 
-__all__ = ["INTERPRETED", "Launch", "TensorSlots", "capturing", "check_slots", "on_device", "prepare_launches",
-           "walkable"]
+__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device",
+           "prepare_launches", "walkable"]

@@ -11,6 +11,8 @@ from kernels import ops
 from kernels.shards import local
 from optim.master_weights import RESIDUAL_DTYPES, rebuild_master, split_master
 from optim.plan import MASTER_RESIDUAL, StepPlan, _same, count_step
+from optim.quantization import (COUNT_KEY, FORMATS, dequantize, format_of, is_quantized, new_codes, quantize,
+                                scale_name, scale_numel, storage_dtype)
 from optim.rounding import stochastic_round
 from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
@@ -27,14 +29,15 @@ class FusedOptimizer(torch.optim.Optimizer):
     kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
     can run the params as they are (device, dtype, a dense layout shared by param, gradient and
     states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
-    (default: each param's own dtype, as torch.optim). ``stochastic_rounding``: bf16 and fp16 params
-    and states are rounded stochastically (unbiased), reproducibly from ``seed``, so that updates
-    below half an ulp still move them on average. ``gradient_release`` (rules that fold gradients
-    into their state: Tiger): each param's gradient is applied the moment autograd has accumulated
-    it, then freed; ``backward()`` alone trains. ``master_weight_bits`` (bf16 and fp16 params): None,
-    or 32 to step an fp32 master kept as the param plus an int16 residual (state "master_residual"),
-    exactly as fp32 params would step, or 24 for an int8 residual (1/256 of θ's ulp); see
-    kernels.master_weights.
+    (default: each param's own dtype, as torch.optim), or "int8" or "int4": codes and one fp32 scale
+    per block (``optim.quantization``), dequantized and requantized inside the step.
+    ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
+    reproducibly from ``seed``, so that updates below half an ulp still move them on average.
+    ``gradient_release``: each param's gradient is applied the moment autograd has accumulated it,
+    then freed; ``backward()`` alone trains (every rule whose row allows it; under accumulation, the
+    rules that fold gradients: Tiger). ``master_weight_bits`` (bf16 and fp16 params): None, or 32 to
+    step an fp32 master kept as the param plus an int16 residual (state "master_residual"), exactly as
+    fp32 params would step, or 24 for an int8 residual (1/256 of θ's ulp); see kernels.master_weights.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
@@ -192,8 +195,20 @@ class FusedOptimizer(torch.optim.Optimizer):
                      else torch.zeros((), dtype=torch.float32, device=reference.device))
         return inv_scale.reshape(()), found_inf.reshape(())
 
-    def _reference_step(self, group, params, grads, states, first_step, amp=None):
-        """The rule's oracle over one group; GradScaler's verdict was read on the host before."""
+    def _reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None):
+        """The rule's oracle over one group; GradScaler's verdict was read on the host before. ``kinds``
+        (quantized states: name → kind, in the kernel's order): the oracle runs on their fp32 values,
+        laid out as the params, which are then quantized back with the kernel's scheme and draws."""
+        if kinds:
+            scales = set(map(scale_name, kinds))
+            full_states = [{name: dequantize(value, state[scale_name(name)], kinds[name], param) if name in kinds
+                            else value for name, value in state.items() if name not in scales}
+                           for param, state in zip(params, states)]
+            self._reference_step(group, params, grads, full_states, first_step, amp)
+            for state, full_state in zip(states, full_states):
+                for column, (name, kind) in enumerate(kinds.items()):
+                    quantize(full_state[name], kind, state[name], state[scale_name(name)], group[COUNT_KEY], column)
+            return
         if amp is not None:
             grads = [g.float() * amp[0].to(g.device) for g in grads]
         arguments = (first_step,) if self.rule.has_first_step_states else ()
@@ -251,10 +266,17 @@ class FusedOptimizer(torch.optim.Optimizer):
         if self.rule.step_per_optimizer:
             self._step_counters = {device: torch.tensor(count, dtype=torch.float32, device=device)
                                    for device in self._step_counters}
+        kinds = {spec.name: spec.kind for spec in self.rule.states}
         for saved_id, param in zip(saved_ids, params):
             state, shard = self.state[param], local(param)
-            for name, value in state_dict["state"].get(saved_id, {}).items():
-                if name == "step" and self.rule.step_per_optimizer:
+            saved = state_dict["state"].get(saved_id, {})
+            for name, value in saved.items():
+                if name in kinds and isinstance(value, torch.Tensor):
+                    self._load_state(state, name, kinds[name], value, saved.get(scale_name(name)), shard)
+                elif name in map(scale_name, kinds):
+                    if not is_quantized(self.state_dtype):
+                        del state[name]  # its codes were dequantized: a float state has no scales
+                elif name == "step" and self.rule.step_per_optimizer:
                     state[name] = self._step_counter(shard.device)
                 elif name in self.rule.scalar_states:
                     # copy: the caller's dict may hold the very tensors another optimizer is using
@@ -266,8 +288,31 @@ class FusedOptimizer(torch.optim.Optimizer):
                     else:
                         state[name] = torch.empty_like(shard, dtype=value.dtype).copy_(value)
                 elif isinstance(value, torch.Tensor):
-                    state[name] = torch.empty_like(shard, dtype=self.state_dtype or shard.dtype).copy_(value)
+                    state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(value)
         self._plan, self._release_plans = None, {}
+
+    def _load_state(self, state: dict, name: str, kind: str, value, scales, shard) -> None:
+        """One element-wise state from a checkpoint, in this optimizer's state dtype and the param's
+        layout: codes and scales of this optimizer's format as they are (int8 ones where laid out as the
+        param), else through their fp32 values (dequantized from a quantized checkpoint, quantized into
+        a quantized optimizer). int4 codes are read in the param's memory order, as they were saved."""
+        quantized = is_quantized(self.state_dtype)
+        if scales is not None:
+            scales, value = scales.to(shard.device, torch.float32), value.to(shard.device)
+            if quantized and format_of(value) is FORMATS[self.state_dtype]:
+                codes = new_codes(shard, self.state_dtype)
+                if codes.stride() == value.stride():
+                    state[name], state[scale_name(name)] = codes.copy_(value), scales.clone().contiguous()
+                    return
+        values = dequantize(value, scales, kind, shard) if scales is not None else value
+        if not quantized:
+            state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(values)
+            return
+        values = torch.empty_like(shard, dtype=torch.float32).copy_(values)  # the param's memory order, int4's
+        state[name] = new_codes(shard, self.state_dtype)
+        state[scale_name(name)] = torch.empty(scale_numel(shard.numel(), self.state_dtype), dtype=torch.float32,
+                                              device=shard.device)
+        quantize(values, kind, state[name], state[scale_name(name)])
 
     def _saved_step_count(self, saved_states: list) -> float:
         """The optimizer's step count in a checkpoint (0 where no param has state). One saved by this
@@ -297,11 +342,26 @@ class FusedOptimizer(torch.optim.Optimizer):
                 raise ValueError(f"{self.rule.name}: {where} has a {MASTER_RESIDUAL!r} of {got}, but "
                                  f"master_weight_bits={self.master_weight_bits} keeps {expected}: load it into an "
                                  "optimizer of the master_weight_bits it was saved with (int16: 32, int8: 24)")
+        scales = {scale_name(spec.name): spec.name for spec in self.rule.states}
         for name, value in saved.items():
             if name in self.rule.scalar_states:
                 if isinstance(value, torch.Tensor) and value.numel() != 1:
                     raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements, not one")
-            elif isinstance(value, torch.Tensor) and value.shape != param.shape:
+            elif name in scales:
+                codes = saved.get(scales[name])
+                coded = isinstance(codes, torch.Tensor) and codes.dtype in (torch.int8, torch.uint8)
+                fmt = format_of(codes) if coded else None
+                blocks = -(-param.numel() // fmt.block) if coded else None
+                if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != -(-param.numel() // 2)):
+                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements beside "
+                                     f"codes {scales[name]!r} that are not int8 of the param's shape, or int4 two a "
+                                     f"byte, with a scale per block of them: the checkpoint belongs to another "
+                                     "model, or was edited")
+            elif (isinstance(value, torch.Tensor) and value.dtype in (torch.int8, torch.uint8)
+                  and scale_name(name) not in saved):
+                raise ValueError(f"{self.rule.name}: {where} has codes {name!r} ({value.dtype}) without their "
+                                 f"{scale_name(name)!r}; codes cannot be read without their scales")
+            elif isinstance(value, torch.Tensor) and value.dtype != torch.uint8 and value.shape != param.shape:
                 raise ValueError(f"{self.rule.name}: {where} has {name!r} of shape {tuple(value.shape)}, but the "
                                  f"param has shape {tuple(param.shape)}: the checkpoint belongs to another model "
                                  "or another order of params")

@@ -22,12 +22,15 @@ from typing import Optional
 import torch
 
 from kernels import launcher
-from kernels.launcher import INTERPRETED, TensorSlots, prepare_launches, walkable
+from kernels.launcher import INTERPRETED, QuantizedStates, TensorSlots, prepare_launches, walkable
 from kernels.shards import Shards, local
 from optim.prepared import Prepared
 from optim.master_weights import RESIDUAL_DTYPES
+from optim.quantization import (COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, new_codes, new_count,
+                                quantize, scale_name, scale_numel)
 from optim.registry import FIRST_STEP
-from optim.validation import check_grad, check_hyperparameters, check_master_param, check_scalar_state, check_state
+from optim.validation import (check_grad, check_hyperparameters, check_master_param, check_quantized_state,
+                              check_scalar_state, check_state)
 
 # The state of split master weights (master_weight_bits): θ's residual, int16 or int8, laid out as θ.
 MASTER_RESIDUAL = "master_residual"
@@ -101,13 +104,23 @@ class GroupPlan:
         self.state_names = rule.state_names(group)
         self.plan_options = [group[key] for key in rule.plan_keys]
         self.state_dtype = optimizer.state_dtype
+        # Quantized states: each state's kind (its scheme), in the kernel's order; {} for float states.
+        self.kinds = ({spec.name: spec.kind for spec in rule.states if spec.name in self.state_names}
+                      if is_quantized(self.state_dtype) else {})
+        self.tracked_names = (*rule.scalar_states, *self.state_names, *map(scale_name, self.kinds), *self.master_names)
         existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
         for param, state, name in zip(self.locals, existing, self.names):
+            if self.state_dtype is not None and param.is_complex():
+                raise TypeError(f"{rule.name}: {name} is complex, and its states keep its complex dtype, as "
+                                f"torch.optim's; state_dtype={self.state_dtype!r} cannot hold them. Use "
+                                "state_dtype=None for complex params, or optimize torch.view_as_real(param)")
             for state_name in rule.scalar_states:
                 if state_name in state:
                     check_scalar_state(rule.name, state_name, state[state_name], param, name)
             for state_name in self.state_names:
-                if state_name in state:
+                if state_name in state and self.kinds:
+                    check_quantized_state(rule.name, state_name, state, param, self.state_dtype, name)
+                elif state_name in state:
                     check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
             if MASTER_RESIDUAL in state and self.master_weight_bits is not None:
                 check_state(rule.name, MASTER_RESIDUAL, state[MASTER_RESIDUAL], param,
@@ -136,6 +149,8 @@ class GroupPlan:
             return "reference"
         on_cuda = all(p.is_cuda for p in self.locals)
         runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in self.locals))
+        # int4 codes are packed flat, two a byte, not laid out as the param: checked by check_quantized_state
+        walked = () if self.kinds and FORMATS[self.state_dtype].bits == 4 else self.state_names
         for param, grad, state, name in zip(self.locals, self.grads, existing, self.names):
             problem, param = None, _real(param)
             if grad.is_sparse:
@@ -147,7 +162,7 @@ class GroupPlan:
                 problem = TypeError(f"{name} has dtype {param.dtype}; the Triton kernels support {list(rule.dtypes)}")
             else:
                 for what, tensor in (("param", param), ("gradient", _real(grad)),
-                                     *((f"state {n!r}", _real(state[n])) for n in (*self.state_names, *self.master_names)
+                                     *((f"state {n!r}", _real(state[n])) for n in (*walked, *self.master_names)
                                        if n in state)):
                     if not walkable(tensor, param):
                         problem = ValueError(
@@ -185,26 +200,18 @@ class GroupPlan:
         rule = self.rule
         self.state_dicts = [optimizer.state[p] for p in self.params]
         self.first_step = []
+        if self.kinds and self.params:
+            self._make_quantization_count(optimizer.seed, self.locals[0].device)
         for param, state in zip(self.locals, self.state_dicts):
-            dtype = self.state_dtype or param.dtype
             for name in rule.scalar_states:
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer._step_counter(param.device)
                 elif name not in state:
                     state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
-            first = False
-            for spec in rule.states:
-                if spec.exists(self.group) and spec.name not in state:
-                    if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
-                        state[spec.name], first = torch.empty_like(param, dtype=dtype), True
-                    else:  # preserve_format: the param's strides, as torch.optim makes its states
-                        initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
-                        if param.is_complex():  # each of the real view's coordinates starts there (as torch)
-                            initial = complex(initial, initial)
-                        state[spec.name] = torch.full_like(param, initial, dtype=dtype)
+            make_states = self._make_quantized_states if self.kinds else self._make_float_states
+            self.first_step.append(make_states(param, state))
             if self.master_names and MASTER_RESIDUAL not in state:  # zero: θ is the master at the first step
                 state[MASTER_RESIDUAL] = torch.zeros_like(param, dtype=RESIDUAL_DTYPES[self.master_weight_bits])
-            self.first_step.append(first)
         self.launches, self.scalar_buffers = [], {}  # launches: for the fused impl only
         self._pack_scalar_states()
         self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
@@ -214,11 +221,52 @@ class GroupPlan:
             self._make_launches()
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now
         self.n_params = len(self.params_list)
-        self.state_tensors = _states_of(self.state_dicts, (*rule.scalar_states, *self.state_names, *self.master_names))
+        self.state_tensors = _states_of(self.state_dicts, self.tracked_names)
         self.param_pointers = self._param_pointers()
         self.grad_pointers = list(map(_data_ptr, self.grads))
         self.grad_layouts = [(g.shape, g.stride(), g.dtype, g.device) for g in self.grads]
         self.grad_refs = list(map(weakref.ref, self.grads))
+
+    def _make_quantization_count(self, seed: int, device) -> None:
+        """The group's counter that keys the stochastic rounding of codes, saved with the param groups."""
+        count = self.group.get(COUNT_KEY)
+        if count is None:
+            self.group[COUNT_KEY] = new_count(seed, device)
+        elif count.device != device:
+            self.group[COUNT_KEY] = count.to(device)
+
+    def _make_float_states(self, param, state) -> bool:
+        """The missing states of ``param`` in the state dtype; whether one is made by the first step."""
+        dtype, first = self.state_dtype or param.dtype, False
+        for spec in self.rule.states:
+            if spec.exists(self.group) and spec.name not in state:
+                if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
+                    state[spec.name], first = torch.empty_like(param, dtype=dtype), True
+                else:  # preserve_format: the param's strides, as torch.optim makes its states
+                    initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                    if param.is_complex():  # each of the real view's coordinates starts there (as torch)
+                        initial = complex(initial, initial)
+                    state[spec.name] = torch.full_like(param, initial, dtype=dtype)
+        return first
+
+    def _make_quantized_states(self, param, state) -> bool:
+        """The missing quantized states of ``param``: codes and scales of their initial values; a state made by
+        the first step starts at zero codes and scales (the step writes it without reading it). Whether
+        one is made by the first step."""
+        first = False
+        for spec in self.rule.states:
+            if spec.exists(self.group) and spec.name not in state:
+                codes = new_codes(param, self.state_dtype)
+                scales = torch.zeros(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32,
+                                     device=param.device)
+                if spec.initial == FIRST_STEP:
+                    codes.zero_()
+                    first = True
+                else:
+                    initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
+                    quantize(torch.full_like(param, initial, dtype=torch.float32), spec.kind, codes, scales)
+                state[spec.name], state[scale_name(spec.name)] = codes, scales
+        return first
 
     def _pack_scalar_states(self):
         """Each scalar state (the step) of the group's params on one device as views of one buffer, so
@@ -246,12 +294,18 @@ class GroupPlan:
         self.prepared = prepared
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
                              (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length,
-                             state.get(MASTER_RESIDUAL) if self.master_names else None)
+                             residual=state.get(MASTER_RESIDUAL) if self.master_names else None,
+                             scales=tuple(state[scale_name(name)] for name in self.kinds))
                  for p, g, state, scalars, first, row_length in zip(self.views, self.grads, self.run_states,
                                                                     prepared.scalars, self.first_step,
                                                                     prepared.row_lengths)]
+        quantization = None
+        if self.kinds:
+            fmt = FORMATS[self.state_dtype]
+            quantization = QuantizedStates(fmt.bits, fmt.block, tuple(UNSIGNED[kind] for kind in self.kinds.values()),
+                                           tuple(STOCHASTIC[kind] for kind in self.kinds.values()))
         self.launches = [(members, len(members) == len(slots), launch)
-                         for members, launch in prepare_launches(slots, rule.name)]
+                         for members, launch in prepare_launches(slots, rule.name, quantization)]
 
     def _param_pointers(self) -> list:
         return list(map(_data_ptr, map(local, self.params) if self.sharded else self.params))
@@ -275,9 +329,11 @@ class GroupPlan:
             grads = list(map(_real, grads))
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
-        if not _same(_states_of(self.state_dicts, (*rule.scalar_states, *self.state_names, *self.master_names)),
-                     self.state_tensors):
-            return False
+        try:
+            if not _same(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
+                return False
+        except KeyError:
+            return False  # a state dropped (a quantized state's scales): the rebuild makes or refuses it
         if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
             for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):
                 if (grad.layout is not torch.strided or grad.shape != shape or grad.stride() != stride
@@ -315,8 +371,11 @@ class GroupPlan:
         # The optimizer counts the step, for either impl: one op per group, not one per tensor. The
         # reference's skipped steps never get here.
         count_step(self.step_buffers, None if self.impl == "reference" else amp)
+        quantization_count = self.group[COUNT_KEY] if self.kinds else None
+        if quantization_count is not None:  # this step's draws for the codes: + 0 on a step GradScaler skips
+            quantization_count.add_(1 if self.impl == "reference" or amp is None else amp[1].eq(0))
         if self.impl == "reference":
-            optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp)
+            optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp, self.kinds)
             return
         prepared = self.prepared
         if prepared.before is not None:
@@ -328,7 +387,7 @@ class GroupPlan:
             prepared.after(amp)
         for _, _, launch in self.launches:
             launch.update(rule.update, rule.update_reads_param, self.hyper, self.flags,
-                          optimizer._rounding_seed(launch.device), amp)
+                          optimizer._rounding_seed(launch.device), amp, quantization_count)
 
 
 class StepPlan:

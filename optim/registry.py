@@ -24,11 +24,12 @@ from kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
 from kernels.signsgd import signsgd_update
 from kernels.signum import signum_update
 from kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas, bounds, bounds_in_kernel, eps, flag,
-                                   fraction, lr, momentum, nesterov, nonnegative, param_kind, positive_integer,
-                                   schedule, schedule_in_kernel, shrink, weight_decay)
+from optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas, bounds,
+                                   bounds_in_kernel, eps, flag, fraction, lr, momentum, nesterov, nonnegative,
+                                   param_kind, positive_integer, schedule, schedule_in_kernel, shrink, weight_decay)
 from optim.master_weights import RESIDUAL_DTYPES
 from optim.param_groups import tiger_param_groups
+from optim.quantization import FORMATS, is_quantized, scale_numel
 from optim.reference.adadelta import adadelta
 from optim.reference.adagrad import adagrad
 from optim.reference.adam import adam, adamw
@@ -59,6 +60,10 @@ class State:
     # ("initial_accumulator_value"), or FIRST_STEP: the rule's first step makes it (SGD's buffer is
     # the first gradient). The kernel then sees a compile-time flag, True on that first step.
     initial: Union[float, str] = 0.0
+    # What its values are, which chooses its int8 scheme (optim.quantization): "signed" (momenta,
+    # gradients), "nonnegative" (running means of squares), "accumulator" (a growing sum of squares),
+    # "multiplicative" (positive step sizes changed by factors near 1).
+    kind: str = "signed"
 
     def exists(self, group) -> bool:
         if self.when is None:
@@ -193,25 +198,32 @@ class Rule:
         return any(s.initial == FIRST_STEP for s in self.states)
 
     def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True,
-                        master_weight_bits=None) -> int:
-        """Bytes one step moves per parameter: θ and g read, θ written, each state read and written, and
-        the extra reads (its reduction's). ``moves_param=False``: a micro-step that does not move θ
-        (Tiger under accumulation), where θ is neither read nor written: g is read by the update and
-        by the reduction (the NaN verdict), each state read and written. ``master_weight_bits``: θ's
-        residual is read and written with θ."""
+                        master_weight_bits=None) -> float:
+        """Bytes one step moves per parameter: θ and g read, θ written, each state read and written (int8
+        states: a code and its share of a 4-byte scale), and the extra reads (its reduction's).
+        ``moves_param=False``: a micro-step that does not move θ (Tiger under accumulation), where θ is
+        neither read nor written: g is read by the update and by the reduction (the NaN verdict), each
+        state read and written. ``master_weight_bits``: θ's residual is read and written with θ."""
         element = _element_size(param_dtype)
-        state_bytes = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
+        state_bytes = _state_element_size(state_dtype, param_dtype) * len(self.state_names(group))
         if not moves_param:
             return element * (1 + (self.reduce is not None)) + 2 * state_bytes
         return element * (3 + self.extra_reads) + 2 * state_bytes + 2 * _residual_size(master_weight_bits)
 
     def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None, master_weight_bits=None) -> int:
         """Bytes of state kept for params of these sizes after a step: each element-wise state in
-        ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value,
-        and with ``master_weight_bits`` θ's residual (int16 for 32 bits, int8 for 24)."""
-        per_element = _element_size(state_dtype or param_dtype) * len(self.state_names(group))
-        per_element += _residual_size(master_weight_bits)
-        return sum(numels) * per_element + len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
+        ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value;
+        int8 states one byte of code per element, int4 one per started pair, and one fp32 scale per
+        started quantization block; with ``master_weight_bits`` θ's residual (int16 for 32 bits, int8
+        for 24)."""
+        names = self.state_names(group)
+        scalars = len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
+        residuals = sum(numels) * _residual_size(master_weight_bits)
+        if not is_quantized(state_dtype):
+            return sum(numels) * _element_size(state_dtype or param_dtype) * len(names) + scalars + residuals
+        codes = sum(-(-n * FORMATS[state_dtype].bits // 8) for n in numels)
+        scales = sum(scale_numel(n, state_dtype) for n in numels) * 4
+        return (codes + scales) * len(names) + scalars + residuals
 
 
 SCALAR_STATE_BYTES = 4  # scalar states are fp32 0-d tensors on the param's device
@@ -223,10 +235,16 @@ def _element_size(dtype) -> int:
 
 def _residual_size(master_weight_bits) -> int:
     return 0 if master_weight_bits is None else _element_size(RESIDUAL_DTYPES[master_weight_bits])
+def _state_element_size(state_dtype, param_dtype) -> float:
+    """Bytes per element of one state: a quantized one's code and its share of a 4-byte scale."""
+    if is_quantized(state_dtype):
+        return FORMATS[state_dtype].bits / 8 + 4 / FORMATS[state_dtype].block
+    return _element_size(state_dtype or param_dtype)
 
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8), weight_decay(0), flag("amsgrad"), MAXIMIZE)
-ADAM_STATES = (State("exp_avg"), State("exp_avg_sq"), State("max_exp_avg_sq", when="amsgrad"))
+ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
+               State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
 
 RULES = {
     rule.name: rule
@@ -247,7 +265,7 @@ RULES = {
             reference=adagrad, update=adagrad_update,
             hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0), weight_decay(0),
                              nonnegative("initial_accumulator_value", 0), eps(1e-10), MAXIMIZE),
-            states=(State("sum", initial="initial_accumulator_value"),), scalar_states=("step",),
+            states=(State("sum", initial="initial_accumulator_value", kind="accumulator"),), scalar_states=("step",),
             torch_twin=torch.optim.Adagrad, complex_params=True, sparse_gradients=True,
         ),
         Rule(
@@ -257,7 +275,8 @@ RULES = {
             hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99), eps(1e-8), weight_decay(0),
                              momentum(0, present=lambda value: value > 0),
                              flag("centered"), MAXIMIZE),
-            states=(State("square_avg"), State("momentum_buffer", when=lambda group: group["momentum"] > 0),
+            states=(State("square_avg", kind="nonnegative"),
+                    State("momentum_buffer", when=lambda group: group["momentum"] > 0),
                     State("grad_avg", when="centered")),
             scalar_states=("step",), torch_twin=torch.optim.RMSprop, complex_params=True,
             # The momentum buffer sums terms g/(√v + ε) as large as 1/√(1 − α) = 10 that cancel to
@@ -271,7 +290,8 @@ RULES = {
             reference=adadelta, update=adadelta_update,
             hyperparameters=(lr(1.0), Hyperparameter("rho", 0.9, at_most_one, bad=((1.5, "must be in [0, 1]"),)),
                              eps(1e-6), weight_decay(0), MAXIMIZE),
-            states=(State("square_avg"), State("acc_delta")), scalar_states=("step",),
+            states=(State("square_avg", kind="nonnegative"), State("acc_delta", kind="nonnegative")),
+            scalar_states=("step",),
             torch_twin=torch.optim.Adadelta, complex_params=True,
         ),
         Rule(
@@ -327,7 +347,7 @@ RULES = {
             reference=egstepsize, update=egstepsize_update,
             hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, to_kernel=bounds_in_kernel, test_variants=((0.5, 2.0),), bad=(
                 ((0.0, 10.0), "0 < low <= high"), ((2.0, 1.0), "0 < low <= high"), (5.0, "None or a pair")))),
-            states=(State("step_size", initial=1.0), State("prev_grad")),
+            states=(State("step_size", initial=1.0, kind="multiplicative"), State("prev_grad")),
         ),
         Rule(
             name="SGDHD",

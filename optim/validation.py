@@ -7,6 +7,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from optim.master_weights import PARAM_DTYPES
+from optim.quantization import FORMATS, QUANTIZED_DTYPES, is_quantized, scale_name, scale_numel
 
 
 def _tensor_problem(spec, value) -> str:
@@ -52,6 +53,32 @@ def check_state(rule_name: str, name: str, value, param, dtype, where: str):
             f"param needs {dtype} {tuple(param.shape)} on {param.device}. The state belongs to another tensor (a "
             "checkpoint of another model, or the param replaced after the state was made, e.g. p.data = ...): load "
             "a matching state_dict, or drop this param's state (del optimizer.state[p]) to start it afresh")
+
+
+def check_quantized_state(rule_name: str, name: str, state: dict, param, state_dtype: str, where: str):
+    """A quantized state is its codes (int8: the param's twin in int8; int4: two a byte, flat) and its
+    fp32 scales, one per quantization block: fewer would be read and written past their end."""
+    if FORMATS[state_dtype].bits == 8:
+        check_state(rule_name, name, state[name], param, torch.int8, where)
+    else:
+        codes, packed = state[name], -(-param.numel() // 2)
+        if (not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.numel() != packed
+                or codes.dim() != 1 or not codes.is_contiguous() or codes.device != param.device):
+            got = (f"{codes.dtype} {tuple(codes.shape)} on {codes.device}" if isinstance(codes, torch.Tensor)
+                   else repr(codes))
+            raise ValueError(f"{rule_name}: state {name!r} of {where} is {got}, but int4 codes of its param are "
+                             f"uint8 ({packed},) on {param.device}, two a byte: load a matching state_dict, or "
+                             "drop this param's state (del optimizer.state[p]) to start it afresh")
+    scales = state.get(scale_name(name))
+    blocks = scale_numel(param.numel(), state_dtype)
+    if (not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or scales.numel() != blocks
+            or scales.device != param.device or not scales.is_contiguous()):
+        got = (f"{scales.dtype} of {scales.numel()} elements on {scales.device}" if isinstance(scales, torch.Tensor)
+               else repr(scales))
+        raise ValueError(f"{rule_name}: state {scale_name(name)!r} of {where} must be a contiguous float32 tensor of "
+                         f"{blocks} elements (one scale per block of codes of {name!r}) on {param.device}, got {got}; "
+                         "load a matching state_dict, or drop this param's state (del optimizer.state[p]) to start "
+                         "it afresh")
 
 
 def check_scalar_state(rule_name: str, name: str, value, param, where: str):
@@ -109,10 +136,10 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
     if impl not in IMPLS:
         raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
-    if state_dtype is not None and state_dtype not in rule.dtypes:
+    if state_dtype is not None and not is_quantized(state_dtype) and state_dtype not in rule.dtypes:
         raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} must be None (each param's own dtype) or one of "
-                         f"{list(rule.dtypes)}; for float64 math give float64 params, which step in float64 "
-                         "(impl='auto' takes the reference for them)")
+                         f"{list(rule.dtypes) + list(QUANTIZED_DTYPES)}; for float64 math give float64 params, which "
+                         "step in float64 (impl='auto' takes the reference for them)")
     for name, value in (("stochastic_rounding", stochastic_rounding), ("gradient_release", gradient_release)):
         if not isinstance(value, bool):
             raise ValueError(f"{rule.name}: {name}={value!r} must be True or False")

@@ -54,8 +54,9 @@ def access_widths(ptx: str) -> dict:
 
 def cases():
     """(rule, dtype, label, group options, optimizer options): every rule in every dtype, Tiger's
-    variants that change the kernel (an embedding table's per-row lr, stochastic rounding), and steps
-    under GradScaler ("amp": the in-kernel unscale and skip, also in SGDHD's reduction)."""
+    variants that change the kernel (an embedding table's per-row lr, stochastic rounding), steps
+    under GradScaler ("amp": the in-kernel unscale and skip, also in SGDHD's reduction), and int8 and int4
+    states."""
     import optim
 
     for name, rule in optim.RULES.items():
@@ -66,6 +67,9 @@ def cases():
         yield "Tiger", dtype, " stochastic", {}, {"stochastic_rounding": True}
     for name, dtype in (("AdamW", torch.float32), ("AdamW", torch.bfloat16), ("SGDHD", torch.float32)):
         yield name, dtype, " amp", {}, {"amp": True}
+    for name in ("Adam", "Adagrad", "SGDHD"):  # quantized states: signed, companded, stochastic codes; a reduction
+        for state_dtype in ("int8", "int4"):
+            yield name, torch.float32, f" {state_dtype}", {}, {"state_dtype": state_dtype}
 
 
 def compile_step(optim, launcher, name, dtype, group_options=None, options=None):

@@ -1,7 +1,8 @@
 """Adding a rule is three things: its math, its oracle and its declaration (README, "How to add a
 rule"). This test adds a toy rule that way, with a hyperparameter no other rule has, and runs it
 through the registry-driven suites without editing any of them: parity in every dtype, bad input,
-GradScaler, torch.compile, the launch plan's refusals, checkpoints.
+GradScaler, torch.compile, the launch plan's refusals, checkpoints; parity and GradScaler also with int8
+and int4 states, and an int4 run resumed.
 
 The toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
 """
@@ -15,9 +16,10 @@ import triton.language as tl
 import optim
 from kernels.elementwise import hyperparameter
 from optim.hyperparameters import Hyperparameter, fraction, lr
+from optim.quantization import QUANTIZED_DTYPES
 from optim.reference import upcast
 from optim.registry import RULES, Rule, State
-from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_step_plan
+from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
 
 
 # 1. The math (kernels/<rule>.py).
@@ -60,6 +62,10 @@ def test_the_toy_rule_passes_the_registry_driven_suites(registered):
         test_parity.test_triton_matches_reference(rule, dtype, dict(test_parity.variants(rule))["defaults"],
                                                   test_parity.SHAPES["mixed"])
     test_parity.test_update_moves_params(rule)
+    for state_dtype in QUANTIZED_DTYPES:
+        test_parity.test_quantized_states_match_the_reference_to_the_code(
+            rule, torch.float32, dict(test_parity.variants(rule))["defaults"], state_dtype)
+    test_quantized_state.test_a_resumed_quantized_run_equals_the_uninterrupted_one_bit_for_bit(rule, "int4")
     for spec in rule.arguments:
         for value, text in spec.bad:
             text = re.escape(text)  # as the bad-input suite matches it

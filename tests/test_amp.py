@@ -41,10 +41,11 @@ def assert_identical(actual, expected, what):
         assert torch.equal(a, e), f"{what}: tensor {i} differs (max |Δ| {(a.float() - e.float()).abs().max()})"
 
 
-# fp32 params, and bf16 params with split master weights of each width (the residual is a state: a
-# skipped step leaves it, and θ, untouched).
+# fp32 params, bf16 params with split master weights of each width (the residual is a state: a skipped
+# step leaves it, and θ, untouched), and quantized states (codes, scales and their draw counter untouched).
 PRECISIONS = {"fp32": (torch.float32, {}), "bf16-master-32": (torch.bfloat16, {"master_weight_bits": 32}),
-              "bf16-master-24": (torch.bfloat16, {"master_weight_bits": 24})}
+              "bf16-master-24": (torch.bfloat16, {"master_weight_bits": 24}),
+              "int8": (torch.float32, {"state_dtype": "int8"}), "int4": (torch.float32, {"state_dtype": "int4"})}
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

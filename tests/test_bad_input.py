@@ -29,10 +29,11 @@ def assert_untouched(optimizer, params, before):
             assert torch.equal(value, saved_state[id(param)][name]), f"state {name} changed although the step raised"
 
 
-def stepped_optimizer(rule, impl="triton"):
+def stepped_optimizer(rule, impl="triton", state_dtype=None):
     """Two groups, one step taken so that state exists: a failing second step must leave it all alone."""
     params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
-    optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]]}], impl=impl)
+    optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]]}], impl=impl,
+                                     state_dtype=state_dtype)
     for param, grad in zip(params, random_grads(params, seed=0)):
         param.grad = grad
     optimizer.step()
@@ -88,12 +89,13 @@ BAD_GRADIENTS = {
 }
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
+@pytest.mark.parametrize("impl, state_dtype", [("triton", None), ("reference", None), ("auto", None),
+                                               ("triton", "int8"), ("reference", "int8"), ("triton", "int4")])
 @pytest.mark.parametrize("rule, bad_grad, text", [
     pytest.param(rule, *BAD_GRADIENTS[kind], id=f"{kind}-{rule}") for kind in BAD_GRADIENTS for rule in RULE_NAMES
     if not (kind == "sparse" and RULES[rule].sparse_gradients)])  # those: tests/test_torch_optim_db.py
-def test_bad_gradient_fails_the_step_before_any_update(rule, impl, bad_grad, text):
-    optimizer, params = stepped_optimizer(rule, impl)
+def test_bad_gradient_fails_the_step_before_any_update(rule, impl, bad_grad, text, state_dtype):
+    optimizer, params = stepped_optimizer(rule, impl, state_dtype)
     for param, grad in zip(params, random_grads(params, seed=1)):
         param.grad = grad
     grad = bad_grad(params[1])
@@ -113,8 +115,8 @@ def test_unknown_impl_and_arguments(rule):
         getattr(optim, rule)([torch.zeros(3)], impl="cuda")
     with pytest.raises(TypeError, match="unexpected keyword argument 'momentun'"):
         getattr(optim, rule)([torch.zeros(3)], momentun=0.9)
-    for state_dtype in (torch.int32, torch.float64):  # float64 state would fail in the kernel, after changes
-        with pytest.raises(ValueError, match=f"state_dtype={state_dtype} must be None .* or one of"):
+    for state_dtype in (torch.int32, torch.float64, torch.int8, "int16"):  # float64 state would fail in the kernel
+        with pytest.raises(ValueError, match=f"state_dtype={state_dtype!r} must be None .* one of .*'int8', 'int4'"):
             getattr(optim, rule)([torch.zeros(3)], state_dtype=state_dtype)
 
 
@@ -152,3 +154,38 @@ def test_bad_master_weight_bits_are_refused_at_construction(rule):
             getattr(optim, rule)([torch.zeros(3, dtype=torch.bfloat16)], master_weight_bits=value)
     with pytest.raises(ValueError, match="use one or the other"):
         getattr(optim, rule)([torch.zeros(3, dtype=torch.bfloat16)], master_weight_bits=32, stochastic_rounding=True)
+# What may be wrong with a quantized state: (the entry, from its name; the bad value; the error's text).
+BAD_QUANTIZED = {
+    "short-scales": (lambda name: name + "_scale", lambda scales: scales[:-1].clone(),
+                     "must be a contiguous float32 tensor of 1 elements"),
+    "float16-scales": (lambda name: name + "_scale", lambda scales: scales.half(), "got torch.float16"),
+    "missing-scales": (lambda name: name + "_scale", None, "got None"),
+    "short-codes": (lambda name: name, lambda codes: codes[:-1].clone(), r"is torch\.u?int8 \((64|32),\)"),
+}
+
+
+@pytest.mark.parametrize("impl, state_dtype", [("triton", "int8"), ("reference", "int8"), ("triton", "int4"),
+                                               ("reference", "int4")])
+@pytest.mark.parametrize("rule, state, entry, bad_value, text", [
+    pytest.param(rule.name, spec.name, *BAD_QUANTIZED[kind], id=f"{kind}-{rule.name}-{spec.name}")
+    for rule in RULES.values() for spec in rule.states[:1] for kind in BAD_QUANTIZED])
+def test_bad_quantized_states_fail_the_step_before_any_update(rule, state, entry, bad_value, text, impl, state_dtype):
+    """A quantized state's codes one short, its scales one short, of another dtype, or gone: the step
+    would read and write past their end (or dequantize with nothing), so it is refused, naming them,
+    before any change."""
+    hyper = {"momentum": 0.9} if RULES[rule].states[0].when == "momentum" else {}
+    params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
+    optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]], **hyper}], impl=impl,
+                                     state_dtype=state_dtype)
+    for param, grad in zip(params, random_grads(params, seed=0)):
+        param.grad = grad
+    optimizer.step()
+    name = entry(state)
+    if bad_value is None:
+        del optimizer.state[params[1]][name]
+    else:
+        optimizer.state[params[1]][name] = bad_value(optimizer.state[params[1]][name])
+    before = snapshot(optimizer, params)
+    with pytest.raises(ValueError, match=f"state '{name}' of param 0 of param group 1 .*{text}"):
+        optimizer.step()
+    assert_untouched(optimizer, params, before)

@@ -52,5 +52,13 @@ def test_full_blocks_use_128_bit_accesses_on_sm90():
             vectors_per_tensor = config.block_size * dtype.itemsize // (16 * 32 * config.num_warps)
             found = widths[f"AdamW {str(dtype)[6:]} {label} candidate"]
             assert found.get("st.global.v4.b32") == 3 * vectors_per_tensor, (label, dtype, found)
+    # Quantized states compile (dequantized and requantized in registers, a scale per block) and θ keeps
+    # its vector stores; in a full fp32 block each thread's 8 int8 codes of a state are written as one
+    # 8-byte vector, its 4 bytes of int4 codes (nibbles packed across lanes) byte by byte.
+    for name in ("Adam", "Adagrad", "SGDHD"):
+        n_states = len(optim.RULES[name].state_names(optim.RULES[name].defaults))
+        int8, int4 = widths[f"{name} float32 int8"], widths[f"{name} float32 int4"]
+        assert int8.get("st.global.v2.b32") == n_states and int8.get("st.global.v4.b32") == 2, (name, int8)
+        assert int4.get("st.global.b8") == 8 * n_states and int4.get("st.global.v4.b32") == 2, (name, int4)
     # The majority vote's kernels compile; the packing writes one word per thread-row, the vote one value.
     assert widths["majority vote pack"].get("st.global.b32") and widths["majority vote vote"].get("st.global.b32")

@@ -1,0 +1,137 @@
+"""Quantized state in registers: codes and one fp32 scale per block, dequantized after the load and
+requantized before the store, inside the fused update.
+
+The schemes, their papers and why each kind of state takes its own are in ``optim.quantization``'s
+docstring, the plain-PyTorch twin that the reference path runs: the same block layout, the same fp32
+operations in the same order, the same hash for the random bits of stochastic rounding. BITS = 8:
+one int8 code per element, walked like the param; BITS = 4: two per byte, element 2k in the low
+nibble of byte k of the param's memory order (read twice, once per nibble; written once per pair).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _hash32(x):
+    """lowbias32 (Wellons 2018) on uint32: wrapping multiplies, logical shifts."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def random_key(count, column):
+    """The key of one state column's draws this step; ``count`` is the group's int64 counter."""
+    low = count.to(tl.uint32)
+    high = (count >> 32).to(tl.uint32)
+    return _hash32(_hash32(low * 8 + column) ^ high)
+
+
+@triton.jit
+def _uniform(key, offsets):
+    bits = _hash32(offsets.to(tl.uint32) ^ key)
+    return (bits >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def _levels(UNSIGNED: tl.constexpr, BITS: tl.constexpr):
+    """The largest code: 2^BITS − 1 unsigned, 2^(BITS−1) − 1 signed (symmetric)."""
+    if UNSIGNED:
+        return (1 << BITS) - 1.0
+    else:
+        return (1 << (BITS - 1)) - 1.0
+
+
+@triton.jit
+def _load_codes(codes_ptr, offsets, numel, UNSIGNED: tl.constexpr, BITS: tl.constexpr, MASKED: tl.constexpr):
+    """Each element's code as fp32: the int8 (its bits unsigned for unsigned kinds), or its nibble."""
+    if BITS == 8:
+        if MASKED:
+            codes = tl.load(codes_ptr + offsets, mask=offsets < numel, other=0)
+        else:
+            codes = tl.load(codes_ptr + offsets)
+        if UNSIGNED:
+            codes = codes.to(tl.uint8, bitcast=True)
+        return codes.to(tl.float32)
+    else:
+        if MASKED:
+            byte = tl.load(codes_ptr + offsets // 2, mask=offsets < numel, other=0)
+        else:
+            byte = tl.load(codes_ptr + offsets // 2)
+        nibble = (byte.to(tl.int32) >> ((offsets % 2) * 4).to(tl.int32)) & 15
+        if not UNSIGNED:
+            nibble = (nibble ^ 8) - 8  # two's complement
+        return nibble.to(tl.float32)
+
+
+@triton.jit
+def load_dequantized(codes_ptr, scale_ptr, offsets, numel, UNSIGNED: tl.constexpr, BITS: tl.constexpr,
+                     QUANT_BLOCK: tl.constexpr, MASKED: tl.constexpr):
+    """The fp32 values of a block of codes; each element's scale gathered from its quantization block."""
+    codes = _load_codes(codes_ptr, offsets, numel, UNSIGNED, BITS, MASKED)
+    if MASKED:
+        scale = tl.load(scale_ptr + offsets // QUANT_BLOCK, mask=offsets < numel, other=0.0)
+    else:
+        scale = tl.load(scale_ptr + offsets // QUANT_BLOCK)
+    if UNSIGNED:
+        ratio = codes / _levels(UNSIGNED, BITS)
+        return ratio * ratio * scale
+    else:
+        return codes * (scale / _levels(UNSIGNED, BITS))
+
+
+@triton.jit
+def _store_codes(codes_ptr, offsets, numel, code, BITS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                 MASKED: tl.constexpr):
+    """int8 codes one per element; int4 codes packed by pairs (a masked tail's codes are 0)."""
+    if BITS == 8:
+        codes = code.to(tl.int32).to(tl.int8)  # 128..255 of unsigned kinds in the int8's bits
+        if MASKED:
+            tl.store(codes_ptr + offsets, codes, mask=offsets < numel)
+        else:
+            tl.store(codes_ptr + offsets, codes)
+    else:
+        shifted = (code.to(tl.int32) & 15) << ((offsets % 2) * 4).to(tl.int32)
+        pairs = tl.sum(tl.reshape(shifted, [BLOCK_SIZE // 2, 2]), axis=1).to(tl.uint8)  # disjoint bits
+        first = tl.min(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]), axis=1)
+        if MASKED:
+            tl.store(codes_ptr + first // 2, pairs, mask=first < numel)
+        else:
+            tl.store(codes_ptr + first // 2, pairs)
+
+
+@triton.jit
+def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
+                    key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                    MASKED: tl.constexpr):
+    """Each quantization block's absmax (the masked tail counts as 0), then the codes against it."""
+    BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
+    value = tl.where(offsets < numel, value, 0.0)
+    scale = tl.max(tl.reshape(tl.abs(value), [BLOCKS, QUANT_BLOCK]), axis=1)
+    # A NaN makes its block's scale NaN, as torch's amax in the oracle (tl.max skips it): the block
+    # then reads NaN, as θ does where a NaN gradient lands.
+    has_nan = tl.max(tl.reshape((value != value).to(tl.int32), [BLOCKS, QUANT_BLOCK]), axis=1) > 0
+    scale = tl.where(has_nan, float("nan"), scale)
+    first = tl.min(tl.reshape(offsets, [BLOCKS, QUANT_BLOCK]), axis=1)  # each block's first element
+    per_element = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
+    safe = tl.where(per_element > 0.0, per_element, 1.0)
+    levels = _levels(UNSIGNED, BITS)
+    if UNSIGNED:
+        scaled = tl.sqrt_rn(value / safe) * levels
+        low = 0.0
+    else:
+        scaled = value / (safe / levels)
+        low = -levels
+    scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # a 0 scale, and inf over an inf one
+    if STOCHASTIC:
+        scaled = scaled + _uniform(key, offsets)
+    else:
+        scaled = scaled + 0.5
+    code = tl.minimum(tl.maximum(tl.floor(scaled), low), levels)
+    _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
+    if MASKED:
+        tl.store(scale_ptr + first // QUANT_BLOCK, scale, mask=first < numel)
+    else:
+        tl.store(scale_ptr + first // QUANT_BLOCK, scale)

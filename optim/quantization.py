@@ -1,0 +1,192 @@
+r"""Quantized optimizer state (int8, int4) in plain PyTorch: the reference path's twin of
+``kernels.quantization``.
+
+A quantized state is two tensors: ``state[name]``, its codes, and ``state[name + "_scale"]``, one
+fp32 scale per block of the param's elements in memory order. int8 codes are laid out as the param
+(the launcher walks them like any state), blocks of 256; int4 codes are packed two a byte, flat in
+the param's memory order (element 2k in the low nibble of byte k), blocks of 128. The scheme follows
+the kind its ``State`` declares (``optim.registry``), never the rule; L is the largest code, 127 or
+7 signed, 255 or 15 unsigned:
+
+- ``signed`` (momenta, previous gradients): symmetric linear absmax, scale s = max|x| over the block,
+  code c = ⌊L·x/s + ½⌋ in [−L, L], x̂ = c·(s/L). Linear, not Dettmers et al. 2022's dynamic tree
+  map, as torchao's 8-bit first moment: a momentum's values in a block are of one magnitude, and
+  round to nearest is exact to twin in the oracle (Li et al. 2023 prefer a dynamic-exponent map at
+  4 bits; linear keeps one scheme for both widths).
+- ``nonnegative`` (running means of squares: exp_avg_sq, max_exp_avg_sq, square_avg, acc_delta):
+  companded, s = max v over the block, c = ⌊L·√(v/s) + ½⌋ in [0, L] (unsigned), v̂ = (c/L)²·s.
+  The square root spends the codes on small values: at 8 bits a v at 10⁻⁴ of its block's largest
+  still gets code 3 rather than 0, where a linear map would make it 0 and blow up m/√v: the
+  zero-point problem of Li et al. 2023 ("Memory Efficient Optimizers with 4-bit States").
+- ``accumulator`` (Adagrad's sum) and ``multiplicative`` (EGStepSize's positive step sizes): the
+  nonnegative map with stochastic rounding, c = ⌊L·√(v/s) + u⌋, u uniform in [0, 1): a sum grows by
+  1/t of itself at step t and a step size by a factor e^{γ g g'} near 1, soon far below half a code
+  step, which round to nearest would drop every time; rounded stochastically the code moves by the
+  increment on average.
+
+Blocks of 256 for int8 (torchao's 8-bit Adam; bitsandbytes uses 2048): one fp32 scale per 256 bytes
+of codes, 1/64 of a byte per element, and an outlier spoils only its block; 128 for int4 (Li et
+al.'s), as a coarser code needs a smaller block. The kernel's block is a multiple of either, so no
+quantization block straddles two programs.
+
+The uniforms come from a counter-based hash (lowbias32, Wellons 2018) of the element's offset, the
+state's column and a key: the group's ``quantization_count`` (the seed above bit 32, the steps below),
+counted by each step and saved with the param groups, so a resumed run draws the same bits. Integer
+arithmetic only, so the kernel and this twin draw the very same bits.
+"""
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Format:
+    """How a quantized state dtype stores its codes."""
+
+    bits: int
+    block: int  # elements per fp32 scale
+    codes_dtype: torch.dtype  # int8: one code per byte, laid out as the param; uint8: two, packed flat
+
+    def levels(self, kind: str) -> int:
+        """The largest code: 127 or 7 for signed kinds (symmetric), 255 or 15 for the others."""
+        return 2**self.bits - 1 if UNSIGNED[kind] else 2 ** (self.bits - 1) - 1
+
+
+# int8 in blocks of 256 (torchao's 8-bit Adam); int4 in blocks of 128, Li et al. 2023's for 4-bit
+# states: a coarser code needs a smaller block so that an outlier spoils fewer elements.
+FORMATS = {"int8": Format(8, 256, torch.int8), "int4": Format(4, 128, torch.uint8)}
+QUANTIZED_DTYPES = tuple(FORMATS)  # values state_dtype takes besides torch's float dtypes
+COUNT_KEY = "quantization_count"  # the param group's key: a 0-d int64, (seed << 32) + steps
+UNSIGNED = {"signed": False, "nonnegative": True, "accumulator": True, "multiplicative": True}
+STOCHASTIC = {"signed": False, "nonnegative": False, "accumulator": True, "multiplicative": True}
+_MASK32 = 0xFFFFFFFF
+
+
+def is_quantized(state_dtype) -> bool:
+    return isinstance(state_dtype, str) and state_dtype in QUANTIZED_DTYPES
+
+
+def format_of(codes: torch.Tensor) -> Format:
+    """The format of a tensor of codes, told by its dtype."""
+    return next(f for f in FORMATS.values() if f.codes_dtype == codes.dtype)
+
+
+def storage_dtype(state_dtype, param: torch.Tensor) -> torch.dtype:
+    """The dtype a state tensor of ``param`` is stored in: its codes', else the float state dtype."""
+    return FORMATS[state_dtype].codes_dtype if is_quantized(state_dtype) else (state_dtype or param.dtype)
+
+
+def new_codes(param: torch.Tensor, state_dtype: str) -> torch.Tensor:
+    """Uninitialised codes for a state of ``param``: int8 laid out as the param; int4 two per byte,
+    flat, in the param's memory order (element 2k in the low nibble, 2k + 1 in the high one)."""
+    if FORMATS[state_dtype].bits == 8:
+        return torch.empty_like(param, dtype=torch.int8)
+    return torch.empty(-(-param.numel() // 2), dtype=torch.uint8, device=param.device)
+
+
+def scale_name(name: str) -> str:
+    return name + "_scale"
+
+
+def scale_numel(numel: int, state_dtype: str = "int8") -> int:
+    return -(-numel // FORMATS[state_dtype].block)
+
+
+def memory_order(tensor: torch.Tensor) -> torch.Tensor:
+    """A dense tensor's elements as a flat view, in memory order (channels_last, transposed...)."""
+    order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
+    return tensor.permute(order).reshape(-1)
+
+
+def _blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
+    """[n] → [blocks, block], the tail padded with zeros (which never raise a block's max)."""
+    padding = -(-flat.numel() // block) * block - flat.numel()
+    return torch.nn.functional.pad(flat, (0, padding)).view(-1, block)
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """x·constant mod 2³², in int64 without overflow: the constant in 16-bit halves."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (Wellons 2018) on int64 tensors holding uint32 values."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def uniforms(count: torch.Tensor, column: int, numel: int) -> torch.Tensor:
+    """Uniform [0, 1) fp32 per element offset 0..numel−1 of state ``column``, keyed by ``count``."""
+    low, high = count & _MASK32, (count >> 32) & _MASK32
+    key = hash32(hash32((low * 8 + column) & _MASK32) ^ high)
+    offsets = torch.arange(numel, dtype=torch.int64, device=count.device) & _MASK32
+    bits = hash32(offsets ^ key)
+    return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.Tensor,
+             count=None, column: int = 0) -> None:
+    """fp32 ``values`` into ``codes`` (their format told by their dtype: ``new_codes``) and ``scales``
+    (fp32, one per block); a stochastic kind draws its rounding from (count, column), round to
+    nearest without a count. Blocks follow the memory order of int8 codes, else of ``values``."""
+    fmt = format_of(codes)
+    values = values.float()
+    if fmt.bits == 8 and values.stride() != codes.stride():  # a checkpoint's layout may differ
+        values = torch.empty_like(codes, dtype=torch.float32).copy_(values)
+    flat = memory_order(values)
+    blocks = _blocks(flat, fmt.block)
+    scale = blocks.abs().amax(dim=1, keepdim=True)
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    levels = fmt.levels(kind)
+    if UNSIGNED[kind]:
+        scaled, low = (blocks / safe).sqrt() * levels, 0
+    else:
+        scaled, low = blocks / (safe / levels), -levels
+    # code 0 where the scale is 0, and for an inf over its inf scale (NaN), as the kernel
+    scaled = torch.where((scale > 0) & (scaled == scaled), scaled, torch.zeros_like(scaled))
+    if STOCHASTIC[kind] and count is not None:
+        offset = _blocks(uniforms(count, column, flat.numel()), fmt.block)
+    else:
+        offset = torch.full_like(scaled, 0.5)
+    code = (scaled + offset).floor().clamp(low, levels).view(-1)[:flat.numel()].to(torch.int32)
+    if fmt.bits == 8:
+        # Unsigned codes 128..255 are kept in the int8's bits (as −128..−1), as the kernel stores them.
+        memory_order(codes).copy_(code.to(torch.uint8).view(torch.int8))
+    else:  # two's-complement nibbles, element 2k low, 2k + 1 high
+        nibbles = torch.nn.functional.pad(code & 15, (0, code.numel() % 2))
+        codes.copy_((nibbles[0::2] | (nibbles[1::2] << 4)).to(torch.uint8))
+    scales.copy_(scale.view(-1))
+
+
+def code_values(codes: torch.Tensor, kind: str, numel: int) -> torch.Tensor:
+    """The codes of ``numel`` elements as int32, in the param's memory order: int8 codes (their bits
+    unsigned for unsigned kinds), or int4 nibbles (two's complement for signed kinds)."""
+    if format_of(codes).bits == 8:
+        return memory_order(codes).view(torch.uint8 if UNSIGNED[kind] else torch.int8).int()
+    nibbles = torch.stack([codes & 15, codes >> 4], dim=1).view(-1)[:numel].int()
+    return nibbles if UNSIGNED[kind] else (nibbles ^ 8) - 8
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, kind: str, like: torch.Tensor = None) -> torch.Tensor:
+    """The fp32 values of ``codes``, laid out as int8 codes, or as ``like`` (the param) for int4."""
+    fmt = format_of(codes)
+    like = codes if fmt.bits == 8 else like
+    flat = code_values(codes, kind, like.numel())
+    scale = scales.float().repeat_interleave(fmt.block)[:flat.numel()]
+    if UNSIGNED[kind]:
+        ratio = flat.float() / fmt.levels(kind)
+        values = ratio * ratio * scale
+    else:
+        values = flat.float() * (scale / fmt.levels(kind))
+    result = torch.empty_like(like, dtype=torch.float32)
+    memory_order(result).copy_(values)
+    return result
+
+
+def new_count(seed: int, device) -> torch.Tensor:
+    return torch.tensor(seed << 32, dtype=torch.int64, device=device)
