@@ -80,19 +80,19 @@ SMOOTHING = 10  # steps in the moving average of the plotted training loss
 
 class Contender(NamedTuple):
     rule: str  # its row of optim.registry.RULES
-    make: Callable  # (model, lr, impl) -> optimizer
+    make: Callable  # (model, lr, impl, **options) -> optimizer; options: state_dtype, stochastic_rounding
     learning_rates: tuple  # the sweep
 
 
 CONTENDERS = {
-    "Tiger": Contender("Tiger", lambda model, lr, impl: optim.Tiger(optim.tiger_param_groups(model), lr=lr,
-                                                                    impl=impl), (3e-3, 1e-2, 3e-2)),
-    "Lion": Contender("Lion", lambda model, lr, impl: optim.Lion(model.parameters(), lr=lr, weight_decay=0.1,
-                                                                 impl=impl), (3e-4, 1e-3, 3e-3)),
-    "AdamW": Contender("AdamW", lambda model, lr, impl: optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01,
-                                                                    impl=impl), (3e-4, 1e-3, 3e-3)),
-    "SGD": Contender("SGD", lambda model, lr, impl: optim.SGD(model.parameters(), lr=lr, momentum=0.9, impl=impl),
-                     (0.03, 0.1, 0.3)),
+    "Tiger": Contender("Tiger", lambda model, lr, impl, **options: optim.Tiger(
+        optim.tiger_param_groups(model), lr=lr, impl=impl, **options), (3e-3, 1e-2, 3e-2)),
+    "Lion": Contender("Lion", lambda model, lr, impl, **options: optim.Lion(
+        model.parameters(), lr=lr, weight_decay=0.1, impl=impl, **options), (3e-4, 1e-3, 3e-3)),
+    "AdamW": Contender("AdamW", lambda model, lr, impl, **options: optim.AdamW(
+        model.parameters(), lr=lr, weight_decay=0.01, impl=impl, **options), (3e-4, 1e-3, 3e-3)),
+    "SGD": Contender("SGD", lambda model, lr, impl, **options: optim.SGD(
+        model.parameters(), lr=lr, momentum=0.9, impl=impl, **options), (0.03, 0.1, 0.3)),
 }
 
 
@@ -145,12 +145,15 @@ def fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def state_memory(rule_name: str, optimizer) -> dict:
-    """The optimizer's state bytes, measured from optimizer.state and from the registry's model."""
+def state_memory(rule_name: str, optimizer, state_dtype=None) -> dict:
+    """The optimizer's state bytes, measured from optimizer.state and from the registry's model.
+    ``state_dtype``: the precision the run asked for (None: the params' own), which the model counts, so
+    that an optimizer holding another precision than asked shows as a mismatch."""
     rule = RULES[rule_name]
     tensors = [t for state in optimizer.state.values() for t in state.values() if isinstance(t, torch.Tensor)]
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    analytic = sum(rule.state_bytes(group, [p.numel() for p in group["params"]]) for group in optimizer.param_groups)
+    analytic = sum(rule.state_bytes(group, [p.numel() for p in group["params"]], state_dtype=state_dtype)
+                   for group in optimizer.param_groups)
     elementwise = tensor_bytes(t for t in tensors if t.dim() > 0)
     return dict(measured_state_bytes=tensor_bytes(tensors), analytic_state_bytes=analytic,
                 param_bytes=tensor_bytes(params),
@@ -158,9 +161,10 @@ def state_memory(rule_name: str, optimizer) -> dict:
                 analytic_states_per_param=len(rule.state_names(optimizer.param_groups[0])))
 
 
-def train(name: str, lr: float, initial: GPT, batches: torch.Tensor, windows: torch.Tensor, impl: str) -> dict:
+def train(contender: Contender, lr: float, initial: GPT, batches: torch.Tensor, windows: torch.Tensor, impl: str,
+          state_dtype=None, stochastic_rounding: bool = False) -> dict:
     model = copy.deepcopy(initial)  # a deep copy keeps the head tied to the embedding
-    optimizer = CONTENDERS[name].make(model, lr, impl)
+    optimizer = contender.make(model, lr, impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding)
     initial_weights = fingerprint(model)
     losses = []
     for tokens in batches:
@@ -173,16 +177,16 @@ def train(name: str, lr: float, initial: GPT, batches: torch.Tensor, windows: to
         validation = model(windows).item()
     tail = losses[-max(1, len(losses) // 10):]
     final_train = sum(tail) / len(tail)
-    return dict(optimizer=name, lr=lr, losses=losses, initial_weights=initial_weights,
+    return dict(optimizer=contender.rule, lr=lr, losses=losses, initial_weights=initial_weights,
                 final_train_loss=final_train if math.isfinite(final_train) else math.inf,
-                validation_loss=validation, **state_memory(CONTENDERS[name].rule, optimizer))
+                validation_loss=validation, **state_memory(contender.rule, optimizer, state_dtype))
 
 
-def sweep(learning_rates: dict, initial, batches, windows, impl) -> dict:
+def sweep(learning_rates: dict, initial, batches, windows, impl, contenders: dict = CONTENDERS) -> dict:
     """Every (optimizer, lr) trained; name -> its runs, the chosen (lowest final training loss) first."""
     runs = {}
     for name, grid in learning_rates.items():
-        trained = [train(name, lr, initial, batches, windows, impl) for lr in grid]
+        trained = [train(contenders[name], lr, initial, batches, windows, impl) for lr in grid]
         runs[name] = sorted(trained, key=lambda run: run["final_train_loss"])
     return runs
 
