@@ -48,15 +48,31 @@ from scripts.report import OUT_HELP, describe, machine, markdown_table, report_d
 @dataclass(frozen=True)
 class Policy:
     param_dtype: torch.dtype
-    state_dtype: torch.dtype = None  # None: the param's dtype
+    state_dtype: object = None  # None: the param's dtype; a torch dtype, or "int8" / "int4" (codes and scales)
     stochastic_rounding: bool = False
+    master_weight_bits: int = None  # bf16 params plus a residual: an fp32 (32) or 24-bit (24) master
+
+    def options(self) -> dict:
+        return dict(state_dtype=self.state_dtype, stochastic_rounding=self.stochastic_rounding,
+                    master_weight_bits=self.master_weight_bits)
 
 
 POLICIES = {
     "fp32": Policy(torch.float32),
     "bf16 params, fp32 state": Policy(torch.bfloat16, torch.float32),
     "pure bf16, stochastic rounding": Policy(torch.bfloat16, stochastic_rounding=True),
+    "bf16 + 24-bit master, int8 state": Policy(torch.bfloat16, "int8", master_weight_bits=24),
+    "bf16, int8 state, stochastic rounding": Policy(torch.bfloat16, "int8", stochastic_rounding=True),
 }
+# Persistent training memory, bytes per param (params + master residual + gradients held at the step +
+# state), at most: issue 18's headline. Tiger with gradient release keeps 2 (bf16 θ) + 1 (residual) + 1
+# (int8 m) + scales under any accumulation, or 2 + 1 without the residual (stochastic rounding instead);
+# AdamW with int8 states and 24-bit masters keeps 2 + 1 + 2 (its bf16 gradients until the step) + 2·1,
+# or without those gradients under gradient release. The 0.05 is the block scales' and scalars' share.
+PERSISTENT_GOALS = {("Tiger", True, "bf16 + 24-bit master, int8 state"): 4.05,
+                    ("Tiger", True, "bf16, int8 state, stochastic rounding"): 3.05,
+                    ("AdamW", False, "bf16 + 24-bit master, int8 state"): 7.05,
+                    ("AdamW", True, "bf16 + 24-bit master, int8 state"): 5.05}
 HEADLINE_RULES = ("Adam", "Lion", "Tiger")
 # The model trained: GPT-2 small itself on a GPU; on a CPU, where the Triton kernels run under the
 # interpreter, a 120k-param GPT-2 in miniature (one block: 16 tensors). One sequence of 32 tokens (128 on a GPU) per
@@ -119,8 +135,7 @@ def make_model(config: GPTConfig, policy: Policy, device):
 
 def make_optimizer(rule, model, policy: Policy, accumulation: int, release: bool, impl: str):
     """The rule's optimizer on the model, with Tiger's param groups and accumulation where the row has them."""
-    options = dict(impl=impl, state_dtype=policy.state_dtype, stochastic_rounding=policy.stochastic_rounding,
-                   gradient_release=release)
+    options = dict(impl=impl, gradient_release=release, **policy.options())
     params = rule.param_groups(model) if rule.param_groups is not None else model.parameters()
     if rule.folds_gradients:
         options["grad_accum_steps"] = accumulation
@@ -137,16 +152,22 @@ def train(rule, policy, accumulation, release, impl, config, batches, device, st
             for param in model.parameters():
                 param.abs_()
     optimizer = make_optimizer(rule, model, policy, accumulation, release, impl)
+    optimizer.gradient_bytes_at_step = 0  # the most gradient bytes alive when a step begins
     for _ in range(steps):
         for tokens in batches:
             (model(tokens) / accumulation).backward()
             if rule.folds_gradients and not release:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                step(optimizer, model)
         if not rule.folds_gradients:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            step(optimizer, model)
     return model, optimizer
+
+
+def step(optimizer, model):
+    held = tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+    optimizer.gradient_bytes_at_step = max(optimizer.gradient_bytes_at_step, held)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def backward_peak(config, policy, batches, device, free_gradients: bool) -> int:
@@ -173,14 +194,14 @@ def tensor_bytes(tensors) -> int:
 def state_row(rule, policy_name, params, impl):
     """One optimizer step on ``params``, then the state bytes per param: analytic against measured."""
     policy = POLICIES[policy_name]
-    optimizer = getattr(optim, rule.name)(params, impl=impl, state_dtype=policy.state_dtype,
-                                          stochastic_rounding=policy.stochastic_rounding)
+    optimizer = getattr(optim, rule.name)(params, impl=impl, **policy.options())
     for param in params:
         param.grad = torch.randn_like(param) * 1e-3
     optimizer.step()
     numel = sum(p.numel() for p in params)
     group = optimizer.param_groups[0]
-    analytic = rule.state_bytes(group, [p.numel() for p in params], policy.param_dtype, policy.state_dtype)
+    analytic = rule.state_bytes(group, [p.numel() for p in params], policy.param_dtype, policy.state_dtype,
+                                policy.master_weight_bits)
     measured = tensor_bytes(t for state in optimizer.state.values() for t in state.values()
                             if isinstance(t, torch.Tensor))
     return dict(rule=rule.name, policy=policy_name, states=" ".join(rule.state_names(group)) or "-",
@@ -230,15 +251,32 @@ def peak_row(rule, policy_name, accumulation, release, impl, config, tokens, dev
     grads_held = params if accumulation > 1 and not rule.folds_gradients else 0
     one_in_flight = release or grads_held > 0
     states = sum(rule.state_bytes(group, [p.numel() for p in group["params"]], policy.param_dtype,
-                                  policy.state_dtype) for group in optimizer.param_groups)
+                                  policy.state_dtype, policy.master_weight_bits) for group in optimizer.param_groups)
     backward = backward_peaks[policy_name][one_in_flight]
     analytic = params + grads_held + states + backward
+    # Persistent memory: what lives from step to step (θ, its residual, the state) and the gradients
+    # alive when a step begins (none under gradient release; all of them otherwise).
+    numel = sum(p.numel() for p in model.parameters())
+    measured_state = tensor_bytes(t for state in optimizer.state.values() for t in state.values()
+                                  if isinstance(t, torch.Tensor))
+    gradients_at_step = 0 if release else params
     return dict(rule=rule.name, gradient_release=release, accumulation=accumulation, policy=policy_name,
                 impl=impl, tokens_per_micro_batch=tokens,
                 held=held_through_backward(rule, optimizer.param_groups[0], grads_held),
                 backward="activations + one gradient in flight" if one_in_flight else "activations + gradients made",
                 params_bytes=params, grads_bytes=grads_held, state_bytes=states, backward_bytes=backward,
-                analytic_peak_bytes=analytic, measured_peak_bytes=measured, difference=measured / analytic - 1)
+                analytic_peak_bytes=analytic, measured_peak_bytes=measured, difference=measured / analytic - 1,
+                analytic_persistent_bytes_per_param=(params + states + gradients_at_step) / numel,
+                measured_persistent_bytes_per_param=(params + measured_state + optimizer.gradient_bytes_at_step) / numel,
+                persistent_goal=PERSISTENT_GOALS.get((rule.name, release, policy_name)))
+
+
+def releases(rule, accumulation) -> tuple:
+    """Gradient release where the rule takes it: under any accumulation for a rule that folds gradients
+    (Tiger), at k = 1 for every other rule whose row allows it (each backward is then one step)."""
+    if rule.folds_gradients or (accumulation == 1 and not rule.release_refused):
+        return (False, True)
+    return (False,)
 
 
 def peak_rows(rules, policies, accumulations, impl, device, config, tokens):
@@ -254,7 +292,7 @@ def peak_rows(rules, policies, accumulations, impl, device, config, tokens):
         backward_peaks[name] = {free: backward_peak(config, POLICIES[name], batch, device, free)
                                 for free in (False, True)}
     cases = [(RULES[name], policy, k, release) for name in rules for policy in policies for k in accumulations
-             for release in ((False, True) if RULES[name].folds_gradients else (False,))]
+             for release in releases(RULES[name], k)]
     return [peak_row(rule, policy, k, release, impl, config, tokens, device, backward_peaks)
             for rule, policy, k, release in tqdm(cases, desc="training peaks")]
 
@@ -280,6 +318,16 @@ def markdown(facts, state, peaks) -> str:
              "and the dtypes; the backward term measured once per policy, with no optimizer, as the activations "
              "plus either one gradient in flight (gradients freed as made, or added into those held) or the "
              "gradients as autograd makes them (none held before the backward)."]
+    lines += ["\n## Persistent training memory, bytes per param\n",
+              "What lives from one step to the next (θ, its master residual, the state: codes and scales "
+              "counted) and the gradients alive when a step begins; measured: the tensors themselves.\n",
+              markdown_table(peaks, {
+                  "optimizer": label, "k": lambda r: r["accumulation"], "policy": lambda r: r["policy"],
+                  "analytic": lambda r: f"{r['analytic_persistent_bytes_per_param']:.3f}",
+                  "measured": lambda r: f"{r['measured_persistent_bytes_per_param']:.3f}",
+                  "goal": lambda r: "" if r["persistent_goal"] is None else (
+                      f"≤ {r['persistent_goal']:.2f}: " + ("met" if r["measured_persistent_bytes_per_param"]
+                                                          <= r["persistent_goal"] else "**not met**"))})]
     off = [r for r in peaks if abs(r["difference"]) > AGREEMENT]
     lines.append(f"\n{len(peaks) - len(off)} of {len(peaks)} measured peaks are within {AGREEMENT:.0%} of the model.")
     if off:
