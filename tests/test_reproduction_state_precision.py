@@ -19,8 +19,10 @@ SCALAR_STATES = {"AdamW": 1, "Lion": 0, "Tiger": 2}  # fp32 scalars per tensor: 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
+    # The precisions the claims below are about (int4's runs, a minute more here, are the figure's only)
+    tested = tuple(p for p in LOWER_PRECISIONS if p.label in ("bf16", "int8"))
     return run_reproduction(state_precision, tmp_path_factory, learning_rates=LEARNING_RATES,
-                            precisions=(*LOWER_PRECISIONS, REFUSED))
+                            precisions=(*tested, REFUSED))
 
 
 def test_int8_state_ends_within_one_percent_of_fp32(results):
@@ -71,7 +73,7 @@ def test_writes_its_figure_and_numbers(results):
     assert (results["out"] / "state_precision.png").stat().st_size > 0
     runs = sum(len(by_precision) for by_precision in results["runs"].values())
     refused = sum(len(reasons) for reasons in results["not_run"].values())
-    assert runs + refused == len(LEARNING_RATES) * (2 + len(LOWER_PRECISIONS))  # fp32, the lower ones, int2
+    assert runs + refused == len(LEARNING_RATES) * 4  # fp32, bf16, int8, int2
     # a header, one row per run and one per refused (rule, precision); no sweep rows: one lr per rule
     csv = (results["out"] / "state_precision.csv").read_text()
     assert csv.count("\n") == 1 + runs + refused
