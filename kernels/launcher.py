@@ -61,12 +61,15 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
 # with quantized states, [..., codes..., scales..., scalars...]: N_STATE_COLUMNS is twice N_STATES; with
 # split master weights (kernels.master_weights), θ's residual last.
 PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
-RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: (tensor, column) above bit 40, the element offset below
+RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: the tensor above bit 40, the element offset below
 
 
 @triton.jit
-def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr, STOCHASTIC: tl.constexpr, seed, stream):
-    value = round_to_storage(value, base_ptr.dtype.element_ty, STOCHASTIC, seed, stream + offsets)
+def _store(base_ptr, offsets, numel, value, MASKED: tl.constexpr, STOCHASTIC: tl.constexpr, seed, stream,
+           STORE: tl.constexpr, STORES: tl.constexpr, BLOCK_SIZE: tl.constexpr):
+    """``value`` rounded to the pointer's dtype; stochastically, as store STORE of STORES per element."""
+    value = round_to_storage(value, base_ptr.dtype.element_ty, STOCHASTIC, seed, stream + offsets, STORE, STORES,
+                             BLOCK_SIZE)
     if MASKED:
         tl.store(base_ptr + offsets, value, mask=offsets < numel)
     else:
@@ -94,11 +97,11 @@ def _load_param(row_ptr, offsets, numel, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.
 @triton.jit
 def _store_param(row_ptr, offsets, numel, value, PARAM_DTYPE: tl.constexpr, ALIGNED: tl.constexpr,
                  MASKED: tl.constexpr, STOCHASTIC: tl.constexpr, seed, stream, MASTER_BITS: tl.constexpr,
-                 RESIDUAL_COLUMN: tl.constexpr):
+                 RESIDUAL_COLUMN: tl.constexpr, STORES: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     """θ back: rounded to its dtype, or with MASTER_BITS split into θ and its residual."""
     param_ptr = _pointer(row_ptr, PARAM_COLUMN, PARAM_DTYPE, ALIGNED)
     if MASTER_BITS == 0:
-        _store(param_ptr, offsets, numel, value, MASKED, STOCHASTIC, seed, stream)
+        _store(param_ptr, offsets, numel, value, MASKED, STOCHASTIC, seed, stream, 0, STORES, BLOCK_SIZE)
     else:
         param, residual = split_master(value, PARAM_DTYPE, MASTER_BITS)
         residual_ptr = _pointer(row_ptr, RESIDUAL_COLUMN, residual.dtype, ALIGNED)
@@ -169,7 +172,7 @@ def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stre
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
     if param_active:
         _store_param(row_ptr, offsets, numel, param, PARAM_DTYPE, ALIGNED, MASKED, STOCHASTIC, seed, stream, MASTER_BITS,
-                     RESIDUAL_COLUMN)
+                     RESIDUAL_COLUMN, N_STATES + 1, BLOCK_SIZE)
     for i in tl.static_range(N_STATES):
         state_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED)
         if QUANT is not None:
@@ -178,7 +181,8 @@ def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stre
             store_quantized(state_ptr, scale_ptr, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
                             key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
         else:
-            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream + (i + 1) * RANDOM_STREAM)
+            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, N_STATES + 1,
+                   BLOCK_SIZE)
 
 
 @triton.jit
@@ -218,7 +222,7 @@ def multi_tensor_update_kernel(
     AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
 ):
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
-    the seed at seed_ptr; each (tensor, column) of the launch draws its own Philox stream. With AMP,
+    the seed at seed_ptr: one Philox draw per element of each tensor, 16 bits of it per store. With AMP,
     gradients are unscaled by the value at inv_scale_ptr, and nothing is written if found_inf ≠ 0.
     With QUANT (quantized states, ``QuantizedStates``), the states are codes and scales, and the stochastic
     kinds round their codes with draws keyed by the count at quantization_count_ptr. With MASTER_BITS
@@ -235,7 +239,7 @@ def multi_tensor_update_kernel(
         quantization_count = tl.load(quantization_count_ptr)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
     param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
-    stream = tensor * 8 * RANDOM_STREAM  # columns 0 (θ) to 7 (states) of this tensor
+    stream = tensor * RANDOM_STREAM
     if active:
         for block in range(BLOCKS_PER_PROGRAM):
             start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE

@@ -1,5 +1,5 @@
 """Compile every rule's fused kernel for a GPU target on a machine without a GPU, and report the width
-of its global loads and stores from the PTX.
+of its global loads and stores from the PTX and the SASS instructions per element of its full blocks.
 
 Kernel engineers: this is how to see, without a GPU, that a full block of a 16-byte aligned launch
 reads and writes with 128-bit accesses (ld.global.v4 / st.global.v4) and only the masked tail and
@@ -7,6 +7,9 @@ unaligned launches fall back to scalar ones. It drives a real optimizer step for
 CPU tensors through the real host path (state, pointer table, arguments), but each `kernel[grid](...)`
 only compiles (triton's `warmup`, with triton's bundled ptxas) against a stand-in driver that names
 the target; nothing runs. Must be run without TRITON_INTERPRET.
+
+`--budget` compiles the storage formats whose ALU cost tests/test_alu_budget.py holds to the memory
+system's pace (``budget_cases``) and reports ``sass per element`` for each (``sass_per_element``).
 """
 import argparse
 import json
@@ -52,6 +55,59 @@ def access_widths(ptx: str) -> dict:
     return dict(Counter(re.findall(r"(?:ld|st)\.global(?:\.v\d)?\.b\d+", ptx)))
 
 
+def _sass_lines(sass: str) -> list:
+    """The SASS as ("label", name) and ("op", text) entries, in order (nvdisasm's listing as triton keeps it)."""
+    lines = []
+    for line in sass.splitlines():
+        label = re.fullmatch(r"\s*(\.?L\w+):\s*", line)
+        if label:
+            lines.append(("label", label.group(1)))
+        elif "\t" in line and re.search(r"\t\s*[@A-Z]", line):
+            lines.append(("op", line.split("\t", 1)[1].strip()))
+    return lines
+
+
+def _branch_target(op: str):
+    found = re.search(r"\bBRA\s+(?:`\()?(\.?L\w+)", op)
+    return found.group(1) if found else None
+
+
+def full_block_instructions(sass: str) -> int:
+    """SASS instructions one iteration of the update kernel's block loop executes on a full block.
+
+    Found by the branch structure, not by line numbers: the loop is the backward unconditional branch
+    (the latch) to its head; the head's first conditional branch jumps forward to the full block (the
+    unmasked path: no predicated global store), and the masked tail falls through; both paths join at
+    the last label before the latch. Counted: the head up to that branch, the full block up to the
+    join, and the latch (what the compiler hoisted out of the block into the loop is counted with it).
+    Where the block has branches of its own (a runtime flag such as Tiger's moving θ) both sides are
+    counted: an upper bound."""
+    lines = _sass_lines(sass)
+    where = {name: i for i, (kind, name) in enumerate(lines) if kind == "label"}
+    latches = [i for i, (kind, op) in enumerate(lines) if kind == "op" and op.startswith("BRA ")
+               and where.get(_branch_target(op), i) < i - 1]  # backward, and not a trap's branch to itself
+    if len(latches) != 1:
+        raise ValueError(f"expected one block loop, found {len(latches)} backward branches")
+    latch = latches[0]
+    head = where[_branch_target(lines[latch][1])]
+    branch = next(i for i in range(head + 1, latch) if lines[i][0] == "op" and lines[i][1].startswith("@")
+                  and _branch_target(lines[i][1]))
+    full = where[_branch_target(lines[branch][1])]
+    join = max(i for i in range(full + 1, latch) if lines[i][0] == "label")
+    count = lambda first, last, pattern="": sum(kind == "op" and re.match(pattern, op) is not None
+                                                for kind, op in lines[first:last])
+    masked_stores = r"@!?P\d+\s+STG"  # stores under a predicate: the tail's mask (or one lane's scale)
+    if not head < branch < full < join < latch or count(full, join, masked_stores) >= count(branch, full, masked_stores):
+        raise ValueError("the loop head's first branch does not lead to the unmasked full block")
+    return count(head, branch + 1) + count(full, join) + count(join, latch + 1)
+
+
+def sass_per_element(kernel, config) -> float:
+    """Full-block SASS instructions per element: each thread handles block_size / (32 · num_warps)
+    elements of a block."""
+    return full_block_instructions(kernel.asm["sass"]) / (config.block_size // (32 * config.num_warps))
+
+
 def cases():
     """(rule, dtype, label, group options, optimizer options): every rule in every dtype, Tiger's
     variants that change the kernel (an embedding table's per-row lr, stochastic rounding), steps
@@ -70,6 +126,28 @@ def cases():
     for name in ("Adam", "Adagrad", "SGDHD"):  # quantized states: signed, companded, stochastic codes; a reduction
         for state_dtype in ("int8", "int4"):
             yield name, torch.float32, f" {state_dtype}", {}, {"state_dtype": state_dtype}
+
+
+def budget_cases():
+    """(rule, dtype, label, group options, optimizer options): each storage format of the rules whose
+    ALU budget is held (AdamW, Tiger): fp32, bf16 and fp16 params (their states alike) rounded to
+    nearest and stochastically, fp32 params with bf16 states, int8 and int4 states (of fp32 params, and
+    int8 of stochastically rounded bf16 params), split masters of 32 and 24 bits; and Adagrad's int8 and
+    int4 states, whose accumulator's codes are rounded stochastically."""
+    for name in ("AdamW", "Tiger"):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            yield name, dtype, "", {}, {}
+        for dtype in (torch.bfloat16, torch.float16):
+            yield name, dtype, " stochastic", {}, {"stochastic_rounding": True}
+        yield name, torch.float32, " bf16 states stochastic", {}, {"state_dtype": torch.bfloat16,
+                                                                   "stochastic_rounding": True}
+        for state_dtype in ("int8", "int4"):
+            yield name, torch.float32, f" {state_dtype}", {}, {"state_dtype": state_dtype}
+        yield name, torch.bfloat16, " int8 stochastic", {}, {"state_dtype": "int8", "stochastic_rounding": True}
+        for bits in (32, 24):
+            yield name, torch.bfloat16, f" master {bits}", {}, {"master_weight_bits": bits}
+    for state_dtype in ("int8", "int4"):
+        yield "Adagrad", torch.float32, f" {state_dtype}", {}, {"state_dtype": state_dtype}
 
 
 def compile_step(optim, launcher, name, dtype, group_options=None, options=None):
@@ -129,6 +207,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 for Hopper (default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument("--budget", action="store_true",
+                        help="only the storage formats of tests/test_alu_budget.py (budget_cases)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
@@ -143,20 +223,26 @@ def main():
     launcher.launch_config = lambda rule, dtype, numel, device: autotune.DEFAULT_CONFIGS[
         torch.empty((), dtype=dtype).element_size()]
     results = {}
-    for name, dtype, label, group_options, options in cases():
+    for name, dtype, label, group_options, options in (budget_cases() if args.budget else cases()):
         update, reduce = compile_step(optim, launcher, name, dtype, group_options, options)
         key = f"{name} {str(dtype)[6:]}{label}"
-        (results[key],) = [access_widths(kernel.asm["ptx"]) for kernel in update]
+        (kernel,) = update
+        results[key] = access_widths(kernel.asm["ptx"])
+        results[key]["sass per element"] = sass_per_element(kernel, autotune.DEFAULT_CONFIGS[dtype.itemsize])
         for kernel in reduce:
             results[f"{key} reduce"] = access_widths(kernel.asm["ptx"])
-    results.update(search_space_extremes(optim, launcher))
-    results.update(majority_vote_kernels())
+    if not args.budget:
+        results.update(search_space_extremes(optim, launcher))
+        results.update(majority_vote_kernels())
     if args.json:
         print(json.dumps(results))
         return
-    print(f"global accesses in the PTX for sm_{args.arch} (per thread; full blocks first, then the masked tail)")
+    print(f"global accesses in the PTX for sm_{args.arch} (per thread; full blocks first, then the masked tail), "
+          "and the full block loop's SASS instructions per element")
     for key, widths in results.items():
-        print(f"{key:>18}: " + ", ".join(f"{k} ×{v}" for k, v in sorted(widths.items())))
+        sass = widths.pop("sass per element", None)
+        print(f"{key:>18}: " + ", ".join(f"{k} ×{v}" for k, v in sorted(widths.items()))
+              + ("" if sass is None else f"; SASS {sass:.1f} per element"))
 
 
 if __name__ == "__main__":

@@ -2,8 +2,12 @@
 the reference path (optim.rounding), seeded and reproducible."""
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 import optim
+from kernels.rounding import round_stochastically
+from optim.rounding import round_with_bits
 from tests.conftest import DEVICE, make_params, random_grads
 
 HALF = [torch.bfloat16, torch.float16]
@@ -90,3 +94,65 @@ def test_pure_bf16_training_stalls_to_nearest_and_learns_stochastically():
     nearest, stochastic = train_pure_bf16(False), train_pure_bf16(True)
     assert nearest > 0.95 * start, (start, nearest)
     assert stochastic < 0.85 * start, (start, stochastic)
+
+
+@triton.jit
+def _round_kernel(value_ptr, random_ptr, out_ptr, N: tl.constexpr, DTYPE: tl.constexpr):
+    offsets = tl.arange(0, N)
+    random16 = tl.load(random_ptr + offsets).to(tl.uint32)
+    tl.store(out_ptr + offsets, round_stochastically(tl.load(value_ptr + offsets), DTYPE, random16))
+
+
+def edge_values(dtype):
+    """fp32 values at the edges of ``dtype``: ±0, fp32 and ``dtype`` subnormals, the carry into the
+    exponent, the largest finite value and just past it, ±inf, NaN, and ordinary values of both signs."""
+    largest = torch.finfo(dtype).max
+    tiny = torch.finfo(dtype).smallest_normal
+    values = [0.0, -0.0, 1e-45, -3e-45, 2.0**-130 * 1.3, -(2.0**-133) * 2.7, tiny * 0.37, -tiny * 1.61,
+              2.0**-24 * 0.3, 2.0**-24 * 5.77, 1.0, -1.0, 1.0 + 2.0**-20, -(2.0 - 2.0**-23), 3.1415927, -2.718e-3,
+              largest, -largest, largest * (1 + 2.0**-20), -largest * (1 + 2.0**-20), float("inf"), float("-inf"),
+              float("nan"), 1e38, -7.3e4]
+    return torch.tensor(values, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_the_kernel_and_the_reference_round_alike_given_the_same_bits(dtype):
+    """kernels.rounding.round_stochastically and optim.rounding.round_with_bits: bit for bit on the
+    edges of the format and on random values, for random bits including 0 and 2^16 − 1."""
+    generator = torch.Generator().manual_seed(5)
+    values = torch.cat([edge_values(dtype).repeat(4), torch.randn(924, generator=generator)
+                        * torch.exp2(torch.randint(-30, 30, (924,), generator=generator).float())])
+    random16 = torch.randint(0, 2**16, (1024,), generator=generator)
+    random16[:25], random16[25:50] = 0, 2**16 - 1
+    out = torch.empty(1024, dtype=dtype)
+    _round_kernel[(1,)](values, random16.to(torch.int32), out, N=1024, DTYPE=tl.bfloat16 if dtype == torch.bfloat16
+                        else tl.float16)
+    expected = round_with_bits(values, dtype, random16)
+    assert torch.equal(out.isnan(), expected.isnan())  # NaN's payload may differ
+    assert torch.equal(out[~out.isnan()].view(torch.int16), expected[~expected.isnan()].view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=["bf16", "fp16"])
+def test_rounding_over_every_draw_is_exactly_unbiased(dtype):
+    """Over all 2^16 values of the random bits, each value rounds to one of its two neighbours and their
+    mean is the value itself: exactly for bf16 everywhere and fp16 in its normal range, within 2^-12
+    of a unit below it (fp16 subnormals, whose fp32 carries more bits than 13 random ones resolve).
+    Past the largest finite value, at ±inf and NaN, every draw gives the nearest rounding; ±0 stays."""
+    values = edge_values(dtype)
+    every = torch.arange(2**16)
+    for value in values:
+        rounded = round_with_bits(value.expand(2**16).contiguous(), dtype, every)
+        if value.isnan():
+            assert rounded.isnan().all()
+            continue
+        if not value.abs() <= torch.finfo(dtype).max or value == 0:
+            assert torch.equal(rounded.view(torch.int16), value.to(dtype).expand(2**16).view(torch.int16)), value
+            continue
+        exact = value.double()
+        unit = torch.exp2(torch.floor(torch.log2(exact.abs())) - MANTISSA_BITS[dtype]).clamp(min=SUBNORMAL_UNIT[dtype])
+        assert ((rounded.double() - exact).abs() < unit).all(), value
+        bias = (rounded.double().mean() - exact).abs()
+        if dtype == torch.bfloat16 or value.abs() >= torch.finfo(dtype).smallest_normal:
+            assert bias == 0, (value, bias)
+        else:
+            assert bias <= 2.0**-12 * SUBNORMAL_UNIT[dtype], (value, bias)
