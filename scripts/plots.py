@@ -55,16 +55,17 @@ def memory_bars(rows, path, notes=()):
         width = 0.8 / (2 * len(accumulations))
         for j, k in enumerate(accumulations):
             by_label = {label(r): r for r in chosen if r["accumulation"] == k}
-            for i, name in enumerate(labels):
-                row = by_label[name]
+            # An optimizer may have no row at this k (gradient release without accumulation only).
+            drawn = [(i, by_label[name]) for i, name in enumerate(labels) if name in by_label]
+            for n, (i, row) in enumerate(drawn):
                 x = i + (2 * j - len(accumulations)) * width + width / 2
                 axis.bar(x, row["measured_peak_bytes"] / MiB, width, color=f"C{j}",
-                         label=f"k={k} measured" if i == 0 else None)
+                         label=f"k={k} measured" if n == 0 else None)
                 bottom = 0
                 for part, hatch in (("params", ""), ("grads", "//"), ("state", ".."), ("backward", "xx")):
                     height = row[f"{part}_bytes"] / MiB
                     axis.bar(x + width, height, width, bottom=bottom, color="white", edgecolor=f"C{j}",
-                             hatch=hatch, label=f"analytic: {part}" if i == 0 and j == 0 else None)
+                             hatch=hatch, label=f"analytic: {part}" if n == 0 and j == 0 else None)
                     bottom += height
         axis.set_xticks(range(len(labels)), labels)
         axis.set_ylabel("peak MiB")
