@@ -11,11 +11,9 @@ runs/<machine>/, which git ignores; `--out reports/<machine>` writes them into t
 instead, to keep them.
 """
 import argparse
-import os
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import optim
-from kernels import launcher
 from optim.registry import RULES
 from tests.conftest import make_params, random_grads
 
