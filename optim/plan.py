@@ -27,7 +27,7 @@ from kernels.shards import Shards, local
 from optim.prepared import Prepared
 from optim.master_weights import RESIDUAL_DTYPES
 from optim.quantization import (COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, new_codes, new_count,
-                                quantize, scale_name, scale_numel)
+                                quantize_constant, scale_name, scale_numel)
 from optim.registry import FIRST_STEP
 from optim.validation import (check_grad, check_hyperparameters, check_master_param, check_quantized_state,
                               check_scalar_state, check_state)
@@ -257,14 +257,13 @@ class GroupPlan:
         for spec in self.rule.states:
             if spec.exists(self.group) and spec.name not in state:
                 codes = new_codes(param, self.state_dtype)
-                scales = torch.zeros(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32,
+                scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32,
                                      device=param.device)
                 if spec.initial == FIRST_STEP:
-                    codes.zero_()
-                    first = True
+                    initial, first = 0.0, True
                 else:
                     initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
-                    quantize(torch.full_like(param, initial, dtype=torch.float32), spec.kind, codes, scales)
+                quantize_constant(initial, spec.kind, codes, scales, param.numel())
                 state[spec.name], state[scale_name(spec.name)] = codes, scales
         return first
 

@@ -163,6 +163,22 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
     scales.copy_(scale.view(-1))
 
 
+def quantize_constant(value: float, kind: str, codes: torch.Tensor, scales: torch.Tensor, numel: int) -> None:
+    """``codes`` and ``scales`` of ``numel`` elements all equal to ``value``: what ``quantize`` makes of
+    them, without the param-sized fp32 tensor and the fp32 temporaries of quantizing it (about 20 bytes
+    per element of the largest param, at the first step, beside every gradient). Every block's largest
+    magnitude is |value| (a tail block's padding is zero), so every block has one scale and every
+    element one code: those of two such elements, one int4 byte or two int8 codes."""
+    pair = torch.full((2,), value, dtype=torch.float32, device=codes.device)
+    pair_codes = torch.empty(2 if format_of(codes).bits == 8 else 1, dtype=codes.dtype, device=codes.device)
+    scale = torch.empty(1, dtype=torch.float32, device=codes.device)
+    quantize(pair, kind, pair_codes, scale)
+    codes.fill_(pair_codes[0])
+    scales.fill_(scale[0])
+    if codes.dtype == torch.uint8 and numel % 2:  # an odd int4 tail: one code, its high nibble quantize's padding
+        codes.view(-1)[-1] = pair_codes[0] & 15
+
+
 def code_values(codes: torch.Tensor, kind: str, numel: int) -> torch.Tensor:
     """The codes of ``numel`` elements as int32, in the param's memory order: int8 codes (their bits
     unsigned for unsigned kinds), or int4 nibbles (two's complement for signed kinds)."""
