@@ -95,6 +95,19 @@ def test_pure_bf16_with_release_agrees_with_the_model():
     assert row["measured_peak_bytes"] >= row["analytic_peak_bytes"] * (1 - memory.AGREEMENT), row
 
 
+def test_int8_state_peaks_agree_with_the_model():
+    """bf16 params with int8 states (and a 24-bit master, or stochastic rounding) peak at the model's
+    params + grads + codes and scales + backward: the fused step and the making of the state allocate
+    nothing beside them. Lion at k = 2 holds every gradient when its first step makes the state, where
+    quantizing an fp32 copy of each param's initial value put the peak 60 % above the model."""
+    int8 = [name for name, policy in memory.POLICIES.items() if policy.state_dtype == "int8"]
+    rows = memory.peak_rows(["Lion"], int8, [2], "triton", DEVICE, TINY_GPT, TOKENS)
+    assert [row["policy"] for row in rows] == int8 and len(int8) == 2
+    for row in rows:
+        assert row["held"] == "params + grads + 1 state", row
+        assert abs(row["difference"]) <= memory.AGREEMENT, row
+
+
 def test_persistent_memory_headline():
     """Issue 18's headline, measured: Tiger with gradient release, bf16 params, a 24-bit master and int8
     momentum keeps ≤ 4.05 bytes per param from step to step under any accumulation (≤ 3.05 with stochastic

@@ -12,7 +12,8 @@ import torch
 
 import optim
 from autotune import LaunchConfig, forced_config
-from optim.quantization import FORMATS, QUANTIZED_DTYPES, dequantize, new_codes, new_count, quantize, scale_numel
+from optim.quantization import (FORMATS, QUANTIZED_DTYPES, UNSIGNED, dequantize, new_codes, new_count, quantize,
+                                quantize_constant, scale_numel)
 from optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params
 from tests.test_amp import assert_identical, hyper, snapshot
@@ -91,6 +92,21 @@ def test_adagrad_accumulates_small_increments_stochastically():
     total = dequantize(state["sum"], state["sum_scale"], "accumulator")
     assert total[0] == 100.0
     assert abs(total[1:].mean().item() - 3.0) < 0.3, f"mean sum {total[1:].mean().item()}, not 3.0"
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+def test_a_constant_state_is_coded_as_quantizing_the_whole_tensor_codes_it(state_dtype):
+    """A new state (its initial value, or zero) is coded from one pair of elements, without a param-sized
+    fp32 copy: its codes and scales equal quantize's of the whole tensor bit for bit, for every kind, in a
+    partial block and with an odd int4 tail (one code, its high nibble zero)."""
+    for kind, unsigned in UNSIGNED.items():
+        for value in (0.0, 0.1, 1.0, 3.7) if unsigned else (0.0, 0.1, -0.3):
+            for numel in (1, 256, 301):
+                expected_codes, expected_scales = coded(torch.full((numel,), value), kind, state_dtype=state_dtype)
+                codes, scales = new_codes(torch.empty(numel), state_dtype), torch.empty(scale_numel(numel, state_dtype))
+                quantize_constant(value, kind, codes, scales, numel)
+                assert torch.equal(codes, expected_codes), (kind, value, numel)
+                assert torch.equal(scales, expected_scales), (kind, value, numel)
 
 
 # Per state, for params of 300, 5×13 and 1 elements: int8, a byte each (366) and a scale per started
