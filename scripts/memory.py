@@ -334,7 +334,8 @@ def markdown(facts, state, peaks) -> str:
         lines.append("Where they differ: " + "; ".join(
             f"{label(r)}, k={r['accumulation']}, {r['policy']}: {r['difference']:+.1%}" for r in off) + ". "
             "Above the model, the step holds temporaries the model leaves out: the reference computes each "
-            "tensor's update in fp32 temporaries (with stochastic rounding, of every param and state at once); "
+            "tensor's update in fp32 temporaries (with stochastic rounding, split masters or int8 states, on "
+            "fp32 copies of every param and state of a group at once); "
             "on a CPU, Tiger's RMS of a bf16 tensor (torch's norm with dtype=float32) copies it to fp32 first; "
             "on a GPU, the caching allocator rounds each tensor up to 512 bytes.")
     return "\n".join(lines) + "\n"
