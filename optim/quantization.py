@@ -169,14 +169,15 @@ def quantize_constant(value: float, kind: str, codes: torch.Tensor, scales: torc
     per element of the largest param, at the first step, beside every gradient). Every block's largest
     magnitude is |value| (a tail block's padding is zero), so every block has one scale and every
     element one code: those of two such elements, one int4 byte or two int8 codes."""
+    bits = format_of(codes).bits
     pair = torch.full((2,), value, dtype=torch.float32, device=codes.device)
-    pair_codes = torch.empty(2 if format_of(codes).bits == 8 else 1, dtype=codes.dtype, device=codes.device)
+    pair_codes = torch.empty(2 if bits == 8 else 1, dtype=codes.dtype, device=codes.device)
     scale = torch.empty(1, dtype=torch.float32, device=codes.device)
     quantize(pair, kind, pair_codes, scale)
     codes.fill_(pair_codes[0])
     scales.fill_(scale[0])
-    if codes.dtype == torch.uint8 and numel % 2:  # an odd int4 tail: one code, its high nibble quantize's padding
-        codes.view(-1)[-1] = pair_codes[0] & 15
+    if bits == 4 and numel % 2:  # an odd int4 tail: one code, its high nibble zero as quantize pads it
+        codes[-1] = pair_codes[0] & 15
 
 
 def code_values(codes: torch.Tensor, kind: str, numel: int) -> torch.Tensor:
