@@ -160,7 +160,7 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STA
 
 
 @triton.jit
-def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count, param_active,
+def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count, param_active,
                   UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_STATE_COLUMNS: tl.constexpr,
                   N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
                   STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
@@ -178,7 +178,7 @@ def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stre
         if QUANT is not None:
             scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
             key = random_key(quantization_count, i)
-            store_quantized(state_ptr, scale_ptr, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
+            store_quantized(state_ptr, scale_ptr, start, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
                             key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
         else:
             _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, N_STATES + 1,
@@ -245,12 +245,12 @@ def multi_tensor_update_kernel(
             start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
             offsets = start + tl.arange(0, BLOCK_SIZE)
             if start + BLOCK_SIZE <= numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
+                _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
                               param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
                               STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=False,
                               MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
             elif start < numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
+                _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
                               param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
                               STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=True,
                               MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)

@@ -93,28 +93,35 @@ def _store_codes(codes_ptr, offsets, numel, code, BITS: tl.constexpr, BLOCK_SIZE
         else:
             tl.store(codes_ptr + offsets, codes)
     else:
-        shifted = (code.to(tl.int32) & 15) << ((offsets % 2) * 4).to(tl.int32)
-        pairs = tl.sum(tl.reshape(shifted, [BLOCK_SIZE // 2, 2]), axis=1).to(tl.uint8)  # disjoint bits
-        first = tl.min(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]), axis=1)
+        # A pair's two elements are neighbours in one thread's registers: split apart, not reduced.
+        low, high = tl.split(tl.reshape(code.to(tl.int32) & 15, [BLOCK_SIZE // 2, 2]))
+        even, _ = tl.split(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]))
+        pairs = (low | (high << 4)).to(tl.uint8)
         if MASKED:
-            tl.store(codes_ptr + first // 2, pairs, mask=first < numel)
+            tl.store(codes_ptr + even // 2, pairs, mask=even < numel)
         else:
-            tl.store(codes_ptr + first // 2, pairs)
+            tl.store(codes_ptr + even // 2, pairs)
 
 
 @triton.jit
-def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
-                    key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    MASKED: tl.constexpr):
-    """Each quantization block's absmax (the masked tail counts as 0), then the codes against it."""
+def _absmax(value, BLOCKS: tl.constexpr, QUANT_BLOCK: tl.constexpr):
+    """Each quantization block's max |x|, NaN where the block holds a NaN (as torch's amax in the
+    oracle; tl.max skips NaN): the max of |x|'s bit patterns, whose order as integers is their order
+    as floats, with NaN's above inf's. One integer reduction, a single REDUX where a warp holds the
+    block, instead of a float max and a second one for the NaNs."""
+    bits = value.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    return tl.max(tl.reshape(bits, [BLOCKS, QUANT_BLOCK]), axis=1).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED: tl.constexpr,
+                    STOCHASTIC: tl.constexpr, key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+    """Each quantization block's absmax (the masked tail counts as 0), then the codes against it;
+    ``start`` is ``offsets``' first, a multiple of QUANT_BLOCK."""
     BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
     value = tl.where(offsets < numel, value, 0.0)
-    scale = tl.max(tl.reshape(tl.abs(value), [BLOCKS, QUANT_BLOCK]), axis=1)
-    # A NaN makes its block's scale NaN, as torch's amax in the oracle (tl.max skips it): the block
-    # then reads NaN, as θ does where a NaN gradient lands.
-    has_nan = tl.max(tl.reshape((value != value).to(tl.int32), [BLOCKS, QUANT_BLOCK]), axis=1) > 0
-    scale = tl.where(has_nan, float("nan"), scale)
-    first = tl.min(tl.reshape(offsets, [BLOCKS, QUANT_BLOCK]), axis=1)  # each block's first element
+    scale = _absmax(value, BLOCKS, QUANT_BLOCK)
     per_element = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
     safe = tl.where(per_element > 0.0, per_element, 1.0)
     levels = _levels(UNSIGNED, BITS)
@@ -131,7 +138,9 @@ def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.co
         scaled = scaled + 0.5
     code = tl.minimum(tl.maximum(tl.floor(scaled), low), levels)
     _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
+    # Each block's index is arithmetic (a reduction of the offsets would cost as much as the absmax).
+    block = start // QUANT_BLOCK + tl.arange(0, BLOCKS)
     if MASKED:
-        tl.store(scale_ptr + first // QUANT_BLOCK, scale, mask=first < numel)
+        tl.store(scale_ptr + block, scale, mask=block * QUANT_BLOCK < numel)
     else:
-        tl.store(scale_ptr + first // QUANT_BLOCK, scale)
+        tl.store(scale_ptr + block, scale)
