@@ -170,9 +170,12 @@ def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, see
                                                N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, QUANT,
                                                ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
+    # Quantized states round with their own hash (kernels.quantization): θ alone takes Philox bits,
+    # 8 elements to a draw instead of 8 // (N_STATES + 1).
+    STORES: tl.constexpr = 1 if QUANT is not None else N_STATES + 1
     if param_active:
         _store_param(row_ptr, offsets, numel, param, PARAM_DTYPE, ALIGNED, MASKED, STOCHASTIC, seed, stream, MASTER_BITS,
-                     RESIDUAL_COLUMN, N_STATES + 1, BLOCK_SIZE)
+                     RESIDUAL_COLUMN, STORES, BLOCK_SIZE)
     for i in tl.static_range(N_STATES):
         state_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED)
         if QUANT is not None:
@@ -181,7 +184,7 @@ def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, see
             store_quantized(state_ptr, scale_ptr, start, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
                             key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
         else:
-            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, N_STATES + 1,
+            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, STORES,
                    BLOCK_SIZE)
 
 
