@@ -120,23 +120,26 @@ def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED
     """Each quantization block's absmax (the masked tail counts as 0), then the codes against it;
     ``start`` is ``offsets``' first, a multiple of QUANT_BLOCK."""
     BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
-    value = tl.where(offsets < numel, value, 0.0)
+    if MASKED:
+        value = tl.where(offsets < numel, value, 0.0)
     scale = _absmax(value, BLOCKS, QUANT_BLOCK)
-    per_element = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
-    safe = tl.where(per_element > 0.0, per_element, 1.0)
+    safe = tl.where(scale > 0.0, scale, 1.0)  # a block of zeros codes 0 without 0·inf
     levels = _levels(UNSIGNED, BITS)
     if UNSIGNED:
-        scaled = tl.sqrt_rn(value / safe) * levels
-        low = 0.0
+        factor = tl.div_rn(levels, tl.sqrt_rn(safe))
+        magnitude = tl.sqrt(value)
     else:
-        scaled = value / (safe / levels)
-        low = -levels
-    scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # a 0 scale, and inf over an inf one
+        factor = tl.div_rn(levels, safe)
+        magnitude = value
+    scaled = magnitude * tl.reshape(tl.broadcast_to(factor[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
     if STOCHASTIC:
-        scaled = scaled + _uniform(key, offsets)
+        rounded = tl.floor(scaled + _uniform(key, offsets))
     else:
-        scaled = scaled + 0.5
-    code = tl.minimum(tl.maximum(tl.floor(scaled), low), levels)
+        rounded = tl.floor(scaled + 0.5)
+    if UNSIGNED:
+        code = tl.where(scaled > 0.0, tl.minimum(tl.maximum(rounded, 1.0), levels), 0.0)
+    else:
+        code = tl.where(scaled == scaled, tl.minimum(tl.maximum(rounded, -levels), levels), 0.0)
     _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
     # Each block's index is arithmetic (a reduction of the offsets would cost as much as the absmax).
     block = start // QUANT_BLOCK + tl.arange(0, BLOCKS)

@@ -141,19 +141,26 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
     flat = memory_order(values)
     blocks = _blocks(flat, fmt.block)
     scale = blocks.abs().amax(dim=1, keepdim=True)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    safe = torch.where(scale > 0, scale, 1.0)
     levels = fmt.levels(kind)
+    # One fp32 factor per block and a product per element, the kernel's operations in its order (a
+    # tensor over a tensor: torch divides a number by a tensor as the number times its reciprocal).
+    levels_per_block = torch.full_like(safe, levels)
     if UNSIGNED[kind]:
-        scaled, low = (blocks / safe).sqrt() * levels, 0
+        scaled = blocks.sqrt() * (levels_per_block / safe.sqrt())
     else:
-        scaled, low = blocks / (safe / levels), -levels
-    # code 0 where the scale is 0, and for an inf over its inf scale (NaN), as the kernel
-    scaled = torch.where((scale > 0) & (scaled == scaled), scaled, torch.zeros_like(scaled))
+        scaled = blocks * (levels_per_block / safe)
     if STOCHASTIC[kind] and count is not None:
-        offset = _blocks(uniforms(count, column, flat.numel()), fmt.block)
+        rounded = (scaled + _blocks(uniforms(count, column, flat.numel()), fmt.block)).floor()
     else:
-        offset = torch.full_like(scaled, 0.5)
-    code = (scaled + offset).floor().clamp(low, levels).view(-1)[:flat.numel()].to(torch.int32)
+        rounded = (scaled + 0.5).floor()
+    if UNSIGNED[kind]:
+        # No positive value takes code 0 (the zero point), and a 0 scale's 0/0 and an inf over its inf
+        # scale (NaN) take 0.
+        code = torch.where(scaled > 0, rounded.clamp(1, levels), 0)
+    else:
+        code = torch.where(scaled == scaled, rounded.clamp(-levels, levels), 0)  # NaN: a 0 or inf scale
+    code = code.view(-1)[:flat.numel()].to(torch.int32)
     if fmt.bits == 8:
         # Unsigned codes 128..255 are kept in the int8's bits (as −128..−1), as the kernel stores them.
         memory_order(codes).copy_(code.to(torch.uint8).view(torch.int8))
