@@ -5,7 +5,9 @@ The schemes, their papers and why each kind of state takes its own are in ``opti
 docstring, the plain-PyTorch twin that the reference path runs: the same block layout, the same fp32
 operations in the same order, the same hash for the random bits of stochastic rounding. BITS = 8:
 one int8 code per element, walked like the param; BITS = 4: two per byte, element 2k in the low
-nibble of byte k of the param's memory order (read twice, once per nibble; written once per pair).
+nibble of byte k of the param's memory order (read and written once per pair, the pair's elements
+being neighbours in one thread's registers). What each choice saves, in SASS instructions per element
+within the ALU budget (tests/test_alu_budget.py), is written beside it.
 """
 import triton
 import triton.language as tl
@@ -56,11 +58,14 @@ def _load_codes(codes_ptr, offsets, numel, UNSIGNED: tl.constexpr, BITS: tl.cons
             codes = codes.to(tl.uint8, bitcast=True)
         return codes.to(tl.float32)
     else:
+        # One load per pair, split into its nibbles in registers (was a load per nibble: 1 SASS per element).
+        even, _ = tl.split(tl.reshape(offsets, [offsets.shape[0] // 2, 2]))
         if MASKED:
-            byte = tl.load(codes_ptr + offsets // 2, mask=offsets < numel, other=0)
+            byte = tl.load(codes_ptr + even // 2, mask=even < numel, other=0)
         else:
-            byte = tl.load(codes_ptr + offsets // 2)
-        nibble = (byte.to(tl.int32) >> ((offsets % 2) * 4).to(tl.int32)) & 15
+            byte = tl.load(codes_ptr + even // 2)
+        byte = byte.to(tl.int32)
+        nibble = tl.reshape(tl.join(byte & 15, byte >> 4), [offsets.shape[0]])
         if not UNSIGNED:
             nibble = (nibble ^ 8) - 8  # two's complement
         return nibble.to(tl.float32)
@@ -93,7 +98,9 @@ def _store_codes(codes_ptr, offsets, numel, code, BITS: tl.constexpr, BLOCK_SIZE
         else:
             tl.store(codes_ptr + offsets, codes)
     else:
-        # A pair's two elements are neighbours in one thread's registers: split apart, not reduced.
+        # A pair's two elements are neighbours in one thread's registers: split apart, where a sum and
+        # an int64 min of its offsets per pair went through shared memory (with the scale's index and
+        # the NaN max below, AdamW int4's 157.8 SASS per element were 113.1 without them).
         low, high = tl.split(tl.reshape(code.to(tl.int32) & 15, [BLOCK_SIZE // 2, 2]))
         even, _ = tl.split(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]))
         pairs = (low | (high << 4)).to(tl.uint8)
@@ -101,6 +108,12 @@ def _store_codes(codes_ptr, offsets, numel, code, BITS: tl.constexpr, BLOCK_SIZE
             tl.store(codes_ptr + even // 2, pairs, mask=even < numel)
         else:
             tl.store(codes_ptr + even // 2, pairs)
+
+
+# A block whose largest |x| is below 2^-120 is coded against 2^-120 (its values read smaller than
+# they were): L/s overflows fp32 below L/3.4e38 = 3.7e-37 (2^-121.1 at L = 127), and a block of zeros
+# would code 0·inf.
+SMALLEST_SCALE = tl.constexpr(2.0**-120)
 
 
 @triton.jit
@@ -123,8 +136,11 @@ def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED
     if MASKED:
         value = tl.where(offsets < numel, value, 0.0)
     scale = _absmax(value, BLOCKS, QUANT_BLOCK)
-    safe = tl.where(scale > 0.0, scale, 1.0)  # a block of zeros codes 0 without 0·inf
+    safe = tl.where(scale < SMALLEST_SCALE, SMALLEST_SCALE, scale)  # NaN stays NaN: its block codes 0
     levels = _levels(UNSIGNED, BITS)
+    # One correctly rounded division per block and a product per element, where a division per
+    # element (and a sqrt_rn per element of the companded kinds) cost AdamW int4 18.5 SASS per element.
+    # √v is tl.sqrt's, the rule's own denominator's (Adam, Adagrad): the compiler computes it once.
     if UNSIGNED:
         factor = tl.div_rn(levels, tl.sqrt_rn(safe))
         magnitude = tl.sqrt(value)
@@ -137,11 +153,14 @@ def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED
     else:
         rounded = tl.floor(scaled + 0.5)
     if UNSIGNED:
+        # No positive value takes code 0 (the zero point: docstring of optim.quantization); 0 and NaN take 0.
         code = tl.where(scaled > 0.0, tl.minimum(tl.maximum(rounded, 1.0), levels), 0.0)
     else:
-        code = tl.where(scaled == scaled, tl.minimum(tl.maximum(rounded, -levels), levels), 0.0)
+        # |x| ≤ safe, so |x·factor| ≤ L·(1 + 2⁻²²), whose nearest is ±L: no clamp (2 SASS per element).
+        tl.static_assert(not STOCHASTIC, "signed codes round to nearest: a uniform could carry them past ±L")
+        code = tl.where(scaled == scaled, rounded, 0.0)  # NaN: an inf over its inf scale, or a NaN block
     _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
-    # Each block's index is arithmetic (a reduction of the offsets would cost as much as the absmax).
+    # Each block's index is arithmetic: an int64 tl.min of its offsets went through shared memory.
     block = start // QUANT_BLOCK + tl.arange(0, BLOCKS)
     if MASKED:
         tl.store(scale_ptr + block, scale, mask=block * QUANT_BLOCK < numel)

@@ -21,8 +21,9 @@ How, within the ALU budget the memory system leaves (tests/test_alu_budget.py):
   2^-14 x has more bits than u resolves and the probability is within 2^-12 of a unit of exact.
 - The random bits: one Philox4x32 draw per element per launch (tl.philox: 128 bits), keyed by the
   seed tensor (the optimizer's seed above bit 32, the launch count below) and countered by
-  (tensor << 40 | element, store // 8): store k of an element (0 = θ, 1.. its states) takes 16 bits
-  of it, word (k mod 8) // 2, low half for even k; a ninth store would start a second draw. The
+  (tensor << 40 | element, store // 8): store k of an element (0 = θ, 1.. its states; θ alone where
+  the states are quantized, as their codes round with a hash of their own) takes 16 bits of it,
+  word (k mod 8) // 2, low half for even k; a ninth store would start a second draw. The
   compiler computes one draw for all the stores that share it (one Philox call per element, not one
   per store), and the same seed gives the same bits whatever the grid. 7 rounds instead of triton's
   default 10: Philox4x32-7 passes TestU01's BigCrush with no failure (Salmon et al. 2011, "Parallel
