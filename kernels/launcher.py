@@ -160,7 +160,7 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STA
 
 
 @triton.jit
-def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count, param_active,
+def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count, param_active,
                   UPDATE: tl.constexpr, FLAGS: tl.constexpr, N_STATES: tl.constexpr, N_STATE_COLUMNS: tl.constexpr,
                   N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
                   STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
@@ -170,18 +170,21 @@ def _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stre
                                                N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, QUANT,
                                                ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
+    # Quantized states round with their own hash (kernels.quantization): θ alone takes Philox bits,
+    # 8 elements to a draw instead of 8 // (N_STATES + 1).
+    STORES: tl.constexpr = 1 if QUANT is not None else N_STATES + 1
     if param_active:
         _store_param(row_ptr, offsets, numel, param, PARAM_DTYPE, ALIGNED, MASKED, STOCHASTIC, seed, stream, MASTER_BITS,
-                     RESIDUAL_COLUMN, N_STATES + 1, BLOCK_SIZE)
+                     RESIDUAL_COLUMN, STORES, BLOCK_SIZE)
     for i in tl.static_range(N_STATES):
         state_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + i, STATE_DTYPE, ALIGNED)
         if QUANT is not None:
             scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
             key = random_key(quantization_count, i)
-            store_quantized(state_ptr, scale_ptr, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
+            store_quantized(state_ptr, scale_ptr, start, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
                             key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
         else:
-            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, N_STATES + 1,
+            _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, STORES,
                    BLOCK_SIZE)
 
 
@@ -245,12 +248,12 @@ def multi_tensor_update_kernel(
             start = (chunk * BLOCKS_PER_PROGRAM + block) * BLOCK_SIZE
             offsets = start + tl.arange(0, BLOCK_SIZE)
             if start + BLOCK_SIZE <= numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
+                _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
                               param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
                               STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=False,
                               MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
             elif start < numel:
-                _update_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
+                _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
                               param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
                               STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=True,
                               MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)

@@ -5,7 +5,9 @@ The schemes, their papers and why each kind of state takes its own are in ``opti
 docstring, the plain-PyTorch twin that the reference path runs: the same block layout, the same fp32
 operations in the same order, the same hash for the random bits of stochastic rounding. BITS = 8:
 one int8 code per element, walked like the param; BITS = 4: two per byte, element 2k in the low
-nibble of byte k of the param's memory order (read twice, once per nibble; written once per pair).
+nibble of byte k of the param's memory order (read and written once per pair, the pair's elements
+being neighbours in one thread's registers). What each choice saves, in SASS instructions per element
+within the ALU budget (tests/test_alu_budget.py), is written beside it.
 """
 import triton
 import triton.language as tl
@@ -56,11 +58,14 @@ def _load_codes(codes_ptr, offsets, numel, UNSIGNED: tl.constexpr, BITS: tl.cons
             codes = codes.to(tl.uint8, bitcast=True)
         return codes.to(tl.float32)
     else:
+        # One load per pair, split into its nibbles in registers (was a load per nibble: 1 SASS per element).
+        even, _ = tl.split(tl.reshape(offsets, [offsets.shape[0] // 2, 2]))
         if MASKED:
-            byte = tl.load(codes_ptr + offsets // 2, mask=offsets < numel, other=0)
+            byte = tl.load(codes_ptr + even // 2, mask=even < numel, other=0)
         else:
-            byte = tl.load(codes_ptr + offsets // 2)
-        nibble = (byte.to(tl.int32) >> ((offsets % 2) * 4).to(tl.int32)) & 15
+            byte = tl.load(codes_ptr + even // 2)
+        byte = byte.to(tl.int32)
+        nibble = tl.reshape(tl.join(byte & 15, byte >> 4), [offsets.shape[0]])
         if not UNSIGNED:
             nibble = (nibble ^ 8) - 8  # two's complement
         return nibble.to(tl.float32)
@@ -93,45 +98,71 @@ def _store_codes(codes_ptr, offsets, numel, code, BITS: tl.constexpr, BLOCK_SIZE
         else:
             tl.store(codes_ptr + offsets, codes)
     else:
-        shifted = (code.to(tl.int32) & 15) << ((offsets % 2) * 4).to(tl.int32)
-        pairs = tl.sum(tl.reshape(shifted, [BLOCK_SIZE // 2, 2]), axis=1).to(tl.uint8)  # disjoint bits
-        first = tl.min(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]), axis=1)
+        # A pair's two elements are neighbours in one thread's registers: split apart, where a sum and
+        # an int64 min of its offsets per pair went through shared memory (with the scale's index and
+        # the NaN max below, AdamW int4's 157.8 SASS per element were 113.1 without them).
+        low, high = tl.split(tl.reshape(code.to(tl.int32) & 15, [BLOCK_SIZE // 2, 2]))
+        even, _ = tl.split(tl.reshape(offsets, [BLOCK_SIZE // 2, 2]))
+        pairs = (low | (high << 4)).to(tl.uint8)
         if MASKED:
-            tl.store(codes_ptr + first // 2, pairs, mask=first < numel)
+            tl.store(codes_ptr + even // 2, pairs, mask=even < numel)
         else:
-            tl.store(codes_ptr + first // 2, pairs)
+            tl.store(codes_ptr + even // 2, pairs)
+
+
+# A block whose largest |x| is below 2^-120 is coded against 2^-120 (its values read smaller than
+# they were): L/s overflows fp32 below L/3.4e38 = 3.7e-37 (2^-121.1 at L = 127), and a block of zeros
+# would code 0·inf.
+SMALLEST_SCALE = tl.constexpr(2.0**-120)
 
 
 @triton.jit
-def store_quantized(codes_ptr, scale_ptr, offsets, numel, value, UNSIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
-                    key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-                    MASKED: tl.constexpr):
-    """Each quantization block's absmax (the masked tail counts as 0), then the codes against it."""
+def _absmax(value, BLOCKS: tl.constexpr, QUANT_BLOCK: tl.constexpr):
+    """Each quantization block's max |x|, NaN where the block holds a NaN (as torch's amax in the
+    oracle; tl.max skips NaN): the max of |x|'s bit patterns, whose order as integers is their order
+    as floats, with NaN's above inf's. One integer reduction, a single REDUX where a warp holds the
+    block, instead of a float max and a second one for the NaNs."""
+    bits = value.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    return tl.max(tl.reshape(bits, [BLOCKS, QUANT_BLOCK]), axis=1).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED: tl.constexpr,
+                    STOCHASTIC: tl.constexpr, key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr,
+                    BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
+    """Each quantization block's absmax (the masked tail counts as 0), then the codes against it;
+    ``start`` is ``offsets``' first, a multiple of QUANT_BLOCK."""
     BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
-    value = tl.where(offsets < numel, value, 0.0)
-    scale = tl.max(tl.reshape(tl.abs(value), [BLOCKS, QUANT_BLOCK]), axis=1)
-    # A NaN makes its block's scale NaN, as torch's amax in the oracle (tl.max skips it): the block
-    # then reads NaN, as θ does where a NaN gradient lands.
-    has_nan = tl.max(tl.reshape((value != value).to(tl.int32), [BLOCKS, QUANT_BLOCK]), axis=1) > 0
-    scale = tl.where(has_nan, float("nan"), scale)
-    first = tl.min(tl.reshape(offsets, [BLOCKS, QUANT_BLOCK]), axis=1)  # each block's first element
-    per_element = tl.reshape(tl.broadcast_to(scale[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
-    safe = tl.where(per_element > 0.0, per_element, 1.0)
-    levels = _levels(UNSIGNED, BITS)
-    if UNSIGNED:
-        scaled = tl.sqrt_rn(value / safe) * levels
-        low = 0.0
-    else:
-        scaled = value / (safe / levels)
-        low = -levels
-    scaled = tl.where((per_element > 0.0) & (scaled == scaled), scaled, 0.0)  # a 0 scale, and inf over an inf one
-    if STOCHASTIC:
-        scaled = scaled + _uniform(key, offsets)
-    else:
-        scaled = scaled + 0.5
-    code = tl.minimum(tl.maximum(tl.floor(scaled), low), levels)
-    _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
     if MASKED:
-        tl.store(scale_ptr + first // QUANT_BLOCK, scale, mask=first < numel)
+        value = tl.where(offsets < numel, value, 0.0)
+    scale = _absmax(value, BLOCKS, QUANT_BLOCK)
+    safe = tl.where(scale < SMALLEST_SCALE, SMALLEST_SCALE, scale)  # NaN stays NaN: its block codes 0
+    levels = _levels(UNSIGNED, BITS)
+    # One correctly rounded division per block and a product per element, where a division per
+    # element (and a sqrt_rn per element of the companded kinds) cost AdamW int4 18.5 SASS per element.
+    # √v is tl.sqrt's, the rule's own denominator's (Adam, Adagrad): the compiler computes it once.
+    if UNSIGNED:
+        factor = tl.div_rn(levels, tl.sqrt_rn(safe))
+        magnitude = tl.sqrt(value)
     else:
-        tl.store(scale_ptr + first // QUANT_BLOCK, scale)
+        factor = tl.div_rn(levels, safe)
+        magnitude = value
+    scaled = magnitude * tl.reshape(tl.broadcast_to(factor[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
+    if STOCHASTIC:
+        rounded = tl.floor(scaled + _uniform(key, offsets))
+    else:
+        rounded = tl.floor(scaled + 0.5)
+    if UNSIGNED:
+        # No positive value takes code 0 (the zero point: docstring of optim.quantization); 0 and NaN take 0.
+        code = tl.where(scaled > 0.0, tl.minimum(tl.maximum(rounded, 1.0), levels), 0.0)
+    else:
+        # |x| ≤ safe, so |x·factor| ≤ L·(1 + 2⁻²²), whose nearest is ±L: no clamp (2 SASS per element).
+        tl.static_assert(not STOCHASTIC, "signed codes round to nearest: a uniform could carry them past ±L")
+        code = tl.where(scaled == scaled, rounded, 0.0)  # NaN: an inf over its inf scale, or a NaN block
+    _store_codes(codes_ptr, offsets, numel, code, BITS, BLOCK_SIZE, MASKED)
+    # Each block's index is arithmetic: an int64 tl.min of its offsets went through shared memory.
+    block = start // QUANT_BLOCK + tl.arange(0, BLOCKS)
+    if MASKED:
+        tl.store(scale_ptr + block, scale, mask=block * QUANT_BLOCK < numel)
+    else:
+        tl.store(scale_ptr + block, scale)

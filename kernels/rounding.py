@@ -21,8 +21,9 @@ How, within the ALU budget the memory system leaves (tests/test_alu_budget.py):
   2^-14 x has more bits than u resolves and the probability is within 2^-12 of a unit of exact.
 - The random bits: one Philox4x32 draw per element per launch (tl.philox: 128 bits), keyed by the
   seed tensor (the optimizer's seed above bit 32, the launch count below) and countered by
-  (tensor << 40 | element, store // 8): store k of an element (0 = θ, 1.. its states) takes 16 bits
-  of it, word (k mod 8) // 2, low half for even k; a ninth store would start a second draw. The
+  (tensor << 40 | element, store // 8): store k of an element (0 = θ, 1.. its states; θ alone where
+  the states are quantized, as their codes round with a hash of their own) takes 16 bits of it,
+  word (k mod 8) // 2, low half for even k; a ninth store would start a second draw. The
   compiler computes one draw for all the stores that share it (one Philox call per element, not one
   per store), and the same seed gives the same bits whatever the grid. 7 rounds instead of triton's
   default 10: Philox4x32-7 passes TestU01's BigCrush with no failure (Salmon et al. 2011, "Parallel
@@ -78,6 +79,16 @@ def _pick(words, SLOT: tl.constexpr):
 
 
 @triton.jit
+def _firsts(values, GROUP: tl.constexpr):
+    """The first of each group of GROUP (a power of two) consecutive elements: halved by tl.split,
+    which only picks registers, where a tl.min of the group costs an int64 compare and select per
+    element."""
+    for _ in tl.static_range(GROUP.bit_length() - 1):
+        values, _ = tl.split(tl.reshape(values, [values.shape[0] // 2, 2]))
+    return values
+
+
+@triton.jit
 def random_bits(seed, counter, STORE: tl.constexpr, STORES: tl.constexpr, BLOCK_SIZE: tl.constexpr):
     """16 uniform random bits (uint32 below 2^16) for store STORE of STORES of each element of a block
     of consecutive int64 ``counter`` values starting at a multiple of 8 // STORES. Elements share a
@@ -85,7 +96,7 @@ def random_bits(seed, counter, STORE: tl.constexpr, STORES: tl.constexpr, BLOCK_
     j·STORES + STORE; with more than 8 stores each element draws alone, store k from draw k // 8."""
     PER_DRAW: tl.constexpr = max(1, 8 // STORES)  # a draw's 128 bits hold 8 stores of 16
     groups = tl.reshape(counter, [BLOCK_SIZE // PER_DRAW, PER_DRAW])  # a group's elements in one thread
-    group = tl.min(groups, axis=1) // PER_DRAW
+    group = _firsts(counter, PER_DRAW) // PER_DRAW
     zero = tl.zeros_like(group).to(tl.uint32)
     column = tl.arange(0, PER_DRAW)[None, :]
     bits = tl.zeros(groups.shape, tl.uint32)

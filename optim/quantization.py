@@ -9,20 +9,28 @@ the kind its ``State`` declares (``optim.registry``), never the rule; L is the l
 7 signed, 255 or 15 unsigned:
 
 - ``signed`` (momenta, previous gradients): symmetric linear absmax, scale s = max|x| over the block,
-  code c = ⌊L·x/s + ½⌋ in [−L, L], x̂ = c·(s/L). Linear, not Dettmers et al. 2022's dynamic tree
+  code c = ⌊x·(L/s) + ½⌋ in [−L, L], x̂ = c·(s/L). Linear, not Dettmers et al. 2022's dynamic tree
   map, as torchao's 8-bit first moment: a momentum's values in a block are of one magnitude, and
   round to nearest is exact to twin in the oracle (Li et al. 2023 prefer a dynamic-exponent map at
   4 bits; linear keeps one scheme for both widths).
 - ``nonnegative`` (running means of squares: exp_avg_sq, max_exp_avg_sq, square_avg, acc_delta):
-  companded, s = max v over the block, c = ⌊L·√(v/s) + ½⌋ in [0, L] (unsigned), v̂ = (c/L)²·s.
-  The square root spends the codes on small values: at 8 bits a v at 10⁻⁴ of its block's largest
-  still gets code 3 rather than 0, where a linear map would make it 0 and blow up m/√v: the
-  zero-point problem of Li et al. 2023 ("Memory Efficient Optimizers with 4-bit States").
+  companded, s = max v over the block, c = ⌊√v·(L/√s) + ½⌋ in [1, L] for v > 0 and 0 for v = 0
+  (unsigned), v̂ = (c/L)²·s. The square root spends the codes on small values: at 8 bits a v at
+  10⁻⁴ of its block's largest still gets code 3 rather than 0, where a linear map would make it 0
+  and blow up m/√v: the zero-point problem of Li et al. 2023 ("Memory Efficient Optimizers with
+  4-bit States"), who exclude zero from the second moment's map. The square root alone does not
+  (a v below s/(4L²), s/900 at 4 bits, would still round to 0, and AdamW int4 diverged to NaN where
+  a gradient stopped), so a positive v takes at least code 1, v̂ ≥ s/L², and only v = 0 reads 0.
 - ``accumulator`` (Adagrad's sum) and ``multiplicative`` (EGStepSize's positive step sizes): the
-  nonnegative map with stochastic rounding, c = ⌊L·√(v/s) + u⌋, u uniform in [0, 1): a sum grows by
-  1/t of itself at step t and a step size by a factor e^{γ g g'} near 1, soon far below half a code
-  step, which round to nearest would drop every time; rounded stochastically the code moves by the
-  increment on average.
+  nonnegative map with stochastic rounding, c = ⌊√v·(L/√s) + u⌋, u uniform in [0, 1) (at least 1
+  for v > 0, as above: unbiased from code 1 up): a sum grows by 1/t of itself at step t and a step
+  size by a factor e^{γ g g'} near 1, soon far below half a code step, which round to nearest would
+  drop every time; rounded stochastically the code moves by the increment on average.
+
+Each block's factor L/s (L/√s) is one fp32 division, each element's code one product and a rounding
+(how the kernel stays within its ALU budget: no division or correctly rounded square root per
+element; the √v is the one the rule's denominator takes); a block whose largest value is below
+2^-120 is coded against 2^-120, where L/s would overflow fp32.
 
 Blocks of 256 for int8 (torchao's 8-bit Adam; bitsandbytes uses 2048): one fp32 scale per 256 bytes
 of codes, 1/64 of a byte per element, and an outlier spoils only its block; 128 for int4 (Li et
@@ -60,6 +68,7 @@ COUNT_KEY = "quantization_count"  # the param group's key: a 0-d int64, (seed <<
 UNSIGNED = {"signed": False, "nonnegative": True, "accumulator": True, "multiplicative": True}
 STOCHASTIC = {"signed": False, "nonnegative": False, "accumulator": True, "multiplicative": True}
 _MASK32 = 0xFFFFFFFF
+SMALLEST_SCALE = 2.0**-120  # a block of smaller values is coded against it: L/s would overflow fp32
 
 
 def is_quantized(state_dtype) -> bool:
@@ -141,19 +150,27 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
     flat = memory_order(values)
     blocks = _blocks(flat, fmt.block)
     scale = blocks.abs().amax(dim=1, keepdim=True)
-    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    safe = torch.where(scale < SMALLEST_SCALE, SMALLEST_SCALE, scale)
     levels = fmt.levels(kind)
+    # One fp32 factor per block and a product per element, the kernel's operations in its order (a
+    # tensor over a tensor: torch divides a number by a tensor as the number times its reciprocal).
+    levels_per_block = torch.full_like(safe, levels)
     if UNSIGNED[kind]:
-        scaled, low = (blocks / safe).sqrt() * levels, 0
+        scaled = blocks.sqrt() * (levels_per_block / safe.sqrt())
     else:
-        scaled, low = blocks / (safe / levels), -levels
-    # code 0 where the scale is 0, and for an inf over its inf scale (NaN), as the kernel
-    scaled = torch.where((scale > 0) & (scaled == scaled), scaled, torch.zeros_like(scaled))
+        scaled = blocks * (levels_per_block / safe)
     if STOCHASTIC[kind] and count is not None:
-        offset = _blocks(uniforms(count, column, flat.numel()), fmt.block)
+        rounded = (scaled + _blocks(uniforms(count, column, flat.numel()), fmt.block)).floor()
     else:
-        offset = torch.full_like(scaled, 0.5)
-    code = (scaled + offset).floor().clamp(low, levels).view(-1)[:flat.numel()].to(torch.int32)
+        rounded = (scaled + 0.5).floor()
+    if UNSIGNED[kind]:
+        # No positive value takes code 0 (the zero point); 0 and NaN (an inf over its inf scale, or a
+        # NaN block) take 0.
+        code = torch.where(scaled > 0, rounded.clamp(1, levels), 0)
+    else:
+        # |x| ≤ safe: |x·factor| rounds to at most L, no clamp; NaN: an inf over its inf scale, or a NaN block
+        code = torch.where(scaled == scaled, rounded, 0)
+    code = code.view(-1)[:flat.numel()].to(torch.int32)
     if fmt.bits == 8:
         # Unsigned codes 128..255 are kept in the int8's bits (as −128..−1), as the kernel stores them.
         memory_order(codes).copy_(code.to(torch.uint8).view(torch.int8))

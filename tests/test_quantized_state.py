@@ -12,8 +12,8 @@ import torch
 
 import optim
 from autotune import LaunchConfig, forced_config
-from optim.quantization import (FORMATS, QUANTIZED_DTYPES, UNSIGNED, dequantize, new_codes, new_count, quantize,
-                                quantize_constant, scale_numel)
+from optim.quantization import (FORMATS, QUANTIZED_DTYPES, UNSIGNED, code_values, dequantize, new_codes, new_count,
+                                quantize, quantize_constant, scale_numel)
 from optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params
 from tests.test_amp import assert_identical, hyper, snapshot
@@ -56,6 +56,45 @@ def test_nonnegative_codes_are_companded_so_small_values_keep_a_code():
     assert codes[0].view(torch.uint8) == 255 and (codes[1:].view(torch.uint8) == 3).all()
     assert torch.allclose(dequantize(codes, scales, "nonnegative")[1:], torch.full((255,), (3 / 255) ** 2))
     assert torch.floor(255 * values[1] + 0.5) == 0  # the linear map's code
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+@pytest.mark.parametrize("kind, count", [("nonnegative", None), ("accumulator", new_count(0, "cpu") + 1)],
+                         ids=["nonnegative", "accumulator"])
+def test_no_positive_value_of_an_unsigned_kind_takes_code_zero(state_dtype, kind, count):
+    """The zero point (Li et al. 2023): v = 10⁻⁸ beside its block's largest, 1, would take code
+    ⌊L·√10⁻⁸ + ½⌋ = 0 at either width (L = 15 or 255) and read 0, so that m/(√v̂ + ε) is m/ε. It takes
+    code 1 and reads (1/L)²; a v of 0 keeps code 0 and reads 0."""
+    block = FORMATS[state_dtype].block
+    levels = FORMATS[state_dtype].levels(kind)
+    values = torch.full((block,), 1e-8)
+    values[0], values[1] = 1.0, 0.0
+    codes, scales = coded(values, kind, count, state_dtype)
+    assert code_values(codes, kind, block).tolist() == [levels, 0] + [1] * (block - 2)
+    read = dequantize(codes, scales, kind, values)
+    assert read[1] == 0 and torch.allclose(read[2:], torch.full((block - 2,), (1 / levels) ** 2))
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_adamw_int4_moves_no_element_by_more_than_lr_when_its_gradient_stops(impl):
+    """How the zero point sent AdamW int4 to NaN in the state_precision reproduction. Element 0's
+    gradient of 1000 on the first step makes v = 1000 there (decaying by 0.999 a step) and m = 500
+    (halving, β1 = 0.5); the others' gradient of 1 makes their v 10⁻³, 10⁻⁶ of their block's
+    largest: code ⌊15·10⁻³ + ½⌋ = 0, v̂ = 0 every step, were a positive v allowed code 0. Their m of
+    0.5 takes a code of its own once element 0's has halved below 7 (step 8): m̂ = 3.9/7. On step 9
+    their gradient stops: v = 0.999·v̂ = 0 made their step lr·m/ε, 2.8·10⁷·lr. With v̂ ≥ 1000/15²
+    every element moves by at most lr on every step (1.5·lr allowed)."""
+    lr = 1e-3
+    params = [torch.zeros(128, device=DEVICE)]
+    optimizer = optim.AdamW(params, lr=lr, betas=(0.5, 0.999), weight_decay=0.0, state_dtype="int4", impl=impl)
+    for step in range(12):
+        before = params[0].clone()
+        grad = torch.full((128,), 1.0 if step < 8 else 0.0, device=DEVICE)
+        grad[0] = 1000.0 if step == 0 else 0.0
+        params[0].grad = grad
+        optimizer.step()
+        moved = (params[0] - before).abs().max().item()
+        assert moved <= 1.5 * lr, f"step {step + 1}: an element moved by {moved / lr:.3g} lr"
 
 
 def test_stochastic_codes_are_unbiased_and_reproducible():
