@@ -1,7 +1,7 @@
 """What a launch can be configured with: the knobs, their defaults, and the space the tuner searches.
 
 Both kernels of the shared launcher (``multi_tensor_update_kernel`` and ``multi_tensor_reduce_kernel``,
-kernels/launcher.py) take the same knobs, and a rule's launches share its configuration: each rule is
+kernels/multi_tensor.py) take the same knobs, and a rule's launches share its configuration: each rule is
 tuned on its own, since its math sets the registers per element and the bytes moved per element.
 """
 import itertools

@@ -105,7 +105,7 @@ class Rule:
     # optim.prepared.Prepared. Without it, each tensor's scalars are its scalar states.
     prepare: Optional[Callable] = None
     # A @triton.jit reduction run over the same tensors before each update, into the last
-    # Prepared.outputs scalars (Tiger's NaN counts and Σθ², SGDHD's ⟨g, g_prev⟩); see kernels.launcher.
+    # Prepared.outputs scalars (Tiger's NaN counts and Σθ², SGDHD's ⟨g, g_prev⟩); see kernels.multi_tensor.
     reduce: Optional[Callable] = None
     # @triton.jit predicates (scalars, hyper, FLAGS) -> bool: where False, that launch neither reads nor
     # writes θ (Tiger's micro-steps that do not move it). None: θ is always read.
