@@ -153,7 +153,8 @@ def test_a_checkpoint_resumes_bit_for_bit_and_loads_by_width(impl, master_weight
                           master_weight_bits=master_weight_bits)
     resumed.load_state_dict(checkpoint)
     copied_params, copied = copy.deepcopy((resumed_params, resumed))
-    assert copied.master_weight_bits == master_weight_bits and f"master_weight_bits={master_weight_bits}" in repr(copied)
+    assert copied.master_weight_bits == master_weight_bits
+    assert f"master_weight_bits={master_weight_bits}" in repr(copied)
     for step in range(3, 6):
         for run_params, run in ((resumed_params, resumed), (copied_params, copied)):
             for param, grad in zip(run_params, random_grads(run_params, seed=step)):
