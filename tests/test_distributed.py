@@ -234,7 +234,7 @@ def _quantized_shards(rule, dtype, options):
     twin_of = {p: twin for p, twin in zip(params, twins)}
     twin = getattr(optim, rule.name)(_twin_groups(_param_groups(rule, model), twin_of), **hyper(rule),
                                      impl="triton", **options)
-    sharded_of = {id(twin): p for p, twin in zip(params, twins)}
+    sharded_of = {id(tensor): p for p, tensor in zip(params, twins)}
     shards_of = Shards.of
 
     def twin_shards(tensors, where):
@@ -255,8 +255,10 @@ def _quantized_shards(rule, dtype, options):
             twin.step()
 
     fmt = FORMATS[options["state_dtype"]]
-    layouts = []  # each state on a shard of n elements as written out: int8 codes shaped as the
-    for group in optimizer.param_groups:  # shard, int4 ones ⌈n/2⌉ bytes, ⌈n/block⌉ scales; θ's residual as θ
+    # Each state of a shard of n elements as written out: int8 codes shaped as the shard, int4 ones
+    # ⌈n/2⌉ bytes, ⌈n/block⌉ scales, θ's residual shaped as θ's shard.
+    layouts = []
+    for group in optimizer.param_groups:
         for p in group["params"]:
             shard, state = local(p), optimizer.state[p]
             for name in rule.state_names(group):
