@@ -358,7 +358,7 @@ class FusedOptimizer(torch.optim.Optimizer):
                                      f"byte, with a scale per block of them: the checkpoint belongs to another "
                                      "model, or was edited")
             elif (isinstance(value, torch.Tensor) and value.dtype in (torch.int8, torch.uint8)
-                  and scale_name(name) not in saved):
+                  and scale_name(name) not in saved and name != MASTER_RESIDUAL):  # 24 bits' residual is int8
                 raise ValueError(f"{self.rule.name}: {where} has codes {name!r} ({value.dtype}) without their "
                                  f"{scale_name(name)!r}; codes cannot be read without their scales")
             elif isinstance(value, torch.Tensor) and value.dtype != torch.uint8 and value.shape != param.shape:

@@ -4,9 +4,11 @@ Each test spawns its workers with torch.multiprocessing; they inherit TRITON_INT
 tests/conftest.py, so the packing and voting kernels run under the interpreter. Every worker writes
 what it saw to a JSON file that the test reads back.
 """
+import copy
 import json
-import os
 import math
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -16,7 +18,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 import optim
 from kernels.majority_vote import majority_vote, pack_signs
+from kernels.shards import Shards, local
 from optim.distributed import MajorityVoteState, majority_vote_hook
+from optim.quantization import COUNT_KEY, FORMATS, scale_name
 from optim.registry import RULES
 from tests.test_amp import hyper
 
@@ -149,11 +153,11 @@ class ShardedModel(torch.nn.Module):
 SHARDED_STEPS = 3
 
 
-def _model_and_optimizer(rule, sharded):
+def _model_and_optimizer(rule, sharded, dtype=torch.float32, **options):
     from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(0)
-    model = ShardedModel()
+    model = ShardedModel().to(dtype)
     if rule.nonnegative_params:
         with torch.no_grad():
             for p in model.parameters():
@@ -161,8 +165,7 @@ def _model_and_optimizer(rule, sharded):
     if sharded:
         for module in (model.embedding, model.linear, model.norm, model.head, model):
             fully_shard(module)
-    params = rule.param_groups(model) if rule.param_groups is not None else model.parameters()
-    return model, getattr(optim, rule.name)(params, **hyper(rule), impl="triton")
+    return model, getattr(optim, rule.name)(_param_groups(rule, model), **hyper(rule), impl="triton", **options)
 
 
 def _sharded_worker(rank, world_size):
@@ -189,6 +192,8 @@ def _sharded_worker(rank, world_size):
             max_scale=max(b.abs().max().item() for b in whole_params),
             moved=any(not torch.equal(a, b) for a, b in zip(whole_params, _model_and_optimizer(rule, False)[0].parameters())),
             state_sizes_within_shards=all(size <= max(local_sizes) for size in state_sizes))
+    results["quantized"] = {f"{rule.name} {options}": _quantized_shards(rule, dtype, options)
+                            for rule in RULES.values() for dtype, options in _quantized_runs(rule)}
     model, _ = _model_and_optimizer(RULES["Tiger"], sharded=True)
     reference = optim.Tiger(model.parameters(), impl="reference")
     model(torch.zeros((1, 1), dtype=torch.long)).backward()
@@ -200,8 +205,111 @@ def _sharded_worker(rank, world_size):
     return results
 
 
-def test_every_rule_steps_fsdp2_shards_as_the_whole_tensors(tmp_path):
-    ranks = spawn(_sharded_worker, 2, tmp_path)
+def _quantized_runs(rule):
+    """(param dtype, options) of each quantized or split-master run of ``rule``: int8 state with 24-bit
+    masters of bf16 params (one run covers both), and int4 state on fp32 params where the rule keeps a
+    state under its test hyperparameters (without one, int4 would run the plain fp32 step again)."""
+    runs = [(torch.bfloat16, dict(state_dtype="int8", master_weight_bits=24))]
+    if rule.state_names(hyper(rule)):
+        runs.append((torch.float32, dict(state_dtype="int4")))
+    return runs
+
+
+QUANTIZED_STEPS = 2  # the first makes every state, the second reads its codes back (from a checkpoint)
+
+
+def _quantized_shards(rule, dtype, options):
+    """One rule stepped on FSDP2 shards with quantized state or split masters, against a twin: the same
+    optimizer on plain tensors, copies of this rank's local shards, fed this rank's local gradients.
+    The twin's step sums its whole-tensor reductions (Tiger's RMS(θ), SGDHD's ⟨g, g_prev⟩) over the
+    same shards (its Shards are the DTensors'), so the two agree bit for bit where the sharded step
+    quantizes each local shard on its own: blocks from the shard's first element, draws counted from
+    it. Between the steps the sharded optimizer is replaced by a fresh one that loads this rank's
+    state_dict: the twin agreeing after the second step says the checkpoint resumes bit for bit (and
+    costs no launch of its own; under the interpreter launches are the test's time)."""
+    model, optimizer = _model_and_optimizer(rule, True, dtype, **options)
+    params = list(model.parameters())
+    initial = [local(p).detach().clone() for p in params]
+    twins = [value.clone() for value in initial]
+    twin_of = {p: twin for p, twin in zip(params, twins)}
+    twin = getattr(optim, rule.name)(_twin_groups(_param_groups(rule, model), twin_of), **hyper(rule),
+                                     impl="triton", **options)
+    sharded_of = {id(tensor): p for p, tensor in zip(params, twins)}
+    shards_of = Shards.of
+
+    def twin_shards(tensors, where):
+        return shards_of([sharded_of[id(tensor)] for tensor in tensors], where)
+
+    for step in range(QUANTIZED_STEPS):
+        if step:
+            saved = copy.deepcopy(optimizer.state_dict())
+            optimizer = getattr(optim, rule.name)(_param_groups(rule, model), **hyper(rule), impl="triton", **options)
+            optimizer.load_state_dict(saved)
+        tokens = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step))
+        model(tokens).float().backward()
+        for p, tensor in zip(params, twins):
+            tensor.grad = local(p.grad).clone()
+        optimizer.step()
+        optimizer.zero_grad()
+        with mock.patch.object(Shards, "of", twin_shards):
+            twin.step()
+
+    fmt = FORMATS[options["state_dtype"]]
+    # Each state of a shard of n elements as written out: int8 codes shaped as the shard, int4 ones
+    # ⌈n/2⌉ bytes, ⌈n/block⌉ scales, θ's residual shaped as θ's shard.
+    layouts = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            shard, state = local(p), optimizer.state[p]
+            for name in rule.state_names(group):
+                codes_shape = tuple(shard.shape) if fmt.bits == 8 else (-(-shard.numel() // 2),)
+                layouts.append(tuple(state[name].shape) == codes_shape
+                               and tuple(state[scale_name(name)].shape) == (-(-shard.numel() // fmt.block),))
+            if options.get("master_weight_bits"):
+                layouts.append(state["master_residual"].shape == shard.shape)
+    (names, values), (twin_names, twin_values) = _states(optimizer, params), _states(twin, twins)
+    return dict(moved=not _same_tensors([local(p) for p in params], initial),
+                params_equal=_same_tensors([local(p) for p in params], twins),
+                states_equal=names == twin_names and _same_tensors(values, twin_values),
+                counts_equal=_counts(optimizer) == _counts(twin),
+                layouts=bool(layouts) and all(layouts))
+
+
+def _param_groups(rule, model):
+    return rule.param_groups(model) if rule.param_groups is not None else list(model.parameters())
+
+
+def _twin_groups(groups, twin_of):
+    """The same param groups over the twin tensors."""
+    return [{**group, "params": [twin_of[p] for p in group["params"]]} if isinstance(group, dict) else twin_of[group]
+            for group in groups]
+
+
+def _states(optimizer, params):
+    """Each param's state names (sorted), and their tensors in that order."""
+    names = [sorted(optimizer.state[p]) for p in params]
+    return names, [optimizer.state[p][name] for p, param_names in zip(params, names) for name in param_names]
+
+
+def _counts(optimizer):
+    """Each group's quantization count (the draws' key), where it has one."""
+    return [int(group[COUNT_KEY]) for group in optimizer.param_groups if COUNT_KEY in group]
+
+
+def _same_tensors(first, second):
+    """Bit for bit: the same dtypes, shapes and values (NaN nowhere expected)."""
+    return len(first) == len(second) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(first, second))
+
+
+@pytest.fixture(scope="module")
+def sharded_ranks(tmp_path_factory):
+    """Each rank's results of ``_sharded_worker``: one spawn (starting processes is the slow part) for
+    the tests of FSDP2 below."""
+    return spawn(_sharded_worker, 2, tmp_path_factory.mktemp("fsdp2"))
+
+
+def test_every_rule_steps_fsdp2_shards_as_the_whole_tensors(sharded_ranks):
+    ranks = [{name: result for name, result in rank.items() if name != "quantized"} for rank in sharded_ranks]
     assert "impl='triton'" in ranks[0].pop("reference_refused"), "Tiger's reference on shards must refuse"
     ranks[1].pop("reference_refused")
     for name, result in ranks[0].items():
@@ -210,3 +318,19 @@ def test_every_rule_steps_fsdp2_shards_as_the_whole_tensors(tmp_path):
         assert result["max_difference"] <= 1e-5 * max(1.0, result["max_scale"]), f"{name}: {result}"
         assert result["state_sizes_within_shards"], f"{name}: a state tensor larger than a shard"
     assert ranks[0] == ranks[1], "both ranks gather the same full params"
+
+
+def test_quantized_states_and_split_masters_on_fsdp2_shards_step_as_the_local_tensors(sharded_ranks):
+    """int8 state with 24-bit masters, and int4 state, for every rule: on each rank the shards, every
+    code, scale, residual and step equal to the same optimizer on plain copies of the local shards
+    after two steps (every state made, then read back, the second from a checkpoint of the shards),
+    each state laid out per shard."""
+    for rank, runs in enumerate(rank["quantized"] for rank in sharded_ranks):
+        expected = {f"{rule.name} {options}" for rule in RULES.values() for _, options in _quantized_runs(rule)}
+        assert set(runs) == expected, f"rank {rank}: runs missing: {expected - set(runs)}"
+        for run, result in runs.items():
+            assert result["moved"], f"rank {rank}, {run}: the run did not move the params"
+            assert result["layouts"], f"rank {rank}, {run}: a state not laid out per local shard"
+            assert result["params_equal"], f"rank {rank}, {run}: the shards differ from the local tensors' step"
+            assert result["states_equal"], f"rank {rank}, {run}: a state differs from the local tensors' step"
+            assert result["counts_equal"], f"rank {rank}, {run}: the quantization count differs"

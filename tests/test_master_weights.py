@@ -138,20 +138,23 @@ def test_what_the_split_keeps(dtype, master_weight_bits):
         assert (error[normal] > 0).any(), "24 bits cannot be exact everywhere: the test would be vacuous"
 
 
+@pytest.mark.parametrize("master_weight_bits", [32, 24])
 @pytest.mark.parametrize("impl", ["triton", "reference"])
-def test_a_checkpoint_resumes_bit_for_bit_and_loads_by_width(impl):
+def test_a_checkpoint_resumes_bit_for_bit_and_loads_by_width(impl, master_weight_bits):
     """save → load → resume equals the uninterrupted run, θ and residual bit for bit; an optimizer
-    without masters drops the residual (θ is the master), another width refuses it before any change."""
-    rule = RULES["AdamW"]
-    params, optimizer = stepped(rule, torch.bfloat16, impl, steps=6, master_weight_bits=32)
-    first_half, saved = stepped(rule, torch.bfloat16, impl, steps=3, master_weight_bits=32)
+    without masters drops the residual (θ is the master), another width refuses it before any change.
+    24 bits' residual is int8 without scales: a checkpoint must not take it for quantized codes."""
+    rule, other = RULES["AdamW"], {32: 24, 24: 32}[master_weight_bits]
+    params, optimizer = stepped(rule, torch.bfloat16, impl, steps=6, master_weight_bits=master_weight_bits)
+    first_half, saved = stepped(rule, torch.bfloat16, impl, steps=3, master_weight_bits=master_weight_bits)
     checkpoint = copy.deepcopy(saved.state_dict())
     resumed_params = [p.detach().clone() for p in first_half]
     resumed = optim.AdamW(resumed_params, **hyperparameters_for_tests(rule), impl=impl, state_dtype=torch.float32,
-                          master_weight_bits=32)
+                          master_weight_bits=master_weight_bits)
     resumed.load_state_dict(checkpoint)
     copied_params, copied = copy.deepcopy((resumed_params, resumed))
-    assert copied.master_weight_bits == 32 and "master_weight_bits=32" in repr(copied)
+    assert copied.master_weight_bits == master_weight_bits
+    assert f"master_weight_bits={master_weight_bits}" in repr(copied)
     for step in range(3, 6):
         for run_params, run in ((resumed_params, resumed), (copied_params, copied)):
             for param, grad in zip(run_params, random_grads(run_params, seed=step)):
@@ -165,8 +168,10 @@ def test_a_checkpoint_resumes_bit_for_bit_and_loads_by_width(impl):
     plain = optim.AdamW([p.detach().clone() for p in first_half], impl=impl, state_dtype=torch.float32)
     plain.load_state_dict(checkpoint)
     assert all("master_residual" not in state and "exp_avg" in state for state in plain.state.values())
-    narrow = optim.AdamW([p.detach().clone() for p in first_half], impl=impl, master_weight_bits=24)
-    with pytest.raises(ValueError, match="'master_residual' of torch.int16, but master_weight_bits=24 keeps torch.int8"):
+    narrow = optim.AdamW([p.detach().clone() for p in first_half], impl=impl, master_weight_bits=other)
+    saved_dtype, other_dtype = RESIDUAL_DTYPES[master_weight_bits], RESIDUAL_DTYPES[other]
+    with pytest.raises(ValueError, match=f"'master_residual' of {saved_dtype}, but master_weight_bits={other} "
+                                         f"keeps {other_dtype}"):
         narrow.load_state_dict(checkpoint)
     assert not narrow.state
 
