@@ -13,6 +13,9 @@ addresses (``p.data = ...`` moves them), the same compile-time flags — check t
 param, then its address into the tables), check the hyperparameters that changed (a tensor's shape,
 dtype and device, never its value: no host sync), and launch. Anything else that changed rebuilds the
 plan, with every check.
+
+Two of its parts have modules of their own: the states' checks and making (``optim.states``), and the
+choice of impl with the CUDA-graph checks (``optim.impl``).
 """
 import operator
 import weakref
@@ -22,18 +25,15 @@ from typing import Optional
 import torch
 
 from kernels import launcher
-from kernels.launcher import INTERPRETED, QuantizedStates, TensorSlots, prepare_launches, walkable
+from kernels.launcher import QuantizedStates, TensorSlots, prepare_launches
 from kernels.shards import Shards, local
+from optim.impl import check_capturable, real_view, resolve_impl
 from optim.prepared import Prepared
-from optim.master_weights import RESIDUAL_DTYPES
-from optim.quantization import (COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, new_codes, new_count,
-                                quantize_constant, scale_name, scale_numel)
+from optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
 from optim.registry import FIRST_STEP
-from optim.validation import (check_grad, check_hyperparameters, check_master_param, check_quantized_state,
-                              check_scalar_state, check_state)
-
-# The state of split master weights (master_weight_bits): θ's residual, int16 or int8, laid out as θ.
-MASTER_RESIDUAL = "master_residual"
+from optim.states import (MASTER_RESIDUAL, check_states, make_float_states, make_quantization_count,
+                          make_quantized_states, make_residual, pack_scalar_states)
+from optim.validation import check_grad, check_hyperparameters, check_master_param
 
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -51,11 +51,6 @@ def _states_of(state_dicts, names) -> list:
         return []
     getter = operator.itemgetter(*names)
     return list(map(getter, state_dicts)) if len(names) == 1 else list(chain.from_iterable(map(getter, state_dicts)))
-
-
-def _real(tensor: torch.Tensor) -> torch.Tensor:
-    """A complex tensor as torch.optim steps it: its real and imaginary parts, torch.view_as_real."""
-    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 def where(group: dict, group_index: int, position: int) -> str:
@@ -110,25 +105,11 @@ class GroupPlan:
         self.tracked_names = (*rule.scalar_states, *self.state_names, *map(scale_name, self.kinds), *self.master_names)
         existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
         for param, state, name in zip(self.locals, existing, self.names):
-            if self.state_dtype is not None and param.is_complex():
-                raise TypeError(f"{rule.name}: {name} is complex, and its states keep its complex dtype, as "
-                                f"torch.optim's; state_dtype={self.state_dtype!r} cannot hold them. Use "
-                                "state_dtype=None for complex params, or optimize torch.view_as_real(param)")
-            for state_name in rule.scalar_states:
-                if state_name in state:
-                    check_scalar_state(rule.name, state_name, state[state_name], param, name)
-            for state_name in self.state_names:
-                if state_name in state and self.kinds:
-                    check_quantized_state(rule.name, state_name, state, param, self.state_dtype, name)
-                elif state_name in state:
-                    check_state(rule.name, state_name, state[state_name], param, self.state_dtype or param.dtype, name)
-            if MASTER_RESIDUAL in state and self.master_weight_bits is not None:
-                check_state(rule.name, MASTER_RESIDUAL, state[MASTER_RESIDUAL], param,
-                            RESIDUAL_DTYPES[self.master_weight_bits], name)
-        self.impl = self._resolve_impl(optimizer.impl, existing)
+            check_states(rule, self.group, param, state, name, self.state_dtype, self.master_weight_bits)
+        self.impl = resolve_impl(self, optimizer.impl, existing)
         # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
-        self.views = list(map(_real, self.locals)) if self.complex else self.locals
-        self.grads = [_real(g.to_dense() if g.is_sparse else g) for g in self.grads]
+        self.views = list(map(real_view, self.locals)) if self.complex else self.locals
+        self.grads = [real_view(g.to_dense() if g.is_sparse else g) for g in self.grads]
         if self.shards is not None and self.impl == "reference" and rule.prepare is not None:
             raise RuntimeError(f"{rule.name}: the reference reduces over whole tensors, which FSDP2 params are not; "
                                "use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums those "
@@ -139,60 +120,7 @@ class GroupPlan:
             spec.name not in state for spec in rule.states if spec.initial == FIRST_STEP and spec.exists(group)
             for state in existing)
         if self.params and launcher.capturing(self.locals[0].device):
-            self._check_capturable(existing)
-
-    def _resolve_impl(self, impl: str, existing: list) -> str:
-        """The impl that will run this group: "auto" takes the kernel where it can run every param as it
-        is laid out, and the reference elsewhere; "triton" refuses, naming the param, what it cannot run."""
-        rule = self.rule
-        if impl == "reference" or not self.params:
-            return "reference"
-        on_cuda = all(p.is_cuda for p in self.locals)
-        runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in self.locals))
-        # int4 codes are packed flat, two a byte, not laid out as the param: checked by check_quantized_state
-        walked = () if self.kinds and FORMATS[self.state_dtype].bits == 4 else self.state_names
-        for param, grad, state, name in zip(self.locals, self.grads, existing, self.names):
-            problem, param = None, _real(param)
-            if grad.is_sparse:
-                problem = RuntimeError(f"the gradient of {name} is sparse; the fused kernel reads dense gradients")
-            elif not runnable:
-                problem = RuntimeError(f"impl='triton' needs the params of param group {self.index} on a CUDA device, "
-                                       "or on the CPU with TRITON_INTERPRET=1 set before triton is imported")
-            elif param.dtype not in rule.dtypes:
-                problem = TypeError(f"{name} has dtype {param.dtype}; the Triton kernels support {list(rule.dtypes)}")
-            else:
-                for what, tensor in (("param", param), ("gradient", _real(grad)),
-                                     *((f"state {n!r}", _real(state[n])) for n in (*walked, *self.master_names)
-                                       if n in state)):
-                    if not walkable(tensor, param):
-                        problem = ValueError(
-                            f"the {what} of {name} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid "
-                            f"out as its param (strides {param.stride()}) in one dense block; the fused kernel walks "
-                            "memory linearly. Make them dense with the same strides (e.g. .contiguous())")
-                        break
-            if problem is not None:
-                if impl == "auto":
-                    return "reference"
-                raise type(problem)(f"{rule.name}: {problem}; or use impl='reference' (or impl='auto', which takes "
-                                    "the reference for such params)")
-        return "triton"
-
-    def _check_capturable(self, existing):
-        """A step recorded into a CUDA graph must neither ask the host anything nor make its state:
-        a state made during capture would be made again, zeroed, at every replay."""
-        rule = self.rule
-        if self.impl != "triton":
-            raise RuntimeError(f"{rule.name}: a CUDA graph can capture only the fused step; the reference reads its "
-                               f"step counter on the host. Use impl='triton' (or 'auto' with params of a dtype in "
-                               f"{list(rule.dtypes)})")
-        names = (*rule.scalar_states, *self.state_names, *self.master_names)
-        if any(name not in state for state in existing for name in names):
-            raise RuntimeError(f"{rule.name}: the optimizer state does not exist yet; run a few steps eagerly (on a "
-                               "side stream, as torch.cuda.graphs' recipe warms up) before capturing step(), so that "
-                               "every state tensor is made outside the graph")
-        raise RuntimeError(f"{rule.name}: the step's launch plan changed since the last eager step (other params, "
-                           "states or options), and building it would copy tables from the host into the graph; run "
-                           "one eager step with what the captured step will see before capturing it")
+            check_capturable(self, existing)
 
     def make(self, optimizer) -> None:
         """What the step needs and the checks did not make: missing states, the packed scalar states,
@@ -201,21 +129,21 @@ class GroupPlan:
         self.state_dicts = [optimizer.state[p] for p in self.params]
         self.first_step = []
         if self.kinds and self.params:
-            self._make_quantization_count(optimizer.seed, self.locals[0].device)
+            make_quantization_count(self.group, optimizer.seed, self.locals[0].device)
         for param, state in zip(self.locals, self.state_dicts):
             for name in rule.scalar_states:
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer._step_counter(param.device)
                 elif name not in state:
                     state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
-            make_states = self._make_quantized_states if self.kinds else self._make_float_states
-            self.first_step.append(make_states(param, state))
-            if self.master_names and MASTER_RESIDUAL not in state:  # zero: θ is the master at the first step
-                state[MASTER_RESIDUAL] = torch.zeros_like(param, dtype=RESIDUAL_DTYPES[self.master_weight_bits])
-        self.launches, self.scalar_buffers = [], {}  # launches: for the fused impl only
-        self._pack_scalar_states()
+            make_states = make_quantized_states if self.kinds else make_float_states
+            self.first_step.append(make_states(rule, self.group, self.state_dtype, param, state))
+            if self.master_names:
+                make_residual(param, state, self.master_weight_bits)
+        self.launches = []  # for the fused impl only
+        self.scalar_buffers = pack_scalar_states(rule, self.locals, self.state_dicts)
         self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
-        self.run_states = ([{name: _real(value) for name, value in state.items()} for state in self.state_dicts]
+        self.run_states = ([{name: real_view(value) for name, value in state.items()} for state in self.state_dicts]
                            if self.complex else self.state_dicts)
         if self.impl == "triton":
             self._make_launches()
@@ -226,62 +154,6 @@ class GroupPlan:
         self.grad_pointers = list(map(_data_ptr, self.grads))
         self.grad_layouts = [(g.shape, g.stride(), g.dtype, g.device) for g in self.grads]
         self.grad_refs = list(map(weakref.ref, self.grads))
-
-    def _make_quantization_count(self, seed: int, device) -> None:
-        """The group's counter that keys the stochastic rounding of codes, saved with the param groups."""
-        count = self.group.get(COUNT_KEY)
-        if count is None:
-            self.group[COUNT_KEY] = new_count(seed, device)
-        elif count.device != device:
-            self.group[COUNT_KEY] = count.to(device)
-
-    def _make_float_states(self, param, state) -> bool:
-        """The missing states of ``param`` in the state dtype; whether one is made by the first step."""
-        dtype, first = self.state_dtype or param.dtype, False
-        for spec in self.rule.states:
-            if spec.exists(self.group) and spec.name not in state:
-                if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
-                    state[spec.name], first = torch.empty_like(param, dtype=dtype), True
-                else:  # preserve_format: the param's strides, as torch.optim makes its states
-                    initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
-                    if param.is_complex():  # each of the real view's coordinates starts there (as torch)
-                        initial = complex(initial, initial)
-                    state[spec.name] = torch.full_like(param, initial, dtype=dtype)
-        return first
-
-    def _make_quantized_states(self, param, state) -> bool:
-        """The missing quantized states of ``param``: codes and scales of their initial values; a state made by
-        the first step starts at zero codes and scales (the step writes it without reading it). Whether
-        one is made by the first step."""
-        first = False
-        for spec in self.rule.states:
-            if spec.exists(self.group) and spec.name not in state:
-                codes = new_codes(param, self.state_dtype)
-                scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32,
-                                     device=param.device)
-                if spec.initial == FIRST_STEP:
-                    initial, first = 0.0, True
-                else:
-                    initial = self.group[spec.initial] if isinstance(spec.initial, str) else spec.initial
-                quantize_constant(initial, spec.kind, codes, scales, param.numel())
-                state[spec.name], state[scale_name(spec.name)] = codes, scales
-        return first
-
-    def _pack_scalar_states(self):
-        """Each scalar state (the step) of the group's params on one device as views of one buffer, so
-        that a step counts them all with one op, not one per tensor."""
-        devices: dict = {}
-        for i, param in enumerate(self.locals):
-            devices.setdefault(param.device, []).append(i)
-        for name in self.rule.scalar_states:
-            if name == "step" and self.rule.step_per_optimizer:
-                continue  # already one tensor per device, the optimizer's, which it counts itself
-            self.scalar_buffers[name] = {}
-            for device, indices in devices.items():
-                buffer = torch.stack([self.state_dicts[i][name].reshape(()) for i in indices])
-                for k, i in enumerate(indices):
-                    self.state_dicts[i][name] = buffer[k]
-                self.scalar_buffers[name][device] = (buffer, indices)
 
     def _make_launches(self):
         rule = self.rule
@@ -325,7 +197,7 @@ class GroupPlan:
         if self.sharded:
             grads = [local(g) for g in grads]
         if self.complex:
-            grads = list(map(_real, grads))
+            grads = list(map(real_view, grads))
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
         try:
