@@ -1,20 +1,18 @@
-"""The one optimizer base class: param groups, lazy state, checkpoints and copies, and the step: the
-launch plan (optim.plan) run eagerly, or one op under torch.compile. A rule adds nothing here; it is
-a row of optim.registry."""
+"""The one optimizer base class: param groups, lazy state, copies, and the step: the launch plan
+(optim.plan) run eagerly, or one op under torch.compile; loading a checkpoint is optim.checkpoint's. A
+rule adds nothing here; it is a row of optim.registry."""
 import inspect
-import itertools
-import warnings
 
 import torch
 
 from kernels import ops
 from kernels.shards import local
-from optim.master_weights import RESIDUAL_DTYPES, rebuild_master, split_master
+from optim.checkpoint import load_checkpoint
+from optim.master_weights import rebuild_master, split_master
 from optim.plan import MASTER_RESIDUAL, StepPlan, _same, count_step
-from optim.quantization import (COUNT_KEY, FORMATS, dequantize, format_of, is_quantized, new_codes, quantize,
-                                scale_name, scale_numel, storage_dtype)
+from optim.quantization import COUNT_KEY, dequantize, quantize, scale_name
 from optim.rounding import stochastic_round
-from optim.torch_switches import SWITCHES, drop_switches, impl_from_switches
+from optim.torch_switches import SWITCHES, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
 
 # Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
@@ -245,126 +243,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         return self._rounding_seeds[device]
 
     def load_state_dict(self, state_dict):
-        """torch.optim's load, checked first (nothing changes if it raises), then each state back in
-        this optimizer's state dtype and its param's layout, and the scalar states (the step, also when a
-        checkpoint stores it as a Python number) as fp32 tensors on the param's device. A rule with
-        step_per_optimizer takes the checkpoint's step as its count (the largest, with a warning, where
-        a checkpoint from before that counter holds steps that differ). A master residual is loaded
-        into an optimizer of the same master_weight_bits, and dropped by one without: θ, the 16-bit
-        param, is then the master."""
-        saved_ids = list(itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
-        params = list(itertools.chain.from_iterable(g["params"] for g in self.param_groups))
-        for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
-            self._check_saved_state(state_dict["state"].get(saved_id, {}), local(param), position)
-        if self.rule.step_per_optimizer:
-            count = self._saved_step_count([state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
-        super().load_state_dict(state_dict)
-        drop_switches([self.defaults, *self.param_groups])  # torch's __setstate__ puts one in the defaults
-        for group in self.param_groups:  # a checkpoint from before a hyperparameter existed: its default
-            for name, default in self.defaults.items():
-                group.setdefault(name, default)
-        if self.rule.step_per_optimizer:
-            self._step_counters = {device: torch.tensor(count, dtype=torch.float32, device=device)
-                                   for device in self._step_counters}
-        kinds = {spec.name: spec.kind for spec in self.rule.states}
-        for saved_id, param in zip(saved_ids, params):
-            state, shard = self.state[param], local(param)
-            saved = state_dict["state"].get(saved_id, {})
-            for name, value in saved.items():
-                if name in kinds and isinstance(value, torch.Tensor):
-                    self._load_state(state, name, kinds[name], value, saved.get(scale_name(name)), shard)
-                elif name in map(scale_name, kinds):
-                    if not is_quantized(self.state_dtype):
-                        del state[name]  # its codes were dequantized: a float state has no scales
-                elif name == "step" and self.rule.step_per_optimizer:
-                    state[name] = self._step_counter(shard.device)
-                elif name in self.rule.scalar_states:
-                    # copy: the caller's dict may hold the very tensors another optimizer is using
-                    state[name] = torch.tensor(float(value) if not isinstance(value, torch.Tensor) else value.item(),
-                                               dtype=torch.float32, device=shard.device)
-                elif name == MASTER_RESIDUAL:
-                    if self.master_weight_bits is None:
-                        del state[name]
-                    else:
-                        state[name] = torch.empty_like(shard, dtype=value.dtype).copy_(value)
-                elif isinstance(value, torch.Tensor):
-                    state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(value)
-        self._plan, self._release_plans = None, {}
-
-    def _load_state(self, state: dict, name: str, kind: str, value, scales, shard) -> None:
-        """One element-wise state from a checkpoint, in this optimizer's state dtype and the param's
-        layout: codes and scales of this optimizer's format as they are (int8 ones where laid out as the
-        param), else through their fp32 values (dequantized from a quantized checkpoint, quantized into
-        a quantized optimizer). int4 codes are read in the param's memory order, as they were saved."""
-        quantized = is_quantized(self.state_dtype)
-        if scales is not None:
-            scales, value = scales.to(shard.device, torch.float32), value.to(shard.device)
-            if quantized and format_of(value) is FORMATS[self.state_dtype]:
-                codes = new_codes(shard, self.state_dtype)
-                if codes.stride() == value.stride():
-                    state[name], state[scale_name(name)] = codes.copy_(value), scales.clone().contiguous()
-                    return
-        values = dequantize(value, scales, kind, shard) if scales is not None else value
-        if not quantized:
-            state[name] = torch.empty_like(shard, dtype=storage_dtype(self.state_dtype, shard)).copy_(values)
-            return
-        values = torch.empty_like(shard, dtype=torch.float32).copy_(values)  # the param's memory order, int4's
-        state[name] = new_codes(shard, self.state_dtype)
-        state[scale_name(name)] = torch.empty(scale_numel(shard.numel(), self.state_dtype), dtype=torch.float32,
-                                              device=shard.device)
-        quantize(values, kind, state[name], state[scale_name(name)])
-
-    def _saved_step_count(self, saved_states: list) -> float:
-        """The optimizer's step count in a checkpoint (0 where no param has state). One saved by this
-        counter holds it in every param's state; an older one each param's own count, which the params
-        that missed gradients left behind: the largest is the optimizer's, as the original counts."""
-        steps = [float(value) if not isinstance(value, torch.Tensor) else value.item()
-                 for value in (saved["step"] for saved in saved_states if "step" in saved)]
-        if len(set(steps)) > 1:
-            warnings.warn(f"{self.rule.name}: the checkpoint's params count different steps ({min(steps):g} to "
-                          f"{max(steps):g}), as checkpoints saved before {self.rule.name} counted its step once per "
-                          f"optimizer do; loaded the largest, {max(steps):g}, as the optimizer's step for every "
-                          "param, so the params behind take the optimizer's phase of the accumulation cycle and "
-                          "the schedule", UserWarning, stacklevel=3)
-        return max(steps, default=0.0)
-
-    def _check_saved_state(self, saved: dict, param, position: int):
-        where = f"the state of param {position} (in the order of the param groups)"
-        if saved and "step" in self.rule.scalar_states and "step" not in saved:
-            raise ValueError(f"{self.rule.name}: {where} has no 'step'; without it the step count (and the "
-                             "bias corrections or schedule that follow it) would silently restart. Save it with "
-                             "the state, or drop this param's state from the checkpoint to start it afresh")
-        residual = saved.get(MASTER_RESIDUAL)
-        if residual is not None and self.master_weight_bits is not None:
-            expected = RESIDUAL_DTYPES[self.master_weight_bits]
-            if not isinstance(residual, torch.Tensor) or residual.dtype != expected:
-                got = residual.dtype if isinstance(residual, torch.Tensor) else type(residual).__name__
-                raise ValueError(f"{self.rule.name}: {where} has a {MASTER_RESIDUAL!r} of {got}, but "
-                                 f"master_weight_bits={self.master_weight_bits} keeps {expected}: load it into an "
-                                 "optimizer of the master_weight_bits it was saved with (int16: 32, int8: 24)")
-        scales = {scale_name(spec.name): spec.name for spec in self.rule.states}
-        for name, value in saved.items():
-            if name in self.rule.scalar_states:
-                if isinstance(value, torch.Tensor) and value.numel() != 1:
-                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements, not one")
-            elif name in scales:
-                codes = saved.get(scales[name])
-                coded = isinstance(codes, torch.Tensor) and codes.dtype in (torch.int8, torch.uint8)
-                fmt = format_of(codes) if coded else None
-                blocks = -(-param.numel() // fmt.block) if coded else None
-                if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != -(-param.numel() // 2)):
-                    raise ValueError(f"{self.rule.name}: {where} has {name!r} of {value.numel()} elements beside "
-                                     f"codes {scales[name]!r} that are not int8 of the param's shape, or int4 two a "
-                                     f"byte, with a scale per block of them: the checkpoint belongs to another "
-                                     "model, or was edited")
-            elif (isinstance(value, torch.Tensor) and value.dtype in (torch.int8, torch.uint8)
-                  and scale_name(name) not in saved and name != MASTER_RESIDUAL):  # 24 bits' residual is int8
-                raise ValueError(f"{self.rule.name}: {where} has codes {name!r} ({value.dtype}) without their "
-                                 f"{scale_name(name)!r}; codes cannot be read without their scales")
-            elif isinstance(value, torch.Tensor) and value.dtype != torch.uint8 and value.shape != param.shape:
-                raise ValueError(f"{self.rule.name}: {where} has {name!r} of shape {tuple(value.shape)}, but the "
-                                 f"param has shape {tuple(param.shape)}: the checkpoint belongs to another model "
-                                 "or another order of params")
+        """torch.optim's load, checked first and converted to this optimizer's states: optim.checkpoint."""
+        load_checkpoint(self, state_dict, super().load_state_dict)
 
     def __getstate__(self):
         """torch's state (defaults, state, param groups) and every option, so that a deepcopy, a pickle
