@@ -12,7 +12,7 @@ import torch
 
 from kernels.shards import local
 from optim.master_weights import RESIDUAL_DTYPES
-from optim.plan import MASTER_RESIDUAL
+from optim.states import MASTER_RESIDUAL
 from optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
 from optim.torch_switches import drop_switches
