@@ -10,9 +10,9 @@ from kernels.shards import local
 from optim.checkpoint import load_checkpoint
 from optim.master_weights import rebuild_master, split_master
 from optim.plan import StepPlan, _same, count_step
-from optim.states import MASTER_RESIDUAL
 from optim.quantization import COUNT_KEY, dequantize, quantize, scale_name
 from optim.rounding import stochastic_round
+from optim.states import MASTER_RESIDUAL
 from optim.torch_switches import SWITCHES, impl_from_switches
 from optim.validation import check_hyperparameters, check_options, check_param
 
