@@ -216,10 +216,10 @@ def main():
 
     import autotune
     import optim
-    import optim.plan
+    import optim.impl
     from kernels import launcher
 
-    optim.plan.INTERPRETED = True  # let impl="triton" take CPU tensors: they are only described, never read
+    optim.impl.INTERPRETED = True  # let impl="triton" take CPU tensors: they are only described, never read
     launcher.launch_config = lambda rule, dtype, numel, device: autotune.DEFAULT_CONFIGS[
         torch.empty((), dtype=dtype).element_size()]
     results = {}
