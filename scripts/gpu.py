@@ -36,7 +36,8 @@ from scripts.report import REPORTS, machine, report_directory, slug
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL_S = 480  # the promise: every stage's budget together stays under 8 minutes
 GRACE_S = 10  # of a stage's budget: the time between Ctrl-C and the kill
-TEST_FILES = ["tests/test_cuda_graphs.py", "tests/test_parity.py", "tests/test_torch_twins.py", "tests/test_amp.py",
+TEST_FILES = ["tests/test_cuda_graphs.py", "tests/test_parity.py", "tests/test_quantized_state.py",
+              "tests/test_master_weights.py", "tests/test_stochastic_rounding.py", "tests/test_torch_twins.py", "tests/test_amp.py",
               "tests/test_compile.py", "tests/test_launcher.py", "tests/test_tiger.py", "tests/test_behaviour.py",
               "tests/test_bad_input.py", "tests/test_step_plan.py"]
 
