@@ -30,7 +30,7 @@ from kernels.shards import Shards, local
 from optim.impl import check_capturable, real_view, resolve_impl
 from optim.prepared import Prepared
 from optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
-from optim.registry import FIRST_STEP
+from optim.rule import FIRST_STEP
 from optim.states import (MASTER_RESIDUAL, check_states, make_float_states, make_quantization_count,
                           make_quantized_states, make_residual, pack_scalar_states)
 from optim.validation import check_grad, check_hyperparameters, check_master_param

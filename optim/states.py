@@ -6,7 +6,7 @@ import torch
 
 from optim.master_weights import RESIDUAL_DTYPES
 from optim.quantization import COUNT_KEY, is_quantized, new_codes, new_count, quantize_constant, scale_name, scale_numel
-from optim.registry import FIRST_STEP
+from optim.rule import FIRST_STEP
 from optim.validation import check_quantized_state, check_scalar_state, check_state
 
 # The state of split master weights (master_weight_bits): θ's residual, int16 or int8, laid out as θ.
