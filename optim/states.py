@@ -111,7 +111,8 @@ def make_quantized_states(rule, group: dict, state_dtype, param, state: dict) ->
 def make_residual(param, state: dict, master_weight_bits: int) -> None:
     """θ's master residual, zero (θ is the master at the first step), placed as ``param``."""
     if MASTER_RESIDUAL not in state:
-        state[MASTER_RESIDUAL] = placed_as(param, torch.zeros_like(local(param), dtype=RESIDUAL_DTYPES[master_weight_bits]))
+        residual = torch.zeros_like(local(param), dtype=RESIDUAL_DTYPES[master_weight_bits])
+        state[MASTER_RESIDUAL] = placed_as(param, residual)
 
 
 def pack_scalar_states(rule, params: list, state_dicts: list) -> dict:
