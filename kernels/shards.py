@@ -19,6 +19,17 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def placed_as(param: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
+    """``shard``, this rank's part of a state laid out as ``param``, as a DTensor of ``param``'s mesh,
+    placements and global shape (sharing its storage), or itself where ``param`` is a whole tensor.
+    torch.distributed.checkpoint saves and loads a DTensor shard by shard, as torch.optim's states of
+    FSDP2 params are; a plain tensor it takes for one replicated on every rank."""
+    if not isinstance(param, DTensor):
+        return shard
+    return DTensor.from_local(shard, param.device_mesh, param.placements, run_check=False, shape=param.shape,
+                              stride=param.stride())
+
+
 @dataclass(frozen=True)
 class Shards:
     groups: tuple  # per param: the ProcessGroup of its shards, or None for a whole tensor
@@ -73,4 +84,4 @@ def global_numel(param: torch.Tensor, shards: Optional[Shards], index: int) -> i
     return param.numel() if shards is None else shards.numels[index]
 
 
-__all__ = ["Shards", "global_norms", "global_numel", "local"]
+__all__ = ["Shards", "global_norms", "global_numel", "local", "placed_as"]

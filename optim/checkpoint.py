@@ -10,9 +10,9 @@ import warnings
 
 import torch
 
-from kernels.shards import local
+from kernels.shards import local, placed_as
 from optim.master_weights import RESIDUAL_DTYPES
-from optim.states import MASTER_RESIDUAL
+from optim.states import MASTER_RESIDUAL, check_placements, local_states
 from optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
 from optim.torch_switches import drop_switches
@@ -32,7 +32,9 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
     saved_ids = list(itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
     params = list(itertools.chain.from_iterable(g["params"] for g in optimizer.param_groups))
     for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
-        _check_saved_state(optimizer, state_dict["state"].get(saved_id, {}), local(param), position)
+        saved = state_dict["state"].get(saved_id, {})
+        check_placements(rule, saved, param, f"param {position} (in the order of the param groups)")
+        _check_saved_state(optimizer, local_states(saved), local(param), position)
     if rule.step_per_optimizer:
         count = _saved_step_count(rule, [state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
     load_torch_state(state_dict)
@@ -46,10 +48,12 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
     kinds = {spec.name: spec.kind for spec in rule.states}
     for saved_id, param in zip(saved_ids, params):
         state, shard = optimizer.state[param], local(param)
-        saved = state_dict["state"].get(saved_id, {})
+        # An FSDP2 param's states as DTensors (set_optimizer_state_dict's, resharded) or as plain tensors of
+        # its shard (a per-rank state_dict): either way, this rank's part.
+        saved = local_states(state_dict["state"].get(saved_id, {}))
         for name, value in saved.items():
             if name in kinds and isinstance(value, torch.Tensor):
-                _load_state(optimizer.state_dtype, state, name, kinds[name], value, saved.get(scale_name(name)), shard)
+                _load_state(optimizer.state_dtype, state, name, kinds[name], value, saved.get(scale_name(name)), param)
             elif name in map(scale_name, kinds):
                 if not is_quantized(optimizer.state_dtype):
                     del state[name]  # its codes were dequantized: a float state has no scales
@@ -63,18 +67,19 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
                 if optimizer.master_weight_bits is None:
                     del state[name]
                 else:
-                    state[name] = torch.empty_like(shard, dtype=value.dtype).copy_(value)
+                    state[name] = placed_as(param, torch.empty_like(shard, dtype=value.dtype).copy_(value))
             elif isinstance(value, torch.Tensor):
                 state[name] = torch.empty_like(shard, dtype=storage_dtype(optimizer.state_dtype, shard)).copy_(value)
     optimizer._plan, optimizer._release_plans = None, {}
 
 
-def _load_state(state_dtype, state: dict, name: str, kind: str, value, scales, shard) -> None:
-    """One element-wise state from a checkpoint, in the optimizer's ``state_dtype`` and the param's
-    layout: codes and scales of that format as they are (int8 ones where laid out as the param), else
-    through their fp32 values (dequantized from a quantized checkpoint, quantized into a quantized
-    optimizer). int4 codes are read in the param's memory order, as they were saved."""
-    quantized = is_quantized(state_dtype)
+def _load_state(state_dtype, state: dict, name: str, kind: str, value, scales, param) -> None:
+    """One element-wise state from a checkpoint (its local shard), in the optimizer's ``state_dtype`` and
+    the param's layout: codes and scales of that format as they are (int8 ones where laid out as the
+    param), else through their fp32 values (dequantized from a quantized checkpoint, quantized into a
+    quantized optimizer). int4 codes are read in the param's memory order, as they were saved. A float
+    state is placed as the param (``placed_as``); codes and scales are the shard's plain tensors."""
+    quantized, shard = is_quantized(state_dtype), local(param)
     if scales is not None:
         scales, value = scales.to(shard.device, torch.float32), value.to(shard.device)
         if quantized and format_of(value) is FORMATS[state_dtype]:
@@ -84,7 +89,7 @@ def _load_state(state_dtype, state: dict, name: str, kind: str, value, scales, s
                 return
     values = dequantize(value, scales, kind, shard) if scales is not None else value
     if not quantized:
-        state[name] = torch.empty_like(shard, dtype=storage_dtype(state_dtype, shard)).copy_(values)
+        state[name] = placed_as(param, torch.empty_like(shard, dtype=storage_dtype(state_dtype, shard)).copy_(values))
         return
     values = torch.empty_like(shard, dtype=torch.float32).copy_(values)  # the param's memory order, int4's
     state[name] = new_codes(shard, state_dtype)

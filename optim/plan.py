@@ -31,7 +31,7 @@ from optim.impl import check_capturable, real_view, resolve_impl
 from optim.prepared import Prepared
 from optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
 from optim.rule import FIRST_STEP
-from optim.states import (MASTER_RESIDUAL, check_states, make_float_states, make_quantization_count,
+from optim.states import (MASTER_RESIDUAL, check_states, local_states, make_float_states, make_quantization_count,
                           make_quantized_states, make_residual, pack_scalar_states)
 from optim.validation import check_grad, check_hyperparameters, check_master_param
 
@@ -104,8 +104,9 @@ class GroupPlan:
                       if is_quantized(self.state_dtype) else {})
         self.tracked_names = (*rule.scalar_states, *self.state_names, *map(scale_name, self.kinds), *self.master_names)
         existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
-        for param, state, name in zip(self.locals, existing, self.names):
+        for param, state, name in zip(self.params, existing, self.names):
             check_states(rule, self.group, param, state, name, self.state_dtype, self.master_weight_bits)
+        existing = list(map(local_states, existing)) if self.sharded else existing
         self.impl = resolve_impl(self, optimizer.impl, existing)
         # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
         self.views = list(map(real_view, self.locals)) if self.complex else self.locals
@@ -130,8 +131,8 @@ class GroupPlan:
         self.first_step = []
         if self.kinds and self.params:
             make_quantization_count(self.group, optimizer.seed, self.locals[0].device)
-        for param, state in zip(self.locals, self.state_dicts):
-            for name in rule.scalar_states:
+        for param, state in zip(self.params, self.state_dicts):
+            for name in rule.scalar_states:  # plain tensors on an FSDP2 param's device too, as torch.optim's
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer._step_counter(param.device)
                 elif name not in state:
@@ -143,8 +144,10 @@ class GroupPlan:
         self.launches = []  # for the fused impl only
         self.scalar_buffers = pack_scalar_states(rule, self.locals, self.state_dicts)
         self.step_buffers = [buffer for buffer, _ in self.scalar_buffers.get("step", {}).values()]
-        self.run_states = ([{name: real_view(value) for name, value in state.items()} for state in self.state_dicts]
-                           if self.complex else self.state_dicts)
+        # What the step runs on: the local shards of an FSDP2 param's DTensor states (their storage), as real views.
+        self.run_states = list(map(local_states, self.state_dicts)) if self.sharded else self.state_dicts
+        if self.complex:
+            self.run_states = [{name: real_view(value) for name, value in state.items()} for state in self.run_states]
         if self.impl == "triton":
             self._make_launches()
             self.hyper, self.flags = rule.kernel_arguments(self.group)  # SGDHD's α is a tensor only now

@@ -3,7 +3,9 @@ param already has (before any tensor changes), and the making of those it lacks,
 (codes and scales) and the master residual, then the scalar states packed into one buffer per device.
 What the states are is the rule's declaration (``optim.registry``: ``State``, ``scalar_states``)."""
 import torch
+from torch.distributed.tensor import DTensor
 
+from kernels.shards import local, placed_as
 from optim.master_weights import RESIDUAL_DTYPES
 from optim.quantization import COUNT_KEY, is_quantized, new_codes, new_count, quantize_constant, scale_name, scale_numel
 from optim.rule import FIRST_STEP
@@ -15,7 +17,11 @@ MASTER_RESIDUAL = "master_residual"
 
 def check_states(rule, group: dict, param, state: dict, name: str, state_dtype, master_weight_bits) -> None:
     """The states ``param`` already has (from earlier steps or a checkpoint) against it: each of the
-    dtype, shape and layout this step would make, so that a wrong one fails before any change."""
+    dtype, shape and layout this step would make, so that a wrong one fails before any change. Those
+    of an FSDP2 param are checked on its local shard: a DTensor state placed as the param, or a plain
+    one of the shard's shape (as states were kept before they were DTensors, and quantized ones are)."""
+    check_placements(rule, state, param, name)
+    state, param = local_states(state), local(param)
     if state_dtype is not None and param.is_complex():
         raise TypeError(f"{rule.name}: {name} is complex, and its states keep its complex dtype, as "
                         f"torch.optim's; state_dtype={state_dtype!r} cannot hold them. Use "
@@ -33,6 +39,25 @@ def check_states(rule, group: dict, param, state: dict, name: str, state_dtype, 
                     name)
 
 
+def check_placements(rule, state: dict, param, name: str) -> None:
+    """Each DTensor state must be placed as its param, or its local shard would not be the param's."""
+    for state_name, value in state.items():
+        if isinstance(value, DTensor) and (not isinstance(param, DTensor) or value.device_mesh != param.device_mesh
+                                           or value.placements != param.placements or value.shape != param.shape):
+            placed = (f"a DTensor {tuple(param.shape)} placed {param.placements} on {param.device_mesh}"
+                      if isinstance(param, DTensor) else f"a whole tensor {tuple(param.shape)}")
+            raise ValueError(f"{rule.name}: state {state_name!r} of {name} is a DTensor {tuple(value.shape)} placed "
+                             f"{value.placements} on {value.device_mesh}, but its param is {placed}. The state "
+                             "belongs to another sharding: load the checkpoint with torch.distributed.checkpoint's "
+                             "set_optimizer_state_dict, which reshards it, or drop this param's state "
+                             "(del optimizer.state[p]) to start it afresh")
+
+
+def local_states(state: dict) -> dict:
+    """A param's states as its rank steps them: each DTensor's local shard (sharing its storage)."""
+    return {name: local(value) for name, value in state.items()}
+
+
 def make_quantization_count(group: dict, seed: int, device) -> None:
     """The group's counter that keys the stochastic rounding of codes, saved with the param groups."""
     count = group.get(COUNT_KEY)
@@ -48,25 +73,28 @@ def _initial(group: dict, spec) -> float:
 
 
 def make_float_states(rule, group: dict, state_dtype, param, state: dict) -> bool:
-    """The missing states of ``param`` in the state dtype; whether one is made by the first step."""
-    dtype, first = state_dtype or param.dtype, False
+    """The missing states of ``param`` in the state dtype, placed as ``param`` (an FSDP2 param's are
+    DTensors over its local shard, as torch.optim's); whether one is made by the first step."""
+    shard = local(param)
+    dtype, first = state_dtype or shard.dtype, False
     for spec in rule.states:
         if spec.exists(group) and spec.name not in state:
             if spec.initial == FIRST_STEP:  # the rule's first step writes it without reading it
-                state[spec.name], first = torch.empty_like(param, dtype=dtype), True
+                state[spec.name], first = placed_as(param, torch.empty_like(shard, dtype=dtype)), True
             else:  # preserve_format: the param's strides, as torch.optim makes its states
                 initial = _initial(group, spec)
-                if param.is_complex():  # each of the real view's coordinates starts there (as torch)
+                if shard.is_complex():  # each of the real view's coordinates starts there (as torch)
                     initial = complex(initial, initial)
-                state[spec.name] = torch.full_like(param, initial, dtype=dtype)
+                state[spec.name] = placed_as(param, torch.full_like(shard, initial, dtype=dtype))
     return first
 
 
 def make_quantized_states(rule, group: dict, state_dtype, param, state: dict) -> bool:
     """The missing quantized states of ``param``: codes and scales of their initial values; a state made by
     the first step starts at zero codes and scales (the step writes it without reading it). Whether
-    one is made by the first step."""
-    first = False
+    one is made by the first step. An FSDP2 param's are plain tensors of its local shard: a shard's
+    blocks and packed bytes are no chunk of a global tensor that a DTensor could describe."""
+    first, param = False, local(param)
     for spec in rule.states:
         if spec.exists(group) and spec.name not in state:
             codes = new_codes(param, state_dtype)
@@ -81,9 +109,10 @@ def make_quantized_states(rule, group: dict, state_dtype, param, state: dict) ->
 
 
 def make_residual(param, state: dict, master_weight_bits: int) -> None:
-    """θ's master residual, zero: θ is the master at the first step."""
+    """θ's master residual, zero (θ is the master at the first step), placed as ``param``."""
     if MASTER_RESIDUAL not in state:
-        state[MASTER_RESIDUAL] = torch.zeros_like(param, dtype=RESIDUAL_DTYPES[master_weight_bits])
+        residual = torch.zeros_like(local(param), dtype=RESIDUAL_DTYPES[master_weight_bits])
+        state[MASTER_RESIDUAL] = placed_as(param, residual)
 
 
 def pack_scalar_states(rule, params: list, state_dicts: list) -> dict:

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
 import optim
@@ -165,7 +166,7 @@ def _model_and_optimizer(rule, sharded, dtype=torch.float32, **options):
     if sharded:
         for module in (model.embedding, model.linear, model.norm, model.head, model):
             fully_shard(module)
-    return model, getattr(optim, rule.name)(_param_groups(rule, model), **hyper(rule), impl="triton", **options)
+    return model, getattr(optim, rule.name)(_param_groups(rule, model), impl="triton", **{**hyper(rule), **options})
 
 
 def _sharded_worker(rank, world_size):
@@ -185,8 +186,8 @@ def _sharded_worker(rank, world_size):
             local_sizes = [p.to_local().numel() if sharded else p.numel() for p in model.parameters()]
             runs.append((params, local_sizes, optimizer))
         (sharded_params, local_sizes, sharded_optimizer), (whole_params, _, _) = runs
-        state_sizes = [value.numel() for state in sharded_optimizer.state.values() for value in state.values()
-                       if value.dim() > 0]
+        state_sizes = [local(value).numel() for state in sharded_optimizer.state.values()
+                       for value in state.values() if value.dim() > 0]
         results[rule.name] = dict(
             max_difference=max((a - b).abs().max().item() for a, b in zip(sharded_params, whole_params)),
             max_scale=max(b.abs().max().item() for b in whole_params),
@@ -266,7 +267,7 @@ def _quantized_shards(rule, dtype, options):
                 layouts.append(tuple(state[name].shape) == codes_shape
                                and tuple(state[scale_name(name)].shape) == (-(-shard.numel() // fmt.block),))
             if options.get("master_weight_bits"):
-                layouts.append(state["master_residual"].shape == shard.shape)
+                layouts.append(local(state["master_residual"]).shape == shard.shape)
     (names, values), (twin_names, twin_values) = _states(optimizer, params), _states(twin, twins)
     return dict(moved=not _same_tensors([local(p) for p in params], initial),
                 params_equal=_same_tensors([local(p) for p in params], twins),
@@ -298,7 +299,8 @@ def _counts(optimizer):
 
 def _same_tensors(first, second):
     """Bit for bit: the same dtypes, shapes and values (NaN nowhere expected)."""
-    return len(first) == len(second) and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(first, second))
+    return len(first) == len(second) and all(a.dtype == b.dtype and torch.equal(local(a), local(b))
+                                             for a, b in zip(first, second))
 
 
 @pytest.fixture(scope="module")
@@ -334,3 +336,68 @@ def test_quantized_states_and_split_masters_on_fsdp2_shards_step_as_the_local_te
             assert result["params_equal"], f"rank {rank}, {run}: the shards differ from the local tensors' step"
             assert result["states_equal"], f"rank {rank}, {run}: a state differs from the local tensors' step"
             assert result["counts_equal"], f"rank {rank}, {run}: the quantization count differs"
+
+
+DCP_RUNS = ((torch.float32, {}), (torch.bfloat16, dict(state_dtype=torch.float32, master_weight_bits=24)))
+# A dict-valued hyperparameter (Tiger's lr_schedule, {step: factor}) comes back from dcp.load with each
+# int key doubled by its string, which the schedule's check refuses: not yet supported (docs/distributed.md).
+DCP_RULES = [rule for rule in RULES.values() if not any(isinstance(value, dict) for value in hyper(rule).values())]
+
+
+def _dcp_worker(rank, world_size, directory):
+    """Every rule on FSDP2 shards, in fp32 and in bf16 with fp32 states and 24-bit masters: two steps,
+    a checkpoint by torch.distributed.checkpoint (as FSDP2 users save: get_state_dict, dcp.save), a
+    third step; then a fresh model and optimizer load it (dcp.load, set_state_dict: the rank's shards
+    of every DTensor) and take the third step. The resumed run must be the uninterrupted one."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    results = {}
+    for rule in DCP_RULES:
+        for dtype, options in DCP_RUNS:
+            run = f"{rule.name} {dtype} {options}"
+            checkpoint = f"{directory}/{rule.name}-{dtype}"
+            runs = []
+            for resumed in (False, True):
+                # A learned lr (SGDHD's α) is a tensor from its first step on; given as one, a fresh
+                # optimizer's state dict, which dcp.load fills, holds a tensor where the checkpoint has one.
+                learned = dict(lr=torch.tensor(hyper(rule)["lr"])) if rule.learns_lr else {}
+                model, optimizer = _model_and_optimizer(rule, True, dtype, **options, **learned)
+                if resumed:
+                    model_state, optimizer_state = get_state_dict(model, optimizer)
+                    state = {"model": model_state, "optimizer": optimizer_state}
+                    dcp.load(state, checkpoint_id=checkpoint)
+                    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                                   optim_state_dict=state["optimizer"])
+                for step in range(2 if resumed else 0, 3):
+                    if step == 2 and not resumed:
+                        model_state, optimizer_state = get_state_dict(model, optimizer)
+                        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=checkpoint)
+                    tokens = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step))
+                    model(tokens).float().backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                params = list(model.parameters())
+                runs.append(([local(p) for p in params], *_states(optimizer, params)))
+            (params, names, values), (resumed_params, resumed_names, resumed_values) = runs
+            placed = [isinstance(value, DTensor) for value in values
+                      if value.dim() > 0 or isinstance(value, DTensor)]
+            results[run] = dict(params_equal=_same_tensors(params, resumed_params),
+                                states_equal=names == resumed_names and _same_tensors(values, resumed_values),
+                                placed=all(placed))
+    return results
+
+
+def test_fsdp2_optimizer_state_saved_by_torch_distributed_checkpoint_resumes_bit_for_bit(tmp_path):
+    """torch.distributed.checkpoint saves each rank's shard of every float state and master residual
+    (DTensors placed as their params) and loads them back on the same shards, uneven ones (4/3 rows)
+    and an empty one included: the third step after resuming equals the uninterrupted third step, bit
+    for bit, in the params and every state, on both ranks. Kept as plain tensors, the states would be
+    taken for replicated ones: rank 0's saved for both, and rank 1's load refused (4 rows are not 3)."""
+    for rank, results in enumerate(spawn(_dcp_worker, 2, tmp_path, str(tmp_path))):
+        expected = {f"{rule.name} {dtype} {options}" for rule in DCP_RULES for dtype, options in DCP_RUNS}
+        assert set(results) == expected, f"rank {rank}: runs missing: {expected - set(results)}"
+        for run, result in results.items():
+            assert result["placed"], f"rank {rank}, {run}: an element-wise state is not a DTensor"
+            assert result["params_equal"], f"rank {rank}, {run}: the resumed params differ from the uninterrupted"
+            assert result["states_equal"], f"rank {rank}, {run}: a resumed state differs from the uninterrupted"
