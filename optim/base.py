@@ -57,7 +57,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         self._reference_generator = torch.Generator().manual_seed(seed)
         self._step_counters = {}  # device -> the step count of a rule with step_per_optimizer (Tiger)
         self._start_planning()
-        super().__init__(params, defaults)
+        super().__init__(params, _own_dicts(defaults))
 
     def _start_planning(self):
         """No plan yet (the first step builds one), a key for the compiled step's op."""
@@ -68,7 +68,7 @@ class FusedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         index = len(self.param_groups) - 1
-        group = self.param_groups[index]
+        group = self.param_groups[index] = _own_dicts(self.param_groups[index])
         try:
             check_hyperparameters(self.rule, group, f"param group {index}")
             for i, param in enumerate(group["params"]):
@@ -271,6 +271,14 @@ class FusedOptimizer(torch.optim.Optimizer):
         text = super().__repr__()
         options = ", ".join(f"{name}={getattr(self, name)!r}" for name in OPTIONS)
         return text.replace(" (", f" ({options}", 1)
+
+
+def _own_dicts(hyperparameters: dict) -> dict:
+    """``hyperparameters`` with a copy of each dict-valued one (Tiger's lr_schedule): torch.optim keeps
+    the caller's object in the defaults and in every group that takes the default, so that whatever
+    changes one in place (torch.distributed.checkpoint's dcp.load writes loaded keys into it) would
+    change the caller's dict, the defaults and other groups with it."""
+    return {name: dict(value) if isinstance(value, dict) else value for name, value in hyperparameters.items()}
 
 
 def optimizer_class(rule):

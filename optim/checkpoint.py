@@ -37,7 +37,7 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
         _check_saved_state(optimizer, local_states(saved), local(param), position)
     if rule.step_per_optimizer:
         count = _saved_step_count(rule, [state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
-    load_torch_state(state_dict)
+    load_torch_state({**state_dict, "param_groups": [_int_keyed(group) for group in state_dict["param_groups"]]})
     drop_switches([optimizer.defaults, *optimizer.param_groups])  # torch's __setstate__ puts one in the defaults
     for group in optimizer.param_groups:  # a checkpoint from before a hyperparameter existed: its default
         for name, default in optimizer.defaults.items():
@@ -71,6 +71,20 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
             elif isinstance(value, torch.Tensor):
                 state[name] = torch.empty_like(shard, dtype=storage_dtype(optimizer.state_dtype, shard)).copy_(value)
     optimizer._plan, optimizer._release_plans = None, {}
+
+
+def _int_keyed(group: dict) -> dict:
+    """A saved group whose dict-valued hyperparameters (Tiger's lr_schedule, {step: factor}) have int
+    keys again. torch.distributed.checkpoint stores a dict's keys as strings: dcp.load fills a fresh
+    optimizer's {0: 1} as {0: 1, '0': f}, f the checkpoint's factor, which the schedule's check would
+    refuse as a duplicate step; the string's value is the loaded one, so it wins."""
+    def steps(value):
+        if not isinstance(value, dict) or not all(isinstance(k, int) or (isinstance(k, str) and k.lstrip("-").isdigit())
+                                                  for k in value):
+            return value
+        ints = {k: v for k, v in value.items() if isinstance(k, int)}
+        return {**ints, **{int(k): v for k, v in value.items() if isinstance(k, str)}}
+    return {name: steps(value) for name, value in group.items()}
 
 
 def _load_state(state_dtype, state: dict, name: str, kind: str, value, scales, param) -> None:
