@@ -399,3 +399,61 @@ def test_fsdp2_optimizer_state_saved_by_torch_distributed_checkpoint_resumes_bit
             assert result["placed"], f"rank {rank}, {run}: an element-wise state is not a DTensor"
             assert result["params_equal"], f"rank {rank}, {run}: the resumed params differ from the uninterrupted"
             assert result["states_equal"], f"rank {rank}, {run}: a resumed state differs from the uninterrupted"
+
+
+def _old_and_misplaced_states_worker(rank, world_size):
+    """On one rank (its FSDP2 params are DTensors of one shard): a checkpoint whose states are plain
+    tensors of the shard, as states were kept before they were DTensors, loads and steps as the
+    DTensor one; a DTensor state placed otherwise than its param is refused, before any change."""
+    from torch.distributed.tensor import Replicate
+
+    rule = next(rule for rule in RULES.values() if rule.states and not rule.learns_lr)
+    batches = [torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step)) for step in range(2)]
+
+    def step(model, optimizer, tokens):
+        model(tokens).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    model, optimizer = _model_and_optimizer(rule, True)
+    step(model, optimizer, batches[0])
+    saved = copy.deepcopy(optimizer.state_dict())
+    saved_params = [local(p).clone() for p in model.parameters()]
+    step(model, optimizer, batches[1])
+    params = list(model.parameters())
+    expected = ([local(p).clone() for p in params], *_states(optimizer, params))
+
+    old = copy.deepcopy(saved)
+    old["state"] = {i: {name: local(value) for name, value in state.items()} for i, state in old["state"].items()}
+    resumed_model, resumed = _model_and_optimizer(rule, True)
+    with torch.no_grad():  # the params as they were when the checkpoint was saved
+        for p, saved_param in zip(resumed_model.parameters(), saved_params):
+            local(p).copy_(saved_param)
+    resumed.load_state_dict(old)
+    step(resumed_model, resumed, batches[1])
+    resumed_params = list(resumed_model.parameters())
+    got = ([local(p) for p in resumed_params], *_states(resumed, resumed_params))
+
+    misplaced = copy.deepcopy(saved)
+    state = next(state for state in misplaced["state"].values() if any(isinstance(v, DTensor) for v in state.values()))
+    name = next(name for name, value in state.items() if isinstance(value, DTensor))
+    state[name] = DTensor.from_local(local(state[name]), state[name].device_mesh, [Replicate()], run_check=False)
+    before = _states(resumed, resumed_params)[1]
+    before = [local(value).clone() for value in before]
+    try:
+        resumed.load_state_dict(misplaced)
+        message = None
+    except ValueError as error:
+        message = str(error)
+    after = [local(value) for value in _states(resumed, resumed_params)[1]]
+    return dict(rule=rule.name, state=name, old_resumes=expected[1] == got[1] and _same_tensors(expected[0], got[0])
+                and _same_tensors([local(v) for v in expected[2]], [local(v) for v in got[2]]),
+                message=message, unchanged=_same_tensors(before, after))
+
+
+def test_old_plain_shard_states_load_and_misplaced_dtensor_states_are_refused(tmp_path):
+    (result,) = spawn(_old_and_misplaced_states_worker, 1, tmp_path)
+    assert result["old_resumes"], f"{result['rule']}: plain per-shard states did not resume as the DTensor ones"
+    assert result["message"] is not None, f"{result['rule']}: a DTensor state placed as Replicate() was loaded"
+    assert f"state {result['state']!r}" in result["message"] and "placed" in result["message"], result["message"]
+    assert result["unchanged"], "the refused checkpoint changed a state"
