@@ -68,7 +68,8 @@ class FusedOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
         index = len(self.param_groups) - 1
-        group = self.param_groups[index] = _own_dicts(self.param_groups[index])
+        group = self.param_groups[index]
+        group.update(_own_dicts(group))  # the caller's group object stays the group, as in torch.optim
         try:
             check_hyperparameters(self.rule, group, f"param group {index}")
             for i, param in enumerate(group["params"]):

@@ -137,3 +137,20 @@ def test_signature_is_the_rules():
         assert list(parameters)[1:] == [*rule.defaults, *OPTIONS], rule.name
         assert all(parameters[name].kind == inspect.Parameter.KEYWORD_ONLY for name in OPTIONS)
         assert {name: parameters[name].default for name in rule.defaults} == rule.defaults
+
+
+def test_a_group_stays_the_callers_dict_and_keeps_its_own_copy_of_a_dict_hyperparameter():
+    """As torch.optim, the dict a caller gives as a param group is the optimizer's group (a change made
+    through it reaches the step); a dict-valued hyperparameter (Tiger's lr_schedule) is copied, so that
+    what writes into the optimizer's (dcp.load does) reaches neither the caller's nor the defaults."""
+    rules = [rule for rule in RULES.values() if any(isinstance(v, dict) for v in rule.defaults.values())]
+    assert rules  # Tiger's lr_schedule
+    for rule in rules:
+        name = next(name for name, value in rule.defaults.items() if isinstance(value, dict))
+        given = dict(rule.defaults[name])
+        group = {"params": make_params([(3,)], torch.float32), name: given}
+        optimizer = getattr(optim, rule.name)([group, {"params": make_params([(3,)], torch.float32)}])
+        assert optimizer.param_groups[0] is group
+        optimizer.param_groups[0][name][10**6] = 1.0
+        optimizer.param_groups[1][name][10**6] = 1.0
+        assert 10**6 not in given and 10**6 not in optimizer.defaults[name], rule.name
