@@ -230,20 +230,22 @@ def test_checkpoints_convert_between_quantized_and_float_states(rule, state_dtyp
                 assert torch.equal(optimizer.state[p][name + "_scale"], scales), f"{name}'s scales into {dtype}"
 
 
+def _adam_on_layouts(state_dtype, impl):
+    """Adam with quantized states, three steps on channels-last and transposed params: (params, optimizer)."""
+    params = layout_params()
+    optimizer = optim.Adam(params, lr=1e-2, weight_decay=0.1, state_dtype=state_dtype, impl=impl)
+    for step in range(3):
+        for p, g in zip(params, layout_grads(params, step)):
+            p.grad = g
+        optimizer.step()
+    return params, optimizer
+
+
 def test_int8_states_of_channels_last_and_transposed_params_are_coded_in_memory_order():
     """Codes are laid out as their param and blocked in memory order, where the kernel walks them:
     the kernel equals the reference to the code, and a contiguous checkpoint of them is recoded in
     the param's layout."""
-    runs = []
-    for impl in ("triton", "reference"):
-        params = layout_params()
-        optimizer = optim.Adam(params, lr=1e-2, weight_decay=0.1, state_dtype="int8", impl=impl)
-        for step in range(3):
-            for p, g in zip(params, layout_grads(params, step)):
-                p.grad = g
-            optimizer.step()
-        runs.append((params, optimizer))
-    (params, optimizer), (ref_params, reference) = runs
+    (params, optimizer), (ref_params, reference) = (_adam_on_layouts("int8", impl) for impl in ("triton", "reference"))
     for p, r in zip(params, ref_params):
         assert optimizer.state[p]["exp_avg"].stride() == p.stride()
         assert_identical([optimizer.state[p][name] for name in ("exp_avg", "exp_avg_sq")],
@@ -265,12 +267,7 @@ def test_int4_codes_of_channels_last_and_transposed_params_follow_their_memory_o
     kernel equals the reference to the byte, and the codes dequantize to the param's layout."""
     runs = []
     for impl in ("triton", "reference"):
-        params = layout_params()
-        optimizer = optim.Adam(params, lr=1e-2, weight_decay=0.1, state_dtype="int4", impl=impl)
-        for step in range(3):
-            for p, g in zip(params, layout_grads(params, step)):
-                p.grad = g
-            optimizer.step()
+        params, optimizer = _adam_on_layouts("int4", impl)
         runs.append([optimizer.state[p][name] for p in params for name in ("exp_avg", "exp_avg_sq")])
         values = dequantize(optimizer.state[params[0]]["exp_avg"], optimizer.state[params[0]]["exp_avg_scale"],
                             "signed", params[0])
