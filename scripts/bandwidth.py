@@ -32,8 +32,8 @@ import numpy
 import torch
 from tqdm import tqdm
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from scripts.gpt import GPT2_SMALL, parameter_shapes
 from scripts.plots import bandwidth_lines
 from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, write_csv, written

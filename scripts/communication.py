@@ -36,8 +36,8 @@ def _worker(rank, world_size, directory, steps, queue):
     device = torch.device("cuda", rank) if torch.cuda.is_available() else torch.device("cpu")
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"file://{directory}/rendezvous", rank=rank, world_size=world_size)
-    import optim
-    from optim.distributed import MajorityVoteState, majority_vote_hook
+    from fusedoptim import optim
+    from fusedoptim.optim.distributed import MajorityVoteState, majority_vote_hook
 
     config, tokens = MODELS[device.type]
     try:

@@ -13,8 +13,8 @@ import time
 import torch
 from tqdm import tqdm
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 
 # Rules compared, with a learning rate each can train this toy model at (sign rules take smaller ones).
 LEARNING_RATES = {"Adam": 1e-2, "AdamW": 1e-2, "Lion": 1e-3, "Tiger": 1e-3}

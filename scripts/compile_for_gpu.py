@@ -113,7 +113,7 @@ def cases():
     variants that change the kernel (an embedding table's per-row lr, stochastic rounding), steps
     under GradScaler ("amp": the in-kernel unscale and skip, also in SGDHD's reduction), and int8 and int4
     states."""
-    import optim
+    from fusedoptim import optim
 
     for name, rule in optim.RULES.items():
         for dtype in rule.dtypes:
@@ -171,9 +171,9 @@ def compile_step(optim, launcher, name, dtype, group_options=None, options=None)
 
 
 def search_space_extremes(optim, launcher):
-    """The tuner's smallest and largest candidates (autotune/space.py) compile too, for AdamW in fp32
+    """The tuner's smallest and largest candidates (fusedoptim/autotune/space.py) compile too, for AdamW in fp32
     and bf16: a table tuned on a GPU may pick any of them."""
-    from autotune.space import search_space
+    from fusedoptim.autotune.space import search_space
 
     results, default = {}, launcher.launch_config
     for dtype in (torch.float32, torch.bfloat16):
@@ -189,8 +189,8 @@ def search_space_extremes(optim, launcher):
 
 
 def majority_vote_kernels():
-    """The majority vote's packing and voting kernels (kernels/majority_vote.py) on 1000 fp32 gradients."""
-    from kernels import majority_vote
+    """The majority vote's packing and voting kernels (fusedoptim/kernels/majority_vote.py) on 1000 fp32 gradients."""
+    from fusedoptim.kernels import majority_vote
 
     pack, vote = CompileOnly(majority_vote.pack_signs_kernel), CompileOnly(majority_vote.majority_vote_kernel)
     majority_vote.pack_signs_kernel, majority_vote.majority_vote_kernel = pack, vote
@@ -214,10 +214,10 @@ def main():
         parser.error("unset TRITON_INTERPRET: the interpreter compiles nothing")
     driver.set_active(CompileOnlyDriver(GPUTarget("cuda", args.arch, 32)))
 
-    import autotune
-    import optim
-    import optim.impl
-    from kernels import launcher
+    from fusedoptim import autotune
+    from fusedoptim import optim
+    import fusedoptim.optim.impl
+    from fusedoptim.kernels import launcher
 
     optim.impl.INTERPRETED = True  # let impl="triton" take CPU tensors: they are only described, never read
     launcher.launch_config = lambda rule, dtype, numel, device: autotune.DEFAULT_CONFIGS[

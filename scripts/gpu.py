@@ -11,7 +11,7 @@ and triton versions, each stage's status and wall time, pytest's summary, the pa
                     against torch's AdamW (scripts/step_overhead.py)
   3. bandwidth      every rule at 2^26 elements and on GPT-2 small's list: ours fused and one launch
                     per tensor against torch's fused and foreach steps
-  4. autotune       a short tuning pass, merged into autotune/tables/<gpu>.json; each candidate is one
+  4. autotune       a short tuning pass, merged into fusedoptim/autotune/tables/<gpu>.json; each candidate is one
                     compilation per rule and dtype (72), about 0.3 s each: three rules in bf16 fit
   5. communication  DDP's fp32 all-reduce against the majority vote, on 2 GPUs (skipped on one)
 
@@ -62,7 +62,7 @@ STAGES = [
     Stage("bandwidth", ["python", "-m", "scripts.bandwidth", "--sizes", "26", "--dtypes", "fp32", "bf16",
                         "--implementations", "triton", "one launch per tensor", "torch fused", "torch foreach",
                         "--rep-ms", "20", "--out", "{out}"], 70),
-    Stage("autotune", ["python", "-m", "autotune", "--rules", "AdamW", "Lion", "Tiger", "--dtypes", "bfloat16",
+    Stage("autotune", ["python", "-m", "fusedoptim.tuner", "--rules", "AdamW", "Lion", "Tiger", "--dtypes", "bfloat16",
                        "--buckets", "22", "26", "--warmup-ms", "2", "--rep-ms", "5"], 90),
     Stage("communication", ["python", "-m", "scripts.communication", "--workers", "2", "--steps", "3",
                             "--out", "{out}"], 30, two_gpus),
@@ -133,7 +133,7 @@ def summary(facts: dict, results: dict, directory: Path, started: float) -> str:
         log = result["log"].name if result["log"] else ""
         lines.append(f"| {stage.name} | {result['status']} | {result['wall_s']:.0f} s | {stage.budget_s} s | {log} |")
     lines += ["", "## pytest", "", "```", pytest_summary(results["tests"]["log"]), "```", "", "## Written", ""]
-    written = [path for folder in (directory, ROOT / "autotune" / "tables") if folder.exists()
+    written = [path for folder in (directory, ROOT / "fusedoptim" / "autotune" / "tables") if folder.exists()
                for path in sorted(folder.iterdir()) if path.is_file() and path.stat().st_mtime >= started]
     lines += [f"- {relative(path)}" for path in [*written, directory / "summary.md"]]
     return "\n".join(lines) + "\n"

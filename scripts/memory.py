@@ -37,8 +37,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from scripts.gpt import GPT, GPT2_SMALL, GPTConfig
 from scripts.plots import MiB, label, memory_bars
 from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, write_csv, written

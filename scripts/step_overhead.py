@@ -55,7 +55,7 @@ from dataclasses import dataclass, field  # noqa: E402
 import numpy  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import optim  # noqa: E402
+from fusedoptim import optim  # noqa: E402
 from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, written  # noqa: E402
 from scripts.step_overhead_gpu import run_gpu  # noqa: E402
 from scripts.step_overhead_rows import (FOREACH, FUSED, MODES, OURS, OURS_COMPILED, WARM_UP_STEPS,  # noqa: E402

@@ -4,7 +4,7 @@ files they become. The CPU measurement is in scripts/step_overhead.py, the GPU o
 scripts/step_overhead_gpu.py."""
 from dataclasses import dataclass, field
 
-import optim
+from fusedoptim import optim
 from scripts.report import report_directory, write_csv
 
 MODES = ("same", "fresh")

@@ -13,16 +13,16 @@ import torch
 import triton
 import triton.language as tl
 
-import optim
-from kernels.elementwise import hyperparameter
-from optim.hyperparameters import Hyperparameter, fraction, lr
-from optim.quantization import QUANTIZED_DTYPES
-from optim.reference import upcast
-from optim.registry import RULES, Rule, State
+from fusedoptim import optim
+from fusedoptim.kernels.elementwise import hyperparameter
+from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr
+from fusedoptim.optim.quantization import QUANTIZED_DTYPES
+from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.registry import RULES, Rule, State
 from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
 
 
-# 1. The math (kernels/<rule>.py).
+# 1. The math (fusedoptim/kernels/<rule>.py).
 @triton.jit
 def velocity_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     # hyper and FLAGS come from the declaration: hyperparameters and where each state is, by name
@@ -30,7 +30,7 @@ def velocity_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     return param - hyperparameter(hyper.lr) * velocity, (velocity,)
 
 
-# 2. The oracle (optim/reference/<rule>.py).
+# 2. The oracle (fusedoptim/optim/reference/<rule>.py).
 def velocity(params, grads, states, group):
     r"""Heavy-ball momentum: :math:`v ← μ v + g,\ θ ← θ − η v` (Polyak 1964), μ = friction."""
     for param, grad, state in zip(params, grads, states):
@@ -39,7 +39,7 @@ def velocity(params, grads, states, group):
         state["velocity"].copy_(v)
 
 
-# 3. The declaration (a row of optim/registry.py).
+# 3. The declaration (a row of fusedoptim/optim/registry.py).
 VELOCITY = Rule(
     name="Velocity", summary="Heavy-ball momentum, undampened (a toy rule of the tests)",
     reference=velocity, update=velocity_update,
@@ -50,7 +50,7 @@ VELOCITY = Rule(
 
 @pytest.fixture
 def registered(monkeypatch):
-    """The row in the registry and its class exported, as optim/__init__.py does for every row."""
+    """The row in the registry and its class exported, as fusedoptim/optim/__init__.py does for every row."""
     monkeypatch.setitem(RULES, VELOCITY.name, VELOCITY)
     monkeypatch.setattr(optim, VELOCITY.name, optim.optimizer_class(VELOCITY), raising=False)
     return VELOCITY

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optim
+from fusedoptim import optim
 from scripts.compile_for_gpu import budget_cases
 
 ROOT = Path(__file__).resolve().parent.parent

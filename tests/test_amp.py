@@ -8,8 +8,8 @@ Tiger's NaN-skip counter, SGDHD's learned lr) exactly as they were.
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from tests.conftest import DEVICE, hyperparameters_for_tests, make_params, random_grads
 
 SHAPES = [(1023,), (3, 7, 5), (1,)]

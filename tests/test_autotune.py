@@ -9,13 +9,13 @@ import pytest
 import torch
 import triton
 
-import autotune
-import optim
-from autotune import DEFAULT_CONFIGS, LaunchConfig, default_config, launch_config, size_bucket
-from autotune.__main__ import main as autotune_main
-from autotune.table import TuningTable, entry, read, write
-from optim.tuning import tune, tune_optimizer
-from optim.registry import RULES
+from fusedoptim import autotune
+from fusedoptim import optim
+from fusedoptim.autotune import DEFAULT_CONFIGS, LaunchConfig, default_config, launch_config, size_bucket
+from fusedoptim.tuner.__main__ import main as autotune_main
+from fusedoptim.autotune.table import TuningTable, entry, read, write
+from fusedoptim.tuner import tune, tune_optimizer
+from fusedoptim.optim.registry import RULES
 from tests.conftest import make_params, random_grads
 from tests.test_amp import assert_identical, snapshot
 
@@ -138,7 +138,7 @@ def spoil(path, case: str) -> None:
 @pytest.fixture
 def an_h200(monkeypatch, tmp_path):
     """cuda:0 is an H200 whose table file lives in tmp_path; the per-device table cache starts and ends empty."""
-    monkeypatch.setattr("autotune.table.TABLES", tmp_path)
+    monkeypatch.setattr("fusedoptim.autotune.table.TABLES", tmp_path)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200[0])
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: H200[1])
     autotune._table.cache_clear()
@@ -161,7 +161,7 @@ def test_a_malformed_table_warns_once_naming_file_and_field_and_launches_take_th
         assert launch_config("AdamW", torch.float32, 2**14, an_h200) == default_config(torch.float32)
     assert len(caught) == 1, [str(w.message) for w in caught]  # once per device, not once per launch
     message = str(caught[0].message)
-    assert "take the default configuration" in message and "python -m autotune" in message
+    assert "take the default configuration" in message and "python -m fusedoptim.tuner" in message
 
 
 @pytest.mark.parametrize("case", MALFORMED)

@@ -4,8 +4,8 @@ import re
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from tests.conftest import make_params, random_grads
 
 RULE_NAMES = list(RULES)

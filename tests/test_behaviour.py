@@ -5,9 +5,9 @@ import inspect
 import pytest
 import torch
 
-import optim
-from optim.base import OPTIONS
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.base import OPTIONS
+from fusedoptim.optim.registry import RULES, Tolerance
 from tests.conftest import assert_close, make_params, random_grads
 
 IMPLS = ("triton", "reference")

@@ -1,12 +1,12 @@
 """torch.compile around optimizer.step(): one graph for every rule, and no recompilation when a tensor
 lr changes every step, by fill_ or by a scheduler. Each launch is an opaque torch.library op
-(kernels/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
+(fusedoptim/kernels/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from tests.conftest import make_params, random_grads
 
 SHAPES = [(100,), (3, 7), (1,)]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-import optim
-from autotune import DEFAULT_CONFIGS
+from fusedoptim import optim
+from fusedoptim.autotune import DEFAULT_CONFIGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,8 +44,8 @@ def test_full_blocks_use_128_bit_accesses_on_sm90():
         for access in ("ld.global.v4.b32", "st.global.v4.b32"):
             assert widths[variant].get(access) == widths[base].get(access), (variant, widths[variant])
     # The tuner's extreme candidates keep every write-back vectorized: vectors per tensor follow the
-    # block size and the warps (autotune/space.py), and AdamW writes θ and its two moments.
-    from autotune.space import search_space
+    # block size and the warps (fusedoptim/autotune/space.py), and AdamW writes θ and its two moments.
+    from fusedoptim.autotune.space import search_space
     for dtype in (torch.float32, torch.bfloat16):
         space = sorted(search_space(dtype), key=lambda c: (c.block_size, c.blocks_per_program, c.num_warps))
         for label, config in (("smallest", space[0]), ("largest", space[-1])):

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import optim
-from kernels import launcher
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.kernels import launcher
+from fusedoptim.optim.registry import RULES
 from tests.conftest import DEVICE, make_params, random_grads
 from tests.test_amp import assert_identical, grad_scaler, hyper, snapshot
 
@@ -23,7 +23,7 @@ RULE_IDS = dict(ids=lambda rule: rule.name)
 
 class HostTraffic(TorchDispatchMode):
     """Records the ops of a step that would sync with the host or copy host data to the device. Each
-    launch is one opaque op (kernels/ops.py), so this sees our Python step, not the launcher's inside."""
+    launch is one opaque op (fusedoptim/kernels/ops.py), so this sees our Python step, not the launcher's inside."""
 
     SYNCS = {"aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
 

@@ -17,12 +17,12 @@ import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-import optim
-from kernels.majority_vote import majority_vote, pack_signs
-from kernels.shards import Shards, local
-from optim.distributed import MajorityVoteState, majority_vote_hook
-from optim.quantization import COUNT_KEY, FORMATS, scale_name
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.kernels.majority_vote import majority_vote, pack_signs
+from fusedoptim.kernels.shards import Shards, local
+from fusedoptim.optim.distributed import MajorityVoteState, majority_vote_hook
+from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, scale_name
+from fusedoptim.optim.registry import RULES
 from tests.test_amp import hyper
 
 FEATURES, OUTPUTS, BATCH = 64, 31, 16  # 2015 params: 63 words

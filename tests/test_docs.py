@@ -1,15 +1,15 @@
 """The front door tells the truth: README.md is short enough to read in one sitting, every file the
 README and docs/ cite exists, and docs/rules.md's table is the registry's (every class, argument,
-default, state and bytes per param), so a default changed in optim/registry.py fails here until the
+default, state and bytes per param), so a default changed in fusedoptim/optim/registry.py fails here until the
 rule sheet says so too."""
 import ast
 import inspect
 import re
 from pathlib import Path
 
-import optim
-from optim.base import OPTIONS
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.base import OPTIONS
+from fusedoptim.optim.registry import RULES
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -145,7 +145,7 @@ def rule_sheet_problems(text: str, rules: dict) -> list:
 
 def test_rule_sheet_is_the_registry():
     problems = rule_sheet_problems(RULE_SHEET.read_text(encoding="utf-8"), RULES)
-    assert not problems, "docs/rules.md disagrees with optim/registry.py:\n" + "\n".join(problems)
+    assert not problems, "docs/rules.md disagrees with fusedoptim/optim/registry.py:\n" + "\n".join(problems)
 
 
 def test_the_arguments_as_written_are_the_class_signature():

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-import optim
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, hyperparameters_for_tests
 
 

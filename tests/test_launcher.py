@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-import optim
-from kernels import launcher
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.kernels import launcher
+from fusedoptim.optim.registry import RULES
 from tests.conftest import DEVICE, assert_close, make_params, random_grads
 
 

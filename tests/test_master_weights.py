@@ -9,10 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-import optim
-from kernels.master_weights import rebuild_master as kernel_rebuild, split_master as kernel_split
-from optim.master_weights import RESIDUAL_DTYPES, rebuild_master, split_master
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.kernels.master_weights import rebuild_master as kernel_rebuild, split_master as kernel_split
+from fusedoptim.optim.master_weights import RESIDUAL_DTYPES, rebuild_master, split_master
+from fusedoptim.optim.registry import RULES
 from tests.conftest import DEVICE, hyperparameters_for_tests, make_params, random_grads
 
 HALF = [torch.bfloat16, torch.float16]
@@ -85,7 +85,7 @@ def kernel_split_and_rebuild(master, dtype, master_weight_bits):
 
 def every_kind_of_master():
     """Random bit patterns (every exponent: subnormals, NaNs, ±inf, the largest finite values), values
-    on each side of half an ulp, ±0, and the edges named in kernels/master_weights.py."""
+    on each side of half an ulp, ±0, and the edges named in fusedoptim/kernels/master_weights.py."""
     generator = torch.Generator().manual_seed(0)
     random_bits = torch.randint(-2**31, 2**31, (8192,), generator=generator, dtype=torch.int64).int().view(torch.float32)
     ordinary = torch.randn(4096, generator=generator) * torch.logspace(-8, 4, 4096)

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from tests.conftest import assert_close, hyperparameters_for_tests, make_params, random_grads
 
 # The interpreter's numpy warns of every overflow and invalid operation: here they are the point.

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-import optim
-from optim.master_weights import rebuild_master
-from optim.quantization import FORMATS, QUANTIZED_DTYPES, code_values
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.master_weights import rebuild_master
+from fusedoptim.optim.quantization import FORMATS, QUANTIZED_DTYPES, code_values
+from fusedoptim.optim.registry import RULES, Tolerance
 from tests.conftest import assert_close, hyperparameters_for_tests, make_params, random_grads
 
 STEPS = 7

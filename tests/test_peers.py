@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import pytest
 import torch
 
-import optim
+from fusedoptim import optim
 from tests.conftest import assert_close, make_params, random_grads
 
 SHAPES = [(1029,), (3, 7, 11), (17, 33), (1,)]  # odd sizes; for Tiger two biases (ndim ≤ 1) and two matrices

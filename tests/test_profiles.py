@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
-from optim.registry import RULES
+from fusedoptim.optim.registry import RULES
 from scripts import bandwidth, memory, report
 from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes
 from tests.conftest import DEVICE

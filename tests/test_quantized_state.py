@@ -10,11 +10,11 @@ import io
 import pytest
 import torch
 
-import optim
-from autotune import LaunchConfig, forced_config
-from optim.quantization import (FORMATS, QUANTIZED_DTYPES, UNSIGNED, code_values, dequantize, new_codes, new_count,
+from fusedoptim import optim
+from fusedoptim.autotune import LaunchConfig, forced_config
+from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, UNSIGNED, code_values, dequantize, new_codes, new_count,
                                 quantize, quantize_constant, scale_numel)
-from optim.registry import RULES, Tolerance
+from fusedoptim.optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params
 from tests.test_amp import assert_identical, hyper, snapshot
 from tests.test_step_plan import layout_grads, layout_params, set_grads

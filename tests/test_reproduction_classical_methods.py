@@ -5,8 +5,8 @@ Newton quadratically, mini-batch SGD to its noise level; each reaches scipy's op
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES, Tolerance
 from scripts.reproductions import classical_methods
 from tests.conftest import assert_close, run_reproduction
 

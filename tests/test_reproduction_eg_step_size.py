@@ -3,8 +3,8 @@ collapse under gradient noise."""
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from scripts.reproductions import eg_step_size as reproduction
 from tests.conftest import assert_close, run_reproduction
 

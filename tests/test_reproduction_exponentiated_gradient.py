@@ -1,8 +1,8 @@
 """Issue 8, item 2: exponentiated gradient stays non-negative and solves NNLS to scipy's answer."""
 import torch
 
-import optim
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES, Tolerance
 from scripts.reproductions import exponentiated_gradient as reproduction
 from tests.conftest import assert_close
 

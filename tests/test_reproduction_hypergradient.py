@@ -1,8 +1,8 @@
 """Issue 8, item 4: hypergradient descent raises α from 0 and beats fixed-lr gradient descent."""
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from scripts.reproductions import hypergradient
 from tests.conftest import assert_close
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import implicit_regularization as reproduction
 from tests.conftest import run_reproduction
 

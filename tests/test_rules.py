@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-import optim
-from optim.registry import Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.registry import Tolerance
 from tests.conftest import DEVICE, assert_close, make_params, random_grads
 
 IMPLS = ("triton", "reference")

@@ -6,7 +6,7 @@ import csv
 import pytest
 import torch
 
-import optim
+from fusedoptim import optim
 from tests.conftest import DEVICE
 
 pytestmark = pytest.mark.skipif(DEVICE.type == "cuda", reason="the CPU profile; on a GPU the script times CUDA events")

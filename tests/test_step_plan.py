@@ -1,4 +1,4 @@
-"""The launch plan of a step (optim/plan.py): built once with every check, reused while nothing changes,
+"""The launch plan of a step (fusedoptim/optim/plan.py): built once with every check, reused while nothing changes,
 rebuilt when something does; and what a step refuses, before any tensor changes, in every impl.
 
 Kernel memory traffic is observed in Triton's interpreter: ``MemoryTrace`` records the address of
@@ -14,8 +14,8 @@ import pytest
 import torch
 from triton.runtime import interpreter
 
-import optim
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params, random_grads
 from tests.test_amp import assert_identical, hyper, snapshot
 
@@ -147,7 +147,7 @@ def layout_grads(params, seed):
 def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeypatch):
     """Dense params of any stride order are walked linearly by the kernel (no fallback: every launch
     is counted), their states are laid out like them, and 5 steps equal torch's."""
-    from kernels import launcher
+    from fusedoptim.kernels import launcher
     launches = []
     kernel = launcher.multi_tensor_update_kernel
     monkeypatch.setattr(launcher, "multi_tensor_update_kernel",

@@ -5,9 +5,9 @@ import torch
 import triton
 import triton.language as tl
 
-import optim
-from kernels.rounding import round_stochastically
-from optim.rounding import round_with_bits
+from fusedoptim import optim
+from fusedoptim.kernels.rounding import round_stochastically
+from fusedoptim.optim.rounding import round_with_bits
 from tests.conftest import DEVICE, make_params, random_grads
 
 HALF = [torch.bfloat16, torch.float16]

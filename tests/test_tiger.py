@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-import optim
-from optim.registry import RULES, Tolerance
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES, Tolerance
 from tests.conftest import DEVICE, assert_close, make_params, random_grads
 
 SHAPES = [(513,), (17, 33)]  # one bias-like tensor (lr/2, no decay) and one matrix (lr·RMS(θ))

@@ -17,8 +17,8 @@ import warnings
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 
 pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
 from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402

@@ -6,8 +6,8 @@ import itertools
 import pytest
 import torch
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from tests.conftest import assert_close, make_params, random_grads
 
 TWINS = [rule for rule in RULES.values() if rule.torch_twin is not None]

@@ -34,7 +34,7 @@ import scipy.optimize
 import torch
 import torch.nn.functional as F
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "classical_methods"

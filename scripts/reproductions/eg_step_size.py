@@ -38,7 +38,7 @@ import sys
 import torch
 from matplotlib import pyplot
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "eg_step_size"

@@ -22,7 +22,7 @@ import torch
 from matplotlib import pyplot
 from scipy.optimize import nnls
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "exponentiated_gradient"

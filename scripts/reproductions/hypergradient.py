@@ -22,7 +22,7 @@ import sys
 import torch
 from matplotlib import pyplot
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "hypergradient"

@@ -43,7 +43,7 @@ import sys
 
 import torch
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "implicit_regularization"

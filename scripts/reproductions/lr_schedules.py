@@ -39,7 +39,7 @@ import torch
 from matplotlib import pyplot
 from torch.optim import lr_scheduler
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "lr_schedules"

@@ -42,7 +42,7 @@ import torch
 from matplotlib import pyplot
 from torch.nn import functional
 
-import optim
+from fusedoptim import optim
 from scripts.reproductions import common
 
 NAME = "sign_family"

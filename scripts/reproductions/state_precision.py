@@ -51,7 +51,7 @@ from typing import NamedTuple
 import torch
 from matplotlib import pyplot, ticker
 
-import optim
+from fusedoptim import optim
 from scripts.gpt import GPTConfig
 from scripts.report import markdown_table
 from scripts.reproductions import common, tiny_transformer

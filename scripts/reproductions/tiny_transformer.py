@@ -63,8 +63,8 @@ from typing import Callable, NamedTuple
 import torch
 from matplotlib import pyplot
 
-import optim
-from optim.registry import RULES
+from fusedoptim import optim
+from fusedoptim.optim.registry import RULES
 from scripts.gpt import GPT, GPTConfig
 from scripts.memory import tensor_bytes
 from scripts.reproductions import common

@@ -1,0 +1,6 @@
+"""Triton kernels: one shared multi-tensor launcher, shared math helpers, and one math file per rule."""
+from fusedoptim.kernels.elementwise import bias_correction, coupled_gradient, decoupled_decay, hyperparameter, sign
+from fusedoptim.kernels.launcher import Launch, TensorSlots, prepare_launches
+
+__all__ = ["Launch", "TensorSlots", "bias_correction", "coupled_gradient", "decoupled_decay", "hyperparameter",
+           "prepare_launches", "sign"]

@@ -1,0 +1,307 @@
+"""The one multi-tensor launcher that every elementwise update rule goes through: its host side.
+
+What a rule's ``@triton.jit`` math receives and returns, and the kernels that run it, are in
+``kernels.multi_tensor``. Here: the table of pointers and sizes (one row per tensor), its checks, and
+the map from program to (tensor, chunk) that torch's multi_tensor_apply also builds.
+
+``Launch`` is one prepared launch: built once from tensors that share a launch key, checked, with its
+table and program map on the device, then reused step after step. A step only hands it the current
+gradients (after ``zero_grad(set_to_none=True)`` each is a new tensor): their pointers are written
+into the table when they changed, from the host in eager mode, and by a small kernel whose arguments
+are the gradients while a CUDA graph is captured (a capture may copy nothing from the host).
+"""
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Sequence
+
+import torch
+import triton
+import triton.language as tl
+
+from fusedoptim.autotune import launch_config
+from fusedoptim.kernels.multi_tensor import (ALIGNMENT_BYTES, GRAD_COLUMN, multi_tensor_reduce_kernel, multi_tensor_update_kernel,
+                                  write_pointers_kernel)
+from fusedoptim.kernels.rounding import INTERPRETED
+
+_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+MASTER_BITS = {None: 0, torch.int16: 32, torch.int8: 24}  # θ's residual's dtype -> the master's width
+_STATE_DTYPES = {**_TRITON_DTYPES, torch.int8: tl.int8, torch.uint8: tl.uint8}  # codes, with QuantizedStates
+
+
+class QuantizedStates(NamedTuple):
+    """How a launch's quantized states are coded (the QUANT constexpr): bits per code (8: int8 codes
+    laid out as the param; 4: two per uint8, flat in the param's memory order), elements per fp32
+    scale, and per state (in the kernel's order) whether its codes are unsigned and stochastic."""
+
+    BITS: int
+    BLOCK: int
+    UNSIGNED: tuple
+    STOCHASTIC: tuple
+
+
+@dataclass(frozen=True)
+class TensorSlots:
+    """One parameter as the kernel sees it: param, grad, its state tensors and its fp32 scalars."""
+
+    param: torch.Tensor
+    grad: torch.Tensor
+    states: tuple[torch.Tensor, ...] = ()
+    scalars: tuple[torch.Tensor, ...] = ()
+    flags: tuple = ()  # (name, value) pairs: FLAGS fields of this tensor alone (FIRST_STEP: a state's first step)
+    # When > 0, the last scalar holds one value per row of row_length contiguous elements (an
+    # embedding table's per-row lr), which the kernel gathers per element.
+    row_length: int = 0
+    # Split master weights (kernels.master_weights): θ's int16 (32-bit master) or int8 (24-bit) residual.
+    residual: Optional[torch.Tensor] = None
+    scales: tuple[torch.Tensor, ...] = ()  # quantized states: each state's fp32 scales, one per quantization block
+
+    def tensors(self):
+        return (self.param, self.grad, *self.states)
+
+    def launch_key(self):
+        """Tensors that share this key share one launch."""
+        tensors = self.tensors() if self.residual is None else (*self.tensors(), self.residual)
+        aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in tensors)
+        state_dtype = self.states[0].dtype if self.states else self.param.dtype
+        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0,
+                MASTER_BITS[None if self.residual is None else self.residual.dtype])
+
+
+def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
+    """Whether the kernel can walk ``tensor`` element by element beside ``like``: the same shape and
+    strides, dense and non-overlapping (contiguous, channels_last, a transposed matrix...), so that the
+    i-th element in memory of each is the same element of the param."""
+    return tensor.shape == like.shape and tensor.stride() == like.stride() and _dense(tensor)
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    """No gaps and no overlaps: the strides, sorted, are those of some order of the dimensions."""
+    if tensor.numel() == 0:
+        return True
+    expected = 1
+    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
+        if size != 1:
+            if stride != expected:
+                return False
+            expected *= size
+    return True
+
+
+def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedStates] = None):
+    """What a kernel needs of its tensors; raised before any launch so nothing is half-updated."""
+    for i, s in enumerate(slots):
+        _check_quantized(i, s, quantization)
+        if s.param.dtype not in _TRITON_DTYPES:
+            raise TypeError(f"tensor {i}: the Triton kernels support {list(_TRITON_DTYPES)}, not {s.param.dtype}; "
+                            "use impl='reference' for other dtypes")
+        walked = s.tensors() if quantization is None or quantization.BITS == 8 else (s.param, s.grad)
+        for name, t in zip(("param", "grad", *("state",) * len(s.states)), walked):
+            if not walkable(t, s.param):
+                raise ValueError(f"tensor {i}: the {name} (shape {tuple(t.shape)}, strides {t.stride()}) is not laid "
+                                 f"out as its param (shape {tuple(s.param.shape)}, strides {s.param.stride()}) in one "
+                                 "dense block; the fused kernel walks memory linearly. Make them dense with the same "
+                                 "strides, or use impl='reference'")
+            if t.device != s.param.device:
+                raise ValueError(f"tensor {i}: the {name} is on {t.device}, its param on {s.param.device}")
+        if s.residual is not None and (s.residual.dtype not in MASTER_BITS or not walkable(s.residual, s.param)
+                                       or s.residual.device != s.param.device
+                                       or s.param.dtype not in (torch.bfloat16, torch.float16)):
+            raise ValueError(f"tensor {i}: a master residual must be int16 or int8, laid out as its bf16 or fp16 param "
+                             f"on its device; got {s.residual.dtype} {tuple(s.residual.shape)} strides "
+                             f"{s.residual.stride()} on {s.residual.device} for a {s.param.dtype} param")
+        if s.grad.dtype != s.param.dtype:
+            raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}) does not match its param ({s.param.dtype})")
+        if len({t.dtype for t in s.states}) > 1:
+            raise ValueError(f"tensor {i}: all state tensors of one param must share a dtype")
+        rows = s.param.numel() // s.row_length if s.row_length else 1
+        for j, t in enumerate(s.scalars):
+            expected = rows if j == len(s.scalars) - 1 else 1
+            if t.dtype != torch.float32 or t.numel() != expected or t.device != s.param.device:
+                raise ValueError(f"tensor {i}: scalar {j} must be an fp32 tensor of {expected} element(s) on "
+                                 f"{s.param.device}, got {t.dtype} with {t.numel()} elements on {t.device}")
+        if s.row_length and (s.param.numel() % s.row_length or not s.scalars):
+            raise ValueError(f"tensor {i}: row_length={s.row_length} must divide its {s.param.numel()} elements, "
+                             "and the last scalar holds the per-row values")
+
+
+def _check_quantized(i: int, s: TensorSlots, quantization: Optional[QuantizedStates]):
+    """Quantized states come with one dense fp32 scale tensor each, one value per quantization block."""
+    if quantization is None:
+        if s.scales or any(t.dtype in (torch.int8, torch.uint8) for t in s.states):
+            raise ValueError(f"tensor {i}: quantized states and scales need the launch's QuantizedStates")
+        return
+    if len(s.scales) != len(s.states) or len(quantization.UNSIGNED) != len(s.states):
+        raise ValueError(f"tensor {i}: {len(s.states)} quantized states need as many scale tensors and schemes, got "
+                         f"{len(s.scales)} and {len(quantization.UNSIGNED)}")
+    blocks = triton.cdiv(s.param.numel(), quantization.BLOCK)
+    for j, (state, scale) in enumerate(zip(s.states, s.scales)):
+        if quantization.BITS == 8 and state.dtype != torch.int8:
+            raise ValueError(f"tensor {i}: state {j} is {state.dtype}; 8-bit states are int8 codes")
+        packed = triton.cdiv(s.param.numel(), 2)
+        if quantization.BITS == 4 and (state.dtype != torch.uint8 or state.numel() != packed
+                                       or not state.is_contiguous() or state.device != s.param.device):
+            raise ValueError(f"tensor {i}: state {j} must be {packed} contiguous uint8 on {s.param.device} (two "
+                             f"4-bit codes a byte), got {state.dtype} with {state.numel()} elements on {state.device}")
+        if scale.dtype != torch.float32 or scale.numel() != blocks or not scale.is_contiguous() \
+                or scale.device != s.param.device:
+            raise ValueError(f"tensor {i}: the scales of state {j} must be a contiguous fp32 tensor of {blocks} "
+                             f"elements (one per {quantization.BLOCK}) on {s.param.device}, got {scale.dtype} with "
+                             f"{scale.numel()} elements on {scale.device}")
+
+
+def capturing(device: torch.device) -> bool:
+    """Whether work on ``device`` is being recorded into a CUDA graph (torch.cuda.graph) right now."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def on_device(value: torch.Tensor, device: torch.device, name: str) -> torch.Tensor:
+    """``value`` moved to ``device``; under a CUDA graph capture it must already be there, since a copy
+    from elsewhere would be frozen into the graph at its captured value."""
+    if value.device != device and capturing(device):
+        raise ValueError(f"{name} is a tensor on {value.device} while a CUDA graph of the step is captured on "
+                         f"{device}; put it on {device} (e.g. lr=torch.tensor(1e-3, device='{device}')) so that "
+                         "each replay reads its current value")
+    return value.to(device, non_blocking=True)
+
+
+def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-built table on ``device`` without a host sync (pinned memory, an asynchronous copy).
+    Only ever called outside a capture: a launch is built before the step that captures it."""
+    if device.type == "cpu":
+        return host
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+_chunk_maps: dict = {}
+
+
+def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
+    """For each program, which tensor and which chunk of it: cached, sizes rarely change."""
+    key = (numels, chunk_size, device)
+    if key not in _chunk_maps:
+        chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
+        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+        first_chunk = torch.cumsum(chunks, 0) - chunks
+        chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
+        _chunk_maps[key] = (_upload(chunk_tensor.to(torch.int32), device), _upload(chunk_index.to(torch.int32), device))
+    return _chunk_maps[key]
+
+
+# Launches a CUDA graph has recorded: the graph reads their tables again at every replay, so they are
+# kept for the life of the process (a few KiB each), whatever becomes of the plan that made them.
+_captured_launches: list = []
+POINTERS_PER_WRITE = 32  # tensors per write_pointers_kernel launch: 256 bytes of kernel arguments
+
+
+class Launch:
+    """One launch, prepared: tensors that share a launch key, checked, their pointer table and the
+    program → (tensor, chunk) map on the device, the launch configuration chosen. ``set_grads`` puts a
+    step's gradients in; ``update`` and ``reduce`` launch."""
+
+    def __init__(self, slots: Sequence[TensorSlots], rule_name: str, quantization: Optional[QuantizedStates] = None):
+        first = slots[0]
+        device, param_dtype, state_dtype, aligned, tensor_flags, per_row, master_bits = first.launch_key()
+        self.device, self.tensor_flags = device, dict(tensor_flags)
+        numels = tuple(s.param.numel() for s in slots)
+        n_states, n_scalars = len(first.states), len(first.scalars)
+        if any(len(s.states) != n_states or len(s.scalars) != n_scalars for s in slots):
+            raise ValueError("every tensor of one launch needs the same number of states and scalars")
+        config = launch_config(rule_name, param_dtype, max(numels), device)
+        if quantization is not None and config.block_size % quantization.BLOCK:
+            raise ValueError(f"{rule_name}: a launch block of {config.block_size} elements is not a multiple of the "
+                             f"quantization block ({quantization.BLOCK}): a block's scale would straddle two "
+                             "programs. Use a launch configuration whose block_size is a multiple of it")
+        self.chunk_tensor, self.chunk_index = _chunk_map(numels, config.block_size * config.blocks_per_program, device)
+        self.grid = (len(self.chunk_tensor),)
+        rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
+                + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
+        self.row_width = len(rows[0])
+        host_table = torch.tensor(rows, dtype=torch.int64)
+        self.table = _upload(host_table, device)
+        self._host_view = host_table.numpy() if device.type == "cpu" else None  # the table itself, on a CPU
+        self.grad_pointers = [s.grad.data_ptr() for s in slots]
+        self.constants = dict(
+            N_STATES=n_states, N_STATE_COLUMNS=n_states * (1 + (quantization is not None)), N_SCALARS=n_scalars,
+            PER_ROW=int(per_row), PARAM_DTYPE=_TRITON_DTYPES[param_dtype], STATE_DTYPE=_STATE_DTYPES[state_dtype],
+            QUANT=quantization, ALIGNED=aligned, BLOCK_SIZE=config.block_size,
+            BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, num_warps=config.num_warps,
+            num_stages=config.num_stages,
+            # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
+            # default (off) does not silently change the rounding.
+            enable_fp_fusion=True,
+        )
+
+    def set_grads(self, grads: Sequence[torch.Tensor], pointers: Sequence[int]) -> None:
+        """The table's gradient column, when the gradients moved: from the host in eager mode (on the
+        CPU the table is written in place), by kernel arguments while a CUDA graph is captured."""
+        if pointers == self.grad_pointers:
+            return
+        if capturing(self.device):
+            for first in range(0, len(grads), POINTERS_PER_WRITE):
+                part = tuple(grads[first: first + POINTERS_PER_WRITE])
+                write_pointers_kernel[(1,)](self.table, self.row_width, GRAD_COLUMN.value, first, part,
+                                            COUNT=len(part), enable_fp_fusion=True)  # as every launch here
+        elif self._host_view is not None:
+            self._host_view[:, GRAD_COLUMN.value] = pointers  # no torch op: nothing a step's trace would see
+        else:
+            column = torch.tensor(pointers, dtype=torch.int64).pin_memory()
+            self.table[:, GRAD_COLUMN.value].copy_(column, non_blocking=True)
+        self.grad_pointers = list(pointers)
+
+    def _arguments(self, hyper: tuple, amp: Optional[tuple]) -> tuple:
+        if capturing(self.device) and self not in _captured_launches:
+            _captured_launches.append(self)
+        if any(isinstance(h, torch.Tensor) for h in hyper):  # hyper: the rule's named tuple, kept as such
+            hyper = type(hyper)(*(on_device(h, self.device, "a hyperparameter") if isinstance(h, torch.Tensor) else h
+                                  for h in hyper))
+        if amp is None:
+            return hyper, None, None, False
+        inv_scale, found_inf = (on_device(t, self.device, f"GradScaler's {name}") for t, name in
+                                zip(amp, ("scale", "found_inf")))
+        return hyper, inv_scale, found_inf, True
+
+    def _flags(self, flags):
+        """The rule's FLAGS with this launch's own (a state's first step) set by name."""
+        return flags._replace(**self.tensor_flags) if self.tensor_flags else flags
+
+    def update(self, update, param_active, hyper: tuple, flags: tuple, seed: Optional[torch.Tensor] = None,
+               amp: Optional[tuple] = None, quantization_count: Optional[torch.Tensor] = None) -> None:
+        """The rule's ``update`` over every tensor. ``seed``: None rounds to nearest; a 0-d int64 tensor
+        on the device makes 16-bit stores stochastic, and counts the launch. ``amp``: None, or
+        GradScaler's (inverse scale, found_inf) as one-element fp32 tensors. ``quantization_count``
+        (quantized states): the 0-d int64 tensor that keys the stochastic rounding of codes."""
+        hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
+        if quantization_count is not None:
+            quantization_count = on_device(quantization_count, self.device, "the quantization count")
+        if seed is not None:
+            seed.add_(1)  # each launch draws other random bits (the low 32 bits count launches)
+        multi_tensor_update_kernel[self.grid](
+            self.table, self.chunk_tensor, self.chunk_index, hyper, seed, inv_scale, found_inf, quantization_count,
+            UPDATE=update,
+            PARAM_ACTIVE=param_active, FLAGS=self._flags(flags), STOCHASTIC=seed is not None, AMP=use_amp,
+            **self.constants)
+
+    def reduce(self, reduce, param_active, n_outputs: int, hyper: tuple, flags: tuple,
+               amp: Optional[tuple] = None) -> None:
+        """Adds each tensor's sums of ``reduce``'s terms into its last ``n_outputs`` scalars."""
+        hyper, inv_scale, found_inf, use_amp = self._arguments(hyper, amp)
+        multi_tensor_reduce_kernel[self.grid](
+            self.table, self.chunk_tensor, self.chunk_index, hyper, inv_scale, found_inf, REDUCE=reduce,
+            PARAM_ACTIVE=param_active, FLAGS=self._flags(flags), N_OUTPUTS=n_outputs, AMP=use_amp,
+            **self.constants)
+
+
+def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
+                     quantization: Optional[QuantizedStates] = None) -> list[tuple[list[int], Launch]]:
+    """The launches of ``slots``, one per launch key (device, dtypes, 16-byte alignment, a tensor's
+    flags, per-row scalars): (the indices into ``slots`` it covers, the Launch). Checked first; empty
+    tensors get no launch. ``quantization``: how quantized states are coded, None for float states."""
+    check_slots(slots, quantization)
+    indices: dict = {}
+    for i, s in enumerate(slots):
+        if s.param.numel() > 0:
+            indices.setdefault(s.launch_key(), []).append(i)
+    return [(members, Launch([slots[i] for i in members], rule_name, quantization)) for members in indices.values()]
+
+
+__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device",
+           "prepare_launches", "walkable"]

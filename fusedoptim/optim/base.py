@@ -1,0 +1,316 @@
+"""The one optimizer base class: param groups, lazy state, copies, and the step: the launch plan
+(optim.plan) run eagerly, or one op under torch.compile; loading a checkpoint is optim.checkpoint's. A
+rule adds nothing here; it is a row of optim.registry."""
+import inspect
+
+import torch
+
+from fusedoptim.kernels import ops
+from fusedoptim.kernels.shards import local
+from fusedoptim.optim.checkpoint import load_checkpoint
+from fusedoptim.optim.master_weights import rebuild_master, split_master
+from fusedoptim.optim.plan import StepPlan, _same, count_step
+from fusedoptim.optim.quantization import COUNT_KEY, dequantize, quantize, scale_name
+from fusedoptim.optim.rounding import stochastic_round
+from fusedoptim.optim.states import MASTER_RESIDUAL
+from fusedoptim.optim.torch_switches import SWITCHES, impl_from_switches
+from fusedoptim.optim.validation import check_hyperparameters, check_options, check_param
+
+# Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
+OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False,
+               master_weight_bits=None)
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of every optimizer here; subclasses are made from registry rows by ``optimizer_class``.
+
+    ``impl``: "reference" runs the rule's pure-PyTorch oracle; "triton" the fused multi-tensor
+    kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
+    can run the params as they are (device, dtype, a dense layout shared by param, gradient and
+    states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
+    (default: each param's own dtype, as torch.optim), or "int8" or "int4": codes and one fp32 scale
+    per block (``optim.quantization``), dequantized and requantized inside the step.
+    ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
+    reproducibly from ``seed``, so that updates below half an ulp still move them on average.
+    ``gradient_release``: each param's gradient is applied the moment autograd has accumulated it,
+    then freed; ``backward()`` alone trains (every rule whose row allows it; under accumulation, the
+    rules that fold gradients: Tiger). ``master_weight_bits`` (bf16 and fp16 params): None, or 32 to
+    step an fp32 master kept as the param plus an int16 residual (state "master_residual"), exactly as
+    fp32 params would step, or 24 for an int8 residual (1/256 of θ's ulp); see kernels.master_weights.
+    """
+
+    rule = None  # set on each subclass: its optim.registry.Rule
+    # torch.amp.GradScaler.step sets self.grad_scale and self.found_inf and calls step(): the kernel
+    # unscales the gradients and, on found_inf, writes nothing (as torch's fused Adam).
+    _step_supports_amp_scaling = True
+
+    def __init__(self, params, defaults, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
+                 gradient_release=False, master_weight_bits=None):
+        check_options(self.rule, impl=impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
+                      seed=seed, gradient_release=gradient_release, master_weight_bits=master_weight_bits)
+        check_hyperparameters(self.rule, defaults, "the optimizer's arguments")
+        self.impl = impl
+        self.state_dtype = state_dtype
+        self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
+        self.master_weight_bits = master_weight_bits
+        self._rounding_seeds = {}  # device -> 0-d int64: the seed above bit 32, launches counted below
+        self._reference_generator = torch.Generator().manual_seed(seed)
+        self._step_counters = {}  # device -> the step count of a rule with step_per_optimizer (Tiger)
+        self._start_planning()
+        super().__init__(params, _own_dicts(defaults))
+
+    def _start_planning(self):
+        """No plan yet (the first step builds one), a key for the compiled step's op."""
+        self._plan, self._release_plans, self._group_index, self._params = None, {}, {}, []
+        self._key = ops.register(self._step_from_op)
+        self._backward_counted = False  # gradient release: whether this backward's micro-step was counted
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        index = len(self.param_groups) - 1
+        group = self.param_groups[index]
+        group.update(_own_dicts(group))  # the caller's group object stays the group, as in torch.optim
+        try:
+            check_hyperparameters(self.rule, group, f"param group {index}")
+            for i, param in enumerate(group["params"]):
+                check_param(self.rule, param, f"param {i} of param group {index}")
+        except (TypeError, ValueError):
+            self.param_groups.pop()  # the group was not valid: leave the optimizer as it was
+            raise
+        self._register_params(index)
+
+    def _register_params(self, index):
+        # Every param in group order, as a new list: what the compiled step hands its op. A list of its
+        # own, so that the traced step reads no param group (dynamo would guard on a float lr's value).
+        self._params = [param for group in self.param_groups for param in group["params"]]
+        for param in self.param_groups[index]["params"]:
+            self._group_index[param] = index
+            if self.rule.step_per_optimizer:  # from the first step(), even one without any gradient
+                self._step_counter(local(param).device)
+            if self.gradient_release:
+                param.register_post_accumulate_grad_hook(self._release_gradient)
+
+    @torch.no_grad()
+    def _release_gradient(self, param):
+        """Gradient release: this param's step (a micro-step under accumulation), then its gradient freed."""
+        plan = self._release_plans.get(param)
+        if plan is None or not plan.refresh(self):
+            plan = StepPlan(self, only=param)
+            plan.make(self)
+            self._release_plans[param] = None if plan.single_use else plan
+        if self.rule.step_per_optimizer and not self._backward_counted:
+            # A backward is one micro-step: its first gradient counts it, for every param, and autograd
+            # calls back when the backward has ended, so that the next backward counts its own.
+            count_step(self._step_counters.values(), None)
+            self._backward_counted = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+        plan.run(self, None)
+        param.grad = None
+
+    def _end_backward(self):
+        """Autograd's call at the end of the backward that counted a micro-step. A backward run inside a
+        node of another (a reentrant activation checkpoint's) is part of that one's micro-step: the note
+        waits for the node, then for the end of the enclosing backward."""
+        node = torch._C._current_autograd_node()
+        if node is None:
+            self._backward_counted = False
+        else:
+            node.register_hook(lambda grad_inputs, grad_outputs:
+                               torch.autograd.Variable._execution_engine.queue_callback(self._end_backward))
+
+    def _step_counter(self, device):
+        """The optimizer's step count on ``device`` (a rule with step_per_optimizer): made at the first
+        param there, from the count on another device if the optimizer has one, so that all agree."""
+        counter = self._step_counters.get(device)
+        if counter is None:
+            counts = list(self._step_counters.values())
+            counter = (counts[0].to(device, copy=True) if counts
+                       else torch.zeros((), dtype=torch.float32, device=device))
+            self._step_counters[device] = counter
+        return counter
+
+    def counter(self, name):
+        """The sum over every param of a counting state (Tiger: "nan_skips"), as a device tensor: no sync."""
+        if name not in self.rule.counters:
+            raise ValueError(f"{self.rule.name}: counter({name!r}) is not one of its counters {self.rule.counters}")
+        values = [state[name] for state in self.state.values() if name in state]
+        if not values:
+            return torch.zeros((), dtype=torch.float32)
+        return torch.stack([value.to(values[0].device) for value in values]).sum()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if torch.compiler.is_compiling():
+            self._compiled_step()
+        else:
+            self._step(self._amp_scaling())
+        return loss
+
+    def _step(self, amp, given_params=None):
+        """The step: its plan reused, or built with every check before any tensor changes."""
+        if given_params is not None and not _same(given_params, [p for g in self.param_groups for p in g["params"]]):
+            raise RuntimeError(f"{self.rule.name}: the compiled step handed its op other tensors than the optimizer's "
+                               "params; it would update copies. Compile optimizer.step as a whole")
+        plan = self._plan
+        if plan is None or not plan.refresh(self):
+            self._plan = None
+            plan = StepPlan(self)
+            if amp is not None and plan.makes_first_step_states and amp[1].item() != 0:
+                return  # a skipped step makes no state that its first step would have written (SGD's buffer)
+            plan.make(self)
+            self._plan = None if plan.single_use else plan
+        if amp is not None and plan.has_reference and amp[1].item() != 0:
+            return  # the reference asks the host whether GradScaler skips this step: one sync
+        plan.run(self, amp)
+
+    def _compiled_step(self):
+        """What torch.compile traces: one op call on the tensors the graph must order it by (the params it
+        updates, GradScaler's tensors). The op's body (``_step_from_op``) runs ``_step`` at run time,
+        which reads the gradients and the hyperparameters and checks everything as an eager step does:
+        the graph guards on neither, so no value of the lr, float or tensor, ever recompiles it."""
+        inv_scale, found_inf = self._amp_scaling() or (None, None)
+        ops.step(self._key, self._params, inv_scale, found_inf)
+
+    def _step_from_op(self, params, inv_scale, found_inf):
+        with torch.no_grad():
+            self._step(None if inv_scale is None else (inv_scale, found_inf), given_params=params)
+
+    def _amp_scaling(self):
+        """None, or (inverse loss scale, found_inf) from the grad_scale and found_inf GradScaler set."""
+        grad_scale, found_inf = getattr(self, "grad_scale", None), getattr(self, "found_inf", None)
+        if grad_scale is None and found_inf is None:
+            return None
+        if self.gradient_release:
+            raise RuntimeError(f"{self.rule.name}: gradient_release=True applies each gradient inside backward, "
+                               "before GradScaler can check it for infs; train in bf16 without a GradScaler, or "
+                               "without gradient_release")
+        reference = grad_scale if grad_scale is not None else found_inf
+        inv_scale = (grad_scale.double().reciprocal().float() if grad_scale is not None
+                     else torch.ones((), dtype=torch.float32, device=reference.device))
+        found_inf = (found_inf.float() if found_inf is not None
+                     else torch.zeros((), dtype=torch.float32, device=reference.device))
+        return inv_scale.reshape(()), found_inf.reshape(())
+
+    def _reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None):
+        """The rule's oracle over one group; GradScaler's verdict was read on the host before. ``kinds``
+        (quantized states: name → kind, in the kernel's order): the oracle runs on their fp32 values,
+        laid out as the params, which are then quantized back with the kernel's scheme and draws."""
+        if kinds:
+            scales = set(map(scale_name, kinds))
+            full_states = [{name: dequantize(value, state[scale_name(name)], kinds[name], param) if name in kinds
+                            else value for name, value in state.items() if name not in scales}
+                           for param, state in zip(params, states)]
+            self._reference_step(group, params, grads, full_states, first_step, amp)
+            for state, full_state in zip(states, full_states):
+                for column, (name, kind) in enumerate(kinds.items()):
+                    quantize(full_state[name], kind, state[name], state[scale_name(name)], group[COUNT_KEY], column)
+            return
+        if amp is not None:
+            grads = [g.float() * amp[0].to(g.device) for g in grads]
+        arguments = (first_step,) if self.rule.has_first_step_states else ()
+        if self.master_weight_bits is not None:
+            # The oracle steps the fp32 masters (fed fp32 gradients, as fp32 params are), split back after.
+            residuals = [state[MASTER_RESIDUAL] for state in states]
+            masters = [rebuild_master(p, residual) for p, residual in zip(params, residuals)]
+            rule_states = [{name: value for name, value in state.items() if name != MASTER_RESIDUAL} for state in states]
+            self.rule.reference(masters, [g.float() for g in grads], rule_states, group, *arguments)
+            for param, residual, master in zip(params, residuals, masters):
+                new_param, new_residual = split_master(master, param.dtype, residual.dtype)
+                param.copy_(new_param)
+                residual.copy_(new_residual)
+            return
+        if not self.stochastic_rounding:
+            self.rule.reference(params, grads, states, group, *arguments)
+            return
+        # The reference runs on fp32 copies of the 16-bit tensors, which are then rounded stochastically.
+        full_params = [p.float() for p in params]
+        full_states = [{name: value.float() for name, value in state.items()} for state in states]
+        self.rule.reference(full_params, grads, full_states, group, *arguments)
+        pairs = list(zip(params, full_params))
+        pairs += [(state[name], full_state[name]) for state, full_state in zip(states, full_states) for name in state]
+        for tensor, full in pairs:
+            if full is not tensor:  # a 16-bit tensor: its fp32 copy goes back rounded
+                tensor.copy_(stochastic_round(full, tensor.dtype, self._reference_generator))
+
+    def _rounding_seed(self, device):
+        """None (round to nearest), or this device's stochastic-rounding seed tensor."""
+        if not self.stochastic_rounding:
+            return None
+        if device not in self._rounding_seeds:
+            self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
+        return self._rounding_seeds[device]
+
+    def load_state_dict(self, state_dict):
+        """torch.optim's load, checked first and converted to this optimizer's states: optim.checkpoint."""
+        load_checkpoint(self, state_dict, super().load_state_dict)
+
+    def __getstate__(self):
+        """torch's state (defaults, state, param groups) and every option, so that a deepcopy, a pickle
+        or torch.save(optimizer) steps exactly like the original; plans are rebuilt by the copy."""
+        return {**super().__getstate__(), **{name: getattr(self, name) for name in OPTIONS},
+                "_rounding_seeds": self._rounding_seeds, "_step_counters": self._step_counters,
+                "_reference_generator_state": self._reference_generator.get_state()}
+
+    def __setstate__(self, state):
+        generator_state = state.pop("_reference_generator_state", None)
+        super().__setstate__(state)
+        if generator_state is None:
+            return  # torch's load_state_dict sets the state and groups through here: not a copy
+        for name, default in OPTIONS.items():  # a copy made before an option existed steps without it
+            self.__dict__.setdefault(name, default)
+        self._reference_generator = torch.Generator()
+        self._reference_generator.set_state(generator_state)
+        self._start_planning()
+        for index in range(len(self.param_groups)):
+            self._register_params(index)
+
+    def __repr__(self):
+        text = super().__repr__()
+        options = ", ".join(f"{name}={getattr(self, name)!r}" for name in OPTIONS)
+        return text.replace(" (", f" ({options}", 1)
+
+
+def _own_dicts(hyperparameters: dict) -> dict:
+    """``hyperparameters`` with a copy of each dict-valued one (Tiger's lr_schedule): torch.optim keeps
+    the caller's object in the defaults and in every group that takes the default, so that whatever
+    changes one in place (torch.distributed.checkpoint's dcp.load writes loaded keys into it) would
+    change the caller's dict, the defaults and other groups with it."""
+    return {name: dict(value) if isinstance(value, dict) else value for name, value in hyperparameters.items()}
+
+
+def optimizer_class(rule):
+    """The torch.optim.Optimizer subclass for one registry row, with the row's signature."""
+    parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+                  inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+                   for name, default in rule.defaults.items()]
+    parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                   for name, default in OPTIONS.items()]
+    signature = inspect.Signature(parameters)
+
+    def __init__(self, *args, **kwargs):
+        switches = {name: kwargs.pop(name) for name in SWITCHES if name in kwargs}  # torch.optim's
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"{rule.name}: {error}; its arguments are {list(signature.parameters)[2:]}") from None
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
+        if switches:
+            options["impl"] = impl_from_switches(rule, switches, arguments, options["impl"])
+        arguments.update({spec.name: spec.recorded(arguments) for spec in rule.hyperparameters if spec.recorded})
+        FusedOptimizer.__init__(self, params, arguments, **options)
+
+    __init__.__signature__ = signature
+    arguments = ", ".join(f"{spec.name}={spec.default!r}" + (" (a float or a one-element tensor)" if spec.tensor else "")
+                          for spec in rule.arguments)
+    doc = (f"{rule.summary}.\n\nArguments: {arguments}.\n\nThe equations: {rule.reference.__module__}."
+           f"{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}")
+    return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,
+                                              "__module__": "fusedoptim.optim", "__qualname__": rule.name})

@@ -1,0 +1,50 @@
+import torch
+
+from fusedoptim.optim.reference import upcast
+
+
+def adam(params, grads, states, group, decoupled_weight_decay=False):
+    r"""Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015), in torch's order.
+
+    With g ← −g if maximize, and g ← g + λθ (L2, coupled) unless the decay is decoupled (AdamW,
+    Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019: θ ← θ(1 − ηλ) first):
+
+    .. math::
+        m_t = β_1 m_{t-1} + (1-β_1) g_t, \qquad v_t = β_2 v_{t-1} + (1-β_2) g_t^2,
+        \hat v_t = \max(\hat v_{t-1}, v_t) \text{ (amsgrad) else } v_t,
+        θ_t = θ_{t-1} - \frac{η}{1-β_1^t} \cdot \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-β_2^t} + ε}.
+
+    State per param: step (fp32 scalar tensor), exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only).
+    """
+    lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), map(float, group["betas"]), group["eps"], group["weight_decay"]
+    for param, grad, state in zip(params, grads, states):
+        step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
+        theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype
+        exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
+        if group["maximize"]:
+            g = -g
+        if weight_decay != 0:  # skipped at 0, as torch does: 0·θ of an infinite θ is NaN
+            if decoupled_weight_decay:
+                theta = theta * (1 - lr * weight_decay)  # AdamW: decay θ before the update
+            else:
+                g = g + weight_decay * theta  # Adam: L2 added to the gradient
+        exp_avg = exp_avg.lerp(g, 1 - beta1)  # m ← β1·m + (1 − β1)·g
+        exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g  # v ← β2·v + (1 − β2)·g²
+        bias_correction1 = 1 - beta1**step
+        bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+        if group["amsgrad"]:
+            max_exp_avg_sq = torch.maximum(upcast(state["max_exp_avg_sq"]), exp_avg_sq)  # v̂ ← max(v̂, v)
+            state["max_exp_avg_sq"].copy_(max_exp_avg_sq)
+            denom = max_exp_avg_sq.sqrt() / bias_correction2_sqrt + eps
+        else:
+            denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps  # √v / √(1 − β2ᵗ) + ε
+        # θ ← θ − η/(1 − β1ᵗ) · m/denom, as ((η/(1 − β1ᵗ))·m)/denom: torch's order, where the product may overflow
+        theta = theta - ((lr / bias_correction1) * exp_avg) / denom
+        param.copy_(theta)
+        state["exp_avg"].copy_(exp_avg)
+        state["exp_avg_sq"].copy_(exp_avg_sq)
+
+
+def adamw(params, grads, states, group):
+    """AdamW: ``adam`` with decoupled weight decay; see its docstring."""
+    adam(params, grads, states, group, decoupled_weight_decay=True)

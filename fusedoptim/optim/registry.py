@@ -1,0 +1,183 @@
+"""The registry: one row per update rule. Classes, tests, benchmarks and the tuner iterate it.
+
+Adding a rule is its math (fusedoptim/kernels/<rule>.py), its oracle (fusedoptim/optim/reference/<rule>.py) and one row
+here, which declares its hyperparameters (optim.hyperparameters) and states (what a row holds and what
+follows from it: optim.rule); fusedoptim/optim/__init__.py exports every row's class by itself.
+"""
+import torch
+
+from fusedoptim.kernels.adadelta import adadelta_update
+from fusedoptim.kernels.adagrad import adagrad_update
+from fusedoptim.kernels.adam import adam_update
+from fusedoptim.kernels.eg import eg_update
+from fusedoptim.kernels.egstepsize import egstepsize_update
+from fusedoptim.kernels.lion import lion_update
+from fusedoptim.kernels.rmsprop import rmsprop_update
+from fusedoptim.kernels.sgd import sgd_update
+from fusedoptim.kernels.elementwise import never
+from fusedoptim.kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
+from fusedoptim.kernels.signsgd import signsgd_update
+from fusedoptim.kernels.signum import signum_update
+from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
+from fusedoptim.optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas, bounds,
+                                   bounds_in_kernel, eps, flag, fraction, lr, momentum, nesterov, nonnegative,
+                                   param_kind, positive_integer, schedule, schedule_in_kernel, shrink, weight_decay)
+from fusedoptim.optim.param_groups import tiger_param_groups
+from fusedoptim.optim.reference.adadelta import adadelta
+from fusedoptim.optim.reference.adagrad import adagrad
+from fusedoptim.optim.reference.adam import adam, adamw
+from fusedoptim.optim.reference.eg import eg
+from fusedoptim.optim.reference.egstepsize import egstepsize
+from fusedoptim.optim.reference.lion import lion
+from fusedoptim.optim.reference.rmsprop import rmsprop
+from fusedoptim.optim.reference.sgd import sgd
+from fusedoptim.optim.reference.sgdhd import sgdhd
+from fusedoptim.optim.reference.signsgd import signsgd
+from fusedoptim.optim.reference.signum import signum
+from fusedoptim.optim.reference.tiger import tiger
+from fusedoptim.optim.sgdhd import sgdhd_prepare
+from fusedoptim.optim.tiger import tiger_prepare
+
+from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, State, Tolerance
+
+ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8), weight_decay(0), flag("amsgrad"), MAXIMIZE)
+ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
+               State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
+
+RULES = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            name="SGD",
+            summary="Gradient descent with momentum, dampening and Nesterov (Polyak 1964; Sutskever et al. 2013)",
+            reference=sgd, update=sgd_update,
+            hyperparameters=(lr(1e-3), momentum(0), nonnegative("dampening", 0), weight_decay(0),
+                             Hyperparameter("nesterov", False, nesterov, kernel="flag", bad=(
+                                 ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
+            states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
+            torch_twin=torch.optim.SGD, complex_params=True, sparse_gradients=True,
+        ),
+        Rule(
+            name="Adagrad",
+            summary="Per-coordinate lr from the sum of squared gradients (Duchi, Hazan & Singer 2011)",
+            reference=adagrad, update=adagrad_update,
+            hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0), weight_decay(0),
+                             nonnegative("initial_accumulator_value", 0), eps(1e-10), MAXIMIZE),
+            states=(State("sum", initial="initial_accumulator_value", kind="accumulator"),), scalar_states=("step",),
+            torch_twin=torch.optim.Adagrad, complex_params=True, sparse_gradients=True,
+        ),
+        Rule(
+            name="RMSprop",
+            summary="Per-coordinate lr from a running mean of squared gradients (Hinton 2012; centered: Graves 2013)",
+            reference=rmsprop, update=rmsprop_update,
+            hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99), eps(1e-8), weight_decay(0),
+                             momentum(0, present=lambda value: value > 0),
+                             flag("centered"), MAXIMIZE),
+            states=(State("square_avg", kind="nonnegative"),
+                    State("momentum_buffer", when=lambda group: group["momentum"] > 0),
+                    State("grad_avg", when="centered")),
+            scalar_states=("step",), torch_twin=torch.optim.RMSprop, complex_params=True,
+            # The momentum buffer sums terms g/(√v + ε) as large as 1/√(1 − α) = 10 that cancel to
+            # ~0.1: one fp32 ulp of a term (1e-6), from another operation order (torch's CPU kernels
+            # round g + λθ once), becomes a few 1e-6 absolute over 20 steps.
+            tolerances={**TOLERANCES, torch.float32: Tolerance(atol=1e-5, rtol=1e-5)},
+        ),
+        Rule(
+            name="Adadelta",
+            summary="Step sizes from running means of squared gradients and squared updates (Zeiler 2012)",
+            reference=adadelta, update=adadelta_update,
+            hyperparameters=(lr(1.0), Hyperparameter("rho", 0.9, at_most_one, bad=((1.5, "must be in [0, 1]"),)),
+                             eps(1e-6), weight_decay(0), MAXIMIZE),
+            states=(State("square_avg", kind="nonnegative"), State("acc_delta", kind="nonnegative")),
+            scalar_states=("step",),
+            torch_twin=torch.optim.Adadelta, complex_params=True,
+        ),
+        Rule(
+            name="Adam",
+            summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
+            reference=adam, update=adam_update,
+            hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
+            flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
+        ),
+        Rule(
+            name="AdamW",
+            summary="Adam with decoupled weight decay θ ← θ(1 − ηλ) (Loshchilov & Hutter 2019)",
+            reference=adamw, update=adam_update,
+            hyperparameters=tuple(weight_decay(1e-2) if spec.name == "weight_decay" else spec
+                                  for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
+            flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
+        ),
+        Rule(
+            name="Lion",
+            summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
+            reference=lion, update=lion_update,
+            hyperparameters=(lr(1e-4), betas((0.9, 0.99)), weight_decay(0.0), flag("decoupled_weight_decay"),
+                             Hyperparameter("lr_at_construction", 1e-4, at_least_zero, tensor=True,
+                                            recorded=lambda arguments: arguments["lr"])),
+            states=(State("exp_avg"),),
+            sign_flip_fraction=1e-4,
+        ),
+        Rule(
+            name="SignSGD",
+            summary="The sign of the gradient, decoupled decay (Bernstein et al. 2018)",
+            reference=signsgd, update=signsgd_update,
+            hyperparameters=(lr(1e-3), weight_decay(0.0)), states=(),
+        ),
+        Rule(
+            name="Signum",
+            summary="The sign of momentum, decoupled decay (Bernstein et al. 2018)",
+            reference=signum, update=signum_update,
+            # Signum's momentum interpolates (m ← βm + (1 − β)g): a fraction, unlike SGD's.
+            hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, bad=(
+                (1.5, "must be in [0, 1)"), (-0.1, "must be in [0, 1)"), (torch.tensor(0.9), "must be a Python number"))),
+                weight_decay(0.0)), states=(State("exp_avg"),),
+            sign_flip_fraction=1e-4,
+        ),
+        Rule(
+            name="EG",
+            summary="Exponentiated gradient θ ← θ·exp(−ηg) for non-negative params (Kivinen & Warmuth 1997)",
+            reference=eg, update=eg_update,
+            hyperparameters=(lr(1e-2),), states=(), nonnegative_params=True,
+        ),
+        Rule(
+            name="EGStepSize",
+            summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
+            reference=egstepsize, update=egstepsize_update,
+            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, to_kernel=bounds_in_kernel, test_variants=((0.5, 2.0),), bad=(
+                ((0.0, 10.0), "0 < low <= high"), ((2.0, 1.0), "0 < low <= high"), (5.0, "None or a pair")))),
+            states=(State("step_size", initial=1.0, kind="multiplicative"), State("prev_grad")),
+        ),
+        Rule(
+            name="SGDHD",
+            summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
+            reference=sgdhd, update=sgdhd_update,
+            hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6, test_value=1e-4)), states=(State("prev_grad"),),
+            prepare=sgdhd_prepare,
+            reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
+            release_refused="its lr moves by one dot product ⟨g, g_prev⟩ over every param's gradient, which no "
+                            "single param's gradient hook has",
+        ),
+        Rule(
+            name="Tiger",
+            summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
+            reference=tiger, update=tiger_update,
+            hyperparameters=(
+                lr(1e-3), Hyperparameter("beta", 0.965, fraction, bad=((1.0, "must be in [0, 1)"), (-0.5, "[0, 1)"))),
+                weight_decay(0.01),
+                Hyperparameter("grad_accum_steps", 1, positive_integer, test_variants=(3,),
+                               bad=((0, "integer >= 1"), (2.5, "integer >= 1"))),
+                Hyperparameter("shrink_ratio", 0.99, shrink, bad=((0.0, "must be in (0, 1]"), (1.5, "(0, 1]"))),
+                Hyperparameter("lr_schedule", {0: 1}, schedule, to_kernel=schedule_in_kernel,
+                               test_variants=({2: 1.0, 5: 0.25},), bad=(
+                    ({}, "non-empty dict"), ({-5: 1.0}, "steps >= 0"), ({0: float("nan")}, "finite number"),
+                    ([(0, 1.0)], "non-empty dict"))),
+                Hyperparameter("param_kind", "auto", param_kind, kernel="host", bad=(("conv", "must be one of"),),
+                               test_variants=("embedding", "normalization", "matrix"))),
+            param_groups=tiger_param_groups,
+            states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
+            prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
+            update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
+            extra_reads=2, folds_gradients=True, step_per_optimizer=True,
+        ),
+    )
+}

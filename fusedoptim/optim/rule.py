@@ -1,0 +1,210 @@
+"""What a registry row is (``optim.registry`` holds the rows): a rule's declaration — its math, its
+oracle, its hyperparameters and states, the capabilities the generic code reads — and what follows
+from it: the kernel's arguments for a param group, the states a group keeps, and the bytes per param
+of params, gradients and states in any precision (the memory model the profiles measure against).
+"""
+import collections
+import functools
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+import torch
+
+from fusedoptim.optim.master_weights import RESIDUAL_DTYPES
+from fusedoptim.optim.quantization import FORMATS, is_quantized, scale_numel
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class State:
+    """One element-wise state tensor, shaped like its param."""
+
+    name: str
+    # When the state exists: always (None), while a group key is truthy ("amsgrad", "momentum": torch
+    # keeps no momentum buffer for momentum 0), or while a predicate of the group holds.
+    when: Union[None, str, Callable] = None
+    # Its value before the first step: a number, the group key holding the number
+    # ("initial_accumulator_value"), or FIRST_STEP: the rule's first step makes it (SGD's buffer is
+    # the first gradient). The kernel then sees a compile-time flag, True on that first step.
+    initial: Union[float, str] = 0.0
+    # What its values are, which chooses its int8 scheme (optim.quantization): "signed" (momenta,
+    # gradients), "nonnegative" (running means of squares), "accumulator" (a growing sum of squares),
+    # "multiplicative" (positive step sizes changed by factors near 1).
+    kind: str = "signed"
+
+    def exists(self, group) -> bool:
+        if self.when is None:
+            return True
+        return bool(self.when(group) if callable(self.when) else group[self.when])
+
+
+FIRST_STEP = "made by the first step"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+
+
+# Kernel against reference, both fp32 math: they differ only by the order of fp32 operations (fused
+# multiply-adds, exp2/log2 for beta ** step), a few ulps of fp32. Stored in half precision, such a
+# difference can round the other way: one ulp of the storage dtype (bf16 2^-8 relative, fp16 2^-11),
+# and over 7 steps the states can carry a few of those forward.
+TOLERANCES = {
+    torch.float32: Tolerance(atol=1e-6, rtol=1e-5),
+    torch.bfloat16: Tolerance(atol=1e-2, rtol=2e-2),
+    torch.float16: Tolerance(atol=2e-3, rtol=4e-3),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str  # the optimizer class's name
+    summary: str  # one line: what the rule does, and its paper
+    reference: Callable  # the oracle, rule(params, grads, states, group)
+    update: Callable  # the @triton.jit math the shared launcher runs (kernels.launcher.Launch.update)
+    hyperparameters: tuple  # its optim.hyperparameters.Hyperparameter declarations, in signature order
+    states: tuple  # the element-wise State tensors
+    scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
+    # Host-side set-up of the scalars its kernels read, once per launch plan (Tiger's classes of
+    # tensors and sums, SGDHD's α): (group, local params, states, shards, packed scalar states) ->
+    # optim.prepared.Prepared. Without it, each tensor's scalars are its scalar states.
+    prepare: Optional[Callable] = None
+    # A @triton.jit reduction run over the same tensors before each update, into the last
+    # Prepared.outputs scalars (Tiger's NaN counts and Σθ², SGDHD's ⟨g, g_prev⟩); see kernels.multi_tensor.
+    reduce: Optional[Callable] = None
+    # @triton.jit predicates (scalars, hyper, FLAGS) -> bool: where False, that launch neither reads nor
+    # writes θ (Tiger's micro-steps that do not move it). None: θ is always read.
+    reduce_reads_param: Optional[Callable] = None
+    update_reads_param: Optional[Callable] = None
+    # Its param groups from a model, when its classes of tensors differ (Tiger's tiger_param_groups).
+    param_groups: Optional[Callable] = None
+    # Compile-time constants of the rule's kernel, besides its flag hyperparameters (AdamW's decoupled decay).
+    flags: dict = field(default_factory=dict)
+    # Group keys whose change rebuilds the launch plan, besides the compile-time flags and the states
+    # (Tiger's param_kind: its classes of tensors are laid out in the plan).
+    plan_keys: tuple = ()
+    dtypes: tuple = DTYPES  # param dtypes the kernel supports
+    tolerances: dict = field(default_factory=lambda: dict(TOLERANCES))
+    # Sign rules: where the momentum is within fp32 rounding of zero (about 1e-7 of its scale, so
+    # about one element in 10^7 per step), a different fp32 operation order (GPU fused multiply-adds)
+    # can take the opposite sign and move θ by 2·lr the other way. At most floor(fraction · numel)
+    # elements of a tensor may differ: none in tensors under 10^4 elements, so that a lost element (a
+    # tail the mask dropped) is never excused.
+    sign_flip_fraction: float = 0.0
+    # Reads of param-sized tensors beyond θ, g and each state once: Tiger's RMS(θ) and NaN verdict on
+    # g (2); SGDHD's dot product reads g and g_prev, and then the update need not read g_prev (1).
+    extra_reads: int = 0
+    torch_twin: Optional[type] = None  # the torch.optim class this rule must match
+    # Complex params stepped as torch.optim steps them: param, gradient and states as torch.view_as_real,
+    # element-wise on the real and imaginary parts (the states are kept complex, as torch keeps them).
+    complex_params: bool = False
+    # Sparse gradients (nn.Embedding(sparse=True)) served by the reference, densified, as torch's twin
+    # serves them; the kernel reads dense gradients only. Weight decay is refused with them, as torch does.
+    sparse_gradients: bool = False
+    nonnegative_params: bool = False  # the rule needs params >= 0 from the start (EG)
+    learns_lr: bool = False  # the rule changes group["lr"] itself (SGDHD): a scheduler's lr is a start
+    # Scalar states that count events (Tiger's NaN skips): optimizer.counter(name) sums them on the device.
+    counters: tuple = ()
+    # Each micro-batch's gradient can be folded into the state the moment autograd has it (Tiger's
+    # built-in accumulation: the update reads only m and θ), so gradient release works under accumulation.
+    folds_gradients: bool = False
+    # Why gradient_release=True is refused, for a rule whose update needs more than its own param's
+    # gradient (SGDHD's hypergradient: one dot product over every param's); "" where it is allowed.
+    release_refused: str = ""
+    # The "step" scalar state counts the optimizer's (micro-)steps, not each param's (Tiger: the
+    # original's one `iterations`): every param's step is one counter per device, advanced once by
+    # each step, also for params without a gradient (left untouched, they keep the optimizer's phase),
+    # and under gradient_release once by each backward.
+    step_per_optimizer: bool = False
+
+    def kernel_arguments(self, group) -> tuple:
+        """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:
+        ``hyper.lr``, ``FLAGS.AMSGRAD``. FLAGS.FIRST_STEP (rules with a state made by the first step) is
+        the launcher's to set per tensor. FLAGS.<STATE>_INDEX is where each declared state is in the
+        kernel's ``states`` (-1 where the group keeps none): ``states[FLAGS.GRAD_AVG_INDEX]``."""
+        return tuple(fields(**values) for fields, values in zip(self._kernel_types, self._kernel_fields(group)))
+
+    def _kernel_fields(self, group) -> tuple:
+        hyper, flags = {}, dict(self.flags)
+        for spec in self.hyperparameters:
+            value = group[spec.name] if spec.recorded is None else group.get(spec.name, spec.default)
+            numbers, choices = spec.kernel_fields(value)
+            hyper.update(numbers)
+            flags.update(choices)
+        names = self.state_names(group)
+        flags.update({f"{spec.name.upper()}_INDEX": names.index(spec.name) if spec.name in names else -1
+                      for spec in self.states})
+        if self.has_first_step_states:
+            flags["FIRST_STEP"] = False
+        return hyper, flags
+
+    @functools.cached_property
+    def _kernel_types(self) -> tuple:
+        """The rule's named tuple types, their fields those its defaults give (built once per rule)."""
+        hyper, flags = self._kernel_fields({spec.name: spec.default for spec in self.hyperparameters})
+        return (collections.namedtuple(f"{self.name}Hyperparameters", list(hyper)),
+                collections.namedtuple(f"{self.name}Flags", list(flags)))
+
+    @property
+    def arguments(self) -> tuple:
+        """The hyperparameters that are arguments of the class (all but the recorded ones), in order."""
+        return tuple(spec for spec in self.hyperparameters if spec.recorded is None)
+
+    @property
+    def defaults(self) -> dict:
+        """Each argument's default, in the order of the class signature (recorded hyperparameters are none)."""
+        return {spec.name: spec.default for spec in self.arguments}
+
+    def state_names(self, group) -> tuple:
+        return tuple(s.name for s in self.states if s.exists(group))
+
+    @property
+    def has_first_step_states(self) -> bool:
+        return any(s.initial == FIRST_STEP for s in self.states)
+
+    def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True,
+                        master_weight_bits=None) -> float:
+        """Bytes one step moves per parameter: θ and g read, θ written, each state read and written (int8
+        states: a code and its share of a 4-byte scale), and the extra reads (its reduction's).
+        ``moves_param=False``: a micro-step that does not move θ (Tiger under accumulation), where θ is
+        neither read nor written: g is read by the update and by the reduction (the NaN verdict), each
+        state read and written. ``master_weight_bits``: θ's residual is read and written with θ."""
+        element = _element_size(param_dtype)
+        state_bytes = _state_element_size(state_dtype, param_dtype) * len(self.state_names(group))
+        if not moves_param:
+            return element * (1 + (self.reduce is not None)) + 2 * state_bytes
+        return element * (3 + self.extra_reads) + 2 * state_bytes + 2 * _residual_size(master_weight_bits)
+
+    def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None, master_weight_bits=None) -> int:
+        """Bytes of state kept for params of these sizes after a step: each element-wise state in
+        ``state_dtype`` (default the param's dtype, as torch.optim), each scalar state one fp32 value;
+        int8 states one byte of code per element, int4 one per started pair, and one fp32 scale per
+        started quantization block; with ``master_weight_bits`` θ's residual (int16 for 32 bits, int8
+        for 24)."""
+        names = self.state_names(group)
+        scalars = len(numels) * len(self.scalar_states) * SCALAR_STATE_BYTES
+        residuals = sum(numels) * _residual_size(master_weight_bits)
+        if not is_quantized(state_dtype):
+            return sum(numels) * _element_size(state_dtype or param_dtype) * len(names) + scalars + residuals
+        codes = sum(-(-n * FORMATS[state_dtype].bits // 8) for n in numels)
+        scales = sum(scale_numel(n, state_dtype) for n in numels) * 4
+        return (codes + scales) * len(names) + scalars + residuals
+
+
+SCALAR_STATE_BYTES = 4  # scalar states are fp32 0-d tensors on the param's device
+
+
+def _element_size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _residual_size(master_weight_bits) -> int:
+    return 0 if master_weight_bits is None else _element_size(RESIDUAL_DTYPES[master_weight_bits])
+def _state_element_size(state_dtype, param_dtype) -> float:
+    """Bytes per element of one state: a quantized one's code and its share of a 4-byte scale."""
+    if is_quantized(state_dtype):
+        return FORMATS[state_dtype].bits / 8 + 4 / FORMATS[state_dtype].block
+    return _element_size(state_dtype or param_dtype)

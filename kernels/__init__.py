@@ -1,6 +1,0 @@
-"""Triton kernels: one shared multi-tensor launcher, shared math helpers, and one math file per rule."""
-from kernels.elementwise import bias_correction, coupled_gradient, decoupled_decay, hyperparameter, sign
-from kernels.launcher import Launch, TensorSlots, prepare_launches
-
-__all__ = ["Launch", "TensorSlots", "bias_correction", "coupled_gradient", "decoupled_decay", "hyperparameter",
-           "prepare_launches", "sign"]
