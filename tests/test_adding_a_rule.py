@@ -43,7 +43,7 @@ def velocity(params, grads, states, group):
 VELOCITY = Rule(
     name="Velocity", summary="Heavy-ball momentum, undampened (a toy rule of the tests)",
     reference=velocity, update=velocity_update,
-    hyperparameters=(lr(1e-2), Hyperparameter("friction", 0.5, fraction, bad=((1.5, "must be in [0, 1)"),))),
+    hyperparameters=(lr(1e-2), Hyperparameter("friction", 0.5, fraction, "μ: the share of the velocity kept per step", bad=((1.5, "must be in [0, 1)"),))),
     states=(State("velocity"),),
 )
 

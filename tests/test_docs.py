@@ -152,3 +152,23 @@ def test_the_arguments_as_written_are_the_class_signature():
     """The rule sheet writes the arguments as inspect.signature prints each class: same names, order, values."""
     for name, rule in RULES.items():
         assert arguments(rule.defaults) in str(inspect.signature(getattr(optim, name))), name
+
+
+def test_each_class_help_explains_every_argument_and_option_from_its_declaration():
+    """help(fo.Tiger) says what each argument is: the class's docstring holds, for every parameter of
+    its signature, its name, its default and the sentence its declaration gives (Hyperparameter.doc)."""
+    for name, rule in RULES.items():
+        cls = getattr(optim, name)
+        doc = " ".join(cls.__doc__.split())  # as a reader reads it, whatever the wrapping
+        specs = {spec.name: spec for spec in rule.arguments}
+        for parameter in list(inspect.signature(cls).parameters)[1:]:  # params first, then the rest
+            if parameter in specs:
+                spec = specs[parameter]
+                assert spec.doc.strip(), f"{name}.{parameter}: its declaration has no doc"
+                assert f"{parameter}={spec.default!r}: {' '.join(spec.doc.split())}" in doc, \
+                    f"help({name}) does not explain {parameter} as declared"
+            else:
+                assert parameter in OPTIONS, f"{name}.{parameter}: neither a declared argument nor an option"
+                assert f"{parameter}={OPTIONS[parameter]!r}".replace("'", '"') in doc, \
+                    f"help({name}) does not explain the option {parameter}"
+        assert "Base of every optimizer" not in doc

@@ -2,6 +2,7 @@
 (optim.plan) run eagerly, or one op under torch.compile; loading a checkpoint is optim.checkpoint's. A
 rule adds nothing here; it is a row of optim.registry."""
 import inspect
+import textwrap
 
 import torch
 
@@ -22,21 +23,29 @@ OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
 
 
 class FusedOptimizer(torch.optim.Optimizer):
-    """Base of every optimizer here; subclasses are made from registry rows by ``optimizer_class``.
+    """Options of every class (keyword-only):
 
-    ``impl``: "reference" runs the rule's pure-PyTorch oracle; "triton" the fused multi-tensor
-    kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where it
-    can run the params as they are (device, dtype, a dense layout shared by param, gradient and
-    states), the reference elsewhere. ``state_dtype``: the dtype of the element-wise state tensors
-    (default: each param's own dtype, as torch.optim), or "int8" or "int4": codes and one fp32 scale
-    per block (``optim.quantization``), dequantized and requantized inside the step.
-    ``stochastic_rounding``: bf16 and fp16 params and states are rounded stochastically (unbiased),
-    reproducibly from ``seed``, so that updates below half an ulp still move them on average.
-    ``gradient_release``: each param's gradient is applied the moment autograd has accumulated it,
-    then freed; ``backward()`` alone trains (every rule whose row allows it; under accumulation, the
-    rules that fold gradients: Tiger). ``master_weight_bits`` (bf16 and fp16 params): None, or 32 to
-    step an fp32 master kept as the param plus an int16 residual (state "master_residual"), exactly as
-    fp32 params would step, or 24 for an int8 residual (1/256 of θ's ulp); see kernels.master_weights.
+    impl="auto": "reference" runs the rule's pure-PyTorch oracle; "triton" the fused multi-tensor
+        kernel (params on a CUDA device, or TRITON_INTERPRET=1 on the CPU); "auto" takes Triton where
+        it can run the params as they are (device, dtype, a dense layout shared by param, gradient and
+        states), the reference elsewhere. torch.optim's foreach/fused/capturable/differentiable are
+        taken too and mapped onto impl (docs/drop-in.md).
+    state_dtype=None: the dtype of the element-wise states (None: each param's own dtype, as
+        torch.optim), a float dtype, or "int8" / "int4": codes and one fp32 scale per block,
+        dequantized and requantized inside the step (docs/mixed-precision.md).
+    stochastic_rounding=False: bf16 and fp16 params and states are rounded stochastically
+        (unbiased), reproducibly from ``seed``, so that updates below half an ulp still move them on
+        average.
+    seed=0: the seed of stochastic rounding's random bits.
+    gradient_release=False: each param's gradient is applied the moment autograd has accumulated
+        it, then freed; ``backward()`` alone trains (every rule whose row allows it; under
+        accumulation, the rules that fold gradients: Tiger).
+    master_weight_bits=None (bf16 and fp16 params): 32 steps an fp32 master kept as the param plus
+        an int16 residual (state "master_residual"), exactly as fp32 params would step; 24 an int8
+        residual (1/256 of θ's ulp).
+
+    Every class here is this one with a registry row (``fusedoptim.optim.registry.RULES``) for its
+    ``rule``: made by ``optimizer_class``.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
@@ -282,6 +291,17 @@ def _own_dicts(hyperparameters: dict) -> dict:
     return {name: dict(value) if isinstance(value, dict) else value for name, value in hyperparameters.items()}
 
 
+def class_arguments(rule) -> str:
+    """The class's arguments, each explained by its declaration (``Hyperparameter.doc``)."""
+    lines = ["Arguments (a param group's dict may set any of them for its params):",
+             "    params: the tensors to optimize, or param groups (dicts), as in torch.optim."]
+    for spec in rule.arguments:
+        tensor = "; a float or a one-element tensor, read on the device" if spec.tensor else ""
+        lines.append(textwrap.fill(f"{spec.name}={spec.default!r}: {spec.doc}{tensor}.", width=100,
+                                   initial_indent="    ", subsequent_indent="        "))
+    return "\n".join(lines)
+
+
 def optimizer_class(rule):
     """The torch.optim.Optimizer subclass for one registry row, with the row's signature."""
     parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
@@ -308,9 +328,7 @@ def optimizer_class(rule):
         FusedOptimizer.__init__(self, params, arguments, **options)
 
     __init__.__signature__ = signature
-    arguments = ", ".join(f"{spec.name}={spec.default!r}" + (" (a float or a one-element tensor)" if spec.tensor else "")
-                          for spec in rule.arguments)
-    doc = (f"{rule.summary}.\n\nArguments: {arguments}.\n\nThe equations: {rule.reference.__module__}."
-           f"{rule.reference.__name__}.\n\n{FusedOptimizer.__doc__}")
+    doc = (f"{rule.summary}.\n\n{class_arguments(rule)}\n\nThe equations: the docstring of "
+           f"{rule.reference.__module__}.{rule.reference.__name__}, and docs/rules.md.\n\n{FusedOptimizer.__doc__}")
     return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,
                                               "__module__": "fusedoptim.optim", "__qualname__": rule.name})

@@ -27,6 +27,8 @@ class Hyperparameter:
     name: str
     default: Any
     check: Callable[[Any, dict], Optional[str]]
+    # What it is, for a user: the class's help lists each argument with this sentence (optim.base).
+    doc: str
     bad: tuple = ()  # (a bad value, text its error must contain): the bad-input tests' cases
     # A one-element floating-point tensor may hold it (each of a pair's two): the kernels read it through a pointer
     # (kernels.hyperparameter), so a tensor changed in place is read on the device at every step.
@@ -134,27 +136,29 @@ def param_kind(value, group):
 NEGATIVE_OR_NAN = ((-1e-3, "must be >= 0"), (math.nan, "must be >= 0"))
 
 
-def lr(default: float) -> Hyperparameter:
-    return Hyperparameter("lr", default, at_least_zero, tensor=True, test_value=max(default, 1e-2), bad=(
+def lr(default: float, doc: str = "the learning rate") -> Hyperparameter:
+    return Hyperparameter("lr", default, at_least_zero, doc, tensor=True, test_value=max(default, 1e-2), bad=(
         *NEGATIVE_OR_NAN, ("fast", "expected a real number"), (torch.tensor([1e-3, 1e-3]), "one-element"),
         (torch.tensor(1e-3, device="meta"), "meta device")))
 
 
-def nonnegative(name: str, default: float, **options) -> Hyperparameter:
-    return Hyperparameter(name, default, at_least_zero, bad=((-0.1, "must be >= 0"),), **options)
+def nonnegative(name: str, default: float, doc: str, **options) -> Hyperparameter:
+    return Hyperparameter(name, default, at_least_zero, doc, bad=((-0.1, "must be >= 0"),), **options)
 
 
-def flag(name: str, default: bool = False) -> Hyperparameter:
-    return Hyperparameter(name, default, boolean, kernel="flag", bad=(("yes", "True or False"), (1, "True or False")))
+def flag(name: str, doc: str, default: bool = False) -> Hyperparameter:
+    return Hyperparameter(name, default, boolean, doc, kernel="flag",
+                          bad=(("yes", "True or False"), (1, "True or False")))
 
 
 def _number_or_tensor(value):
     return value if isinstance(value, torch.Tensor) else float(value)
 
 
-def betas(default: tuple) -> Hyperparameter:
+def betas(default: tuple, doc: str = "(β1, β2): the decay rates of the running means of the gradient and of "
+                                       "its square") -> Hyperparameter:
     """Two floats, or two one-element tensors (read on the device, as torch's capturable Adam reads them)."""
-    return Hyperparameter("betas", default, pair_of_fractions, tensor=True, bad=(
+    return Hyperparameter("betas", default, pair_of_fractions, doc, tensor=True, bad=(
         ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair"),
         ((0.9, torch.tensor(0.99)), "all numbers or all tensors"),
         ((torch.tensor([0.9, 0.9]), torch.tensor(0.99)), "one-element")),
@@ -163,7 +167,9 @@ def betas(default: tuple) -> Hyperparameter:
 
 def momentum(default: float, present=lambda value: value != 0) -> Hyperparameter:
     """A momentum coefficient; FLAGS.HAS_MOMENTUM: whether ``present`` (torch keeps no buffer without it)."""
-    return Hyperparameter("momentum", default, at_least_zero, test_value=0.9, bad=(
+    return Hyperparameter("momentum", default, at_least_zero,
+                          "the momentum factor (0: no momentum buffer is kept)",
+                          test_value=0.9, bad=(
         (-0.9, "must be >= 0"), (torch.tensor(0.9), "must be a Python number")),
         to_kernel=lambda value: ({"momentum": float(value)}, {"HAS_MOMENTUM": bool(present(value))}))
 
@@ -179,12 +185,16 @@ def schedule_in_kernel(value) -> tuple:
     return {}, {"SCHEDULE": sum(schedule_points(value), ())}
 
 
-def weight_decay(default: float = 0.0) -> Hyperparameter:
-    return nonnegative("weight_decay", default, test_value=0.1)
+COUPLED = "the L2 penalty λ, added to the gradient: g ← g + λ·θ"
+DECOUPLED = "the decoupled weight decay λ: θ ← θ·(1 − lr·λ) before the update"
 
 
-def eps(default: float) -> Hyperparameter:
-    return nonnegative("eps", default)
+def weight_decay(default: float = 0.0, doc: str = COUPLED) -> Hyperparameter:
+    return nonnegative("weight_decay", default, doc, test_value=0.1)
 
 
-MAXIMIZE = flag("maximize")
+def eps(default: float, doc: str = "added to the denominator for numerical stability") -> Hyperparameter:
+    return nonnegative("eps", default, doc)
+
+
+MAXIMIZE = flag("maximize", "maximize the objective instead of minimizing it (the gradient's sign flipped)")

@@ -19,9 +19,10 @@ from fusedoptim.kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
 from fusedoptim.kernels.signsgd import signsgd_update
 from fusedoptim.kernels.signum import signum_update
 from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from fusedoptim.optim.hyperparameters import (MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas, bounds,
-                                   bounds_in_kernel, eps, flag, fraction, lr, momentum, nesterov, nonnegative,
-                                   param_kind, positive_integer, schedule, schedule_in_kernel, shrink, weight_decay)
+from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas,
+                                              bounds, bounds_in_kernel, eps, flag, fraction, lr, momentum, nesterov,
+                                              nonnegative, param_kind, positive_integer, schedule, schedule_in_kernel,
+                                              shrink, weight_decay)
 from fusedoptim.optim.param_groups import tiger_param_groups
 from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
@@ -40,7 +41,8 @@ from fusedoptim.optim.tiger import tiger_prepare
 
 from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, State, Tolerance
 
-ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8), weight_decay(0), flag("amsgrad"), MAXIMIZE)
+ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
+                        flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
                State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
 
@@ -51,8 +53,11 @@ RULES = {
             name="SGD",
             summary="Gradient descent with momentum, dampening and Nesterov (Polyak 1964; Sutskever et al. 2013)",
             reference=sgd, update=sgd_update,
-            hyperparameters=(lr(1e-3), momentum(0), nonnegative("dampening", 0), weight_decay(0),
-                             Hyperparameter("nesterov", False, nesterov, kernel="flag", bad=(
+            hyperparameters=(lr(1e-3), momentum(0),
+                             nonnegative("dampening", 0, "the momentum buffer takes (1 − dampening)·g"),
+                             weight_decay(0),
+                             Hyperparameter("nesterov", False, nesterov, "step along g + momentum·b (Nesterov "
+                                            "momentum; needs momentum > 0 and dampening 0)", kernel="flag", bad=(
                                  ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
             states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
             torch_twin=torch.optim.SGD, complex_params=True, sparse_gradients=True,
@@ -61,8 +66,11 @@ RULES = {
             name="Adagrad",
             summary="Per-coordinate lr from the sum of squared gradients (Duchi, Hazan & Singer 2011)",
             reference=adagrad, update=adagrad_update,
-            hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0), weight_decay(0),
-                             nonnegative("initial_accumulator_value", 0), eps(1e-10), MAXIMIZE),
+            hyperparameters=(lr(1e-2), nonnegative("lr_decay", 0, "the step is lr / (1 + (t − 1)·lr_decay)"),
+                             weight_decay(0),
+                             nonnegative("initial_accumulator_value", 0, "the starting value of the sum of "
+                                         "squared gradients"),
+                             eps(1e-10, "added after the square root of the sum"), MAXIMIZE),
             states=(State("sum", initial="initial_accumulator_value", kind="accumulator"),), scalar_states=("step",),
             torch_twin=torch.optim.Adagrad, complex_params=True, sparse_gradients=True,
         ),
@@ -70,9 +78,11 @@ RULES = {
             name="RMSprop",
             summary="Per-coordinate lr from a running mean of squared gradients (Hinton 2012; centered: Graves 2013)",
             reference=rmsprop, update=rmsprop_update,
-            hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99), eps(1e-8), weight_decay(0),
+            hyperparameters=(lr(1e-2), nonnegative("alpha", 0.99, "the decay rate of the running mean of g²"),
+                             eps(1e-8, "added after the square root"), weight_decay(0),
                              momentum(0, present=lambda value: value > 0),
-                             flag("centered"), MAXIMIZE),
+                             flag("centered", "divide by the running variance of g instead of its mean square "
+                                  "(Graves 2013)"), MAXIMIZE),
             states=(State("square_avg", kind="nonnegative"),
                     State("momentum_buffer", when=lambda group: group["momentum"] > 0),
                     State("grad_avg", when="centered")),
@@ -86,8 +96,10 @@ RULES = {
             name="Adadelta",
             summary="Step sizes from running means of squared gradients and squared updates (Zeiler 2012)",
             reference=adadelta, update=adadelta_update,
-            hyperparameters=(lr(1.0), Hyperparameter("rho", 0.9, at_most_one, bad=((1.5, "must be in [0, 1]"),)),
-                             eps(1e-6), weight_decay(0), MAXIMIZE),
+            hyperparameters=(lr(1.0, "scales the step Δ (1.0: Zeiler's Adadelta, which has no lr)"),
+                             Hyperparameter("rho", 0.9, at_most_one, "the decay rate of the running means of g² "
+                                            "and Δ²", bad=((1.5, "must be in [0, 1]"),)),
+                             eps(1e-6, "added inside both square roots"), weight_decay(0), MAXIMIZE),
             states=(State("square_avg", kind="nonnegative"), State("acc_delta", kind="nonnegative")),
             scalar_states=("step",),
             torch_twin=torch.optim.Adadelta, complex_params=True,
@@ -103,7 +115,7 @@ RULES = {
             name="AdamW",
             summary="Adam with decoupled weight decay θ ← θ(1 − ηλ) (Loshchilov & Hutter 2019)",
             reference=adamw, update=adam_update,
-            hyperparameters=tuple(weight_decay(1e-2) if spec.name == "weight_decay" else spec
+            hyperparameters=tuple(weight_decay(1e-2, DECOUPLED) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
             flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
         ),
@@ -111,8 +123,14 @@ RULES = {
             name="Lion",
             summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
             reference=lion, update=lion_update,
-            hyperparameters=(lr(1e-4), betas((0.9, 0.99)), weight_decay(0.0), flag("decoupled_weight_decay"),
-                             Hyperparameter("lr_at_construction", 1e-4, at_least_zero, tensor=True,
+            hyperparameters=(lr(1e-4),
+                             betas((0.9, 0.99), "(β1, β2): the update is sign(β1·m + (1 − β1)·g), then "
+                                   "m ← β2·m + (1 − β2)·g"),
+                             weight_decay(0.0, "the weight decay λ: θ ← θ·(1 − lr·λ) before the update"),
+                             flag("decoupled_weight_decay", "decay relative to the lr given at construction: "
+                                  "θ ← θ·(1 − lr·λ/lr₀), as lion-pytorch's decoupled_weight_decay"),
+                             Hyperparameter("lr_at_construction", 1e-4, at_least_zero, "recorded from lr at "
+                                            "construction (lr₀ above); not an argument", tensor=True,
                                             recorded=lambda arguments: arguments["lr"])),
             states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
@@ -121,16 +139,17 @@ RULES = {
             name="SignSGD",
             summary="The sign of the gradient, decoupled decay (Bernstein et al. 2018)",
             reference=signsgd, update=signsgd_update,
-            hyperparameters=(lr(1e-3), weight_decay(0.0)), states=(),
+            hyperparameters=(lr(1e-3), weight_decay(0.0, DECOUPLED)), states=(),
         ),
         Rule(
             name="Signum",
             summary="The sign of momentum, decoupled decay (Bernstein et al. 2018)",
             reference=signum, update=signum_update,
             # Signum's momentum interpolates (m ← βm + (1 − β)g): a fraction, unlike SGD's.
-            hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, bad=(
+            hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, "β of the momentum "
+                                                      "m ← β·m + (1 − β)·g, whose sign is the step", bad=(
                 (1.5, "must be in [0, 1)"), (-0.1, "must be in [0, 1)"), (torch.tensor(0.9), "must be a Python number"))),
-                weight_decay(0.0)), states=(State("exp_avg"),),
+                weight_decay(0.0, DECOUPLED)), states=(State("exp_avg"),),
             sign_flip_fraction=1e-4,
         ),
         Rule(
@@ -143,7 +162,11 @@ RULES = {
             name="EGStepSize",
             summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
             reference=egstepsize, update=egstepsize_update,
-            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2), Hyperparameter("step_size_bounds", None, bounds, to_kernel=bounds_in_kernel, test_variants=((0.5, 2.0),), bad=(
+            hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2, "the lr of the step sizes' own exponentiated "
+                                                   "gradient step, on g·g_prev"),
+                             Hyperparameter("step_size_bounds", None, bounds, "None, or (low, high): each step size "
+                                            "clipped to it after its update", to_kernel=bounds_in_kernel,
+                                            test_variants=((0.5, 2.0),), bad=(
                 ((0.0, 10.0), "0 < low <= high"), ((2.0, 1.0), "0 < low <= high"), (5.0, "None or a pair")))),
             states=(State("step_size", initial=1.0, kind="multiplicative"), State("prev_grad")),
         ),
@@ -151,7 +174,10 @@ RULES = {
             name="SGDHD",
             summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
             reference=sgdhd, update=sgdhd_update,
-            hyperparameters=(lr(1e-3), nonnegative("hypergrad_lr", 1e-6, test_value=1e-4)), states=(State("prev_grad"),),
+            hyperparameters=(lr(1e-3, "the starting lr, which then learns on the device"),
+                             nonnegative("hypergrad_lr", 1e-6, "β: the lr moves by β·⟨g, g_prev⟩ over every param "
+                                         "of the group at each step", test_value=1e-4)),
+            states=(State("prev_grad"),),
             prepare=sgdhd_prepare,
             reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
             release_refused="its lr moves by one dot product ⟨g, g_prev⟩ over every param's gradient, which no "
@@ -162,16 +188,30 @@ RULES = {
             summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
             reference=tiger, update=tiger_update,
             hyperparameters=(
-                lr(1e-3), Hyperparameter("beta", 0.965, fraction, bad=((1.0, "must be in [0, 1)"), (-0.5, "[0, 1)"))),
-                weight_decay(0.01),
-                Hyperparameter("grad_accum_steps", 1, positive_integer, test_variants=(3,),
+                lr(1e-3, "the base lr η, times the schedule's multiplier; each tensor takes η·RMS(θ) (a matrix; "
+                   "an embedding: per row) or η/2 (biases, normalization weights): see param_kind"),
+                Hyperparameter("beta", 0.965, fraction, "β of the momentum m ← β·m + (1 − β)·g, whose sign is "
+                               "the step (Lion with β1 = β2)", bad=((1.0, "must be in [0, 1)"), (-0.5, "[0, 1)"))),
+                weight_decay(0.01, "the decoupled weight decay λ, on matrices and embeddings only"),
+                Hyperparameter("grad_accum_steps", 1, positive_integer, "gradients of this many steps are folded "
+                               "into the momentum before θ moves once (built-in accumulation: call step() after "
+                               "every backward)", test_variants=(3,),
                                bad=((0, "integer >= 1"), (2.5, "integer >= 1"))),
-                Hyperparameter("shrink_ratio", 0.99, shrink, bad=((0.0, "must be in (0, 1]"), (1.5, "(0, 1]"))),
-                Hyperparameter("lr_schedule", {0: 1}, schedule, to_kernel=schedule_in_kernel,
+                Hyperparameter("shrink_ratio", 0.99, shrink, "the NaN guard: a micro-step whose gradient holds "
+                               "a NaN keeps m and shrinks θ toward its center, θ ← (θ − c)·s + c (c = 1 for "
+                               "normalization weights, else 0; 1: leaves θ)",
+                               bad=((0.0, "must be in (0, 1]"), (1.5, "(0, 1]"))),
+                Hyperparameter("lr_schedule", {0: 1}, schedule, "{step: multiplier}: the lr multiplier, "
+                               "piecewise linear between the given steps, held after the last (computed on the "
+                               "device)", to_kernel=schedule_in_kernel,
                                test_variants=({2: 1.0, 5: 0.25},), bad=(
                     ({}, "non-empty dict"), ({-5: 1.0}, "steps >= 0"), ({0: float("nan")}, "finite number"),
                     ([(0, 1.0)], "non-empty dict"))),
-                Hyperparameter("param_kind", "auto", param_kind, kernel="host", bad=(("conv", "must be one of"),),
+                Hyperparameter("param_kind", "auto", param_kind, "the tensor's class, which sets its lr and decay: "
+                               "'matrix', 'embedding', 'normalization' or 'bias' ('auto': a tensor of one "
+                               "dimension or none is a bias, else a matrix; fo.tiger_param_groups(model) sets it "
+                               "per module)", kernel="host",
+                               bad=(("conv", "must be one of"),),
                                test_variants=("embedding", "normalization", "matrix"))),
             param_groups=tiger_param_groups,
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
