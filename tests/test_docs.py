@@ -24,7 +24,7 @@ README_LIMIT = 15_000
 # link's target is a path unless it is a URL or an anchor (resolved from the page's folder, as GitHub
 # does). A span in backticks is a path, resolved from the repository root, when
 #   - it has no whitespace and none of < > ( ) { } [ ] = , : ; * ' " (so commands like `./dev main`,
-#     expressions like `optim.AdamW(...)`, placeholders like `reports/<gpu>/` and URLs are skipped),
+#     expressions like `fo.AdamW(...)`, placeholders like `reports/<gpu>/` and URLs are skipped),
 #   - it contains a "/", and does not name another project's file (`torch/optim/lr_scheduler.py`),
 #   - its first component is a top-level entry of the repository or it ends in a file extension (so a
 #     misspelt folder is caught by its extension, and `ld/st.global.v4` is not a path).
@@ -88,17 +88,17 @@ def arguments(defaults: dict) -> str:
 
 
 def rule_table(text: str) -> dict:
-    """{class name: {column: cell}} for the rows of the table whose first column is `optim.<Name>`."""
+    """{class name: {column: cell}} for the rows of the table whose first column is `fo.<Name>`."""
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("| class |"))
     columns = [cell.strip() for cell in header.strip()[1:-1].split("|")]
     rows = {}
     for line in lines:
-        match = re.match(r"\| `optim\.(\w+)` \|", line)
+        match = re.match(r"\| `fo\.(\w+)` \|", line)
         if match:
             cells = [cell.strip() for cell in line.strip()[1:-1].split("|")]
             assert len(cells) == len(columns), f"row {match[1]}: {len(cells)} cells for {len(columns)} columns"
-            assert match[1] not in rows, f"two rows for optim.{match[1]}"
+            assert match[1] not in rows, f"two rows for fo.{match[1]}"
             rows[match[1]] = dict(zip(columns, cells))
     return rows
 
@@ -115,28 +115,28 @@ def options_bytes(cell: str) -> list:
 def rule_sheet_problems(text: str, rules: dict) -> list:
     """What docs/rules.md's table says differently from the registry ``rules``."""
     rows = rule_table(text)
-    problems = [f"optim.{name}: no row" for name in rules if name not in rows]
-    problems += [f"optim.{name}: a row, but no such rule in the registry" for name in rows if name not in rules]
+    problems = [f"fo.{name}: no row" for name in rules if name not in rows]
+    problems += [f"fo.{name}: a row, but no such rule in the registry" for name in rows if name not in rules]
     for name, rule in rules.items():
         if name not in rows:
             continue
         row = rows[name]
         expected = f"`{arguments(rule.defaults)}`"
         if row["arguments (defaults)"] != expected:
-            problems.append(f"optim.{name}: arguments {row['arguments (defaults)']}, the registry's are {expected}")
+            problems.append(f"fo.{name}: arguments {row['arguments (defaults)']}, the registry's are {expected}")
         states = {state.name for state in rule.states} | set(rule.scalar_states)
         named = set(re.findall(r"`(\w+)`", row["states"]))
         if named != states or (not states and row["states"] != "none"):
-            problems.append(f"optim.{name}: states {row['states']}, the registry's are {sorted(states) or 'none'}")
+            problems.append(f"fo.{name}: states {row['states']}, the registry's are {sorted(states) or 'none'}")
         written = re.match(r"\d+", row["bytes/param"])
         fp32 = rule.bytes_per_param(rule.defaults)
         if written is None or int(written[0]) != fp32:
-            problems.append(f"optim.{name}: bytes/param {row['bytes/param']}, the registry's is {fp32} (fp32)")
+            problems.append(f"fo.{name}: bytes/param {row['bytes/param']}, the registry's is {fp32} (fp32)")
         for number, overrides in options_bytes(row["with other options"]):
             unknown = set(overrides) - set(rule.defaults)
             computed = rule.bytes_per_param({**rule.defaults, **overrides})
             if unknown or number != computed:
-                problems.append(f"optim.{name}: {number} bytes/param with {overrides}, the registry's is "
+                problems.append(f"fo.{name}: {number} bytes/param with {overrides}, the registry's is "
                                 f"{computed}" + (f" (no hyperparameter {sorted(unknown)})" if unknown else ""))
     if f"`{arguments(OPTIONS)}`" not in text:
         problems.append(f"the options every class takes are `{arguments(OPTIONS)}`")
