@@ -8,6 +8,7 @@ embedding. ``GPT(GPT2_SMALL)`` on the meta device gives the shapes of GPT-2 smal
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
@@ -36,11 +37,10 @@ class Block(nn.Module):
         self.mlp_proj = nn.Linear(4 * config.width, config.width)
 
     def forward(self, x):
-        batch, tokens, width = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(width, dim=2)
-        q, k, v = (t.view(batch, tokens, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        q, k, v = rearrange(self.c_attn(self.ln_1(x)), "batch token (qkv head d) -> qkv batch head token d",
+                            qkv=3, head=self.heads)
         attention = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.attn_proj(attention.transpose(1, 2).reshape(batch, tokens, width))
+        x = x + self.attn_proj(rearrange(attention, "batch head token d -> batch token (head d)"))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
