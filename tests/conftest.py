@@ -11,6 +11,11 @@ import pytest  # noqa: E402
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow(seconds): takes about this many seconds on the 2-core CPU (what it "
+                                       "spends them on: its docstring); -m 'not slow' leaves it out")
+
+
 def assert_close(actual, expected, tolerance, what, allowed_mismatches=0):
     """allclose that says what differs: NaN/inf mismatches, the worst element, the first bad indices."""
     actual, expected = actual.detach().double().cpu(), expected.detach().double().cpu()
