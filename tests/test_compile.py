@@ -1,6 +1,6 @@
 """torch.compile around optimizer.step(): one graph for every rule, and no recompilation when a tensor
 lr changes every step, by fill_ or by a scheduler. Each launch is an opaque torch.library op
-(fusedoptim/kernels/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
+(fusedoptim/optim/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter

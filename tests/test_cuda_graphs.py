@@ -23,7 +23,7 @@ RULE_IDS = dict(ids=lambda rule: rule.name)
 
 class HostTraffic(TorchDispatchMode):
     """Records the ops of a step that would sync with the host or copy host data to the device. Each
-    launch is one opaque op (fusedoptim/kernels/ops.py), so this sees our Python step, not the launcher's inside."""
+    launch is one opaque op (fusedoptim/optim/ops.py), so this sees our Python step, not the launcher's inside."""
 
     SYNCS = {"aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
 

@@ -5,8 +5,8 @@ import inspect
 
 import torch
 
-from fusedoptim.kernels import ops
-from fusedoptim.kernels.shards import local
+from fusedoptim.optim import ops
+from fusedoptim.optim.shards import local
 from fusedoptim.optim.checkpoint import load_checkpoint
 from fusedoptim.optim.master_weights import rebuild_master, split_master
 from fusedoptim.optim.plan import StepPlan, _same, count_step

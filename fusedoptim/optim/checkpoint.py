@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from fusedoptim.kernels.shards import local, placed_as
+from fusedoptim.optim.shards import local, placed_as
 from fusedoptim.optim.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_states
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,

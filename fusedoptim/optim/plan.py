@@ -26,7 +26,7 @@ import torch
 
 from fusedoptim.kernels import launcher
 from fusedoptim.kernels.launcher import QuantizedStates, TensorSlots, prepare_launches
-from fusedoptim.kernels.shards import Shards, local
+from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
 from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
