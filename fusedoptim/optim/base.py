@@ -15,8 +15,35 @@ from fusedoptim.optim.validation import check_hyperparameters, check_options, ch
 # Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
 OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False,
                master_weight_bits=None)
+# The one option a built optimizer may change; the others decide what it has made (below).
+CHANGEABLE = ("impl",)
 
 
+def _option(name: str) -> property:
+    """Option ``name`` as an attribute: read-only, or (``CHANGEABLE``) checked with the others and
+    honoured from the next step, whose plan is rebuilt."""
+    def get(self):
+        return self._options[name]
+
+    def set(self, value):
+        if name not in CHANGEABLE:
+            raise AttributeError(f"{self.rule.name}: {name} is fixed once the optimizer is built (its states, "
+                                 f"hooks and random streams follow it); build a new optimizer with {name}={value!r} "
+                                 "and load_state_dict(old.state_dict()) into it, which converts the states")
+        check_options(self.rule, **{**self._options, name: value})  # a bad value changes nothing
+        self._options[name] = value
+        self.runtime.forget_plans()
+
+    return property(get, set)
+
+
+def _with_options(cls):
+    for name in OPTIONS:
+        setattr(cls, name, _option(name))
+    return cls
+
+
+@_with_options
 class FusedOptimizer(torch.optim.Optimizer):
     """Base of every optimizer here; subclasses are made from registry rows by ``optimizer_class``.
 
@@ -33,6 +60,11 @@ class FusedOptimizer(torch.optim.Optimizer):
     rules that fold gradients: Tiger). ``master_weight_bits`` (bf16 and fp16 params): None, or 32 to
     step an fp32 master kept as the param plus an int16 residual (state "master_residual"), exactly as
     fp32 params would step, or 24 for an int8 residual (1/256 of θ's ulp); see kernels.master_weights.
+
+    Each option is an attribute of the same name. ``impl`` may be set on a built optimizer (to run the
+    reference while debugging, say): the value is checked, and the next step rebuilds its plan with
+    it. The others are read-only (AttributeError): they decide the states, hooks and random streams the
+    optimizer has made; build a new optimizer and ``load_state_dict`` the old one's state into it.
     """
 
     rule = None  # set on each subclass: its optim.registry.Rule
@@ -40,16 +72,13 @@ class FusedOptimizer(torch.optim.Optimizer):
     # unscales the gradients and, on found_inf, writes nothing (as torch's fused Adam).
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
-                 gradient_release=False, master_weight_bits=None):
-        check_options(self.rule, impl=impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
-                      seed=seed, gradient_release=gradient_release, master_weight_bits=master_weight_bits)
+    def __init__(self, params, defaults, **options):
+        """``options``: any of OPTIONS, by name; those not given take its defaults."""
+        options = {**OPTIONS, **options}
+        check_options(self.rule, **options)
         check_hyperparameters(self.rule, defaults, "the optimizer's arguments")
-        self.impl = impl
-        self.state_dtype = state_dtype
-        self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
-        self.master_weight_bits = master_weight_bits
-        self.runtime = Runtime(self.rule, seed, stochastic_rounding, master_weight_bits)
+        self._options = options
+        self.runtime = Runtime(self.rule, self.seed, self.stochastic_rounding, self.master_weight_bits)
         self._start_planning()
         super().__init__(params, _own_dicts(defaults))
 
@@ -171,19 +200,19 @@ class FusedOptimizer(torch.optim.Optimizer):
         """torch's state (defaults, state, param groups), every option and the runtime's counts, seeds
         and generator, so that a deepcopy, a pickle or torch.save(optimizer) steps exactly like the
         original; plans are rebuilt by the copy."""
-        return {**super().__getstate__(), **{name: getattr(self, name) for name in OPTIONS},
-                "runtime": self.runtime.saved()}
+        return {**super().__getstate__(), **self._options, "runtime": self.runtime.saved()}
 
     def __setstate__(self, state):
         saved = state.pop("runtime", None)
         if "_reference_generator_state" in state:  # a copy made before the runtime was one object
             saved = dict(step_counters=state.pop("_step_counters"), rounding_seeds=state.pop("_rounding_seeds"),
                          generator_state=state.pop("_reference_generator_state"))
-        super().__setstate__(state)
         if saved is None:
+            super().__setstate__(state)
             return  # torch's load_state_dict sets the state and groups through here: not a copy
-        for name, default in OPTIONS.items():  # a copy made before an option existed steps without it
-            self.__dict__.setdefault(name, default)
+        # a copy made before an option existed steps without it
+        self._options = {name: state.pop(name, default) for name, default in OPTIONS.items()}
+        super().__setstate__(state)
         self.runtime = Runtime(self.rule, self.seed, self.stochastic_rounding, self.master_weight_bits, saved)
         self._start_planning()
         for index in range(len(self.param_groups)):
