@@ -171,19 +171,15 @@ def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-_chunk_maps: dict = {}
-
-
-def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
-    """For each program, which tensor and which chunk of it: cached, sizes rarely change."""
-    key = (numels, chunk_size, device)
-    if key not in _chunk_maps:
-        chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
-        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
-        first_chunk = torch.cumsum(chunks, 0) - chunks
-        chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
-        _chunk_maps[key] = (_upload(chunk_tensor.to(torch.int32), device), _upload(chunk_index.to(torch.int32), device))
-    return _chunk_maps[key]
+def chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
+    """For each program, which tensor and which chunk of it, on ``device``. Made with its launch and
+    kept by it, as its table is (a few ops more per plan build): a cache across launches would keep
+    every size any optimizer ever stepped."""
+    chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
+    chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+    first_chunk = torch.cumsum(chunks, 0) - chunks
+    chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
+    return _upload(chunk_tensor.to(torch.int32), device), _upload(chunk_index.to(torch.int32), device)
 
 
 # Launches a CUDA graph has recorded: the graph reads their tables again at every replay, so they are
@@ -210,7 +206,7 @@ class Launch:
             raise ValueError(f"{rule_name}: a launch block of {config.block_size} elements is not a multiple of the "
                              f"quantization block ({quantization.BLOCK}): a block's scale would straddle two "
                              "programs. Use a launch configuration whose block_size is a multiple of it")
-        self.chunk_tensor, self.chunk_index = _chunk_map(numels, config.block_size * config.blocks_per_program, device)
+        self.chunk_tensor, self.chunk_index = chunk_map(numels, config.block_size * config.blocks_per_program, device)
         self.grid = (len(self.chunk_tensor),)
         rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
                 + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
