@@ -18,12 +18,13 @@ import triton
 import triton.language as tl
 
 from fusedoptim.autotune import launch_config
+from fusedoptim.kernels.master_weights import MASTER_BITS
 from fusedoptim.kernels.multi_tensor import (ALIGNMENT_BYTES, GRAD_COLUMN, multi_tensor_reduce_kernel, multi_tensor_update_kernel,
                                   write_pointers_kernel)
+from fusedoptim.kernels.quantization import code_bytes, scale_count
 from fusedoptim.kernels.rounding import INTERPRETED
 
 _TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-MASTER_BITS = {None: 0, torch.int16: 32, torch.int8: 24}  # θ's residual's dtype -> the master's width
 _STATE_DTYPES = {**_TRITON_DTYPES, torch.int8: tl.int8, torch.uint8: tl.uint8}  # codes, with QuantizedStates
 
 
@@ -63,7 +64,7 @@ class TensorSlots:
         aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in tensors)
         state_dtype = self.states[0].dtype if self.states else self.param.dtype
         return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0,
-                MASTER_BITS[None if self.residual is None else self.residual.dtype])
+                0 if self.residual is None else MASTER_BITS[self.residual.dtype])
 
 
 def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
@@ -71,6 +72,17 @@ def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
     strides, dense and non-overlapping (contiguous, channels_last, a transposed matrix...), so that the
     i-th element in memory of each is the same element of the param."""
     return tensor.shape == like.shape and tensor.stride() == like.stride() and _dense(tensor)
+
+
+def layout_problem(what: str, tensor: torch.Tensor, param: torch.Tensor) -> str:
+    """Why the kernel cannot walk ``what`` (the param, its gradient, a state) beside its param, or "".
+    The one statement of the layout the kernels need: the plan asks it before any change (to choose
+    the impl), ``check_slots`` before any launch."""
+    if walkable(tensor, param):
+        return ""
+    return (f"the {what} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid out as its param "
+            f"(shape {tuple(param.shape)}, strides {param.stride()}) in one dense block; the fused kernel walks "
+            "memory linearly. Make them dense with the same strides (e.g. .contiguous())")
 
 
 def _dense(tensor: torch.Tensor) -> bool:
@@ -95,11 +107,9 @@ def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedSt
                             "use impl='reference' for other dtypes")
         walked = s.tensors() if quantization is None or quantization.BITS == 8 else (s.param, s.grad)
         for name, t in zip(("param", "grad", *("state",) * len(s.states)), walked):
-            if not walkable(t, s.param):
-                raise ValueError(f"tensor {i}: the {name} (shape {tuple(t.shape)}, strides {t.stride()}) is not laid "
-                                 f"out as its param (shape {tuple(s.param.shape)}, strides {s.param.stride()}) in one "
-                                 "dense block; the fused kernel walks memory linearly. Make them dense with the same "
-                                 "strides, or use impl='reference'")
+            problem = layout_problem(name, t, s.param)
+            if problem:
+                raise ValueError(f"tensor {i}: {problem}, or use impl='reference'")
             if t.device != s.param.device:
                 raise ValueError(f"tensor {i}: the {name} is on {t.device}, its param on {s.param.device}")
         if s.residual is not None and (s.residual.dtype not in MASTER_BITS or not walkable(s.residual, s.param)
@@ -132,11 +142,11 @@ def _check_quantized(i: int, s: TensorSlots, quantization: Optional[QuantizedSta
     if len(s.scales) != len(s.states) or len(quantization.UNSIGNED) != len(s.states):
         raise ValueError(f"tensor {i}: {len(s.states)} quantized states need as many scale tensors and schemes, got "
                          f"{len(s.scales)} and {len(quantization.UNSIGNED)}")
-    blocks = triton.cdiv(s.param.numel(), quantization.BLOCK)
+    blocks = scale_count(s.param.numel(), quantization.BLOCK)
     for j, (state, scale) in enumerate(zip(s.states, s.scales)):
         if quantization.BITS == 8 and state.dtype != torch.int8:
             raise ValueError(f"tensor {i}: state {j} is {state.dtype}; 8-bit states are int8 codes")
-        packed = triton.cdiv(s.param.numel(), 2)
+        packed = code_bytes(s.param.numel(), 4)
         if quantization.BITS == 4 and (state.dtype != torch.uint8 or state.numel() != packed
                                        or not state.is_contiguous() or state.device != s.param.device):
             raise ValueError(f"tensor {i}: state {j} must be {packed} contiguous uint8 on {s.param.device} (two "
@@ -300,4 +310,4 @@ def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
 
 
 __all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device",
-           "prepare_launches", "walkable"]
+           "layout_problem", "prepare_launches", "walkable"]

@@ -10,8 +10,8 @@ import warnings
 
 import torch
 
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.shards import local, placed_as
-from fusedoptim.optim.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_states
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
@@ -152,8 +152,8 @@ def _check_saved_state(optimizer, saved: dict, param, position: int) -> None:
             codes = saved.get(scales[name])
             coded = isinstance(codes, torch.Tensor) and codes.dtype in (torch.int8, torch.uint8)
             fmt = format_of(codes) if coded else None
-            blocks = -(-param.numel() // fmt.block) if coded else None
-            if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != -(-param.numel() // 2)):
+            blocks = fmt.scale_numel(param.numel()) if coded else None
+            if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != fmt.codes_numel(param.numel())):
                 raise ValueError(f"{rule.name}: {where} has {name!r} of {value.numel()} elements beside "
                                  f"codes {scales[name]!r} that are not int8 of the param's shape, or int4 two a "
                                  f"byte, with a scale per block of them: the checkpoint belongs to another "
