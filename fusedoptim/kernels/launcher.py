@@ -195,6 +195,13 @@ def chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
 # Launches a CUDA graph has recorded: the graph reads their tables again at every replay, so they are
 # kept for the life of the process (a few KiB each), whatever becomes of the plan that made them.
 _captured_launches: list = []
+
+
+def kept_for_replay(launch: "Launch") -> bool:
+    """Whether a CUDA graph has recorded ``launch``, which is then kept for the life of the process."""
+    return any(launch is captured for captured in _captured_launches)
+
+
 POINTERS_PER_WRITE = 32  # tensors per write_pointers_kernel launch: 256 bytes of kernel arguments
 
 
@@ -309,5 +316,5 @@ def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
     return [(members, Launch([slots[i] for i in members], rule_name, quantization)) for members in indices.values()]
 
 
-__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device",
-           "layout_problem", "prepare_launches", "walkable"]
+__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "chunk_map",
+           "kept_for_replay", "layout_problem", "on_device", "prepare_launches", "walkable"]
