@@ -2,7 +2,8 @@
 ``GroupPlan`` (``optim.plan``) made while it is built, before any tensor changes."""
 import torch
 
-from fusedoptim.kernels.launcher import INTERPRETED, layout_problem
+from fusedoptim.kernels.launcher import INTERPRETED
+from fusedoptim.kernels.slots import layout_problem
 from fusedoptim.optim.quantization import FORMATS
 
 

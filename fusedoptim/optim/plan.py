@@ -25,7 +25,8 @@ from typing import Optional
 import torch
 
 from fusedoptim.kernels import launcher
-from fusedoptim.kernels.launcher import QuantizedStates, TensorSlots, prepare_launches
+from fusedoptim.kernels.launcher import prepare_launches
+from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
 from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
 from fusedoptim.optim.prepared import Prepared
