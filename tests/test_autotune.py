@@ -48,12 +48,12 @@ def test_lookup_of_an_untuned_rule_or_dtype_is_none_and_the_launch_takes_the_def
     table = adamw_table()
     assert table.lookup("Lion", torch.float32, 2**14) is None
     assert table.lookup("AdamW", torch.bfloat16, 2**14) is None
-    monkeypatch.setattr(autotune, "_table", lambda index: table)  # a GPU with this table
+    monkeypatch.setattr(autotune, "device_table", lambda index: table)  # a GPU with this table
     gpu = torch.device("cuda", 0)
     assert launch_config("AdamW", torch.float32, 2**22, gpu) == WIDE
     assert launch_config("Lion", torch.float32, 2**22, gpu) == DEFAULT_CONFIGS[4]
     assert launch_config("AdamW", torch.bfloat16, 2**22, gpu) == DEFAULT_CONFIGS[2]
-    monkeypatch.setattr(autotune, "_table", lambda index: None)  # a GPU with no table
+    monkeypatch.setattr(autotune, "device_table", lambda index: None)  # a GPU with no table
     assert launch_config("AdamW", torch.float32, 2**22, gpu) == DEFAULT_CONFIGS[4]
 
 
@@ -141,9 +141,9 @@ def an_h200(monkeypatch, tmp_path):
     monkeypatch.setattr("fusedoptim.autotune.table.TABLES", tmp_path)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: H200[0])
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: H200[1])
-    autotune._table.cache_clear()
+    autotune.device_table.cache_clear()
     yield torch.device("cuda", 0)
-    autotune._table.cache_clear()
+    autotune.device_table.cache_clear()
 
 
 def test_a_gpu_with_a_well_formed_table_launches_its_tuned_config_silently(an_h200, tmp_path):
@@ -177,7 +177,7 @@ def test_writing_into_a_malformed_table_raises_naming_the_field_and_leaves_the_f
 def recording_timer(times: dict, seen: list):
     """Runs the step three times (as a benchmark would) and returns a made-up time per forced config."""
     def timer(step):
-        config = autotune._forced[0]
+        config = autotune.forced_now()
         seen.append((config, step.__self__))
         for _ in range(3):
             step()

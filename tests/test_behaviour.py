@@ -154,3 +154,36 @@ def test_a_group_stays_the_callers_dict_and_keeps_its_own_copy_of_a_dict_hyperpa
         optimizer.param_groups[0][name][10**6] = 1.0
         optimizer.param_groups[1][name][10**6] = 1.0
         assert 10**6 not in given and 10**6 not in optimizer.defaults[name], rule.name
+
+
+def test_impl_set_after_steps_is_honoured_from_the_next_step_and_a_bad_one_refused():
+    """Switching a built optimizer to the reference (to debug, say): the next step rebuilds its plan and
+    runs the reference, equal from there to an optimizer built with it; a bad impl changes nothing."""
+    rule = RULES["AdamW"]
+    params, twin_params = (make_params(SHAPES, torch.float32, rule=rule) for _ in range(2))
+    optimizer, twin = optim.AdamW(params, impl="triton"), optim.AdamW(twin_params, impl="triton")
+    train(optimizer, params, 2)
+    train(twin, twin_params, 2)
+    optimizer.impl = "reference"
+    with pytest.raises(ValueError, match="impl='cuda'"):
+        optimizer.impl = "cuda"
+    assert optimizer.impl == "reference" and "impl='reference'" in repr(optimizer)
+    train(optimizer, params, 1, first_step=2)
+    assert [group.impl for group in optimizer.runtime.plan.groups] == ["reference"]
+    reference = optim.AdamW(twin_params, impl="reference")
+    reference.load_state_dict(twin.state_dict())
+    train(reference, twin_params, 1, first_step=2)
+    for a, b in zip(params, twin_params):
+        assert torch.equal(a, b), "the step after impl='reference' was not the reference's"
+
+
+@pytest.mark.parametrize("name, value", [("state_dtype", "int8"), ("stochastic_rounding", True), ("seed", 3),
+                                         ("gradient_release", True), ("master_weight_bits", 32)])
+def test_the_other_options_are_read_only_and_say_to_build_a_new_optimizer(name, value):
+    params = make_params(SHAPES, torch.float32)
+    optimizer = optim.AdamW(params, impl="triton")
+    train(optimizer, params, 1)
+    with pytest.raises(AttributeError, match=f"AdamW: {name} is fixed .* new optimizer with {name}={value!r}"):
+        setattr(optimizer, name, value)
+    assert getattr(optimizer, name) == OPTIONS[name]
+    assert getattr(copy.deepcopy(optimizer), name) == OPTIONS[name]

@@ -1,11 +1,15 @@
 """torch.compile around optimizer.step(): one graph for every rule, and no recompilation when a tensor
 lr changes every step, by fill_ or by a scheduler. Each launch is an opaque torch.library op
-(fusedoptim/kernels/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
+(fusedoptim/optim/ops.py); counted with dynamo's CompileCounter backend, which runs the captured graph eagerly."""
+import gc
+import weakref
+
 import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
 from fusedoptim import optim
+from fusedoptim.optim import ops
 from fusedoptim.optim.registry import RULES
 from tests.conftest import make_params, random_grads
 
@@ -140,3 +144,23 @@ def test_a_cold_start_compiles_once(rule):
     eager, eager_optimizer, compiled, compiled_optimizer, counter = eager_and_compiled(rule, 4, True)
     assert counter.frame_count == 1, f"{rule.name}: {counter.frame_count} compilations from a cold start"
     assert_same(rule, compiled, compiled_optimizer, eager, eager_optimizer)
+
+
+def test_the_op_keeps_no_entry_for_an_optimizer_that_is_gone():
+    """The op finds its optimizer by a key; 50 optimizers stepped, eagerly and compiled, then dropped
+    leave the key registry as it was, and are collected with their launches' program maps."""
+    gc.collect()
+    before = ops.registered()
+    gone = []
+    for index in range(50):
+        optimizer, params = optimizer_and_params(RULES["AdamW"])
+        for p, g in zip(params, random_grads(params, index)):
+            p.grad = g
+        (torch.compile(optimizer.step, backend="eager") if index == 0 else optimizer.step)()
+        launches = [launch for group in optimizer.runtime.plan.groups for _, _, launch in group.launches]
+        gone += [weakref.ref(optimizer), *(weakref.ref(launch.chunk_tensor) for launch in launches)]
+        del optimizer, params, launches
+    torch._dynamo.reset()  # the compiled step holds its optimizer until its cache is cleared
+    gc.collect()
+    assert not [ref for ref in gone if ref() is not None], "an optimizer or a program map is kept alive"
+    assert ops.registered() == before, f"{ops.registered() - before} keys left for optimizers that are gone"

@@ -23,7 +23,7 @@ RULE_IDS = dict(ids=lambda rule: rule.name)
 
 class HostTraffic(TorchDispatchMode):
     """Records the ops of a step that would sync with the host or copy host data to the device. Each
-    launch is one opaque op (fusedoptim/kernels/ops.py), so this sees our Python step, not the launcher's inside."""
+    launch is one opaque op (fusedoptim/optim/ops.py), so this sees our Python step, not the launcher's inside."""
 
     SYNCS = {"aten._local_scalar_dense.default", "aten.lift_fresh.default", "aten.lift_fresh_copy.default"}
 
@@ -110,8 +110,8 @@ def test_the_capture_path_steps_as_the_eager_one_and_keeps_its_tables(rule, stoc
     request.getfixturevalue("forced_capture")
     set_grads(captured_params, 10)
     captured.step()
-    plan_launches = [launch for group in captured._plan.groups for _, _, launch in group.launches]
-    assert plan_launches and all(launch in launcher._captured_launches for launch in plan_launches), \
+    plan_launches = [launch for group in captured.runtime.plan.groups for _, _, launch in group.launches]
+    assert plan_launches and all(map(launcher.kept_for_replay, plan_launches)), \
         "the launches a capture records must be kept for its replays"
     assert_identical(snapshot(captured, captured_params), snapshot(eager, eager_params), rule.name)
 

@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fusedoptim import optim
 from fusedoptim.kernels.majority_vote import majority_vote, pack_signs
-from fusedoptim.kernels.shards import Shards, local
+from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.distributed import MajorityVoteState, majority_vote_hook
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, scale_name
 from fusedoptim.optim.registry import RULES

@@ -56,7 +56,7 @@ def test_misaligned_views_are_updated_correctly(rule):
 
 def test_chunk_map_covers_every_element_once():
     numels = (1, 1024, 1025, 0, 5000)
-    chunk_tensor, chunk_index = launcher._chunk_map(numels, 1024, torch.device("cpu"))
+    chunk_tensor, chunk_index = launcher.chunk_map(numels, 1024, torch.device("cpu"))
     covered = {}
     for tensor, chunk in zip(chunk_tensor.tolist(), chunk_index.tolist()):
         covered.setdefault(tensor, []).append(chunk)

@@ -4,7 +4,10 @@ scripts/ and the tuning command (fusedoptim/tuner/) → fusedoptim/optim/ → fu
 fusedoptim/autotune/ (the launch-config lookup); an oracle imports nothing from the kernels it checks.
 Nothing imports a top-level ``kernels``, ``optim`` or ``autotune``: those names belong to other
 distributions (Hugging Face's ``kernels``, which transformers requires, among them). Read from the source
-with ast, so a lazy import inside a function counts too."""
+with ast, so a lazy import inside a function counts too. No module, script or test reads another's
+private names (``_x``): it uses the other's public interface (the optimizer's runtime, the launcher's
+chunk_map, the autotune lookup's device_table); only other projects' private names that this code must
+read are allowed, each with its reason."""
 import ast
 from pathlib import Path
 
@@ -65,3 +68,43 @@ def test_nothing_imports_a_top_level_kernels_optim_or_autotune(folder):
     for path in python_files(folder):
         wrong = {name for name in imported_modules(path) if name.split(".")[0] in ("kernels", "optim", "autotune")}
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}: the layers are fusedoptim.<layer>"
+
+
+def foreign_private_names(path: Path) -> list:
+    """(line, name) of each private name the file takes from another module or object: ``from m import
+    _x``, or ``obj._x`` where obj is not ``self``/``cls`` (a module's own ``_x`` it reads bare)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            found += [(node.lineno, alias.name) for alias in node.names if is_private(alias.name)]
+        elif isinstance(node, ast.Attribute) and is_private(node.attr):
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                found.append((node.lineno, node.attr))
+    return found
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+# Private names of other projects that this code must read, each with its reason.
+OTHER_PROJECTS = {
+    "_dynamo": "torch._dynamo is torch's compile namespace: reset(), config, testing.CompileCounter",
+    "_foreach_copy_": "torch._foreach_* are torch's multi-tensor ops, one kernel for a list (shards' sums)",
+    "_replace": "namedtuple's _replace is its public API (the underscore only avoids field names)",
+    "_execution_engine": "autograd's engine: queue_callback runs a callback when the backward ends",
+    "_C": "torch._C._current_autograd_node: whether a backward runs inside another's node",
+    "_current_autograd_node": "see _C: the node being run, None outside a nested backward",
+    "_NormBase": "torch.nn.modules.batchnorm._NormBase: the base of every BatchNorm/InstanceNorm",
+    "_scale": "GradScaler's scale tensor, which a captured step must read on the device",
+    "_exit": "os._exit: a distributed test worker leaves without the interpreter teardown that aborted it",
+    "_base": "a tensor's _base: the tensor a view shares its storage with",
+}
+
+
+@pytest.mark.parametrize("folder", [PACKAGE, "scripts", "tests"])
+def test_no_module_touches_another_modules_private_names(folder):
+    problems = [f"{path.relative_to(ROOT)}:{line}: {name}" for path in python_files(folder)
+                for line, name in foreign_private_names(path) if name not in OTHER_PROJECTS]
+    assert not problems, "private names used from outside their module:\n" + "\n".join(problems)

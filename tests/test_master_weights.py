@@ -10,8 +10,9 @@ import triton
 import triton.language as tl
 
 from fusedoptim import optim
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.kernels.master_weights import rebuild_master as kernel_rebuild, split_master as kernel_split
-from fusedoptim.optim.master_weights import RESIDUAL_DTYPES, rebuild_master, split_master
+from fusedoptim.optim.master_weights import rebuild_master, split_master
 from fusedoptim.optim.registry import RULES
 from tests.conftest import DEVICE, hyperparameters_for_tests, make_params, random_grads
 

@@ -317,7 +317,7 @@ def test_the_plan_is_reused_until_something_changes_and_the_steps_equal_the_refe
                 elif event == "a grad becomes None":
                     params[0].grad = None
             optimizer.step()
-            plans.append(optimizer._plan)
+            plans.append(optimizer.runtime.plan)
         runs.append((params, optimizer, plans))
     (params, optimizer, plans), (ref_params, reference, _) = runs
     assert plans[1] is plans[2] and plans[4] is plans[5], f"{rule.name}: the plan was not reused"

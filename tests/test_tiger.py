@@ -336,7 +336,7 @@ def test_an_older_checkpoint_with_steps_per_param_loads_the_largest_with_a_warni
         warnings.simplefilter("error")
         with pytest.raises(UserWarning):
             resumed.load_state_dict(state_dict)
-    assert len(resumed.state) == 0 and all(c.item() == 0 for c in resumed._step_counters.values()), \
+    assert len(resumed.state) == 0 and all(c.item() == 0 for c in resumed.runtime.step_counters()), \
         "a load that raised changed the optimizer"
     with pytest.warns(UserWarning, match="different steps \\(1 to 4\\).*loaded the largest, 4"):
         resumed.load_state_dict(state_dict)

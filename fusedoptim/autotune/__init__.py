@@ -20,8 +20,8 @@ import triton
 from fusedoptim.autotune.space import DEFAULT_CONFIGS, LaunchConfig
 from fusedoptim.autotune.table import MalformedTable, TuningTable, size_bucket
 
-__all__ = ["DEFAULT_CONFIGS", "LaunchConfig", "default_config", "forced_config", "interpreter_config",
-           "launch_config", "size_bucket"]
+__all__ = ["DEFAULT_CONFIGS", "LaunchConfig", "default_config", "device_table", "forced_config", "forced_now",
+           "interpreter_config", "launch_config", "size_bucket"]
 
 _forced: Optional[tuple] = None  # (config, dtype or None), set by forced_config while the tuner times a candidate
 
@@ -51,10 +51,15 @@ def forced_config(config: LaunchConfig, dtype: Optional[torch.dtype] = None):
         _forced = previous
 
 
+def forced_now() -> Optional[LaunchConfig]:
+    """The configuration ``forced_config`` imposes at this moment (the candidate being timed), or None."""
+    return None if _forced is None else _forced[0]
+
+
 @functools.lru_cache(maxsize=None)
-def _table(device_index: int) -> Optional[TuningTable]:
+def device_table(device_index: int) -> Optional[TuningTable]:
     """This GPU's table for the running triton, or None (read once per device, so a malformed file warns
-    once per device)."""
+    once per device; ``device_table.cache_clear()`` reads the files again)."""
     name = torch.cuda.get_device_name(device_index)
     capability = torch.cuda.get_device_capability(device_index)
     try:
@@ -75,6 +80,6 @@ def launch_config(rule_name: str, dtype: torch.dtype, numel: int, device: torch.
         return _forced[0]
     if device.type == "cpu":
         return interpreter_config(numel)
-    table = _table(device.index if device.index is not None else torch.cuda.current_device())
+    table = device_table(device.index if device.index is not None else torch.cuda.current_device())
     tuned = table.lookup(rule_name, dtype, numel) if table is not None else None
     return tuned or default_config(dtype)

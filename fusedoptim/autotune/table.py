@@ -14,7 +14,7 @@ of a launch is ⌈log2⌉ of its largest tensor's size; an untuned bucket takes 
 A malformed file (not JSON, a field missing or of the wrong type: ``read`` checks every field) raises
 ``MalformedTable``, a ValueError naming the file and the field. A table only changes speed, never
 numerics, so a launch that meets one warns once per GPU and takes the default configuration
-(autotune._table) instead of failing the optimizer's step; ``write`` raises instead, and leaves the file
+(autotune.device_table) instead of failing the optimizer's step; ``write`` raises instead, and leaves the file
 as it is, since it cannot merge into a file it cannot read.
 """
 import json

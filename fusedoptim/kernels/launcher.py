@@ -1,8 +1,9 @@
 """The one multi-tensor launcher that every elementwise update rule goes through: its host side.
 
 What a rule's ``@triton.jit`` math receives and returns, and the kernels that run it, are in
-``kernels.multi_tensor``. Here: the table of pointers and sizes (one row per tensor), its checks, and
-the map from program to (tensor, chunk) that torch's multi_tensor_apply also builds.
+``kernels.multi_tensor``; what it takes (``TensorSlots``) and their checks, in ``kernels.slots``. Here:
+the table of pointers and sizes (one row per tensor) and the map from program to (tensor, chunk) that
+torch's multi_tensor_apply also builds.
 
 ``Launch`` is one prepared launch: built once from tensors that share a launch key, checked, with its
 table and program map on the device, then reused step after step. A step only hands it the current
@@ -10,142 +11,16 @@ gradients (after ``zero_grad(set_to_none=True)`` each is a new tensor): their po
 into the table when they changed, from the host in eager mode, and by a small kernel whose arguments
 are the gradients while a CUDA graph is captured (a capture may copy nothing from the host).
 """
-from dataclasses import dataclass
-from typing import NamedTuple, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import triton
-import triton.language as tl
 
 from fusedoptim.autotune import launch_config
-from fusedoptim.kernels.multi_tensor import (ALIGNMENT_BYTES, GRAD_COLUMN, multi_tensor_reduce_kernel, multi_tensor_update_kernel,
+from fusedoptim.kernels.multi_tensor import (GRAD_COLUMN, multi_tensor_reduce_kernel, multi_tensor_update_kernel,
                                   write_pointers_kernel)
 from fusedoptim.kernels.rounding import INTERPRETED
-
-_TRITON_DTYPES = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
-MASTER_BITS = {None: 0, torch.int16: 32, torch.int8: 24}  # θ's residual's dtype -> the master's width
-_STATE_DTYPES = {**_TRITON_DTYPES, torch.int8: tl.int8, torch.uint8: tl.uint8}  # codes, with QuantizedStates
-
-
-class QuantizedStates(NamedTuple):
-    """How a launch's quantized states are coded (the QUANT constexpr): bits per code (8: int8 codes
-    laid out as the param; 4: two per uint8, flat in the param's memory order), elements per fp32
-    scale, and per state (in the kernel's order) whether its codes are unsigned and stochastic."""
-
-    BITS: int
-    BLOCK: int
-    UNSIGNED: tuple
-    STOCHASTIC: tuple
-
-
-@dataclass(frozen=True)
-class TensorSlots:
-    """One parameter as the kernel sees it: param, grad, its state tensors and its fp32 scalars."""
-
-    param: torch.Tensor
-    grad: torch.Tensor
-    states: tuple[torch.Tensor, ...] = ()
-    scalars: tuple[torch.Tensor, ...] = ()
-    flags: tuple = ()  # (name, value) pairs: FLAGS fields of this tensor alone (FIRST_STEP: a state's first step)
-    # When > 0, the last scalar holds one value per row of row_length contiguous elements (an
-    # embedding table's per-row lr), which the kernel gathers per element.
-    row_length: int = 0
-    # Split master weights (kernels.master_weights): θ's int16 (32-bit master) or int8 (24-bit) residual.
-    residual: Optional[torch.Tensor] = None
-    scales: tuple[torch.Tensor, ...] = ()  # quantized states: each state's fp32 scales, one per quantization block
-
-    def tensors(self):
-        return (self.param, self.grad, *self.states)
-
-    def launch_key(self):
-        """Tensors that share this key share one launch."""
-        tensors = self.tensors() if self.residual is None else (*self.tensors(), self.residual)
-        aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in tensors)
-        state_dtype = self.states[0].dtype if self.states else self.param.dtype
-        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0,
-                MASTER_BITS[None if self.residual is None else self.residual.dtype])
-
-
-def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
-    """Whether the kernel can walk ``tensor`` element by element beside ``like``: the same shape and
-    strides, dense and non-overlapping (contiguous, channels_last, a transposed matrix...), so that the
-    i-th element in memory of each is the same element of the param."""
-    return tensor.shape == like.shape and tensor.stride() == like.stride() and _dense(tensor)
-
-
-def _dense(tensor: torch.Tensor) -> bool:
-    """No gaps and no overlaps: the strides, sorted, are those of some order of the dimensions."""
-    if tensor.numel() == 0:
-        return True
-    expected = 1
-    for size, stride in sorted(zip(tensor.shape, tensor.stride()), key=lambda pair: pair[1]):
-        if size != 1:
-            if stride != expected:
-                return False
-            expected *= size
-    return True
-
-
-def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedStates] = None):
-    """What a kernel needs of its tensors; raised before any launch so nothing is half-updated."""
-    for i, s in enumerate(slots):
-        _check_quantized(i, s, quantization)
-        if s.param.dtype not in _TRITON_DTYPES:
-            raise TypeError(f"tensor {i}: the Triton kernels support {list(_TRITON_DTYPES)}, not {s.param.dtype}; "
-                            "use impl='reference' for other dtypes")
-        walked = s.tensors() if quantization is None or quantization.BITS == 8 else (s.param, s.grad)
-        for name, t in zip(("param", "grad", *("state",) * len(s.states)), walked):
-            if not walkable(t, s.param):
-                raise ValueError(f"tensor {i}: the {name} (shape {tuple(t.shape)}, strides {t.stride()}) is not laid "
-                                 f"out as its param (shape {tuple(s.param.shape)}, strides {s.param.stride()}) in one "
-                                 "dense block; the fused kernel walks memory linearly. Make them dense with the same "
-                                 "strides, or use impl='reference'")
-            if t.device != s.param.device:
-                raise ValueError(f"tensor {i}: the {name} is on {t.device}, its param on {s.param.device}")
-        if s.residual is not None and (s.residual.dtype not in MASTER_BITS or not walkable(s.residual, s.param)
-                                       or s.residual.device != s.param.device
-                                       or s.param.dtype not in (torch.bfloat16, torch.float16)):
-            raise ValueError(f"tensor {i}: a master residual must be int16 or int8, laid out as its bf16 or fp16 param "
-                             f"on its device; got {s.residual.dtype} {tuple(s.residual.shape)} strides "
-                             f"{s.residual.stride()} on {s.residual.device} for a {s.param.dtype} param")
-        if s.grad.dtype != s.param.dtype:
-            raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}) does not match its param ({s.param.dtype})")
-        if len({t.dtype for t in s.states}) > 1:
-            raise ValueError(f"tensor {i}: all state tensors of one param must share a dtype")
-        rows = s.param.numel() // s.row_length if s.row_length else 1
-        for j, t in enumerate(s.scalars):
-            expected = rows if j == len(s.scalars) - 1 else 1
-            if t.dtype != torch.float32 or t.numel() != expected or t.device != s.param.device:
-                raise ValueError(f"tensor {i}: scalar {j} must be an fp32 tensor of {expected} element(s) on "
-                                 f"{s.param.device}, got {t.dtype} with {t.numel()} elements on {t.device}")
-        if s.row_length and (s.param.numel() % s.row_length or not s.scalars):
-            raise ValueError(f"tensor {i}: row_length={s.row_length} must divide its {s.param.numel()} elements, "
-                             "and the last scalar holds the per-row values")
-
-
-def _check_quantized(i: int, s: TensorSlots, quantization: Optional[QuantizedStates]):
-    """Quantized states come with one dense fp32 scale tensor each, one value per quantization block."""
-    if quantization is None:
-        if s.scales or any(t.dtype in (torch.int8, torch.uint8) for t in s.states):
-            raise ValueError(f"tensor {i}: quantized states and scales need the launch's QuantizedStates")
-        return
-    if len(s.scales) != len(s.states) or len(quantization.UNSIGNED) != len(s.states):
-        raise ValueError(f"tensor {i}: {len(s.states)} quantized states need as many scale tensors and schemes, got "
-                         f"{len(s.scales)} and {len(quantization.UNSIGNED)}")
-    blocks = triton.cdiv(s.param.numel(), quantization.BLOCK)
-    for j, (state, scale) in enumerate(zip(s.states, s.scales)):
-        if quantization.BITS == 8 and state.dtype != torch.int8:
-            raise ValueError(f"tensor {i}: state {j} is {state.dtype}; 8-bit states are int8 codes")
-        packed = triton.cdiv(s.param.numel(), 2)
-        if quantization.BITS == 4 and (state.dtype != torch.uint8 or state.numel() != packed
-                                       or not state.is_contiguous() or state.device != s.param.device):
-            raise ValueError(f"tensor {i}: state {j} must be {packed} contiguous uint8 on {s.param.device} (two "
-                             f"4-bit codes a byte), got {state.dtype} with {state.numel()} elements on {state.device}")
-        if scale.dtype != torch.float32 or scale.numel() != blocks or not scale.is_contiguous() \
-                or scale.device != s.param.device:
-            raise ValueError(f"tensor {i}: the scales of state {j} must be a contiguous fp32 tensor of {blocks} "
-                             f"elements (one per {quantization.BLOCK}) on {s.param.device}, got {scale.dtype} with "
-                             f"{scale.numel()} elements on {scale.device}")
+from fusedoptim.kernels.slots import STATE_DTYPES, TRITON_DTYPES, QuantizedStates, TensorSlots, check_slots
 
 
 def capturing(device: torch.device) -> bool:
@@ -171,24 +46,27 @@ def _upload(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     return host.pin_memory().to(device, non_blocking=True)
 
 
-_chunk_maps: dict = {}
-
-
-def _chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
-    """For each program, which tensor and which chunk of it: cached, sizes rarely change."""
-    key = (numels, chunk_size, device)
-    if key not in _chunk_maps:
-        chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
-        chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
-        first_chunk = torch.cumsum(chunks, 0) - chunks
-        chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
-        _chunk_maps[key] = (_upload(chunk_tensor.to(torch.int32), device), _upload(chunk_index.to(torch.int32), device))
-    return _chunk_maps[key]
+def chunk_map(numels: tuple[int, ...], chunk_size: int, device: torch.device):
+    """For each program, which tensor and which chunk of it, on ``device``. Made with its launch and
+    kept by it, as its table is (a few ops more per plan build): a cache across launches would keep
+    every size any optimizer ever stepped."""
+    chunks = torch.tensor([triton.cdiv(n, chunk_size) for n in numels])
+    chunk_tensor = torch.repeat_interleave(torch.arange(len(numels)), chunks)
+    first_chunk = torch.cumsum(chunks, 0) - chunks
+    chunk_index = torch.arange(len(chunk_tensor)) - first_chunk[chunk_tensor]
+    return _upload(chunk_tensor.to(torch.int32), device), _upload(chunk_index.to(torch.int32), device)
 
 
 # Launches a CUDA graph has recorded: the graph reads their tables again at every replay, so they are
 # kept for the life of the process (a few KiB each), whatever becomes of the plan that made them.
 _captured_launches: list = []
+
+
+def kept_for_replay(launch: "Launch") -> bool:
+    """Whether a CUDA graph has recorded ``launch``, which is then kept for the life of the process."""
+    return any(launch is captured for captured in _captured_launches)
+
+
 POINTERS_PER_WRITE = 32  # tensors per write_pointers_kernel launch: 256 bytes of kernel arguments
 
 
@@ -210,7 +88,7 @@ class Launch:
             raise ValueError(f"{rule_name}: a launch block of {config.block_size} elements is not a multiple of the "
                              f"quantization block ({quantization.BLOCK}): a block's scale would straddle two "
                              "programs. Use a launch configuration whose block_size is a multiple of it")
-        self.chunk_tensor, self.chunk_index = _chunk_map(numels, config.block_size * config.blocks_per_program, device)
+        self.chunk_tensor, self.chunk_index = chunk_map(numels, config.block_size * config.blocks_per_program, device)
         self.grid = (len(self.chunk_tensor),)
         rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
                 + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
@@ -221,7 +99,7 @@ class Launch:
         self.grad_pointers = [s.grad.data_ptr() for s in slots]
         self.constants = dict(
             N_STATES=n_states, N_STATE_COLUMNS=n_states * (1 + (quantization is not None)), N_SCALARS=n_scalars,
-            PER_ROW=int(per_row), PARAM_DTYPE=_TRITON_DTYPES[param_dtype], STATE_DTYPE=_STATE_DTYPES[state_dtype],
+            PER_ROW=int(per_row), PARAM_DTYPE=TRITON_DTYPES[param_dtype], STATE_DTYPE=STATE_DTYPES[state_dtype],
             QUANT=quantization, ALIGNED=aligned, BLOCK_SIZE=config.block_size,
             BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, num_warps=config.num_warps,
             num_stages=config.num_stages,
@@ -303,5 +181,4 @@ def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
     return [(members, Launch([slots[i] for i in members], rule_name, quantization)) for members in indices.values()]
 
 
-__all__ = ["INTERPRETED", "Launch", "QuantizedStates", "TensorSlots", "capturing", "check_slots", "on_device",
-           "prepare_launches", "walkable"]
+__all__ = ["INTERPRETED", "Launch", "capturing", "chunk_map", "kept_for_replay", "on_device", "prepare_launches"]

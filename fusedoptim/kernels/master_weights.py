@@ -23,10 +23,14 @@ fp32's ulps and saturates at the residual's bounds: the master is kept exactly d
 2^-17 (32 bits), then rounds toward θ (never farther from the master than θ itself).
 ``optim.master_weights`` is the same split in PyTorch, for the reference path.
 """
+import torch
 import triton
 import triton.language as tl
 
 from fusedoptim.kernels.rounding import round_to_nearest
+
+RESIDUAL_DTYPES = {32: torch.int16, 24: torch.int8}  # master_weight_bits -> the residual's dtype
+MASTER_BITS = {dtype: bits for bits, dtype in RESIDUAL_DTYPES.items()}  # and back
 
 
 @triton.jit

@@ -13,6 +13,17 @@ import triton
 import triton.language as tl
 
 
+def code_bytes(numel: int, bits: int) -> int:
+    """The bytes of a state's codes: one per element at 8 bits, two elements a byte at 4 (the last
+    byte's high nibble unused for an odd count)."""
+    return triton.cdiv(numel * bits, 8)
+
+
+def scale_count(numel: int, block: int) -> int:
+    """The fp32 scales of a state: one per block of ``block`` elements, the last block maybe partial."""
+    return triton.cdiv(numel, block)
+
+
 @triton.jit
 def _hash32(x):
     """lowbias32 (Wellons 2018) on uint32: wrapping multiplies, logical shifts."""

@@ -6,22 +6,45 @@ import textwrap
 
 import torch
 
-from fusedoptim.kernels import ops
-from fusedoptim.kernels.shards import local
+from fusedoptim.optim import ops
 from fusedoptim.optim.checkpoint import load_checkpoint
-from fusedoptim.optim.master_weights import rebuild_master, split_master
-from fusedoptim.optim.plan import StepPlan, _same, count_step
-from fusedoptim.optim.quantization import COUNT_KEY, dequantize, quantize, scale_name
-from fusedoptim.optim.rounding import stochastic_round
-from fusedoptim.optim.states import MASTER_RESIDUAL
+from fusedoptim.optim.plan import same_objects
+from fusedoptim.optim.runtime import Runtime
 from fusedoptim.optim.torch_switches import SWITCHES, impl_from_switches
 from fusedoptim.optim.validation import check_hyperparameters, check_options, check_param
 
 # Every class's keyword-only options besides its rule's hyperparameters, with their defaults.
 OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, gradient_release=False,
                master_weight_bits=None)
+# The one option a built optimizer may change; the others decide what it has made (below).
+CHANGEABLE = ("impl",)
 
 
+def _option(name: str) -> property:
+    """Option ``name`` as an attribute: read-only, or (``CHANGEABLE``) checked with the others and
+    honoured from the next step, whose plan is rebuilt."""
+    def get(self):
+        return self._options[name]
+
+    def set(self, value):
+        if name not in CHANGEABLE:
+            raise AttributeError(f"{self.rule.name}: {name} is fixed once the optimizer is built (its states, "
+                                 f"hooks and random streams follow it); build a new optimizer with {name}={value!r} "
+                                 "and load_state_dict(old.state_dict()) into it, which converts the states")
+        check_options(self.rule, **{**self._options, name: value})  # a bad value changes nothing
+        self._options[name] = value
+        self.runtime.forget_plans()
+
+    return property(get, set)
+
+
+def _with_options(cls):
+    for name in OPTIONS:
+        setattr(cls, name, _option(name))
+    return cls
+
+
+@_with_options
 class FusedOptimizer(torch.optim.Optimizer):
     """Options of every class (keyword-only):
 
@@ -44,6 +67,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         an int16 residual (state "master_residual"), exactly as fp32 params would step; 24 an int8
         residual (1/256 of θ's ulp).
 
+    Each option is an attribute of the same name. ``impl`` may be set on a built optimizer (to run the
+    reference while debugging, say): the value is checked, and the next step rebuilds its plan with
+    it. The others are read-only (AttributeError): they decide the states, hooks and random streams the
+    optimizer has made; build a new optimizer and ``load_state_dict`` the old one's state into it.
+
     Every class here is this one with a registry row (``fusedoptim.optim.registry.RULES``) for its
     ``rule``: made by ``optimizer_class``.
     """
@@ -53,24 +81,19 @@ class FusedOptimizer(torch.optim.Optimizer):
     # unscales the gradients and, on found_inf, writes nothing (as torch's fused Adam).
     _step_supports_amp_scaling = True
 
-    def __init__(self, params, defaults, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
-                 gradient_release=False, master_weight_bits=None):
-        check_options(self.rule, impl=impl, state_dtype=state_dtype, stochastic_rounding=stochastic_rounding,
-                      seed=seed, gradient_release=gradient_release, master_weight_bits=master_weight_bits)
+    def __init__(self, params, defaults, **options):
+        """``options``: any of OPTIONS, by name; those not given take its defaults."""
+        options = {**OPTIONS, **options}
+        check_options(self.rule, **options)
         check_hyperparameters(self.rule, defaults, "the optimizer's arguments")
-        self.impl = impl
-        self.state_dtype = state_dtype
-        self.stochastic_rounding, self.seed, self.gradient_release = stochastic_rounding, seed, gradient_release
-        self.master_weight_bits = master_weight_bits
-        self._rounding_seeds = {}  # device -> 0-d int64: the seed above bit 32, launches counted below
-        self._reference_generator = torch.Generator().manual_seed(seed)
-        self._step_counters = {}  # device -> the step count of a rule with step_per_optimizer (Tiger)
+        self._options = options
+        self.runtime = Runtime(self.rule, self.seed, self.stochastic_rounding, self.master_weight_bits)
         self._start_planning()
         super().__init__(params, _own_dicts(defaults))
 
     def _start_planning(self):
-        """No plan yet (the first step builds one), a key for the compiled step's op."""
-        self._plan, self._release_plans, self._group_index, self._params = None, {}, {}, []
+        """A key for the compiled step's op; the params it hands the op, made by add_param_group."""
+        self._params = []
         self._key = ops.register(self._step_from_op)
         self._backward_counted = False  # gradient release: whether this backward's micro-step was counted
 
@@ -92,25 +115,20 @@ class FusedOptimizer(torch.optim.Optimizer):
         # Every param in group order, as a new list: what the compiled step hands its op. A list of its
         # own, so that the traced step reads no param group (dynamo would guard on a float lr's value).
         self._params = [param for group in self.param_groups for param in group["params"]]
-        for param in self.param_groups[index]["params"]:
-            self._group_index[param] = index
-            if self.rule.step_per_optimizer:  # from the first step(), even one without any gradient
-                self._step_counter(local(param).device)
-            if self.gradient_release:
+        params = self.param_groups[index]["params"]
+        self.runtime.add_params(params, index)
+        if self.gradient_release:
+            for param in params:
                 param.register_post_accumulate_grad_hook(self._release_gradient)
 
     @torch.no_grad()
     def _release_gradient(self, param):
         """Gradient release: this param's step (a micro-step under accumulation), then its gradient freed."""
-        plan = self._release_plans.get(param)
-        if plan is None or not plan.refresh(self):
-            plan = StepPlan(self, only=param)
-            plan.make(self)
-            self._release_plans[param] = None if plan.single_use else plan
+        plan = self.runtime.release_plan(self, param)
         if self.rule.step_per_optimizer and not self._backward_counted:
             # A backward is one micro-step: its first gradient counts it, for every param, and autograd
             # calls back when the backward has ended, so that the next backward counts its own.
-            count_step(self._step_counters.values(), None)
+            self.runtime.count_step(None)
             self._backward_counted = True
             torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
         plan.run(self, None)
@@ -126,17 +144,6 @@ class FusedOptimizer(torch.optim.Optimizer):
         else:
             node.register_hook(lambda grad_inputs, grad_outputs:
                                torch.autograd.Variable._execution_engine.queue_callback(self._end_backward))
-
-    def _step_counter(self, device):
-        """The optimizer's step count on ``device`` (a rule with step_per_optimizer): made at the first
-        param there, from the count on another device if the optimizer has one, so that all agree."""
-        counter = self._step_counters.get(device)
-        if counter is None:
-            counts = list(self._step_counters.values())
-            counter = (counts[0].to(device, copy=True) if counts
-                       else torch.zeros((), dtype=torch.float32, device=device))
-            self._step_counters[device] = counter
-        return counter
 
     def counter(self, name):
         """The sum over every param of a counting state (Tiger: "nan_skips"), as a device tensor: no sync."""
@@ -160,21 +167,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step(self, amp, given_params=None):
-        """The step: its plan reused, or built with every check before any tensor changes."""
-        if given_params is not None and not _same(given_params, [p for g in self.param_groups for p in g["params"]]):
+        params = [param for group in self.param_groups for param in group["params"]]
+        if given_params is not None and not same_objects(given_params, params):
             raise RuntimeError(f"{self.rule.name}: the compiled step handed its op other tensors than the optimizer's "
                                "params; it would update copies. Compile optimizer.step as a whole")
-        plan = self._plan
-        if plan is None or not plan.refresh(self):
-            self._plan = None
-            plan = StepPlan(self)
-            if amp is not None and plan.makes_first_step_states and amp[1].item() != 0:
-                return  # a skipped step makes no state that its first step would have written (SGD's buffer)
-            plan.make(self)
-            self._plan = None if plan.single_use else plan
-        if amp is not None and plan.has_reference and amp[1].item() != 0:
-            return  # the reference asks the host whether GradScaler skips this step: one sync
-        plan.run(self, amp)
+        self.runtime.step(self, amp)
 
     def _compiled_step(self):
         """What torch.compile traces: one op call on the tensors the graph must order it by (the params it
@@ -204,75 +201,28 @@ class FusedOptimizer(torch.optim.Optimizer):
                      else torch.zeros((), dtype=torch.float32, device=reference.device))
         return inv_scale.reshape(()), found_inf.reshape(())
 
-    def _reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None):
-        """The rule's oracle over one group; GradScaler's verdict was read on the host before. ``kinds``
-        (quantized states: name → kind, in the kernel's order): the oracle runs on their fp32 values,
-        laid out as the params, which are then quantized back with the kernel's scheme and draws."""
-        if kinds:
-            scales = set(map(scale_name, kinds))
-            full_states = [{name: dequantize(value, state[scale_name(name)], kinds[name], param) if name in kinds
-                            else value for name, value in state.items() if name not in scales}
-                           for param, state in zip(params, states)]
-            self._reference_step(group, params, grads, full_states, first_step, amp)
-            for state, full_state in zip(states, full_states):
-                for column, (name, kind) in enumerate(kinds.items()):
-                    quantize(full_state[name], kind, state[name], state[scale_name(name)], group[COUNT_KEY], column)
-            return
-        if amp is not None:
-            grads = [g.float() * amp[0].to(g.device) for g in grads]
-        arguments = (first_step,) if self.rule.has_first_step_states else ()
-        if self.master_weight_bits is not None:
-            # The oracle steps the fp32 masters (fed fp32 gradients, as fp32 params are), split back after.
-            residuals = [state[MASTER_RESIDUAL] for state in states]
-            masters = [rebuild_master(p, residual) for p, residual in zip(params, residuals)]
-            rule_states = [{name: value for name, value in state.items() if name != MASTER_RESIDUAL} for state in states]
-            self.rule.reference(masters, [g.float() for g in grads], rule_states, group, *arguments)
-            for param, residual, master in zip(params, residuals, masters):
-                new_param, new_residual = split_master(master, param.dtype, residual.dtype)
-                param.copy_(new_param)
-                residual.copy_(new_residual)
-            return
-        if not self.stochastic_rounding:
-            self.rule.reference(params, grads, states, group, *arguments)
-            return
-        # The reference runs on fp32 copies of the 16-bit tensors, which are then rounded stochastically.
-        full_params = [p.float() for p in params]
-        full_states = [{name: value.float() for name, value in state.items()} for state in states]
-        self.rule.reference(full_params, grads, full_states, group, *arguments)
-        pairs = list(zip(params, full_params))
-        pairs += [(state[name], full_state[name]) for state, full_state in zip(states, full_states) for name in state]
-        for tensor, full in pairs:
-            if full is not tensor:  # a 16-bit tensor: its fp32 copy goes back rounded
-                tensor.copy_(stochastic_round(full, tensor.dtype, self._reference_generator))
-
-    def _rounding_seed(self, device):
-        """None (round to nearest), or this device's stochastic-rounding seed tensor."""
-        if not self.stochastic_rounding:
-            return None
-        if device not in self._rounding_seeds:
-            self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
-        return self._rounding_seeds[device]
-
     def load_state_dict(self, state_dict):
         """torch.optim's load, checked first and converted to this optimizer's states: optim.checkpoint."""
         load_checkpoint(self, state_dict, super().load_state_dict)
 
     def __getstate__(self):
-        """torch's state (defaults, state, param groups) and every option, so that a deepcopy, a pickle
-        or torch.save(optimizer) steps exactly like the original; plans are rebuilt by the copy."""
-        return {**super().__getstate__(), **{name: getattr(self, name) for name in OPTIONS},
-                "_rounding_seeds": self._rounding_seeds, "_step_counters": self._step_counters,
-                "_reference_generator_state": self._reference_generator.get_state()}
+        """torch's state (defaults, state, param groups), every option and the runtime's counts, seeds
+        and generator, so that a deepcopy, a pickle or torch.save(optimizer) steps exactly like the
+        original; plans are rebuilt by the copy."""
+        return {**super().__getstate__(), **self._options, "runtime": self.runtime.saved()}
 
     def __setstate__(self, state):
-        generator_state = state.pop("_reference_generator_state", None)
-        super().__setstate__(state)
-        if generator_state is None:
+        saved = state.pop("runtime", None)
+        if "_reference_generator_state" in state:  # a copy made before the runtime was one object
+            saved = dict(step_counters=state.pop("_step_counters"), rounding_seeds=state.pop("_rounding_seeds"),
+                         generator_state=state.pop("_reference_generator_state"))
+        if saved is None:
+            super().__setstate__(state)
             return  # torch's load_state_dict sets the state and groups through here: not a copy
-        for name, default in OPTIONS.items():  # a copy made before an option existed steps without it
-            self.__dict__.setdefault(name, default)
-        self._reference_generator = torch.Generator()
-        self._reference_generator.set_state(generator_state)
+        # a copy made before an option existed steps without it
+        self._options = {name: state.pop(name, default) for name, default in OPTIONS.items()}
+        super().__setstate__(state)
+        self.runtime = Runtime(self.rule, self.seed, self.stochastic_rounding, self.master_weight_bits, saved)
         self._start_planning()
         for index in range(len(self.param_groups)):
             self._register_params(index)

@@ -10,8 +10,8 @@ import warnings
 
 import torch
 
-from fusedoptim.kernels.shards import local, placed_as
-from fusedoptim.optim.master_weights import RESIDUAL_DTYPES
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
+from fusedoptim.optim.shards import local, placed_as
 from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_states
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
@@ -43,8 +43,7 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
         for name, default in optimizer.defaults.items():
             group.setdefault(name, default)
     if rule.step_per_optimizer:
-        optimizer._step_counters = {device: torch.tensor(count, dtype=torch.float32, device=device)
-                                    for device in optimizer._step_counters}
+        optimizer.runtime.load_step_count(count)
     kinds = {spec.name: spec.kind for spec in rule.states}
     for saved_id, param in zip(saved_ids, params):
         state, shard = optimizer.state[param], local(param)
@@ -58,7 +57,7 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
                 if not is_quantized(optimizer.state_dtype):
                     del state[name]  # its codes were dequantized: a float state has no scales
             elif name == "step" and rule.step_per_optimizer:
-                state[name] = optimizer._step_counter(shard.device)
+                state[name] = optimizer.runtime.step_counter(shard.device)
             elif name in rule.scalar_states:
                 # copy: the caller's dict may hold the very tensors another optimizer is using
                 state[name] = torch.tensor(float(value) if not isinstance(value, torch.Tensor) else value.item(),
@@ -70,7 +69,7 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
                     state[name] = placed_as(param, torch.empty_like(shard, dtype=value.dtype).copy_(value))
             elif isinstance(value, torch.Tensor):
                 state[name] = torch.empty_like(shard, dtype=storage_dtype(optimizer.state_dtype, shard)).copy_(value)
-    optimizer._plan, optimizer._release_plans = None, {}
+    optimizer.runtime.forget_plans()
 
 
 def _int_keyed(group: dict) -> dict:
@@ -153,8 +152,8 @@ def _check_saved_state(optimizer, saved: dict, param, position: int) -> None:
             codes = saved.get(scales[name])
             coded = isinstance(codes, torch.Tensor) and codes.dtype in (torch.int8, torch.uint8)
             fmt = format_of(codes) if coded else None
-            blocks = -(-param.numel() // fmt.block) if coded else None
-            if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != -(-param.numel() // 2)):
+            blocks = fmt.scale_numel(param.numel()) if coded else None
+            if value.numel() != blocks or (fmt.bits == 4 and codes.numel() != fmt.codes_numel(param.numel())):
                 raise ValueError(f"{rule.name}: {where} has {name!r} of {value.numel()} elements beside "
                                  f"codes {scales[name]!r} that are not int8 of the param's shape, or int4 two a "
                                  f"byte, with a scale per block of them: the checkpoint belongs to another "

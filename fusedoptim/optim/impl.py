@@ -2,7 +2,8 @@
 ``GroupPlan`` (``optim.plan``) made while it is built, before any tensor changes."""
 import torch
 
-from fusedoptim.kernels.launcher import INTERPRETED, walkable
+from fusedoptim.kernels.launcher import INTERPRETED
+from fusedoptim.kernels.slots import layout_problem
 from fusedoptim.optim.quantization import FORMATS
 
 
@@ -34,11 +35,9 @@ def resolve_impl(plan, impl: str, existing: list) -> str:
             for what, tensor in (("param", param), ("gradient", real_view(grad)),
                                  *((f"state {n!r}", real_view(state[n])) for n in (*walked, *plan.master_names)
                                    if n in state)):
-                if not walkable(tensor, param):
-                    problem = ValueError(
-                        f"the {what} of {name} (shape {tuple(tensor.shape)}, strides {tensor.stride()}) is not laid "
-                        f"out as its param (strides {param.stride()}) in one dense block; the fused kernel walks "
-                        "memory linearly. Make them dense with the same strides (e.g. .contiguous())")
+                text = layout_problem(f"{what} of {name}", tensor, param)
+                if text:
+                    problem = ValueError(text)
                     break
         if problem is not None:
             if impl == "auto":

@@ -3,7 +3,7 @@ docstring has the split (θ to nearest, the rest of the fp32 master in an int16 
 Bit operations run on int64 copies of the fp32 bit patterns, where nothing overflows."""
 import torch
 
-RESIDUAL_DTYPES = {32: torch.int16, 24: torch.int8}  # master_weight_bits -> the residual's dtype
+from fusedoptim.kernels.master_weights import MASTER_BITS
 PARAM_DTYPES = (torch.bfloat16, torch.float16)  # the params a residual can complete
 # The 24-bit residual's unit, 2^shift fp32 ulps: 1/256 of θ's ulp (θ has 7 mantissa bits in bf16, 10 in fp16).
 RESIDUAL_SHIFTS = {(torch.bfloat16, 24): 8, (torch.float16, 24): 5, (torch.bfloat16, 32): 0, (torch.float16, 32): 0}
@@ -24,7 +24,7 @@ def _float(bits: torch.Tensor) -> torch.Tensor:
 
 def rebuild_master(param: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """The fp32 master of a bf16 or fp16 param and its residual; where θ is NaN or ±inf, θ."""
-    shift = RESIDUAL_SHIFTS[param.dtype, 32 if residual.dtype == torch.int16 else 24]
+    shift = RESIDUAL_SHIFTS[param.dtype, MASTER_BITS[residual.dtype]]
     upcast = param.float()
     master = _float(_bits(upcast) + (residual.long() << shift))
     return torch.where(upcast.isfinite(), master, upcast)
@@ -40,7 +40,7 @@ def split_master(master: torch.Tensor, dtype: torch.dtype, residual_dtype: torch
         param = master.to(dtype)  # to nearest even
     upcast = param.float()
     remainder = bits - _bits(upcast)
-    shift = RESIDUAL_SHIFTS[dtype, 32 if residual_dtype == torch.int16 else 24]
+    shift = RESIDUAL_SHIFTS[dtype, MASTER_BITS[residual_dtype]]
     if shift:
         remainder = (remainder + (1 << (shift - 1))) >> shift  # to nearest (>> floors, as the kernel's)
     residual = remainder.clamp(*_LIMITS[residual_dtype])

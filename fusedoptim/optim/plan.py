@@ -25,8 +25,9 @@ from typing import Optional
 import torch
 
 from fusedoptim.kernels import launcher
-from fusedoptim.kernels.launcher import QuantizedStates, TensorSlots, prepare_launches
-from fusedoptim.kernels.shards import Shards, local
+from fusedoptim.kernels.launcher import prepare_launches
+from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
+from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
 from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
@@ -40,7 +41,7 @@ _data_ptr = torch.Tensor.data_ptr
 _is = operator.is_
 
 
-def _same(values, expected) -> bool:
+def same_objects(values, expected) -> bool:
     """Whether two sequences hold the very same objects (identity, element by element, in C)."""
     return len(values) == len(expected) and all(map(_is, values, expected))
 
@@ -134,7 +135,7 @@ class GroupPlan:
         for param, state in zip(self.params, self.state_dicts):
             for name in rule.scalar_states:  # plain tensors on an FSDP2 param's device too, as torch.optim's
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
-                    state[name] = optimizer._step_counter(param.device)
+                    state[name] = optimizer.runtime.step_counter(param.device)
                 elif name not in state:
                     state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
             make_states = make_quantized_states if self.kinds else make_float_states
@@ -204,11 +205,12 @@ class GroupPlan:
         if self._param_pointers() != self.param_pointers:
             return False  # a param moved (p.data = ...): check it and its states again
         try:
-            if not _same(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
+            if not same_objects(_states_of(self.state_dicts, self.tracked_names), self.state_tensors):
                 return False
         except KeyError:
             return False  # a state dropped (a quantized state's scales): the rebuild makes or refuses it
-        if not _same(grads, [ref() for ref in self.grad_refs]):  # new tensors, as after zero_grad(set_to_none=True)
+        # new tensors, as after zero_grad(set_to_none=True)
+        if not same_objects(grads, [ref() for ref in self.grad_refs]):
             for grad, (shape, stride, dtype, device) in zip(grads, self.grad_layouts):
                 if (grad.layout is not torch.strided or grad.shape != shape or grad.stride() != stride
                         or grad.dtype is not dtype or grad.device != device):
@@ -224,7 +226,7 @@ class GroupPlan:
                     launch.set_grads([grads[i] for i in members], [pointers[i] for i in members])
             self.grad_pointers = pointers
         values = list(map(group.__getitem__, self.hyper_names))
-        if not _same(values, self.hyper_values):
+        if not same_objects(values, self.hyper_values):
             # every one, not only those that changed: a check may read others (nesterov reads momentum)
             check_hyperparameters(rule, group, f"param group {self.index}", host_values_only=True)
             self.hyper_values = values
@@ -249,7 +251,8 @@ class GroupPlan:
         if quantization_count is not None:  # this step's draws for the codes: + 0 on a step GradScaler skips
             quantization_count.add_(1 if self.impl == "reference" or amp is None else amp[1].eq(0))
         if self.impl == "reference":
-            optimizer._reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp, self.kinds)
+            optimizer.runtime.reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp,
+                                             self.kinds)
             return
         prepared = self.prepared
         if prepared.before is not None:
@@ -261,7 +264,7 @@ class GroupPlan:
             prepared.after(amp)
         for _, _, launch in self.launches:
             launch.update(rule.update, rule.update_reads_param, self.hyper, self.flags,
-                          optimizer._rounding_seed(launch.device), amp, quantization_count)
+                          optimizer.runtime.rounding_seed(launch.device), amp, quantization_count)
 
 
 class StepPlan:
@@ -273,7 +276,7 @@ class StepPlan:
         if only is None:
             self.groups = [GroupPlan(optimizer, index) for index in range(len(optimizer.param_groups))]
         else:
-            self.groups = [GroupPlan(optimizer, optimizer._group_index[only], only=only)]
+            self.groups = [GroupPlan(optimizer, optimizer.runtime.group_of(only), only=only)]
         self.makes_first_step_states = any(g.makes_first_step_states for g in self.groups)
         self.has_reference = any(g.impl == "reference" and g.params for g in self.groups)
 
@@ -291,7 +294,7 @@ class StepPlan:
         if optimizer.param_groups is not self.param_groups or optimizer.state is not self.state:
             return False
         if self.whole and (len(self.param_groups) != self.n_groups
-                           or not _same(list(self.state.values()), self.state_values)):
+                           or not same_objects(list(self.state.values()), self.state_values)):
             return False  # a group added, a param's state dict replaced or dropped
         if not self.whole and optimizer.state.get(self.groups[0].params[0]) is not self.groups[0].state_dicts[0]:
             return False
@@ -302,7 +305,7 @@ class StepPlan:
         # or without a gradient; under gradient release each backward counts it (FusedOptimizer's hook)
         # and a step() applies what gradients are left in that backward's micro-step.
         if self.whole and optimizer.rule.step_per_optimizer and not optimizer.gradient_release:
-            count_step(optimizer._step_counters.values(), None if self.has_reference else amp)
+            optimizer.runtime.count_step(None if self.has_reference else amp)
         for group_plan in self.groups:
             group_plan.run(optimizer, amp)
 

@@ -46,6 +46,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fusedoptim.kernels.quantization import code_bytes, scale_count
+
 
 @dataclass(frozen=True)
 class Format:
@@ -58,6 +60,13 @@ class Format:
     def levels(self, kind: str) -> int:
         """The largest code: 127 or 7 for signed kinds (symmetric), 255 or 15 for the others."""
         return 2**self.bits - 1 if UNSIGNED[kind] else 2 ** (self.bits - 1) - 1
+
+    def codes_numel(self, numel: int) -> int:
+        """The codes of a state of ``numel`` elements: int8's one each, int4's packed two a byte."""
+        return code_bytes(numel, self.bits)
+
+    def scale_numel(self, numel: int) -> int:
+        return scale_count(numel, self.block)
 
 
 # int8 in blocks of 256 (torchao's 8-bit Adam); int4 in blocks of 128, Li et al. 2023's for 4-bit
@@ -90,7 +99,7 @@ def new_codes(param: torch.Tensor, state_dtype: str) -> torch.Tensor:
     flat, in the param's memory order (element 2k in the low nibble, 2k + 1 in the high one)."""
     if FORMATS[state_dtype].bits == 8:
         return torch.empty_like(param, dtype=torch.int8)
-    return torch.empty(-(-param.numel() // 2), dtype=torch.uint8, device=param.device)
+    return torch.empty(FORMATS[state_dtype].codes_numel(param.numel()), dtype=torch.uint8, device=param.device)
 
 
 def scale_name(name: str) -> str:
@@ -98,7 +107,7 @@ def scale_name(name: str) -> str:
 
 
 def scale_numel(numel: int, state_dtype: str = "int8") -> int:
-    return -(-numel // FORMATS[state_dtype].block)
+    return FORMATS[state_dtype].scale_numel(numel)
 
 
 def memory_order(tensor: torch.Tensor) -> torch.Tensor:
@@ -109,7 +118,7 @@ def memory_order(tensor: torch.Tensor) -> torch.Tensor:
 
 def _blocks(flat: torch.Tensor, block: int) -> torch.Tensor:
     """[n] → [blocks, block], the tail padded with zeros (which never raise a block's max)."""
-    padding = -(-flat.numel() // block) * block - flat.numel()
+    padding = scale_count(flat.numel(), block) * block - flat.numel()
     return torch.nn.functional.pad(flat, (0, padding)).view(-1, block)
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from fusedoptim.optim.master_weights import RESIDUAL_DTYPES
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.quantization import FORMATS, is_quantized, scale_numel
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -189,7 +189,7 @@ class Rule:
         residuals = sum(numels) * _residual_size(master_weight_bits)
         if not is_quantized(state_dtype):
             return sum(numels) * _element_size(state_dtype or param_dtype) * len(names) + scalars + residuals
-        codes = sum(-(-n * FORMATS[state_dtype].bits // 8) for n in numels)
+        codes = sum(map(FORMATS[state_dtype].codes_numel, numels))
         scales = sum(scale_numel(n, state_dtype) for n in numels) * 4
         return (codes + scales) * len(names) + scalars + residuals
 

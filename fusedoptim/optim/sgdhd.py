@@ -7,7 +7,7 @@ from fusedoptim.optim.reference.sgdhd import learning_rate_tensor
 
 def sgdhd_prepare(group, params, states, shards, scalar_buffers) -> Prepared:
     """α becomes the 0-d fp32 device tensor in group["lr"], and the reduce adds each tensor's part of
-    the dot product straight into it. With FSDP2 shards (``kernels.shards``) the shards' partial dot
+    the dot product straight into it. With FSDP2 shards (``optim.shards``) the shards' partial dot
     product goes to a scratch value first, is summed over the ranks, then moves α, so every rank
     learns the same α. GradScaler: the reduce sums the unscaled gradients, and nothing on a skipped step."""
     lr = learning_rate_tensor(group, params[0].device)

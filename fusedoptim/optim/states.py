@@ -5,8 +5,8 @@ What the states are is the rule's declaration (``optim.registry``: ``State``, ``
 import torch
 from torch.distributed.tensor import DTensor
 
-from fusedoptim.kernels.shards import local, placed_as
-from fusedoptim.optim.master_weights import RESIDUAL_DTYPES
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
+from fusedoptim.optim.shards import local, placed_as
 from fusedoptim.optim.quantization import COUNT_KEY, is_quantized, new_codes, new_count, quantize_constant, scale_name, scale_numel
 from fusedoptim.optim.rule import FIRST_STEP
 from fusedoptim.optim.validation import check_quantized_state, check_scalar_state, check_state

@@ -61,7 +61,7 @@ def check_quantized_state(rule_name: str, name: str, state: dict, param, state_d
     if FORMATS[state_dtype].bits == 8:
         check_state(rule_name, name, state[name], param, torch.int8, where)
     else:
-        codes, packed = state[name], -(-param.numel() // 2)
+        codes, packed = state[name], FORMATS[state_dtype].codes_numel(param.numel())
         if (not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8 or codes.numel() != packed
                 or codes.dim() != 1 or not codes.is_contiguous() or codes.device != param.device):
             got = (f"{codes.dtype} {tuple(codes.shape)} on {codes.device}" if isinstance(codes, torch.Tensor)

@@ -70,18 +70,4 @@ class Shards:
             torch._foreach_copy_(partial, [t.reshape(value.shape) for t, value in zip(total.unbind(), partial)])
 
 
-def global_norms(tensors: Sequence[torch.Tensor], shards: Optional[Shards], indices: Sequence[int]) -> list:
-    """The fp32 L2 norm of each whole tensor from its local shard ``tensors[k]`` of param ``indices[k]``."""
-    norms = list(torch._foreach_norm(tensors, 2, dtype=torch.float32)) if tensors else []
-    if shards is None or not norms:
-        return norms
-    squares = torch._foreach_mul(norms, norms)
-    shards.sum_(squares, indices)
-    return list(torch._foreach_sqrt(squares))
-
-
-def global_numel(param: torch.Tensor, shards: Optional[Shards], index: int) -> int:
-    return param.numel() if shards is None else shards.numels[index]
-
-
-__all__ = ["Shards", "global_norms", "global_numel", "local", "placed_as"]
+__all__ = ["Shards", "local", "placed_as"]

@@ -22,17 +22,23 @@ from typing import Callable, Optional
 
 import torch
 
-# key -> a weak reference to the step that runs it (an optimizer's bound method: the registry must
-# not keep optimizers alive).
+# key -> a weak reference to the step that runs it (an optimizer's bound method): the registry keeps no
+# optimizer alive, and an optimizer's entry goes with it.
 _steps: dict[int, weakref.WeakMethod] = {}
 _keys = itertools.count()
 
 
 def register(step: Callable) -> int:
-    """A key for ``step``, a bound method ``(params, inv_scale, found_inf)``."""
+    """A key for ``step``, a bound method ``(params, inv_scale, found_inf)``, until its object is collected."""
     key = next(_keys)
     _steps[key] = weakref.WeakMethod(step)
+    weakref.finalize(step.__self__, _steps.pop, key, None)
     return key
+
+
+def registered() -> int:
+    """How many steps have a key: one per live optimizer (and per copy)."""
+    return len(_steps)
 
 
 @torch.library.custom_op("triton_optim::step", mutates_args=("params",))
