@@ -14,7 +14,7 @@ from fusedoptim import optim
 from fusedoptim.autotune import DEFAULT_CONFIGS, LaunchConfig, default_config, launch_config, size_bucket
 from fusedoptim.tuner.__main__ import main as autotune_main
 from fusedoptim.autotune.table import TuningTable, entry, read, write
-from fusedoptim.tuner import tune, tune_optimizer
+from fusedoptim.tuner import scratch_copy, tune, tune_optimizer
 from fusedoptim.optim.registry import RULES
 from tests.conftest import make_params, random_grads
 from tests.test_amp import assert_identical, snapshot
@@ -204,6 +204,23 @@ def test_a_tuning_pass_leaves_the_callers_tensors_bit_identical(name):
     assert scratch is not optimizer
     assert not torch.equal(scratch.param_groups[0]["params"][0], params[0]), "the timed steps ran on the copy"
     assert entries == [entry(name, torch.float32, size_bucket(1023), WIDE, 1.0, 3.0)]
+
+
+def test_the_scratch_copy_steps_as_the_callers_optimizer_with_every_option():
+    """What is timed is the caller's step: a bf16 AdamW with int8 states and 24-bit masters, copied,
+    steps to the same params and states as the original (a copy without the master's residual would
+    time, and step, another update)."""
+    params = make_params([(1023,)], torch.bfloat16)
+    optimizer = optim.AdamW(params, lr=1e-2, state_dtype="int8", master_weight_bits=24, impl="triton")
+    for seed in range(2):
+        params[0].grad = random_grads(params, seed)[0]
+        optimizer.step()
+    scratch = scratch_copy(optimizer)
+    assert scratch.master_weight_bits == 24 and scratch.state_dtype == "int8"
+    copy = scratch.param_groups[0]["params"][0]
+    optimizer.step()
+    scratch.step()
+    assert_identical(snapshot(scratch, [copy]), snapshot(optimizer, params), "the copy's step against the caller's")
 
 
 def test_tune_times_every_candidate_on_a_scratch_tensor_of_the_bucket():

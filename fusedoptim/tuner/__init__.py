@@ -15,6 +15,7 @@ import torch
 import triton
 
 from fusedoptim import optim
+from fusedoptim.optim.base import OPTIONS
 from fusedoptim.autotune import default_config, forced_config, size_bucket
 from fusedoptim.autotune.space import LaunchConfig, search_space
 from fusedoptim.autotune.table import entry
@@ -79,8 +80,8 @@ def scratch_copy(optimizer):
     state_dict = copy.deepcopy(optimizer.state_dict())
     groups = [{**{k: v for k, v in saved.items() if k != "params"}, "params": copies}
               for saved, copies in zip(state_dict["param_groups"], params)]
-    scratch = type(optimizer)(groups, impl="triton", state_dtype=optimizer.state_dtype,
-                              stochastic_rounding=optimizer.stochastic_rounding, seed=optimizer.seed)
+    options = {name: getattr(optimizer, name) for name in OPTIONS if name not in ("impl", "gradient_release")}
+    scratch = type(optimizer)(groups, impl="triton", **options)
     scratch.load_state_dict(state_dict)
     return scratch
 
