@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from matplotlib.figure import Figure
-from matplotlib.text import Text
 
-from fusedoptim.optim.registry import RULES
-from scripts import bandwidth, memory, report
-from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes
-from tests.conftest import DEVICE
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the profiles draw with it")
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from fusedoptim.optim.registry import RULES  # noqa: E402
+from scripts import bandwidth, memory, report  # noqa: E402
+from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes  # noqa: E402
+from tests.conftest import DEVICE  # noqa: E402
 
 # Width 128: every tensor at least 512 bytes in fp32, the CUDA caching allocator's rounding unit, so
 # a GPU run's peaks are the tensors' bytes as on the CPU.
