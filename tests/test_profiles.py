@@ -211,3 +211,13 @@ def test_each_profile_says_where_it_writes_and_how_to_keep_its_results(module, c
         importlib.import_module(f"scripts.{module}").main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "runs/<machine>/" in text and "--out reports/<machine>" in text, f"python -m scripts.{module} --help"
+
+
+def test_the_memory_profile_names_every_policy_it_runs(capsys):
+    """Its --help is made from POLICIES, so that the text cannot fall behind the code."""
+    with pytest.raises(SystemExit):
+        memory.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: all {len(memory.POLICIES)}" in text, text
+    for name in memory.POLICIES:
+        assert f'"{name}"' in text, name
