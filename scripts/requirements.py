@@ -33,14 +33,15 @@ def declared(text: str) -> dict:
 
 def declared_by_pattern(text: str) -> dict:
     """``declared`` without tomllib: the arrays of strings under [project] (its ``dependencies``) and
-    [project.optional-dependencies], read by pattern; enough for this pyproject (tested against tomllib)."""
+    [project.optional-dependencies], read by pattern (no comments inside an array); enough for this
+    pyproject, tested against tomllib."""
     found, table = {}, None
-    array = re.compile(r'^([\w-]+)\s*=\s*\[((?:\s|,|"[^"]*"|#[^\n]*)*)\]', re.M)
-    for line_or_array in re.finditer(r"^\[([^\]\n]+)\]\s*$|" + array.pattern, text, re.M):
-        if line_or_array.group(1) is not None:
-            table = line_or_array.group(1).strip()
-        elif table == "project.optional-dependencies" or (table == "project" and line_or_array.group(2) == "dependencies"):
-            found[line_or_array.group(2)] = re.findall(r'"([^"]*)"', re.sub(r"#[^\n]*", "", line_or_array.group(3)))
+    header, array = r"^\[([^\]\n]+)\]\s*$", r'^([\w-]+)\s*=\s*\[((?:\s|,|"[^"]*")*)\]'  # [table], key = ["...", ...]
+    for match in re.finditer(f"{header}|{array}", text, re.M):
+        if match.group(1) is not None:
+            table = match.group(1).strip()
+        elif table == "project.optional-dependencies" or (table == "project" and match.group(2) == "dependencies"):
+            found[match.group(2)] = re.findall(r'"([^"]*)"', match.group(3))
     return found
 
 
