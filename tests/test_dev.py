@@ -55,6 +55,19 @@ def test_the_venv_for_an_interpreter_with_torch_uses_its_packages_and_is_remade_
     assert unchanged.stdout == "", unchanged.stdout
 
 
+def test_an_interpreter_without_ensurepip_still_gets_a_venv(tmp_path):
+    """As a Debian python3 without python3-venv: `-m venv` fails unless --without-pip."""
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\ncase "$*" in *--without-pip*) ;; *"-m venv"*) echo "ensurepip is not available" >&2; '
+                      f'exit 1 ;; esac\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    made = dev(f"ensure_venv {python} {tmp_path / 'venv'}")
+    assert "ensurepip is not available): making it without" in made.stdout, made.stdout + made.stderr
+    imported = subprocess.run([tmp_path / "venv" / "bin" / "python", "-c", "import torch"], capture_output=True,
+                              text=True, timeout=120)
+    assert imported.returncode == 0, imported.stderr
+
+
 def test_the_pattern_reads_pyproject_as_tomllib_does():
     pytest.importorskip("tomllib", reason="Python 3.10: only the pattern reads pyproject there")
     text = (ROOT / "pyproject.toml").read_text()
