@@ -15,6 +15,11 @@ and triton versions, each stage's status and wall time, pytest's summary, the pa
                     compilation per rule and dtype (72), about 0.3 s each: three rules in bf16 fit
   5. communication  DDP's fp32 all-reduce against the majority vote, on 2 GPUs (skipped on one)
 
+Unlike the other commands (which write under runs/, untracked, unless given --out), it writes into the
+checkout, to be committed: the logs, reports and summary.md in reports/<gpu>/ (--out for another folder)
+and the tuned table in fusedoptim/autotune/tables/<gpu>.json. What a GPU shows is kept: the GPU machines
+are lent for minutes, and the CPU runs cannot measure it.
+
 Without a GPU it says so, lists what it would run (each command and its budget) and writes nothing.
 """
 import argparse
@@ -152,14 +157,17 @@ def plan(out) -> str:
 def main(args=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.gpu", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", help="report directory (default: reports/<gpu>/, committed: what a GPU shows is kept)")
+    parser.add_argument("--out", help="report directory (default: reports/<gpu>/, to be committed: what a GPU "
+                        "shows is kept)")
     parser.add_argument("--list", action="store_true", help="only list the stages, as without a GPU")
     options = parser.parse_args(args)
     if not torch.cuda.is_available() or options.list:
         if not torch.cuda.is_available():
             print("No GPU is available (torch.cuda.is_available() is False): nothing run, nothing written.")
         print("On a CUDA device `./dev gpu` runs, without TRITON_INTERPRET, each stage with its time budget:")
-        print(plan(options.out or "reports/<gpu>"))
+        out = options.out or "reports/<gpu>"
+        print(plan(out))
+        print(f"It writes {out}/ (logs, reports, summary.md) and fusedoptim/autotune/tables/<gpu>.json, to be committed.")
         return 0
     facts = machine(torch.device("cuda"))
     directory = report_directory(facts, options.out or REPORTS / slug(facts)).resolve()

@@ -6,8 +6,8 @@ Two measurements, each next to its analytic model:
    state in the state dtype, each scalar state 4 bytes per tensor) against the sum of the bytes of
    the state tensors an optimizer holds after a step.
 2. The peak memory of training (model made, two optimizer steps of k micro-batches each), for Adam,
-   Lion and Tiger (``--rules`` for others), k = 1 and 4, three precision policies, and Tiger with and
-   without gradient release. The analytic peak is
+   Lion and Tiger (``--rules`` for others), k = 1 and 4, every precision policy (``--policies``; --help
+   lists them), and Tiger with and without gradient release. The analytic peak is
 
        params + grads held + optimizer state + backward
 
@@ -345,7 +345,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rules", nargs="+", default=list(HEADLINE_RULES), choices=list(RULES),
                         help="rules whose training peaks are measured (default: %(default)s); every rule's state is")
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), metavar="POLICY",
+                        help=f"precision policies (default: all {len(POLICIES)}): " + ", ".join(f'"{name}"' for name in POLICIES))
     parser.add_argument("--accumulation", nargs="+", type=int, default=[1, 4], help="micro-batches per step")
     parser.add_argument("--impl", default="auto", choices=["auto", "triton", "reference"])
     parser.add_argument("--out", help=OUT_HELP)

@@ -1,10 +1,13 @@
-"""`./dev gpu` (scripts/gpu.py): without a GPU it lists its stages and writes nothing; its budgets fit in
-8 minutes; its runner records passed, failed, timed-out and skipped stages (fake stages, no GPU needed)."""
+"""`./dev gpu` (scripts/gpu.py): without a GPU it lists its stages and where it would write, and writes
+nothing; it says that it writes into the checkout, to be committed (the one command that does by default);
+its budgets fit in 8 minutes; its runner records passed, failed, timed-out and skipped stages (fake
+stages, no GPU needed)."""
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from scripts import gpu
@@ -22,7 +25,17 @@ def test_without_a_gpu_it_lists_every_stage_and_writes_nothing(tmp_path):
     for stage in gpu.STAGES:
         assert gpu.shown(stage.command, out) in result.stdout, stage.name
         assert f"{stage.name}, {stage.budget_s} s" in result.stdout
+    assert f"It writes {out}/ (logs, reports, summary.md) and fusedoptim/autotune/tables/<gpu>.json, to be committed" \
+        in result.stdout
     assert not out.exists()
+
+
+def test_its_help_says_it_writes_reports_to_be_committed(capsys):
+    with pytest.raises(SystemExit):
+        gpu.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "reports/<gpu>/" in text and "fusedoptim/autotune/tables/<gpu>.json" in text, text
+    assert "to be committed" in text and "runs/" in text, "says it differs from the commands that write to runs/"
 
 
 def test_the_budgets_fit_in_eight_minutes():

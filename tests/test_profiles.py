@@ -9,13 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from matplotlib.figure import Figure
-from matplotlib.text import Text
 
-from fusedoptim.optim.registry import RULES
-from scripts import bandwidth, memory, report
-from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes
-from tests.conftest import DEVICE
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the profiles draw with it")
+
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
+
+from fusedoptim.optim.registry import RULES  # noqa: E402
+from scripts import bandwidth, memory, report  # noqa: E402
+from scripts.gpt import GPT2_SMALL, GPTConfig, parameter_shapes  # noqa: E402
+from tests.conftest import DEVICE  # noqa: E402
 
 # Width 128: every tensor at least 512 bytes in fp32, the CUDA caching allocator's rounding unit, so
 # a GPU run's peaks are the tensors' bytes as on the CPU.
@@ -208,3 +211,13 @@ def test_each_profile_says_where_it_writes_and_how_to_keep_its_results(module, c
         importlib.import_module(f"scripts.{module}").main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "runs/<machine>/" in text and "--out reports/<machine>" in text, f"python -m scripts.{module} --help"
+
+
+def test_the_memory_profile_names_every_policy_it_runs(capsys):
+    """Its --help is made from POLICIES, so that the text cannot fall behind the code."""
+    with pytest.raises(SystemExit):
+        memory.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"default: all {len(memory.POLICIES)}" in text, text
+    for name in memory.POLICIES:
+        assert f'"{name}"' in text, name

@@ -5,10 +5,13 @@ Newton quadratically, mini-batch SGD to its noise level; each reaches scipy's op
 import pytest
 import torch
 
-from fusedoptim import optim
-from fusedoptim.optim.registry import RULES, Tolerance
-from scripts.reproductions import classical_methods
-from tests.conftest import assert_close, run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+pytest.importorskip("scipy", reason="scipy (the scripts extra) is not installed: this reproduction checks against it")
+
+from fusedoptim import optim  # noqa: E402
+from fusedoptim.optim.registry import RULES, Tolerance  # noqa: E402
+from scripts.reproductions import classical_methods  # noqa: E402
+from tests.conftest import assert_close, run_reproduction  # noqa: E402
 
 FIRST_ORDER = ("gradient descent", "momentum", "Nesterov")
 # A linear method's fitted order is 1 ± 0.05 (test_linear_methods_...; L-BFGS and CG 0.98 to 1.03 over

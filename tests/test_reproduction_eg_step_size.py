@@ -3,10 +3,12 @@ collapse under gradient noise."""
 import pytest
 import torch
 
-from fusedoptim import optim
-from fusedoptim.optim.registry import RULES
-from scripts.reproductions import eg_step_size as reproduction
-from tests.conftest import assert_close, run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from fusedoptim import optim  # noqa: E402
+from fusedoptim.optim.registry import RULES  # noqa: E402
+from scripts.reproductions import eg_step_size as reproduction  # noqa: E402
+from tests.conftest import assert_close, run_reproduction  # noqa: E402
 
 LR, GAMMA = 0.015, 1e-2  # run()'s defaults
 

@@ -1,10 +1,14 @@
 """Issue 8, item 2: exponentiated gradient stays non-negative and solves NNLS to scipy's answer."""
+import pytest
 import torch
 
-from fusedoptim import optim
-from fusedoptim.optim.registry import RULES, Tolerance
-from scripts.reproductions import exponentiated_gradient as reproduction
-from tests.conftest import assert_close
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+pytest.importorskip("scipy", reason="scipy (the scripts extra) is not installed: this reproduction checks against it")
+
+from fusedoptim import optim  # noqa: E402
+from fusedoptim.optim.registry import RULES, Tolerance  # noqa: E402
+from scripts.reproductions import exponentiated_gradient as reproduction  # noqa: E402
+from tests.conftest import assert_close  # noqa: E402
 
 
 def test_eg_stays_feasible_and_reaches_the_nnls_answer(tmp_path):

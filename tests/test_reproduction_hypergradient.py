@@ -1,10 +1,13 @@
 """Issue 8, item 4: hypergradient descent raises α from 0 and beats fixed-lr gradient descent."""
+import pytest
 import torch
 
-from fusedoptim import optim
-from fusedoptim.optim.registry import RULES
-from scripts.reproductions import hypergradient
-from tests.conftest import assert_close
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from fusedoptim import optim  # noqa: E402
+from fusedoptim.optim.registry import RULES  # noqa: E402
+from scripts.reproductions import hypergradient  # noqa: E402
+from tests.conftest import assert_close  # noqa: E402
 
 
 def alpha_by_hand(steps, hypergrad_lr=1e-6) -> float:

@@ -6,9 +6,11 @@ import math
 import pytest
 import torch
 
-from fusedoptim import optim
-from scripts.reproductions import implicit_regularization as reproduction
-from tests.conftest import run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from fusedoptim import optim  # noqa: E402
+from scripts.reproductions import implicit_regularization as reproduction  # noqa: E402
+from tests.conftest import run_reproduction  # noqa: E402
 
 STEP_SIZES = (0.2, 0.1, 0.05, 0.025)
 

@@ -5,8 +5,10 @@ import math
 import numpy
 import pytest
 
-from scripts.reproductions import lr_schedules
-from tests.conftest import run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from scripts.reproductions import lr_schedules  # noqa: E402
+from tests.conftest import run_reproduction  # noqa: E402
 
 STEPS, REPLICATES = 400, 4  # the script runs 1000 steps and 5 replicates; every decay scales with the run
 DECAYS = ("exponential", "natural exponential", "plateau", "warm-up + exponential", "piecewise linear")

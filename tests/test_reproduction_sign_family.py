@@ -2,8 +2,10 @@
 import pytest
 import torch
 
-from scripts.reproductions import common, sign_family
-from tests.conftest import run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from scripts.reproductions import common, sign_family  # noqa: E402
+from tests.conftest import run_reproduction  # noqa: E402
 
 STEPS = 100  # enough for every momentum to change sign many times; the script runs 200
 LR, WEIGHT_DECAY, ADAM_LR, ADAM_STEPS = 1e-2, 0.1, 1e-3, 1000  # the AdamW numbers: η = 1e-3, λ = 0.1

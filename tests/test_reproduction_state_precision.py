@@ -1,9 +1,11 @@
 """Six rules × state precision on the tiny character GPT (scripts/reproductions/state_precision.py)."""
 import pytest
 
-from scripts.reproductions import state_precision
-from scripts.reproductions.state_precision import LOWER_PRECISIONS, Precision
-from tests.conftest import run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from scripts.reproductions import state_precision  # noqa: E402
+from scripts.reproductions.state_precision import LOWER_PRECISIONS, Precision  # noqa: E402
+from tests.conftest import run_reproduction  # noqa: E402
 
 STEPS = state_precision.STEPS  # the script's own run length, so that the claim is tested where the figure shows it
 # The rules of the claim, each at the lr its selection chooses (tiny_transformer's): the selection

@@ -3,8 +3,10 @@ import math
 
 import pytest
 
-from scripts.reproductions import tiny_transformer
-from tests.conftest import run_reproduction
+pytest.importorskip("matplotlib", reason="matplotlib (the scripts extra) is not installed: the reproductions draw with it")
+
+from scripts.reproductions import tiny_transformer  # noqa: E402
+from tests.conftest import run_reproduction  # noqa: E402
 
 STEPS = 120  # the script's own run length, so that the claim is tested where the figure shows it
 # One lr per optimizer instead of the script's three: the one its sweep chooses at this length. The

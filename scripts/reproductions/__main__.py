@@ -1,10 +1,13 @@
-"""Run every reproduction (or those named) and write their figures under reports/reproductions/."""
+"""Run every reproduction (or those named) and write their figures and tables under runs/reproductions/
+(untracked), or under --out: `--out reports/reproductions` rewrites the committed ones."""
 import argparse
 import importlib
 import pkgutil
 import time
 
 import scripts.reproductions as package
+from scripts.report import written
+from scripts.reproductions.common import OUT_HELP, output_directory
 
 MODULES = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in ("common", "__main__"))
 
@@ -12,17 +15,19 @@ MODULES = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.nam
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m scripts.reproductions", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="name", help=f"which to run (default all): {', '.join(MODULES)}")
-    parser.add_argument("--out", help="output directory (default reports/reproductions/)")
+    parser.add_argument("--out", help=OUT_HELP)
     arguments = parser.parse_args(argv)
     unknown = sorted(set(arguments.names) - set(MODULES))
     if unknown:
         parser.error(f"no reproduction named {', '.join(unknown)}; the reproductions are {', '.join(MODULES)}")
-    for name in arguments.names or MODULES:
+    names = arguments.names or MODULES
+    for name in names:
         module = importlib.import_module(f"scripts.reproductions.{name}")
         start = time.perf_counter()
         print(f"== {name}: {module.CLAIM}")
         module.run(arguments.out)
         print(f"   ({time.perf_counter() - start:.1f} s)")
+    print(written(output_directory(arguments.out), [f"{name}.png, {name}.csv" for name in names]))
 
 
 if __name__ == "__main__":

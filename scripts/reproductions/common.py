@@ -2,8 +2,10 @@
 
 A reproduction is a module of this package with ``NAME``, a one-line ``CLAIM`` and ``run(out) -> dict``:
 it computes its numbers, writes ``<NAME>.png`` and ``<NAME>.csv`` (every row with the machine's facts)
-under ``out`` (default reports/reproductions/), prints what it measured, and returns the numbers that
-its test asserts.
+under ``out``, prints what it measured, and returns the numbers that its test asserts.
+
+By default ``out`` is runs/reproductions/, which git ignores, so that reproducing leaves the checkout as it
+was; ``--out reports/reproductions`` rewrites the committed figures that docs/reproductions.md shows.
 """
 import argparse
 import contextlib
@@ -14,9 +16,11 @@ import matplotlib
 matplotlib.use("Agg")  # no display needed: PNGs only
 import torch  # noqa: E402
 
-from scripts.report import REPORTS, describe, machine, write_csv  # noqa: E402
+from scripts.report import RUNS, describe, machine, write_csv, written  # noqa: E402
 
-DIRECTORY = REPORTS / "reproductions"
+DIRECTORY = RUNS / "reproductions"  # untracked; reports/reproductions/ holds the committed ones
+OUT_HELP = ("output directory (default: runs/reproductions/, untracked; --out reports/reproductions rewrites "
+            "the committed figures and tables)")
 
 
 @contextlib.contextmanager
@@ -61,6 +65,8 @@ def save(name: str, figure, rows: list, out=None) -> Path:
 def main(module, argv=None) -> dict:
     """The command line of one reproduction: ``python -m scripts.reproductions.<name> [--out DIR]``."""
     parser = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=module.CLAIM)
-    parser.add_argument("--out", help=f"directory for {module.NAME}.png and .csv (default {DIRECTORY})")
+    parser.add_argument("--out", help=OUT_HELP)
     arguments = parser.parse_args(argv)
-    return module.run(arguments.out)
+    results = module.run(arguments.out)
+    print(written(output_directory(arguments.out), [f"{module.NAME}.png", f"{module.NAME}.csv"]))
+    return results
