@@ -43,10 +43,16 @@ def pages() -> list:
 def cited_paths(page: Path) -> list:
     """(the cited text, the file it names) for each path cited on the page, by the rule above."""
     text = FENCE.sub("", page.read_text(encoding="utf-8"))
-    top_level = {entry.name for entry in ROOT.iterdir()}
+    # What git ignores (runs/, where the commands write unless given --out) is no file of the repository:
+    # a page may name it, and a fresh clone has none of it.
+    ignored = {line.strip().strip("/") for line in (ROOT / ".gitignore").read_text().splitlines()
+               if line.strip() and not line.startswith("#")}
+    top_level = {entry.name for entry in ROOT.iterdir()} - ignored
     cited = []
     for span in SPAN.findall(text):
         if NOT_A_PATH.search(span) or "/" not in span or span.startswith(OTHER_PROJECTS):
+            continue
+        if span.split("/")[0] in ignored:
             continue
         if span.split("/")[0] in top_level or span.endswith(EXTENSIONS):
             cited.append((span, ROOT / span))

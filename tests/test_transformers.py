@@ -15,6 +15,7 @@ import torch
 
 transformers = pytest.importorskip(
     "transformers", reason="HF Trainer is a tested client: pip install transformers accelerate (the test extra)")
+pytest.importorskip("accelerate", reason="HF Trainer needs accelerate: pip install accelerate (the test extra)")
 
 import fusedoptim as fo  # noqa: E402
 
