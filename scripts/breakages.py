@@ -43,7 +43,7 @@ BREAKAGES = (
              "                if whole:\n                    launch.set_grads(grads, pointers)",
              ("tests/test_step_plan.py::test_a_group_of_two_launches_reads_each_steps_fresh_gradients",),
              "fp32 and bf16 params in one group: the bf16 launch steps with a freed gradient"),
-    Breakage("loaded-int8-scales-shared-with-the-source", "fusedoptim/optim/checkpoint.py",
+    Breakage("loaded-scales-shared-with-the-source", "fusedoptim/optim/checkpoint.py",
              "state[name], state[scale_name(name)] = codes.copy_(value), scales.clone().contiguous()",
              "state[name], state[scale_name(name)] = codes.copy_(value), scales.contiguous()",
              ("tests/test_quantized_state.py::test_loading_a_live_state_dict_leaves_the_source_optimizer_alone",),
