@@ -71,7 +71,7 @@ def number(value, finite: bool = True) -> float:
         result = float(value)
     if finite and not math.isfinite(result):
         raise ValueError(f"must be finite, got {result}: the first step would turn the params to inf or NaN; "
-                         "give a finite value (a checkpoint saved after a diverged schedule: set it before stepping)")
+                         "give a finite value")
     return result
 
 
