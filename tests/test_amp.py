@@ -108,3 +108,30 @@ def test_gradient_release_refuses_a_grad_scaler():
     tiger.grad_scale, tiger.found_inf = torch.ones(()), torch.zeros(())
     with pytest.raises(RuntimeError, match="GradScaler"):
         tiger.step()
+
+
+@pytest.mark.parametrize("rule", [RULES["AdamW"], RULES["SGDHD"]], ids=lambda rule: rule.name)
+def test_a_compiled_step_under_grad_scaler_unscales_and_skips_as_the_eager_one(rule):
+    """torch.compile(optimizer.step) as scaler.step calls it: the graph's op must be handed GradScaler's
+    inv_scale and found_inf, or a step with an inf gradient moves the params (and every other one
+    steps with gradients SCALE times too large). The eager run is the expected one, exactly."""
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        params = make_params(SHAPES, torch.float32, rule=rule)
+        optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl="triton")
+        if compiled:
+            optimizer.step = torch.compile(optimizer.step, fullgraph=True, backend="eager")
+        scaler = grad_scaler()
+        for index, grads in enumerate(random_grads(params, seed) for seed in range(3)):
+            before = snapshot(optimizer, params)
+            for p, g in zip(params, grads):
+                p.grad = g * scaler.get_scale()
+            if index == 1:
+                params[1].grad.view(-1)[4] = float("inf")
+            scaler.step(optimizer)
+            scaler.update()
+            if index == 1:
+                assert_identical(snapshot(optimizer, params), before, f"{rule.name} compiled={compiled}: skipped step")
+        runs.append(snapshot(optimizer, params))
+    assert_identical(runs[1], runs[0], f"{rule.name}: compiled step under GradScaler against the eager one")

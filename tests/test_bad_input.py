@@ -1,4 +1,5 @@
 """Bad input gets an error that names the parameter, raised before any tensor is modified."""
+import math
 import re
 
 import pytest
@@ -188,3 +189,40 @@ def test_bad_quantized_states_fail_the_step_before_any_update(rule, state, entry
     with pytest.raises(ValueError, match=f"state '{name}' of param 0 of param group 1 .*{text}"):
         optimizer.step()
     assert_untouched(optimizer, params, before)
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_a_non_finite_tensor_lr_is_refused_where_its_value_can_be_read(rule, value):
+    """A tensor's value is read at construction, in an added group and at a load (never at a step:
+    a sync): inf or NaN there is refused, naming the group and the value; nothing is kept."""
+    with pytest.raises(ValueError, match=r"invalid lr=tensor\((-?inf|nan)\) in the optimizer's arguments: lr must be finite"):
+        getattr(optim, rule)([torch.zeros(3)], lr=torch.tensor(value))
+    optimizer, params = stepped_optimizer(rule, "reference")
+    with pytest.raises(ValueError, match=r"invalid lr=tensor\((-?inf|nan)\) in param group 2: lr must be finite"):
+        optimizer.add_param_group({"params": [torch.zeros(2)], "lr": torch.tensor(value)})
+    assert len(optimizer.param_groups) == 2, "the bad group was kept"
+    saved = optimizer.state_dict()
+    saved["param_groups"][1]["lr"] = torch.tensor(value)  # as a checkpoint of a diverged schedule holds it
+    lrs, before = [group["lr"] for group in optimizer.param_groups], snapshot(optimizer, params)
+    with pytest.raises(ValueError, match=r"invalid lr=tensor\((-?inf|nan)\) in param group 1 of the checkpoint: "
+                                         "lr must be finite"):
+        optimizer.load_state_dict(saved)
+    assert [group["lr"] for group in optimizer.param_groups] == lrs, "a group took the checkpoint's lr"
+    assert_untouched(optimizer, params, before)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
+@pytest.mark.parametrize("rule", RULE_NAMES)
+def test_meta_params_are_refused_before_any_state_is_made(rule, impl):
+    """torch.optim steps meta params (states on meta, no values); here the step is refused, naming the
+    param, before any param of any group changes or any state is made: the reference made the states,
+    then failed reading a meta value."""
+    params = make_params([(33,)], torch.float32, rule=RULES[rule])
+    meta = torch.zeros(5, device="meta")
+    optimizer = getattr(optim, rule)([{"params": params}, {"params": [meta]}], impl=impl)
+    params[0].grad, meta.grad = random_grads(params, seed=0)[0], torch.zeros(5, device="meta")
+    before = params[0].clone()
+    with pytest.raises(RuntimeError, match="param 0 of param group 1 is on the meta device"):
+        optimizer.step()
+    assert torch.equal(params[0], before) and not optimizer.state, "the refused step changed something"

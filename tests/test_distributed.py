@@ -193,6 +193,7 @@ def _sharded_worker(rank, world_size):
             max_scale=max(b.abs().max().item() for b in whole_params),
             moved=any(not torch.equal(a, b) for a, b in zip(whole_params, _model_and_optimizer(rule, False)[0].parameters())),
             state_sizes_within_shards=all(size <= max(local_sizes) for size in state_sizes))
+    results["tiger_nan_in_one_shard"] = _tiger_with_a_nan_in_rank_0s_shard(rank)
     results["quantized"] = {f"{rule.name} {options}": _quantized_shards(rule, dtype, options)
                             for rule in RULES.values() for dtype, options in _quantized_runs(rule)}
     model, _ = _model_and_optimizer(RULES["Tiger"], sharded=True)
@@ -204,6 +205,27 @@ def _sharded_worker(rank, world_size):
     except RuntimeError as error:
         results["reference_refused"] = str(error)
     return results
+
+
+def _tiger_with_a_nan_in_rank_0s_shard(rank):
+    """Tiger on FSDP2 shards, a NaN put in the linear weight's gradient on rank 0 only (its shard's first
+    element) at the second step, and whole in this process with the NaN at that element: every rank
+    must count the NaN (the counts summed over the shards), skip and shrink the whole tensor, and end
+    as the whole run does."""
+    runs = []
+    for sharded in (True, False):
+        model, optimizer = _model_and_optimizer(RULES["Tiger"], sharded)
+        for step in range(SHARDED_STEPS):
+            tokens = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step))
+            model(tokens).backward()
+            if step == 1 and (rank == 0 or not sharded):
+                local(model.linear.weight.grad)[0, 0] = math.nan
+            optimizer.step()
+            optimizer.zero_grad()
+        runs.append(dict(params=[(p.full_tensor() if sharded else p.detach()).flatten().tolist()
+                                 for p in model.parameters()],
+                         nan_skips=[float(optimizer.state[p]["nan_skips"]) for p in model.parameters()]))
+    return dict(sharded=runs[0], whole=runs[1])
 
 
 def _quantized_runs(rule):
@@ -311,7 +333,8 @@ def sharded_ranks(tmp_path_factory):
 
 
 def test_every_rule_steps_fsdp2_shards_as_the_whole_tensors(sharded_ranks):
-    ranks = [{name: result for name, result in rank.items() if name != "quantized"} for rank in sharded_ranks]
+    ranks = [{name: result for name, result in rank.items() if name not in ("quantized", "tiger_nan_in_one_shard")}
+             for rank in sharded_ranks]
     assert "impl='triton'" in ranks[0].pop("reference_refused"), "Tiger's reference on shards must refuse"
     ranks[1].pop("reference_refused")
     for name, result in ranks[0].items():
@@ -320,6 +343,17 @@ def test_every_rule_steps_fsdp2_shards_as_the_whole_tensors(sharded_ranks):
         assert result["max_difference"] <= 1e-5 * max(1.0, result["max_scale"]), f"{name}: {result}"
         assert result["state_sizes_within_shards"], f"{name}: a state tensor larger than a shard"
     assert ranks[0] == ranks[1], "both ranks gather the same full params"
+
+
+def test_fsdp2_tiger_skips_a_nan_in_one_ranks_shard_on_every_rank(sharded_ranks):
+    """A NaN in one rank's shard of a gradient: both ranks count it, shrink that tensor alike, and end
+    equal to the run of the whole tensors (to fp32 rounding: RMS(θ) is summed over the shards)."""
+    runs = [rank["tiger_nan_in_one_shard"] for rank in sharded_ranks]
+    assert runs[0]["sharded"]["nan_skips"] == runs[1]["sharded"]["nan_skips"], "the ranks disagree on the skip"
+    assert runs[0]["sharded"]["nan_skips"] == runs[0]["whole"]["nan_skips"] == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert runs[0]["sharded"]["params"] == runs[1]["sharded"]["params"], "the ranks gather different params"
+    for sharded, whole in zip(runs[0]["sharded"]["params"], runs[0]["whole"]["params"]):
+        assert max(abs(a - b) for a, b in zip(sharded, whole)) <= 1e-5 * max(1.0, *map(abs, whole))
 
 
 def test_quantized_states_and_split_masters_on_fsdp2_shards_step_as_the_local_tensors(sharded_ranks):

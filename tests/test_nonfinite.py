@@ -28,10 +28,10 @@ GRAD_VALUES_WITH_ODD_PARAMS = {28: math.nan}
 # Extreme settings, by hyperparameter name (a rule takes those whose names it all has): no weight
 # decay (where 0·θ must not make NaN of an infinite θ), no momentum (RMSprop's other path), no eps
 # (0/0 and g/0), an lr that overflows the update (η·g before the division, in torch's order: with and
-# without momentum) and one that underflows it, and Adagrad's lr_decay at inf (0·inf on the first
-# step: NaN, as in torch).
+# without momentum) and one that underflows it. A non-finite hyperparameter (Adagrad's lr_decay at inf,
+# which torch steps to NaN) is refused at construction: tests/test_bad_input.py.
 EXTREMES = ({"weight_decay": 0.0}, {"momentum": 0.0}, {"eps": 0.0}, {"lr": 1e30}, {"lr": 1e30, "momentum": 0.0},
-            {"lr": 1e-30}, {"lr_decay": math.inf})
+            {"lr": 1e-30})
 
 
 def variants(rule):

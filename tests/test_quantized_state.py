@@ -326,3 +326,83 @@ def test_a_nan_makes_its_blocks_scale_nan_in_kernel_and_reference_alike():
         assert_close(actual, expected, Tolerance(atol=1e-6, rtol=1e-5), "after a NaN and an inf gradient")
     scales = optimizer.state[params[0]]["exp_avg_scale"]
     assert scales[0].isnan() and scales[1].isinf() and scales[2].isfinite()
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+@pytest.mark.parametrize("rule", [RULES["AdamW"], RULES["SGD"]], ids=lambda rule: rule.name)
+def test_loading_a_live_state_dict_leaves_the_source_optimizer_alone(rule, state_dtype):
+    """opt2.load_state_dict(opt1.state_dict()), no torch.save between: the state dict holds opt1's
+    very tensors, so opt2 must copy its codes and scales (and every other state), or stepping opt2
+    changes opt1."""
+    params = make_params(SHAPES, torch.float32, rule=rule)
+    source = getattr(optim, rule.name)(params, **hyper(rule), state_dtype=state_dtype, impl="triton")
+    set_grads(params, 0)
+    source.step()
+    before = snapshot(source, params)
+    copies = [p.detach().clone() for p in params]
+    loaded = getattr(optim, rule.name)(copies, **hyper(rule), state_dtype=state_dtype, impl="triton")
+    loaded.load_state_dict(source.state_dict())
+    for step in (1, 2):
+        set_grads(copies, step)
+        loaded.step()
+    assert_identical(snapshot(source, params), before, f"{rule.name} {state_dtype}: the source after the copy stepped")
+
+
+# Blocks of known contents: zeros, values below the smallest scale the codes are made against (2^-120,
+# where the factor L/s would overflow), ordinary values, and a block whose largest value is negative.
+BLOCK_CONTENTS = (0.0, 1e-38, 1.0, -3.0)
+
+
+def known_gradient(state_dtype):
+    block = FORMATS[state_dtype].block
+    generator = torch.Generator().manual_seed(0)
+    values = torch.rand(len(BLOCK_CONTENTS) * block - 7, generator=generator) * 0.5 + 0.25  # the last block partial
+    blocks = list(values.split(block))
+    for part, size in zip(blocks, BLOCK_CONTENTS):
+        part.mul_(size)
+        part[3] = size  # the block's largest magnitude, exactly
+    return torch.cat(blocks).to(DEVICE), [abs(size) for size in BLOCK_CONTENTS]
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+def test_scales_are_each_blocks_absmax_exactly(state_dtype, impl):
+    """A scale is its block's max |x| (max v for a nonnegative state), stored as it is, not the value
+    the codes are made against (at least 2^-120): compared exactly, after SGD's first step (the
+    momentum buffer is the gradient) against the known blocks, and after Adam's first step (v = (1 −
+    β2)·g²) against its fp64 value to 1 ulp. A wrong scale passes every comparison made at a rule's
+    tolerance, as the codes of a small block dequantize to about 0 either way."""
+    grad, absmax = known_gradient(state_dtype)
+    param = torch.zeros_like(grad)
+    sgd = optim.SGD([param], lr=0.1, momentum=0.9, state_dtype=state_dtype, impl=impl)
+    param.grad = grad
+    sgd.step()
+    assert sgd.state[param]["momentum_buffer_scale"].tolist() == torch.tensor(absmax).tolist()
+    grad = grad * 1e-9 + 3e-18 * (grad == 1e-38)  # g² from 9e-36 (v below 2^-120) to 9e-18
+    param = torch.zeros_like(grad)
+    adam = optim.Adam([param], state_dtype=state_dtype, impl=impl)
+    param.grad = grad
+    adam.step()
+    expected = (grad.double() ** 2 * (1 - 0.999)).split(FORMATS[state_dtype].block)
+    expected = torch.stack([block.max() for block in expected]).float()
+    assert_close(adam.state[param]["exp_avg_sq_scale"], expected, ULP, f"Adam {state_dtype} ({impl}): exp_avg_sq_scale")
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+@pytest.mark.parametrize("rule", [RULES["AdamW"], RULES["SGD"], RULES["Adagrad"]], ids=lambda rule: rule.name)
+def test_kernel_and_reference_scales_agree_to_an_ulp(rule, state_dtype):
+    """3 steps: every scale of the fused step equals the reference's to 1 ulp (the states they are the
+    absmax of may differ by an ulp: AdamW's do), not to the rule's tolerance, which a wrong scale of a
+    block of small values passes."""
+    runs = []
+    for impl in ("triton", "reference"):
+        params = make_params(SHAPES, torch.float32, rule=rule)
+        optimizer = getattr(optim, rule.name)(params, **hyper(rule), state_dtype=state_dtype, impl=impl)
+        for step in range(3):
+            set_grads(params, step)
+            optimizer.step()
+        runs.append([value for p in params for name, value in sorted(optimizer.state[p].items())
+                     if name.endswith("_scale")])
+    assert runs[0] and len(runs[0]) == len(runs[1]), f"{rule.name}: no scales, or not as many"
+    for i, (kernel, reference) in enumerate(zip(*runs)):
+        assert_close(kernel, reference, ULP, f"{rule.name} {state_dtype}: scales {i}, kernel against reference")

@@ -138,3 +138,86 @@ def test_lion_decoupled_weight_decay_is_relative_to_the_lr_at_construction(impl)
     for param, theta, m in zip(params, expected, momenta):
         assert_close(param, theta, Tolerance(atol=1e-6, rtol=1e-6), "θ")
         assert_close(lion.state[param]["exp_avg"], m, Tolerance(atol=1e-6, rtol=1e-6), "m")
+
+
+# --- the first steps in closed form -------------------------------------------------------------
+# The rules with no torch twin and no peer library (EG, EGStepSize; Signum and SignSGD, whose peer
+# comparison is skipped where pytorch-optimizer is not installed), their first three steps written out
+# in fp64 from the paper's equations, independently of the reference: the parity matrix only says that
+# the kernel equals the reference, never that the reference is the rule. (SGDHD's:
+# test_sgdhd_moves_alpha_by_the_hypergradient_on_the_device above.) fp32 math against fp64: 1e-6.
+CLOSED_FORM = Tolerance(atol=1e-6, rtol=1e-6)
+CLOSED_FORM_STEPS = 3
+
+
+def closed_form_run(name, impl, hyperparameters, nonnegative=False):
+    """The params after each of 3 steps of random gradients, the optimizer, and the fp64 start and grads."""
+    params = make_params([(37,), (3, 5)], torch.float32)
+    params = [p.abs() + 0.1 for p in params] if nonnegative else params
+    start = [p.double() for p in params]
+    optimizer = getattr(optim, name)(params, impl=impl, **hyperparameters)
+    grads = [random_grads(params, seed=step) for step in range(CLOSED_FORM_STEPS)]
+    for step_grads in grads:
+        set_grads(params, step_grads)
+        optimizer.step()
+    return params, optimizer, start, [[g.double() for g in step_grads] for step_grads in grads]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_eg_first_steps_in_closed_form(impl):
+    """θ_t = θ_0·exp(−η·Σ_{s≤t} g_s): the product of the steps' factors."""
+    lr = 0.3
+    params, _, start, grads = closed_form_run("EG", impl, dict(lr=lr), nonnegative=True)
+    for i, (param, theta) in enumerate(zip(params, start)):
+        expected = theta * torch.exp(-lr * sum(step_grads[i] for step_grads in grads))
+        assert_close(param, expected, CLOSED_FORM, f"EG ({impl}) θ_3 of param {i}")
+
+
+@pytest.mark.parametrize("bounds", [None, (0.9, 1.05)])
+@pytest.mark.parametrize("impl", IMPLS)
+def test_egstepsize_first_steps_in_closed_form(impl, bounds):
+    """ν_1 = clip(exp(γ·0·g_1)) = 1 (g_prev starts at 0), ν_2 = clip(exp(γ·g_1·g_2)),
+    ν_3 = clip(ν_2·exp(γ·g_2·g_3)); θ_t = θ_{t−1} − η·ν_t·g_t; g_prev = g_3. The bounds (0.9, 1.05)
+    with γ = 0.5 are crossed by some coordinates and not others."""
+    lr, gamma = 0.1, 0.5
+    params, optimizer, start, grads = closed_form_run(
+        "EGStepSize", impl, dict(lr=lr, gamma=gamma, step_size_bounds=bounds))
+    clip = (lambda v: v) if bounds is None else (lambda v: v.clamp(*bounds))
+    for i, (param, theta) in enumerate(zip(params, start)):
+        g1, g2, g3 = (step_grads[i] for step_grads in grads)
+        nu1 = clip(torch.ones_like(theta))
+        nu2 = clip(nu1 * torch.exp(gamma * g1 * g2))
+        nu3 = clip(nu2 * torch.exp(gamma * g2 * g3))
+        expected = theta - lr * nu1 * g1 - lr * nu2 * g2 - lr * nu3 * g3
+        assert_close(param, expected, CLOSED_FORM, f"EGStepSize ({impl}, bounds {bounds}) θ_3 of param {i}")
+        assert_close(optimizer.state[param]["step_size"], nu3, CLOSED_FORM, f"EGStepSize ({impl}) ν_3 of param {i}")
+        assert_close(optimizer.state[param]["prev_grad"], g3, EXACT, f"EGStepSize ({impl}) g_prev of param {i}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_signum_first_steps_in_closed_form(impl):
+    """m_1 = (1 − β)g_1, m_2 = β(1 − β)g_1 + (1 − β)g_2, m_3 = β²(1 − β)g_1 + β(1 − β)g_2 + (1 − β)g_3;
+    θ_t = θ_{t−1}(1 − ηλ) − η·sign(m_t) (decoupled decay, before the sign step)."""
+    lr, beta, decay = 0.01, 0.8, 0.5
+    params, optimizer, start, grads = closed_form_run("Signum", impl, dict(lr=lr, momentum=beta, weight_decay=decay))
+    for i, (param, theta) in enumerate(zip(params, start)):
+        g1, g2, g3 = (step_grads[i] for step_grads in grads)
+        m1 = (1 - beta) * g1
+        m2 = beta * (1 - beta) * g1 + (1 - beta) * g2
+        m3 = beta**2 * (1 - beta) * g1 + beta * (1 - beta) * g2 + (1 - beta) * g3
+        for m in (m1, m2, m3):
+            theta = theta * (1 - lr * decay) - lr * torch.sign(m)
+        assert_close(param, theta, CLOSED_FORM, f"Signum ({impl}) θ_3 of param {i}")
+        assert_close(optimizer.state[param]["exp_avg"], m3, CLOSED_FORM, f"Signum ({impl}) m_3 of param {i}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_signsgd_first_steps_in_closed_form(impl):
+    """θ_3 = θ_0(1 − ηλ)³ − η·Σ_t (1 − ηλ)^{3−t}·sign(g_t)."""
+    lr, decay = 0.01, 0.5
+    params, _, start, grads = closed_form_run("SignSGD", impl, dict(lr=lr, weight_decay=decay))
+    keep = 1 - lr * decay
+    for i, (param, theta) in enumerate(zip(params, start)):
+        expected = theta * keep**3 - lr * sum(keep ** (3 - t) * torch.sign(step_grads[i])
+                                              for t, step_grads in enumerate(grads, start=1))
+        assert_close(param, expected, CLOSED_FORM, f"SignSGD ({impl}) θ_3 of param {i}")

@@ -330,6 +330,34 @@ def test_the_plan_is_reused_until_something_changes_and_the_steps_equal_the_refe
             assert_close(optimizer.state[a][name], value, tolerance, f"{rule.name} after {event}: {name} of {i}")
 
 
+@pytest.mark.parametrize("rule", [RULES["SGD"], RULES["AdamW"], RULES["Lion"]], ids=lambda rule: rule.name)
+def test_a_group_of_two_launches_reads_each_steps_fresh_gradients(rule):
+    """fp32 and bf16 params in one group take two launches, each covering part of the group. Each
+    step's gradients are new tensors (zero_grad(set_to_none=True), then backward), the earlier ones
+    kept alive so that no new one takes a freed one's address: a launch still pointing at an old
+    gradient would step with it (or, once it is freed, read freed memory). 4 steps with the plan
+    reused against the reference."""
+    runs = []
+    for impl in ("triton", "reference"):
+        params = [*make_params(SHAPES, torch.float32, rule=rule), *make_params([(17,)], torch.bfloat16, seed=1, rule=rule)]
+        optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl)
+        kept, plans = [], []
+        for step in range(4):
+            optimizer.zero_grad(set_to_none=True)
+            set_grads(params, step)
+            kept.append([p.grad for p in params])
+            optimizer.step()
+            plans.append(optimizer._plan)
+        runs.append((params, optimizer, plans))
+    (params, optimizer, plans), (ref_params, reference, _) = runs
+    assert plans[1] is plans[3], f"{rule.name}: the plan was not reused, so its refresh was not run"
+    for i, (a, b) in enumerate(zip(params, ref_params)):
+        tolerance = rule.tolerances[a.dtype]
+        assert_close(a, b, tolerance, f"{rule.name}: param {i} ({a.dtype})", int(rule.sign_flip_fraction * a.numel()))
+        for name, value in reference.state[b].items():
+            assert_close(optimizer.state[a][name], value, tolerance, f"{rule.name}: {name} of param {i}")
+
+
 def test_scalar_states_are_counted_by_one_op_per_group():
     """The step counters of a group's params are views of one buffer: a step adds to it once."""
     optimizer, params = stepped(RULES["AdamW"], "triton", shapes=[(3,)] * 5, steps=2)

@@ -16,6 +16,7 @@ from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_sta
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
 from fusedoptim.optim.torch_switches import drop_switches
+from fusedoptim.optim.validation import check_hyperparameters
 
 
 def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
@@ -35,6 +36,8 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
         saved = state_dict["state"].get(saved_id, {})
         check_placements(rule, saved, param, f"param {position} (in the order of the param groups)")
         _check_saved_state(optimizer, local_states(saved), local(param), position)
+    for index, group in enumerate(state_dict["param_groups"]):  # values read (a load may sync): a saved NaN lr
+        check_hyperparameters(rule, {**optimizer.defaults, **_int_keyed(group)}, f"param group {index} of the checkpoint")
     if rule.step_per_optimizer:
         count = _saved_step_count(rule, [state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
     load_torch_state({**state_dict, "param_groups": [_int_keyed(group) for group in state_dict["param_groups"]]})

@@ -5,8 +5,8 @@ the bad-input tests: a rule adds its own hyperparameters without touching a shar
 rules' hyperparameters of one name (Adam's betas, a three-beta rule's) never share a check.
 
 A check is ``check(value, group) -> problem or None``; the problem reads after the name ("lr must be
->= 0"). Numbers are read with ``number``: a tensor's value is read only where a host sync is fine
-(construction, an added group), never by the check run at each step.
+>= 0"). Numbers are read with ``number``, which refuses inf and NaN: a tensor's value is read only where a host
+sync is fine (construction, an added group, a loaded checkpoint), never by the check run at each step.
 
 The kernels read hyperparameters by name: ``hyper.lr``, ``hyper.beta1``, ``FLAGS.AMSGRAD``
 (optim.registry.Rule.kernel_arguments builds the two named tuples from these declarations).
@@ -58,14 +58,21 @@ class Hyperparameter:
         return {self.name: value if isinstance(value, torch.Tensor) else float(value)}, {}
 
 
-def number(value) -> float:
+def number(value, finite: bool = True) -> float:
+    """The value as a float; with ``finite``, inf and NaN refused: the first step would turn every
+    param it moves to inf or NaN (torch.optim accepts them, and does)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or not value.is_floating_point():
             raise ValueError("a tensor hyperparameter must be a one-element floating-point tensor")
-        return value.item()
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        result = value.item()
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"expected a real number, got {type(value).__name__}")
-    return float(value)
+    else:
+        result = float(value)
+    if finite and not math.isfinite(result):
+        raise ValueError(f"must be finite, got {result}: the first step would turn the params to inf or NaN; "
+                         "give a finite value")
+    return result
 
 
 def at_least_zero(value, group):
@@ -118,7 +125,7 @@ def bounds(value, group):
         return None
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         return "must be None or a pair (low, high)"
-    low, high = number(value[0]), number(value[1])
+    low, high = number(value[0]), number(value[1], finite=False)  # high=inf: no upper clip, harmless
     if not 0.0 < low <= high:
         return f"must have 0 < low <= high; got low={low}, high={high}"
 
@@ -133,17 +140,18 @@ def param_kind(value, group):
 
 
 # The hyperparameters several rules share, with their usual bad values.
-NEGATIVE_OR_NAN = ((-1e-3, "must be >= 0"), (math.nan, "must be >= 0"))
+NEGATIVE_OR_NON_FINITE = ((-1e-3, "must be >= 0"), (math.nan, "must be finite"), (math.inf, "must be finite"))
 
 
 def lr(default: float, doc: str = "the learning rate") -> Hyperparameter:
     return Hyperparameter("lr", default, at_least_zero, doc, tensor=True, test_value=max(default, 1e-2), bad=(
-        *NEGATIVE_OR_NAN, ("fast", "expected a real number"), (torch.tensor([1e-3, 1e-3]), "one-element"),
+        *NEGATIVE_OR_NON_FINITE, ("fast", "expected a real number"), (torch.tensor([1e-3, 1e-3]), "one-element"),
         (torch.tensor(1e-3, device="meta"), "meta device")))
 
 
 def nonnegative(name: str, default: float, doc: str, **options) -> Hyperparameter:
-    return Hyperparameter(name, default, at_least_zero, doc, bad=((-0.1, "must be >= 0"),), **options)
+    return Hyperparameter(name, default, at_least_zero, doc, bad=((-0.1, "must be >= 0"), (math.inf, "must be finite")),
+                          **options)
 
 
 def flag(name: str, doc: str, default: bool = False) -> Hyperparameter:
@@ -170,7 +178,7 @@ def momentum(default: float, present=lambda value: value != 0) -> Hyperparameter
     return Hyperparameter("momentum", default, at_least_zero,
                           "the momentum factor (0: no momentum buffer is kept)",
                           test_value=0.9, bad=(
-        (-0.9, "must be >= 0"), (torch.tensor(0.9), "must be a Python number")),
+        (-0.9, "must be >= 0"), (math.inf, "must be finite"), (torch.tensor(0.9), "must be a Python number")),
         to_kernel=lambda value: ({"momentum": float(value)}, {"HAS_MOMENTUM": bool(present(value))}))
 
 

@@ -100,7 +100,8 @@ def check_param(rule, param, where: str):
                         "can be optimized (for complex params, optimize torch.view_as_real(param))")
     if rule.nonnegative_params and isinstance(param, DTensor):
         param = param.full_tensor()  # every rank checks the whole tensor, so all raise or none does
-    if rule.nonnegative_params and param.numel() and param.min() < 0:  # a host sync, at construction only
+    # a host sync, at construction only; a meta param holds no values (its step is refused: check_grad)
+    if rule.nonnegative_params and param.numel() and param.device.type != "meta" and param.min() < 0:
         raise ValueError(f"{rule.name}: {where} has negative entries (min {param.min().item():.4g}); "
                          f"{rule.name} multiplies params by positive factors and needs them >= 0 from the "
                          "start (e.g. initialise with .abs() or a positive distribution)")
@@ -115,6 +116,9 @@ def check_master_param(rule, param, where: str, master_weight_bits: int):
 
 
 def check_grad(rule, param, where: str, group: dict):
+    if param.device.type == "meta":  # before any state is made: the reference would make them, then fail on .item()
+        raise RuntimeError(f"{rule.name}: {where} is on the meta device, which holds no values to step; materialize "
+                           "the model first (module.to_empty(device=...), then initialise it) and step it there")
     grad = param.grad
     if grad.is_sparse:
         if not rule.sparse_gradients:

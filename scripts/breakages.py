@@ -1,0 +1,172 @@
+"""Deliberate breakages: bugs that once passed every test, or plausibly would, each with the tests that
+must now catch it. A test nobody has seen fail guards nothing; this puts each bug in, runs its tests
+and reports caught (a test failed) or missed (all passed).
+
+    python scripts/breakages.py            # every entry
+    python scripts/breakages.py scales     # the entries whose name contains "scales"
+
+Each run works in a temporary copy of the checkout (its tracked and untracked, not ignored, files),
+so the checkout is never changed, even when a run is interrupted. Not part of the suite (minutes of
+CPU); tests/test_breakages.py only checks that every entry's text is still in its file, once.
+"""
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Breakage:
+    name: str
+    path: str  # relative to the checkout's root
+    text: str  # exactly once in the file
+    replacement: str
+    tests: tuple  # pytest node ids (or files, -k expressions after "::-k ")
+    why: str  # what a user would suffer
+
+
+BREAKAGES = (
+    Breakage("compiled-step-without-amp", "fusedoptim/optim/base.py",
+             "        ops.step(self._key, self._params, inv_scale, found_inf)",
+             "        ops.step(self._key, self._params, None, None)",
+             ("tests/test_amp.py::test_a_compiled_step_under_grad_scaler_unscales_and_skips_as_the_eager_one",),
+             "torch.compile(optimizer.step) under GradScaler: an inf gradient's step moves the params"),
+    Breakage("partial-launch-keeps-old-gradients", "fusedoptim/optim/plan.py",
+             "                if whole:\n                    launch.set_grads(grads, pointers)\n"
+             "                else:\n"
+             "                    launch.set_grads([grads[i] for i in members], [pointers[i] for i in members])",
+             "                if whole:\n                    launch.set_grads(grads, pointers)",
+             ("tests/test_step_plan.py::test_a_group_of_two_launches_reads_each_steps_fresh_gradients",),
+             "fp32 and bf16 params in one group: the bf16 launch steps with a freed gradient"),
+    Breakage("loaded-scales-shared-with-the-source", "fusedoptim/optim/checkpoint.py",
+             "state[name], state[scale_name(name)] = codes.copy_(value), scales.clone().contiguous()",
+             "state[name], state[scale_name(name)] = codes.copy_(value), scales.contiguous()",
+             ("tests/test_quantized_state.py::test_loading_a_live_state_dict_leaves_the_source_optimizer_alone",),
+             "opt2.load_state_dict(opt1.state_dict()): stepping opt2 changes opt1's scales"),
+    Breakage("tiger-nan-counts-not-summed-over-shards", "fusedoptim/optim/tiger.py",
+             "                        values += [nan_counts[k], squares[k]]\n                        indices += [i, i]",
+             "                        values += [squares[k]]\n                        indices += [i]",
+             ("tests/test_distributed.py::test_fsdp2_tiger_skips_a_nan_in_one_ranks_shard_on_every_rank",),
+             "FSDP2 Tiger, a NaN in one rank's shard: the ranks disagree on skipping the step"),
+    Breakage("kernel-rounding-bits-shared-by-neighbours", "fusedoptim/kernels/rounding.py",
+             "_pick(words, (j * STORES + STORE) % 8)[:, None]",
+             "_pick(words, STORE % 8)[:, None]",
+             ("tests/test_stochastic_rounding.py::test_neighbouring_elements_round_independently",),
+             "neighbouring elements round up or down together: the rounding noise is correlated"),
+    Breakage("reference-rounding-bits-shared-by-pairs", "fusedoptim/optim/rounding.py",
+             "random16 = torch.randint(0, 2**16, value.shape, generator=generator, dtype=torch.int64).to(value.device)",
+             "random16 = torch.randint(0, 2**16, ((value.numel() + 1) // 2,), generator=generator, "
+             "dtype=torch.int64).repeat_interleave(2)[:value.numel()].view(value.shape).to(value.device)",
+             ("tests/test_stochastic_rounding.py::test_neighbouring_elements_round_independently",),
+             "the reference's neighbouring elements round together"),
+    Breakage("kernel-stores-the-clamped-scale", "fusedoptim/kernels/quantization.py",
+             "tl.store(scale_ptr + block, scale, mask=block * QUANT_BLOCK < numel)",
+             "tl.store(scale_ptr + block, safe, mask=block * QUANT_BLOCK < numel)",
+             ("tests/test_quantized_state.py::test_scales_are_each_blocks_absmax_exactly",),
+             "a saved scale differs from the block's max |x|: a checkpoint's scales are wrong"),
+    Breakage("reference-stores-the-clamped-scale", "fusedoptim/optim/quantization.py",
+             "    scales.copy_(scale.view(-1))",
+             "    scales.copy_(safe.view(-1))",
+             ("tests/test_quantized_state.py::test_scales_are_each_blocks_absmax_exactly",),
+             "the reference's scales differ from the block's max |x|"),
+    Breakage("eg-reference-half-the-lr", "fusedoptim/optim/reference/eg.py",
+             "torch.exp(-lr * upcast(grad))", "torch.exp(-lr * upcast(grad) * 0.5)",
+             ("tests/test_rules.py::-k eg_first_steps_in_closed_form and reference",),
+             "EG's oracle steps half as far, and the kernel checked against it would be believed"),
+    Breakage("egstepsize-kernel-grows-on-g-squared", "fusedoptim/kernels/egstepsize.py",
+             "step_size * tl.exp(hyper.gamma * prev_grad * grad)", "step_size * tl.exp(hyper.gamma * grad * grad)",
+             ("tests/test_rules.py::-k egstepsize_first_steps_in_closed_form and triton",),
+             "EGStepSize's step sizes grow on every coordinate instead of where gradients agree"),
+    Breakage("signum-kernel-decays-after-the-step", "fusedoptim/kernels/signum.py",
+             "decoupled_decay(param, lr, hyper.weight_decay) - lr * sign(exp_avg)",
+             "decoupled_decay(param - lr * sign(exp_avg), lr, hyper.weight_decay)",
+             ("tests/test_rules.py::-k signum_first_steps_in_closed_form and triton",),
+             "Signum's decoupled decay applied to the stepped θ, not before the step"),
+    Breakage("signsgd-reference-decay-without-the-lr", "fusedoptim/optim/reference/signsgd.py",
+             "upcast(param) * (1 - lr * weight_decay)", "upcast(param) * (1 - weight_decay)",
+             ("tests/test_rules.py::-k signsgd_first_steps_in_closed_form and reference",),
+             "SignSGD's oracle decays by λ, not η·λ, a step"),
+    Breakage("sgd-nesterov-ignored", "fusedoptim/kernels/sgd.py",
+             "            grad = grad + momentum * buffer", "            grad = buffer",
+             ("tests/test_torch_twins.py::-k SGD and nesterov and triton",),
+             "existing: Nesterov SGD steps as plain momentum"),
+    Breakage("tiger-nan-guard-shrinks-toward-zero", "fusedoptim/kernels/tiger.py",
+             "shrunk = (param - center) * hyper.shrink_ratio + center", "shrunk = param * hyper.shrink_ratio",
+             ("tests/test_nonfinite.py::-k Tiger",),
+             "existing: a NaN gradient shrinks a normalization weight toward 0 instead of 1"),
+    Breakage("non-finite-lr-accepted", "fusedoptim/optim/hyperparameters.py",
+             "    if finite and not math.isfinite(result):",
+             "    if False:",
+             ("tests/test_bad_input.py::-k non_finite or inf",),
+             "lr=inf is accepted and the first step turns every param to inf or NaN"),
+    Breakage("checkpoint-hyperparameters-unchecked", "fusedoptim/optim/checkpoint.py",
+             'check_hyperparameters(rule, {**optimizer.defaults, **_int_keyed(group)}, f"param group {index} of the checkpoint")',
+             "pass",
+             ("tests/test_bad_input.py::-k non_finite",),
+             "a checkpoint's lr=tensor(nan) loads and steps NaN into the params"),
+    Breakage("meta-params-stepped", "fusedoptim/optim/validation.py",
+             '    if param.device.type == "meta":',
+             "    if False:",
+             ("tests/test_bad_input.py::-k meta_params",),
+             "meta params: the reference makes their states, then fails half-way"),
+)
+
+
+def pytest_arguments(tests) -> list:
+    arguments = []
+    for test in tests:
+        path, _, expression = test.partition("::-k ")
+        arguments += [path, "-k", expression] if expression else [test]
+    return arguments
+
+
+def copy_of_checkout(destination: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def run(breakage: Breakage, copy: Path) -> str:
+    """caught, missed, or error (the tests could not run: pytest's exit status 2 to 5)."""
+    path = copy / breakage.path
+    original = path.read_text()
+    if original.count(breakage.text) != 1:
+        return f"error: the text is in {breakage.path} {original.count(breakage.text)} times, not once"
+    path.write_text(original.replace(breakage.text, breakage.replacement))
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                 *pytest_arguments(breakage.tests)], cwd=copy, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    return {0: "MISSED", 1: "caught"}.get(result.returncode, f"error (pytest exit {result.returncode}):\n"
+                                                             + result.stdout[-2000:])
+
+
+def main(names) -> int:
+    chosen = [b for b in BREAKAGES if not names or any(name in b.name for name in names)]
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="breakages-") as directory:
+        copy_of_checkout(Path(directory))
+        for breakage in chosen:
+            start = time.monotonic()
+            results[breakage.name] = run(breakage, Path(directory))
+            print(f"{results[breakage.name].splitlines()[0]:8} {breakage.name} ({time.monotonic() - start:.0f} s): "
+                  f"{breakage.why}", flush=True)
+            if "\n" in results[breakage.name]:
+                print(results[breakage.name])
+    missed = [name for name, result in results.items() if result != "caught"]
+    print(f"{len(results) - len(missed)} of {len(results)} caught" + (f"; not caught: {missed}" if missed else ""))
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
