@@ -347,7 +347,7 @@ def test_a_group_of_two_launches_reads_each_steps_fresh_gradients(rule):
             set_grads(params, step)
             kept.append([p.grad for p in params])
             optimizer.step()
-            plans.append(optimizer._plan)
+            plans.append(optimizer.runtime.plan)
         runs.append((params, optimizer, plans))
     (params, optimizer, plans), (ref_params, reference, _) = runs
     assert plans[1] is plans[3], f"{rule.name}: the plan was not reused, so its refresh was not run"
