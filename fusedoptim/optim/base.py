@@ -167,8 +167,7 @@ class FusedOptimizer(torch.optim.Optimizer):
         return loss
 
     def _step(self, amp, given_params=None):
-        params = [param for group in self.param_groups for param in group["params"]]
-        if given_params is not None and not same_objects(given_params, params):
+        if given_params is not None and not same_objects(given_params, [p for g in self.param_groups for p in g["params"]]):
             raise RuntimeError(f"{self.rule.name}: the compiled step handed its op other tensors than the optimizer's "
                                "params; it would update copies. Compile optimizer.step as a whole")
         self.runtime.step(self, amp)
