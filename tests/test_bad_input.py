@@ -212,6 +212,20 @@ def test_a_non_finite_tensor_lr_is_refused_where_its_value_can_be_read(rule, val
     assert_untouched(optimizer, params, before)
 
 
+def test_a_learned_lr_below_zero_loads_from_the_optimizers_own_checkpoint():
+    """SGDHD's α follows its hypergradient, below 0 too (a constructor still refuses a negative lr):
+    its own checkpoint loads, with the value it holds; a non-finite one is still refused."""
+    optimizer, params = stepped_optimizer("SGDHD", "reference")
+    saved = optimizer.state_dict()
+    saved["param_groups"][1]["lr"] = torch.tensor(-2.5e-3)  # where a run's α went (seen in a DCP test)
+    fresh, _ = stepped_optimizer("SGDHD", "reference")
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh.param_groups[1]["lr"], torch.tensor(-2.5e-3))
+    saved["param_groups"][1]["lr"] = torch.tensor(-math.inf)
+    with pytest.raises(ValueError, match=r"invalid lr=tensor\(inf\) in param group 1 of the checkpoint"):
+        fresh.load_state_dict(saved)
+
+
 @pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
 @pytest.mark.parametrize("rule", RULE_NAMES)
 def test_meta_params_are_refused_before_any_state_is_made(rule, impl):

@@ -19,7 +19,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fusedoptim import optim
 from fusedoptim.kernels.majority_vote import majority_vote, pack_signs
-from fusedoptim.optim.shards import Shards, local
+from fusedoptim.optim import plan
+from fusedoptim.optim.shards import Shards, flat_offset, local
 from fusedoptim.optim.distributed import MajorityVoteState, majority_vote_hook
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, scale_name
 from fusedoptim.optim.registry import RULES
@@ -245,9 +246,9 @@ def _quantized_shards(rule, dtype, options):
     """One rule stepped on FSDP2 shards with quantized state or split masters, against a twin: the same
     optimizer on plain tensors, copies of this rank's local shards, fed this rank's local gradients.
     The twin's step sums its whole-tensor reductions (Tiger's RMS(θ), SGDHD's ⟨g, g_prev⟩) over the
-    same shards (its Shards are the DTensors'), so the two agree bit for bit where the sharded step
-    quantizes each local shard on its own: blocks from the shard's first element, draws counted from
-    it. Between the steps the sharded optimizer is replaced by a fresh one that loads this rank's
+    same shards (its Shards are the DTensors'), and its codes draw as the shard's (keyed by the index
+    in the whole param), so the two agree bit for bit where the sharded step quantizes each local
+    shard on its own: blocks from the shard's first element. Between the steps the sharded optimizer is replaced by a fresh one that loads this rank's
     state_dict: the twin agreeing after the second step says the checkpoint resumes bit for bit (and
     costs no launch of its own; under the interpreter launches are the test's time)."""
     model, optimizer = _model_and_optimizer(rule, True, dtype, **options)
@@ -263,6 +264,9 @@ def _quantized_shards(rule, dtype, options):
     def twin_shards(tensors, where):
         return shards_of([sharded_of[id(tensor)] for tensor in tensors], where)
 
+    def twin_offset(tensor):  # the twin's codes draw as its shard's: keyed by the element's index in the param
+        return flat_offset(sharded_of.get(id(tensor), tensor))
+
     for step in range(QUANTIZED_STEPS):
         if step:
             saved = copy.deepcopy(optimizer.state_dict())
@@ -274,7 +278,7 @@ def _quantized_shards(rule, dtype, options):
             tensor.grad = local(p.grad).clone()
         optimizer.step()
         optimizer.zero_grad()
-        with mock.patch.object(Shards, "of", twin_shards):
+        with mock.patch.object(Shards, "of", twin_shards), mock.patch.object(plan, "flat_offset", twin_offset):
             twin.step()
 
     fmt = FORMATS[options["state_dtype"]]

@@ -90,7 +90,7 @@ class Launch:
                              "programs. Use a launch configuration whose block_size is a multiple of it")
         self.chunk_tensor, self.chunk_index = chunk_map(numels, config.block_size * config.blocks_per_program, device)
         self.grid = (len(self.chunk_tensor),)
-        rows = [[s.param.numel(), max(s.row_length, 1)] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
+        rows = [[s.param.numel(), max(s.row_length, 1), s.first] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
                 + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
         self.row_width = len(rows[0])
         host_table = torch.tensor(rows, dtype=torch.int64)

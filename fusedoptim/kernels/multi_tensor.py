@@ -47,10 +47,13 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
         return tl.load(base_ptr + offsets).to(tl.float32)
 
 
-# One row of the pointer table per tensor, int64 each: [numel, row_length, θ, g, states..., scalars...];
+# One row of the pointer table per tensor, int64 each: [numel, row_length, first, θ, g, states..., scalars...];
 # with quantized states, [..., codes..., scales..., scalars...]: N_STATE_COLUMNS is twice N_STATES; with
-# split master weights (kernels.master_weights), θ's residual last.
-PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(2), tl.constexpr(3), tl.constexpr(4)
+# split master weights (kernels.master_weights), θ's residual last. ``first`` is the index of the tensor's
+# first element in its whole param (an FSDP2 shard's offset, else 0): the codes' random draws are keyed
+# by the whole param's index, so that they do not depend on where a shard starts.
+FIRST_COLUMN = tl.constexpr(2)
+PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(3), tl.constexpr(4), tl.constexpr(5)
 RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: the tensor above bit 40, the element offset below
 
 
@@ -172,7 +175,7 @@ def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, see
             scale_ptr = _pointer(row_ptr, FIRST_STATE_COLUMN + N_STATES + i, tl.float32, False)
             key = random_key(quantization_count, i)
             store_quantized(state_ptr, scale_ptr, start, offsets, numel, states[i], QUANT.UNSIGNED[i], QUANT.STOCHASTIC[i],
-                            key, QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
+                            key, tl.load(row_ptr + FIRST_COLUMN), QUANT.BITS, QUANT.BLOCK, BLOCK_SIZE, MASKED)
         else:
             _store(state_ptr, offsets, numel, states[i], MASKED, STOCHASTIC, seed, stream, i + 1, STORES,
                    BLOCK_SIZE)

@@ -139,10 +139,11 @@ def _absmax(value, BLOCKS: tl.constexpr, QUANT_BLOCK: tl.constexpr):
 
 @triton.jit
 def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED: tl.constexpr,
-                    STOCHASTIC: tl.constexpr, key, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr,
+                    STOCHASTIC: tl.constexpr, key, first, BITS: tl.constexpr, QUANT_BLOCK: tl.constexpr,
                     BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr):
     """Each quantization block's absmax (the masked tail counts as 0), then the codes against it;
-    ``start`` is ``offsets``' first, a multiple of QUANT_BLOCK."""
+    ``start`` is ``offsets``' first, a multiple of QUANT_BLOCK; ``first``, the index of element 0 in the
+    whole param (an FSDP2 shard's offset), which keys the stochastic draws."""
     BLOCKS: tl.constexpr = BLOCK_SIZE // QUANT_BLOCK
     if MASKED:
         value = tl.where(offsets < numel, value, 0.0)
@@ -160,7 +161,7 @@ def store_quantized(codes_ptr, scale_ptr, start, offsets, numel, value, UNSIGNED
         magnitude = value
     scaled = magnitude * tl.reshape(tl.broadcast_to(factor[:, None], [BLOCKS, QUANT_BLOCK]), [BLOCK_SIZE])
     if STOCHASTIC:
-        rounded = tl.floor(scaled + _uniform(key, offsets))
+        rounded = tl.floor(scaled + _uniform(key, first + offsets))
     else:
         rounded = tl.floor(scaled + 0.5)
     if UNSIGNED:

@@ -43,6 +43,9 @@ class TensorSlots:
     # Split master weights (kernels.master_weights): θ's int16 (32-bit master) or int8 (24-bit) residual.
     residual: Optional[torch.Tensor] = None
     scales: tuple[torch.Tensor, ...] = ()  # quantized states: each state's fp32 scales, one per quantization block
+    # The index of the param's first element in the whole tensor it is a part of (an FSDP2 shard's
+    # offset in its DTensor, in memory order): the codes' random draws are keyed by it.
+    first: int = 0
 
     def tensors(self):
         return (self.param, self.grad, *self.states)

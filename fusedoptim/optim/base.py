@@ -7,7 +7,7 @@ import textwrap
 import torch
 
 from fusedoptim.optim import ops
-from fusedoptim.optim.checkpoint import load_checkpoint
+from fusedoptim.optim.checkpoint import load_checkpoint, saved_checkpoint
 from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.runtime import Runtime
 from fusedoptim.optim.torch_switches import SWITCHES, impl_from_switches
@@ -199,6 +199,11 @@ class FusedOptimizer(torch.optim.Optimizer):
         found_inf = (found_inf.float() if found_inf is not None
                      else torch.zeros((), dtype=torch.float32, device=reference.device))
         return inv_scale.reshape(()), found_inf.reshape(())
+
+    def state_dict(self):
+        """torch.optim's state dict; an FSDP2 param's quantized states shown as DTensors that
+        torch.distributed.checkpoint can save and reshard (``optim.saved_states``)."""
+        return saved_checkpoint(self, super().state_dict())
 
     def load_state_dict(self, state_dict):
         """torch.optim's load, checked first and converted to this optimizer's states: optim.checkpoint."""

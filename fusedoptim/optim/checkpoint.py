@@ -15,8 +15,23 @@ from fusedoptim.optim.shards import local, placed_as
 from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_states
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
+from fusedoptim.optim.saved_states import FORMAT_KEY, check_saved_format, saved_format, saved_view, to_local
 from fusedoptim.optim.torch_switches import drop_switches
 from fusedoptim.optim.validation import check_hyperparameters
+
+
+def saved_checkpoint(optimizer, state_dict: dict) -> dict:
+    """torch.optim's ``state_dict`` as this optimizer saves it: each param group says the format of the
+    states (``FORMAT_KEY``), and an FSDP2 param's quantized states are DTensors (``saved_view``)."""
+    params = itertools.chain.from_iterable(g["params"] for g in optimizer.param_groups)
+    saved_ids = itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+    names = [spec.name for spec in optimizer.rule.states]
+    states = dict(state_dict["state"])
+    for saved_id, param in zip(saved_ids, params):
+        if saved_id in states:
+            states[saved_id] = saved_view(param, states[saved_id], names, optimizer.state_dtype)
+    groups = [{**group, FORMAT_KEY: saved_format(optimizer.state_dtype)} for group in state_dict["param_groups"]]
+    return {**state_dict, "state": states, "param_groups": groups}
 
 
 def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
@@ -32,27 +47,41 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
     rule = optimizer.rule
     saved_ids = list(itertools.chain.from_iterable(g["params"] for g in state_dict["param_groups"]))
     params = list(itertools.chain.from_iterable(g["params"] for g in optimizer.param_groups))
+    kinds = {spec.name: spec.kind for spec in rule.states}
+    rows_views = {*kinds, *map(scale_name, kinds)}  # may be DTensors of [rows, width] (optim.saved_states)
     for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
-        saved = state_dict["state"].get(saved_id, {})
-        check_placements(rule, saved, param, f"param {position} (in the order of the param groups)")
-        _check_saved_state(optimizer, local_states(saved), local(param), position)
+        check_placements(rule, state_dict["state"].get(saved_id, {}), param,
+                         f"param {position} (in the order of the param groups)", rows_views)
+    # Each param's saved state as its rank keeps it: local parts, quantized states in the rank's form.
+    local_saved = [to_local(local_states(state_dict["state"].get(saved_id, {})), local(param), kinds)
+                   for saved_id, param in zip(saved_ids, params)]
+    formats = {group.get(FORMAT_KEY) for group in state_dict["param_groups"]}
+    for saved_format_value in formats:
+        check_saved_format(rule.name, optimizer.state_dtype, saved_format_value, list(enumerate(local_saved)), kinds)
+    for position, (saved, param) in enumerate(zip(local_saved, params)):
+        _check_saved_state(optimizer, saved, local(param), position)
     for index, group in enumerate(state_dict["param_groups"]):  # values read (a load may sync): a saved NaN lr
-        check_hyperparameters(rule, {**optimizer.defaults, **_int_keyed(group)}, f"param group {index} of the checkpoint")
+        group = {**optimizer.defaults, **_int_keyed(group)}
+        if rule.learns_lr and "lr" in group:
+            # A learned lr (SGDHD's α) goes where its hypergradient takes it, below 0 too: checked for a
+            # finite value only, or the optimizer's own checkpoint would be refused.
+            group["lr"] = abs(group["lr"])
+        check_hyperparameters(rule, group, f"param group {index} of the checkpoint")
     if rule.step_per_optimizer:
         count = _saved_step_count(rule, [state_dict["state"].get(saved_id, {}) for saved_id in saved_ids])
-    load_torch_state({**state_dict, "param_groups": [_int_keyed(group) for group in state_dict["param_groups"]]})
+    load_torch_state({**state_dict, "param_groups": [_int_keyed({name: value for name, value in group.items()
+                                                                 if name != FORMAT_KEY})
+                                                     for group in state_dict["param_groups"]]})
     drop_switches([optimizer.defaults, *optimizer.param_groups])  # torch's __setstate__ puts one in the defaults
     for group in optimizer.param_groups:  # a checkpoint from before a hyperparameter existed: its default
         for name, default in optimizer.defaults.items():
             group.setdefault(name, default)
     if rule.step_per_optimizer:
         optimizer.runtime.load_step_count(count)
-    kinds = {spec.name: spec.kind for spec in rule.states}
-    for saved_id, param in zip(saved_ids, params):
+    for saved, param in zip(local_saved, params):
         state, shard = optimizer.state[param], local(param)
         # An FSDP2 param's states as DTensors (set_optimizer_state_dict's, resharded) or as plain tensors of
-        # its shard (a per-rank state_dict): either way, this rank's part.
-        saved = local_states(state_dict["state"].get(saved_id, {}))
+        # its shard (a per-rank state_dict): either way, this rank's part, quantized ones in its own form.
         for name, value in saved.items():
             if name in kinds and isinstance(value, torch.Tensor):
                 _load_state(optimizer.state_dtype, state, name, kinds[name], value, saved.get(scale_name(name)), param)

@@ -27,7 +27,7 @@ import torch
 from fusedoptim.kernels import launcher
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
-from fusedoptim.optim.shards import Shards, local
+from fusedoptim.optim.shards import Shards, flat_offset, local
 from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
 from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
@@ -92,6 +92,8 @@ class GroupPlan:
             if self.master_weight_bits is not None:
                 check_master_param(rule, param, name, self.master_weight_bits)
         self.locals = [local(p) for p in self.params]  # as they are: their states are made like them
+        # Where each local shard starts in its param: keys the codes' random draws (0 for a whole tensor).
+        self.firsts = [flat_offset(p) or 0 for p in self.params]
         self.complex = any(p.is_complex() for p in self.locals)
         # Until the step runs; between steps only weak references, which keep no gradient alive.
         self.grads = [local(p.grad) for p in self.params]
@@ -170,10 +172,10 @@ class GroupPlan:
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
                              (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length,
                              residual=state.get(MASTER_RESIDUAL) if self.master_names else None,
-                             scales=tuple(state[scale_name(name)] for name in self.kinds))
-                 for p, g, state, scalars, first, row_length in zip(self.views, self.grads, self.run_states,
-                                                                    prepared.scalars, self.first_step,
-                                                                    prepared.row_lengths)]
+                             scales=tuple(state[scale_name(name)] for name in self.kinds), first=offset)
+                 for p, g, state, scalars, first, row_length, offset in zip(self.views, self.grads, self.run_states,
+                                                                            prepared.scalars, self.first_step,
+                                                                            prepared.row_lengths, self.firsts)]
         quantization = None
         if self.kinds:
             fmt = FORMATS[self.state_dtype]
@@ -252,7 +254,7 @@ class GroupPlan:
             quantization_count.add_(1 if self.impl == "reference" or amp is None else amp[1].eq(0))
         if self.impl == "reference":
             optimizer.runtime.reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp,
-                                             self.kinds)
+                                             self.kinds, self.firsts)
             return
         prepared = self.prepared
         if prepared.before is not None:

@@ -138,20 +138,22 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniforms(count: torch.Tensor, column: int, numel: int) -> torch.Tensor:
-    """Uniform [0, 1) fp32 per element offset 0..numel−1 of state ``column``, keyed by ``count``."""
+def uniforms(count: torch.Tensor, column: int, numel: int, first: int = 0) -> torch.Tensor:
+    """Uniform [0, 1) fp32 per element offset first..first+numel−1 of state ``column``, keyed by ``count``
+    (``first``: the index of element 0 in the whole param, an FSDP2 shard's offset)."""
     low, high = count & _MASK32, (count >> 32) & _MASK32
     key = hash32(hash32((low * 8 + column) & _MASK32) ^ high)
-    offsets = torch.arange(numel, dtype=torch.int64, device=count.device) & _MASK32
+    offsets = torch.arange(first, first + numel, dtype=torch.int64, device=count.device) & _MASK32
     bits = hash32(offsets ^ key)
     return (bits >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
 def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch.Tensor,
-             count=None, column: int = 0) -> None:
+             count=None, column: int = 0, first: int = 0) -> None:
     """fp32 ``values`` into ``codes`` (their format told by their dtype: ``new_codes``) and ``scales``
-    (fp32, one per block); a stochastic kind draws its rounding from (count, column), round to
-    nearest without a count. Blocks follow the memory order of int8 codes, else of ``values``."""
+    (fp32, one per block); a stochastic kind draws its rounding from (count, column) at the elements'
+    indices from ``first`` on (an FSDP2 shard's offset in its param), round to nearest without a count.
+    Blocks follow the memory order of int8 codes, else of ``values``."""
     fmt = format_of(codes)
     values = values.float()
     if fmt.bits == 8 and values.stride() != codes.stride():  # a checkpoint's layout may differ
@@ -169,7 +171,7 @@ def quantize(values: torch.Tensor, kind: str, codes: torch.Tensor, scales: torch
     else:
         scaled = blocks * (levels_per_block / safe)
     if STOCHASTIC[kind] and count is not None:
-        rounded = (scaled + _blocks(uniforms(count, column, flat.numel()), fmt.block)).floor()
+        rounded = (scaled + _blocks(uniforms(count, column, flat.numel(), first), fmt.block)).floor()
     else:
         rounded = (scaled + 0.5).floor()
     if UNSIGNED[kind]:

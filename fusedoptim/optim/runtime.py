@@ -89,10 +89,11 @@ class Runtime:
             self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
         return self._rounding_seeds[device]
 
-    def reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None) -> None:
+    def reference_step(self, group, params, grads, states, first_step, amp=None, kinds=None, firsts=None) -> None:
         """The rule's oracle over one group; GradScaler's verdict was read on the host before. ``kinds``
         (quantized states: name → kind, in the kernel's order): the oracle runs on their fp32 values,
-        laid out as the params, which are then quantized back with the kernel's scheme and draws."""
+        laid out as the params, which are then quantized back with the kernel's scheme and draws (keyed
+        by each param's ``firsts``: an FSDP2 shard's offset in its param, else 0)."""
         rule = self.rule
         if kinds:
             scales = set(map(scale_name, kinds))
@@ -100,9 +101,10 @@ class Runtime:
                             else value for name, value in state.items() if name not in scales}
                            for param, state in zip(params, states)]
             self.reference_step(group, params, grads, full_states, first_step, amp)
-            for state, full_state in zip(states, full_states):
+            for state, full_state, first in zip(states, full_states, firsts or [0] * len(states)):
                 for column, (name, kind) in enumerate(kinds.items()):
-                    quantize(full_state[name], kind, state[name], state[scale_name(name)], group[COUNT_KEY], column)
+                    quantize(full_state[name], kind, state[name], state[scale_name(name)], group[COUNT_KEY], column,
+                             first)
             return
         if amp is not None:
             grads = [g.float() * amp[0].to(g.device) for g in grads]

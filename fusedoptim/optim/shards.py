@@ -30,6 +30,25 @@ def placed_as(param: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
                               stride=param.stride())
 
 
+def flat_offset(param: torch.Tensor) -> Optional[int]:
+    """Where an FSDP2 param's local shard starts in the whole param's elements (row-major): 0 for a
+    whole tensor; for a DTensor sharded along dim 0 of a 1-D mesh with a contiguous local shard, its
+    first row (torch.chunk's: each rank ⌈rows/ranks⌉ rows, the last ones fewer or none, as
+    fully_shard and DTensor split) times the elements of a row. None where the shard is no such range
+    (another placement, a non-contiguous shard)."""
+    if not isinstance(param, DTensor):
+        return 0
+    shard, mesh = param.to_local(), param.device_mesh
+    if mesh.ndim != 1 or param.placements[0] != Shard(0) or param.dim() == 0 or not shard.is_contiguous():
+        return None
+    rows, ranks = param.shape[0], mesh.size()
+    per_rank = -(-rows // ranks)
+    first_row = min(mesh.get_local_rank() * per_rank, rows)
+    if shard.shape[0] != max(0, min(per_rank, rows - first_row)):
+        return None  # not torch.chunk's split
+    return first_row * (param.numel() // rows if rows else 0)
+
+
 @dataclass(frozen=True)
 class Shards:
     groups: tuple  # per param: the ProcessGroup of its shards, or None for a whole tensor
@@ -70,4 +89,4 @@ class Shards:
             torch._foreach_copy_(partial, [t.reshape(value.shape) for t, value in zip(total.unbind(), partial)])
 
 
-__all__ = ["Shards", "local", "placed_as"]
+__all__ = ["Shards", "flat_offset", "local", "placed_as"]

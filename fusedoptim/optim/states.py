@@ -39,11 +39,18 @@ def check_states(rule, group: dict, param, state: dict, name: str, state_dtype, 
                     name)
 
 
-def check_placements(rule, state: dict, param, name: str) -> None:
-    """Each DTensor state must be placed as its param, or its local shard would not be the param's."""
+def check_placements(rule, state: dict, param, name: str, rows_views=()) -> None:
+    """Each DTensor state must be placed as its param, or its local shard would not be the param's; a
+    state named in ``rows_views`` may instead be [the param's rows, any width] (a quantized state's
+    codes or scales in a checkpoint: ``optim.saved_states``)."""
     for state_name, value in state.items():
-        if isinstance(value, DTensor) and (not isinstance(param, DTensor) or value.device_mesh != param.device_mesh
-                                           or value.placements != param.placements or value.shape != param.shape):
+        if not isinstance(value, DTensor):
+            continue
+        shaped = value.shape == param.shape or (state_name in rows_views and isinstance(param, DTensor)
+                                                and value.dim() == 2 and param.dim() > 0
+                                                and value.shape[0] == param.shape[0])
+        if (not isinstance(param, DTensor) or value.device_mesh != param.device_mesh
+                or value.placements != param.placements or not shaped):
             placed = (f"a DTensor {tuple(param.shape)} placed {param.placements} on {param.device_mesh}"
                       if isinstance(param, DTensor) else f"a whole tensor {tuple(param.shape)}")
             raise ValueError(f"{rule.name}: state {state_name!r} of {name} is a DTensor {tuple(value.shape)} placed "
