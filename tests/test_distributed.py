@@ -8,7 +8,6 @@ import copy
 import json
 import math
 import os
-from unittest import mock
 
 import pytest
 import torch
@@ -19,8 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fusedoptim import optim
 from fusedoptim.kernels.majority_vote import majority_vote, pack_signs
-from fusedoptim.optim import plan
-from fusedoptim.optim.shards import Shards, flat_offset, local
+from fusedoptim.optim.shards import local
 from fusedoptim.optim.distributed import MajorityVoteState, majority_vote_hook
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, scale_name
 from fusedoptim.optim.registry import RULES
@@ -243,30 +241,18 @@ QUANTIZED_STEPS = 2  # the first makes every state, the second reads its codes b
 
 
 def _quantized_shards(rule, dtype, options):
-    """One rule stepped on FSDP2 shards with quantized state or split masters, against a twin: the same
-    optimizer on plain tensors, copies of this rank's local shards, fed this rank's local gradients.
-    The twin's step sums its whole-tensor reductions (Tiger's RMS(θ), SGDHD's ⟨g, g_prev⟩) over the
-    same shards (its Shards are the DTensors'), and its codes draw as the shard's (keyed by the index
-    in the whole param), so the two agree bit for bit where the sharded step quantizes each local
-    shard on its own: blocks from the shard's first element. Between the steps the sharded optimizer is replaced by a fresh one that loads this rank's
-    state_dict: the twin agreeing after the second step says the checkpoint resumes bit for bit (and
-    costs no launch of its own; under the interpreter launches are the test's time)."""
+    """One rule stepped on FSDP2 shards with quantized state or split masters, against the same
+    optimizer on whole tensors fed the same gradients (each gathered whole). ShardedModel's rows (8, 7
+    and 1 elements) are no whole number of quantization blocks, so each of its params is stepped whole
+    on every rank (optim.whole): the states are whole plain tensors, the same on every rank, and bit
+    for bit the whole run's, params included (Tiger's RMS(θ) and SGDHD's ⟨g, g_prev⟩ taken on whole
+    tensors too). Between the steps the sharded optimizer is replaced by a fresh one that loads this
+    rank's state_dict: the two agreeing after the second step says the checkpoint resumes bit for bit
+    (and costs no launch of its own; under the interpreter launches are the test's time)."""
     model, optimizer = _model_and_optimizer(rule, True, dtype, **options)
-    params = list(model.parameters())
-    initial = [local(p).detach().clone() for p in params]
-    twins = [value.clone() for value in initial]
-    twin_of = {p: twin for p, twin in zip(params, twins)}
-    twin = getattr(optim, rule.name)(_twin_groups(_param_groups(rule, model), twin_of), **hyper(rule),
-                                     impl="triton", **options)
-    sharded_of = {id(tensor): p for p, tensor in zip(params, twins)}
-    shards_of = Shards.of
-
-    def twin_shards(tensors, where):
-        return shards_of([sharded_of[id(tensor)] for tensor in tensors], where)
-
-    def twin_offset(tensor):  # the twin's codes draw as its shard's: keyed by the element's index in the param
-        return flat_offset(sharded_of.get(id(tensor), tensor))
-
+    whole_model, whole = _model_and_optimizer(rule, False, dtype, **options)
+    params, whole_params = list(model.parameters()), list(whole_model.parameters())
+    initial = [p.full_tensor().clone() for p in params]
     for step in range(QUANTIZED_STEPS):
         if step:
             saved = copy.deepcopy(optimizer.state_dict())
@@ -274,31 +260,30 @@ def _quantized_shards(rule, dtype, options):
             optimizer.load_state_dict(saved)
         tokens = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step))
         model(tokens).float().backward()
-        for p, tensor in zip(params, twins):
-            tensor.grad = local(p.grad).clone()
+        for p, whole_param in zip(params, whole_params):
+            whole_param.grad = p.grad.full_tensor()
         optimizer.step()
         optimizer.zero_grad()
-        with mock.patch.object(Shards, "of", twin_shards), mock.patch.object(plan, "flat_offset", twin_offset):
-            twin.step()
+        whole.step()
 
     fmt = FORMATS[options["state_dtype"]]
-    # Each state of a shard of n elements as written out: int8 codes shaped as the shard, int4 ones
-    # ⌈n/2⌉ bytes, ⌈n/block⌉ scales, θ's residual shaped as θ's shard.
+    # Each state of a param of N elements, stepped whole: int8 codes shaped as the param, int4 ones ⌈N/2⌉
+    # bytes, ⌈N/block⌉ scales, θ's residual shaped as θ; plain tensors (the same on every rank).
     layouts = []
     for group in optimizer.param_groups:
         for p in group["params"]:
-            shard, state = local(p), optimizer.state[p]
+            state = optimizer.state[p]
             for name in rule.state_names(group):
-                codes_shape = tuple(shard.shape) if fmt.bits == 8 else (-(-shard.numel() // 2),)
-                layouts.append(tuple(state[name].shape) == codes_shape
-                               and tuple(state[scale_name(name)].shape) == (-(-shard.numel() // fmt.block),))
+                codes_shape = tuple(p.shape) if fmt.bits == 8 else (-(-p.numel() // 2),)
+                layouts.append(tuple(state[name].shape) == codes_shape and not isinstance(state[name], DTensor)
+                               and tuple(state[scale_name(name)].shape) == (-(-p.numel() // fmt.block),))
             if options.get("master_weight_bits"):
-                layouts.append(local(state["master_residual"]).shape == shard.shape)
-    (names, values), (twin_names, twin_values) = _states(optimizer, params), _states(twin, twins)
-    return dict(moved=not _same_tensors([local(p) for p in params], initial),
-                params_equal=_same_tensors([local(p) for p in params], twins),
-                states_equal=names == twin_names and _same_tensors(values, twin_values),
-                counts_equal=_counts(optimizer) == _counts(twin),
+                layouts.append(tuple(state["master_residual"].shape) == tuple(p.shape))
+    (names, values), (whole_names, whole_values) = _states(optimizer, params), _states(whole, whole_params)
+    return dict(moved=not _same_tensors([p.full_tensor() for p in params], initial),
+                params_equal=_same_tensors([p.full_tensor() for p in params], whole_params),
+                states_equal=names == whole_names and _same_tensors(values, whole_values),
+                counts_equal=_counts(optimizer) == _counts(whole),
                 layouts=bool(layouts) and all(layouts))
 
 
@@ -360,19 +345,19 @@ def test_fsdp2_tiger_skips_a_nan_in_one_ranks_shard_on_every_rank(sharded_ranks)
         assert max(abs(a - b) for a, b in zip(sharded, whole)) <= 1e-5 * max(1.0, *map(abs, whole))
 
 
-def test_quantized_states_and_split_masters_on_fsdp2_shards_step_as_the_local_tensors(sharded_ranks):
-    """int8 state with 24-bit masters, and int4 state, for every rule: on each rank the shards, every
-    code, scale, residual and step equal to the same optimizer on plain copies of the local shards
-    after two steps (every state made, then read back, the second from a checkpoint of the shards),
-    each state laid out per shard."""
+def test_quantized_states_of_unaligned_fsdp2_params_step_whole_as_the_whole_tensors(sharded_ranks):
+    """int8 state with 24-bit masters, and int4 state, for every rule, on params whose rows are no
+    whole number of blocks: on each rank the params, every code, scale, residual and step equal to the
+    same optimizer on whole tensors after two steps (every state made, then read back, the second from
+    a per-rank checkpoint), each state whole."""
     for rank, runs in enumerate(rank["quantized"] for rank in sharded_ranks):
         expected = {f"{rule.name} {options}" for rule in RULES.values() for _, options in _quantized_runs(rule)}
         assert set(runs) == expected, f"rank {rank}: runs missing: {expected - set(runs)}"
         for run, result in runs.items():
             assert result["moved"], f"rank {rank}, {run}: the run did not move the params"
-            assert result["layouts"], f"rank {rank}, {run}: a state not laid out per local shard"
-            assert result["params_equal"], f"rank {rank}, {run}: the shards differ from the local tensors' step"
-            assert result["states_equal"], f"rank {rank}, {run}: a state differs from the local tensors' step"
+            assert result["layouts"], f"rank {rank}, {run}: a state not laid out as the whole tensor"
+            assert result["params_equal"], f"rank {rank}, {run}: the params differ from the whole tensors' step"
+            assert result["states_equal"], f"rank {rank}, {run}: a state differs from the whole tensors' step"
             assert result["counts_equal"], f"rank {rank}, {run}: the quantization count differs"
 
 

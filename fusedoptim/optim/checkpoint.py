@@ -9,13 +9,15 @@ import itertools
 import warnings
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.shards import local, placed_as
 from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_states
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
                                 scale_numel, storage_dtype)
-from fusedoptim.optim.saved_states import FORMAT_KEY, check_saved_format, saved_format, saved_view, to_local
+from fusedoptim.optim.saved_states import (FORMAT_KEY, check_saved_format, saved_format, saved_view, stepped_whole,
+                                           to_local)
 from fusedoptim.optim.torch_switches import drop_switches
 from fusedoptim.optim.validation import check_hyperparameters
 
@@ -52,14 +54,19 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
     for position, (saved_id, param) in enumerate(zip(saved_ids, params)):
         check_placements(rule, state_dict["state"].get(saved_id, {}), param,
                          f"param {position} (in the order of the param groups)", rows_views)
+    # What each param's states are laid out as: its shard, or the whole tensor where it is stepped whole.
+    targets = [_whole_like(param) if stepped_whole(param, optimizer.state_dtype) else param for param in params]
     # Each param's saved state as its rank keeps it: local parts, quantized states in the rank's form.
-    local_saved = [to_local(local_states(state_dict["state"].get(saved_id, {})), local(param), kinds)
-                   for saved_id, param in zip(saved_ids, params)]
+    local_saved = [to_local(local_states(state_dict["state"].get(saved_id, {})), kinds) for saved_id in saved_ids]
+    legacy = not any(FORMAT_KEY in group for group in state_dict["param_groups"])
+    for i, (saved_id, param, target) in enumerate(zip(saved_ids, params, targets)):
+        if target is not param and _shard_form(state_dict["state"].get(saved_id, {}), legacy):
+            local_saved[i] = _gathered(local_saved[i], param, kinds)
     formats = {group.get(FORMAT_KEY) for group in state_dict["param_groups"]}
     for saved_format_value in formats:
         check_saved_format(rule.name, optimizer.state_dtype, saved_format_value, list(enumerate(local_saved)), kinds)
-    for position, (saved, param) in enumerate(zip(local_saved, params)):
-        _check_saved_state(optimizer, saved, local(param), position)
+    for position, (saved, target) in enumerate(zip(local_saved, targets)):
+        _check_saved_state(optimizer, saved, local(target), position)
     for index, group in enumerate(state_dict["param_groups"]):  # values read (a load may sync): a saved NaN lr
         group = {**optimizer.defaults, **_int_keyed(group)}
         if rule.learns_lr and "lr" in group:
@@ -78,13 +85,13 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
             group.setdefault(name, default)
     if rule.step_per_optimizer:
         optimizer.runtime.load_step_count(count)
-    for saved, param in zip(local_saved, params):
-        state, shard = optimizer.state[param], local(param)
+    for saved, param, target in zip(local_saved, params, targets):
+        state, shard = optimizer.state[param], local(target)
         # An FSDP2 param's states as DTensors (set_optimizer_state_dict's, resharded) or as plain tensors of
         # its shard (a per-rank state_dict): either way, this rank's part, quantized ones in its own form.
         for name, value in saved.items():
             if name in kinds and isinstance(value, torch.Tensor):
-                _load_state(optimizer.state_dtype, state, name, kinds[name], value, saved.get(scale_name(name)), param)
+                _load_state(optimizer.state_dtype, state, name, kinds[name], value, saved.get(scale_name(name)), target)
             elif name in map(scale_name, kinds):
                 if not is_quantized(optimizer.state_dtype):
                     del state[name]  # its codes were dequantized: a float state has no scales
@@ -98,10 +105,40 @@ def load_checkpoint(optimizer, state_dict, load_torch_state) -> None:
                 if optimizer.master_weight_bits is None:
                     del state[name]
                 else:
-                    state[name] = placed_as(param, torch.empty_like(shard, dtype=value.dtype).copy_(value))
+                    state[name] = placed_as(target, torch.empty_like(shard, dtype=value.dtype).copy_(value))
             elif isinstance(value, torch.Tensor):
                 state[name] = torch.empty_like(shard, dtype=storage_dtype(optimizer.state_dtype, shard)).copy_(value)
     optimizer.runtime.forget_plans()
+
+
+def _whole_like(param) -> torch.Tensor:
+    """An empty whole tensor of an FSDP2 param's shape and dtype on its device: what the states of a
+    param stepped whole (optim.whole) are laid out as."""
+    return torch.empty(param.shape, dtype=param.dtype, device=local(param).device)
+
+
+def _shard_form(saved: dict, legacy: bool) -> bool:
+    """Whether the saved states of a param stepped whole hold its shard's part, not the whole tensor's:
+    a checkpoint from before such params were stepped whole (no ``FORMAT_KEY``), or one whose states
+    are DTensors. Decided alike on every rank, as the gather that follows is a collective."""
+    return bool(saved) and (legacy or any(isinstance(value, DTensor) for value in saved.values()))
+
+
+def _gathered(saved: dict, param, kinds: dict) -> dict:
+    """A shard's saved element-wise states (quantized ones dequantized on the shard's blocks) made whole:
+    each rank's part gathered (every rank calls this for the same params, in the same order)."""
+    shard, result = local(param), dict(saved)
+    for name in [*kinds, MASTER_RESIDUAL]:
+        value = saved.get(name)
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            continue
+        if scale_name(name) in saved:
+            value = dequantize(value, saved[scale_name(name)].to(shard.device, torch.float32), kinds[name], shard)
+            del result[scale_name(name)]
+        part = torch.empty_like(shard, dtype=value.dtype).copy_(value.to(shard.device))
+        result[name] = DTensor.from_local(part, param.device_mesh, param.placements, run_check=False, shape=param.shape,
+                                          stride=param.stride()).full_tensor()
+    return result
 
 
 def _int_keyed(group: dict) -> dict:

@@ -23,6 +23,7 @@ from itertools import chain, repeat
 from typing import Optional
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from fusedoptim.kernels import launcher
 from fusedoptim.kernels.launcher import prepare_launches
@@ -35,6 +36,7 @@ from fusedoptim.optim.rule import FIRST_STEP
 from fusedoptim.optim.states import (MASTER_RESIDUAL, check_states, local_states, make_float_states, make_quantization_count,
                           make_quantized_states, make_residual, pack_scalar_states)
 from fusedoptim.optim.validation import check_grad, check_hyperparameters, check_master_param
+from fusedoptim.optim.whole import WholeParams
 
 _grad = operator.attrgetter("grad")
 _data_ptr = torch.Tensor.data_ptr
@@ -91,14 +93,18 @@ class GroupPlan:
             check_grad(rule, param, name, group)
             if self.master_weight_bits is not None:
                 check_master_param(rule, param, name, self.master_weight_bits)
-        self.locals = [local(p) for p in self.params]  # as they are: their states are made like them
+        # FSDP2 params with quantized states in blocks that would straddle shards: stepped whole (optim.whole).
+        self.wholes = WholeParams(self.params, optimizer.state_dtype)
+        # What each param's states are laid out as: its whole buffer where it is stepped whole, else itself.
+        self.stepped = self.wholes.stepped(self.params)
+        self.locals = [local(p) for p in self.stepped]  # as they are: their states are made like them
         # Where each local shard starts in its param: keys the codes' random draws (0 for a whole tensor).
-        self.firsts = [flat_offset(p) or 0 for p in self.params]
+        self.firsts = [flat_offset(p) or 0 for p in self.stepped]
         self.complex = any(p.is_complex() for p in self.locals)
         # Until the step runs; between steps only weak references, which keep no gradient alive.
-        self.grads = [local(p.grad) for p in self.params]
-        self.shards = Shards.of(self.params, f"{rule.name}'s param group {group_index}")
-        self.sharded = self.shards is not None
+        self.grads = self.wholes.substitute([local(p.grad) for p in self.params], self.wholes.grads)
+        self.shards = Shards.of(self.stepped, f"{rule.name}'s param group {group_index}")
+        self.sharded = any(isinstance(p, DTensor) for p in self.params)
         self.state_names = rule.state_names(group)
         self.plan_options = [group[key] for key in rule.plan_keys]
         self.state_dtype = optimizer.state_dtype
@@ -107,7 +113,7 @@ class GroupPlan:
                       if is_quantized(self.state_dtype) else {})
         self.tracked_names = (*rule.scalar_states, *self.state_names, *map(scale_name, self.kinds), *self.master_names)
         existing = [optimizer.state[p] if p in optimizer.state else {} for p in self.params]
-        for param, state, name in zip(self.params, existing, self.names):
+        for param, state, name in zip(self.stepped, existing, self.names):
             check_states(rule, self.group, param, state, name, self.state_dtype, self.master_weight_bits)
         existing = list(map(local_states, existing)) if self.sharded else existing
         self.impl = resolve_impl(self, optimizer.impl, existing)
@@ -134,7 +140,7 @@ class GroupPlan:
         self.first_step = []
         if self.kinds and self.params:
             make_quantization_count(self.group, optimizer.seed, self.locals[0].device)
-        for param, state in zip(self.params, self.state_dicts):
+        for param, state in zip(self.stepped, self.state_dicts):
             for name in rule.scalar_states:  # plain tensors on an FSDP2 param's device too, as torch.optim's
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer.runtime.step_counter(param.device)
@@ -202,6 +208,10 @@ class GroupPlan:
             grads = [g for g in grads if g is not None]
         if self.sharded:
             grads = [local(g) for g in grads]
+            if self.wholes:  # each rank's part checked, then the whole buffer that run() gathers into
+                if not self.wholes.grads_match(grads):
+                    return False
+                grads = self.wholes.substitute(grads, self.wholes.grads)
         if self.complex:
             grads = list(map(real_view, grads))
         if self._param_pointers() != self.param_pointers:
@@ -242,7 +252,6 @@ class GroupPlan:
         return True
 
     def run(self, optimizer, amp: Optional[tuple]) -> None:
-        rule = self.rule
         grads, self.grads = self.grads, None  # the plan holds no gradient between steps
         if not self.params:
             return
@@ -252,11 +261,18 @@ class GroupPlan:
         quantization_count = self.group[COUNT_KEY] if self.kinds else None
         if quantization_count is not None:  # this step's draws for the codes: + 0 on a step GradScaler skips
             quantization_count.add_(1 if self.impl == "reference" or amp is None else amp[1].eq(0))
+        if self.wholes:
+            self.wholes.gather()
         if self.impl == "reference":
             optimizer.runtime.reference_step(self.group, self.views, grads, self.run_states, self.first_step, amp,
                                              self.kinds, self.firsts)
-            return
-        prepared = self.prepared
+        else:
+            self._launch(optimizer, amp, quantization_count)
+        if self.wholes:
+            self.wholes.scatter()
+
+    def _launch(self, optimizer, amp: Optional[tuple], quantization_count) -> None:
+        rule, prepared = self.rule, self.prepared
         if prepared.before is not None:
             prepared.before()
         if rule.reduce is not None:

@@ -30,23 +30,31 @@ def placed_as(param: torch.Tensor, shard: torch.Tensor) -> torch.Tensor:
                               stride=param.stride())
 
 
+def shard_range(param: torch.Tensor) -> Optional[tuple]:
+    """An FSDP2 param's local shard as (dim, first index, length) along the dimension it is split on:
+    torch.chunk's split (each rank ⌈size/ranks⌉ indices, the last ones fewer or none), as fully_shard
+    and DTensor split. None for a whole tensor or another layout (a 2-D mesh, a replicated param)."""
+    if not isinstance(param, DTensor) or param.device_mesh.ndim != 1 or not isinstance(param.placements[0], Shard):
+        return None
+    dim, mesh = param.placements[0].dim, param.device_mesh
+    size, length = param.shape[dim], param.to_local().shape[dim]
+    per_rank = -(-size // mesh.size())
+    first = min(mesh.get_local_rank() * per_rank, size)
+    if length != max(0, min(per_rank, size - first)):
+        return None  # not torch.chunk's split
+    return dim, first, length
+
+
 def flat_offset(param: torch.Tensor) -> Optional[int]:
     """Where an FSDP2 param's local shard starts in the whole param's elements (row-major): 0 for a
-    whole tensor; for a DTensor sharded along dim 0 of a 1-D mesh with a contiguous local shard, its
-    first row (torch.chunk's: each rank ⌈rows/ranks⌉ rows, the last ones fewer or none, as
-    fully_shard and DTensor split) times the elements of a row. None where the shard is no such range
-    (another placement, a non-contiguous shard)."""
+    whole tensor; for a DTensor split along dim 0 (``shard_range``) with a contiguous local shard, its
+    first row times the elements of a row. None where the shard is no such range."""
     if not isinstance(param, DTensor):
         return 0
-    shard, mesh = param.to_local(), param.device_mesh
-    if mesh.ndim != 1 or param.placements[0] != Shard(0) or param.dim() == 0 or not shard.is_contiguous():
+    where = shard_range(param)
+    if where is None or where[0] != 0 or not param.to_local().is_contiguous():
         return None
-    rows, ranks = param.shape[0], mesh.size()
-    per_rank = -(-rows // ranks)
-    first_row = min(mesh.get_local_rank() * per_rank, rows)
-    if shard.shape[0] != max(0, min(per_rank, rows - first_row)):
-        return None  # not torch.chunk's split
-    return first_row * (param.numel() // rows if rows else 0)
+    return where[1] * (param.numel() // param.shape[0] if param.shape[0] else 0)
 
 
 @dataclass(frozen=True)
@@ -89,4 +97,4 @@ class Shards:
             torch._foreach_copy_(partial, [t.reshape(value.shape) for t, value in zip(total.unbind(), partial)])
 
 
-__all__ = ["Shards", "flat_offset", "local", "placed_as"]
+__all__ = ["Shards", "flat_offset", "local", "placed_as", "shard_range"]
