@@ -9,6 +9,7 @@ import torch
 from fusedoptim.kernels.adadelta import adadelta_update
 from fusedoptim.kernels.adagrad import adagrad_update
 from fusedoptim.kernels.adam import adam_update
+from fusedoptim.kernels.adamax import adamax_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
 from fusedoptim.kernels.lion import lion_update
@@ -27,6 +28,7 @@ from fusedoptim.optim.param_groups import tiger_param_groups
 from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
 from fusedoptim.optim.reference.adam import adam, adamw
+from fusedoptim.optim.reference.adamax import adamax
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
 from fusedoptim.optim.reference.lion import lion
@@ -118,6 +120,20 @@ RULES = {
             hyperparameters=tuple(weight_decay(1e-2, DECOUPLED) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
             flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
+        ),
+        Rule(
+            name="Adamax",
+            summary="Adam with the infinity norm: m over a running max of the gradient's magnitude (Kingma & Ba "
+                    "2015, section 7.1)",
+            reference=adamax, update=adamax_update,
+            hyperparameters=(lr(2e-3), betas((0.9, 0.999), "(β1, β2): the decay rates of the running mean of the "
+                                            "gradient and of the running max of its magnitude"),
+                             eps(1e-8, "added to |g| inside the running max: u ← max(β2·u, |g| + eps)"),
+                             weight_decay(0), MAXIMIZE),
+            # exp_inf is a max of |g| + eps, so positive: the nonnegative scheme gives it a code of at least 1,
+            # never the 0 that m/u would divide by.
+            states=(State("exp_avg"), State("exp_inf", kind="nonnegative")), scalar_states=("step",),
+            torch_twin=torch.optim.Adamax, complex_params=True,
         ),
         Rule(
             name="Lion",
