@@ -12,6 +12,7 @@ from fusedoptim.kernels.adam import adam_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
 from fusedoptim.kernels.lion import lion_update
+from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
 from fusedoptim.kernels.sgd import sgd_update
 from fusedoptim.kernels.elementwise import never
@@ -30,6 +31,7 @@ from fusedoptim.optim.reference.adam import adam, adamw
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
 from fusedoptim.optim.reference.lion import lion
+from fusedoptim.optim.reference.radam import radam
 from fusedoptim.optim.reference.rmsprop import rmsprop
 from fusedoptim.optim.reference.sgd import sgd
 from fusedoptim.optim.reference.sgdhd import sgdhd
@@ -118,6 +120,20 @@ RULES = {
             hyperparameters=tuple(weight_decay(1e-2, DECOUPLED) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
             flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
+        ),
+        Rule(
+            name="RAdam",
+            summary="Adam whose adaptive lr is rectified for its variance, plain momentum until it is tractable "
+                    "(Liu et al. 2020)",
+            reference=radam, update=radam_update,
+            hyperparameters=(lr(1e-3), betas((0.9, 0.999)),
+                             eps(1e-8, "added to √v, before √(1 − β2ᵗ) corrects it (unlike Adam's √v̂ + eps)"),
+                             weight_decay(0, "the weight decay λ: L2 added to the gradient, g ← g + λ·θ, or "
+                                          "decoupled (see decoupled_weight_decay)"),
+                             flag("decoupled_weight_decay", "decay θ ← θ·(1 − lr·λ) before the update instead of "
+                                  "adding λ·θ to the gradient (AdamW's decay)"), MAXIMIZE),
+            states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")), scalar_states=("step",),
+            torch_twin=torch.optim.RAdam, complex_params=True,
         ),
         Rule(
             name="Lion",
