@@ -13,6 +13,7 @@ from fusedoptim.kernels.adamax import adamax_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
 from fusedoptim.kernels.lion import lion_update
+from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
 from fusedoptim.kernels.sgd import sgd_update
 from fusedoptim.kernels.elementwise import never
@@ -32,6 +33,7 @@ from fusedoptim.optim.reference.adamax import adamax
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
 from fusedoptim.optim.reference.lion import lion
+from fusedoptim.optim.reference.radam import radam
 from fusedoptim.optim.reference.rmsprop import rmsprop
 from fusedoptim.optim.reference.sgd import sgd
 from fusedoptim.optim.reference.sgdhd import sgdhd
@@ -134,6 +136,20 @@ RULES = {
             # never the 0 that m/u would divide by.
             states=(State("exp_avg"), State("exp_inf", kind="nonnegative")), scalar_states=("step",),
             torch_twin=torch.optim.Adamax, complex_params=True,
+        ),
+        Rule(
+            name="RAdam",
+            summary="Adam whose adaptive lr is rectified for its variance, plain momentum until it is tractable "
+                    "(Liu et al. 2020)",
+            reference=radam, update=radam_update,
+            hyperparameters=(lr(1e-3), betas((0.9, 0.999)),
+                             eps(1e-8, "added to √v, before √(1 − β2ᵗ) corrects it (unlike Adam's √v̂ + eps)"),
+                             weight_decay(0, "the weight decay λ: L2 added to the gradient, g ← g + λ·θ, or "
+                                          "decoupled (see decoupled_weight_decay)"),
+                             flag("decoupled_weight_decay", "decay θ ← θ·(1 − lr·λ) before the update instead of "
+                                  "adding λ·θ to the gradient (AdamW's decay)"), MAXIMIZE),
+            states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")), scalar_states=("step",),
+            torch_twin=torch.optim.RAdam, complex_params=True,
         ),
         Rule(
             name="Lion",
