@@ -120,7 +120,7 @@ class GroupPlan:
         # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
         self.views = list(map(real_view, self.locals)) if self.complex else self.locals
         self.grads = [real_view(g.to_dense() if g.is_sparse else g) for g in self.grads]
-        if self.shards is not None and self.impl == "reference" and rule.prepare is not None:
+        if self.shards is not None and self.impl == "reference" and rule.reduce is not None:
             raise RuntimeError(f"{rule.name}: the reference reduces over whole tensors, which FSDP2 params are not; "
                                "use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums those "
                                "reductions over the shards")
@@ -145,7 +145,8 @@ class GroupPlan:
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer.runtime.step_counter(param.device)
                 elif name not in state:
-                    state[name] = torch.zeros((), dtype=torch.float32, device=param.device)
+                    state[name] = torch.full((), rule.scalar_initial.get(name, 0.0), dtype=torch.float32,
+                                             device=param.device)
             make_states = make_quantized_states if self.kinds else make_float_states
             self.first_step.append(make_states(rule, self.group, self.state_dtype, param, state))
             if self.master_names:

@@ -14,6 +14,7 @@ from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
 from fusedoptim.kernels.lion import lion_update
 from fusedoptim.kernels.radam import radam_update
+from fusedoptim.kernels.nadam import nadam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
 from fusedoptim.kernels.sgd import sgd_update
 from fusedoptim.kernels.elementwise import never
@@ -34,12 +35,14 @@ from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
 from fusedoptim.optim.reference.lion import lion
 from fusedoptim.optim.reference.radam import radam
+from fusedoptim.optim.reference.nadam import nadam
 from fusedoptim.optim.reference.rmsprop import rmsprop
 from fusedoptim.optim.reference.sgd import sgd
 from fusedoptim.optim.reference.sgdhd import sgdhd
 from fusedoptim.optim.reference.signsgd import signsgd
 from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
+from fusedoptim.optim.nadam import nadam_prepare
 from fusedoptim.optim.sgdhd import sgdhd_prepare
 from fusedoptim.optim.tiger import tiger_prepare
 
@@ -150,6 +153,22 @@ RULES = {
                                   "adding λ·θ to the gradient (AdamW's decay)"), MAXIMIZE),
             states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")), scalar_states=("step",),
             torch_twin=torch.optim.RAdam, complex_params=True,
+        ),
+        Rule(
+            name="NAdam",
+            summary="Adam with Nesterov momentum under a warming momentum schedule μ_t (Dozat 2016)",
+            reference=nadam, update=nadam_update,
+            hyperparameters=(lr(2e-3), betas((0.9, 0.999)), eps(1e-8, "added after the square root: √v̂ + eps"),
+                             weight_decay(0, "the weight decay λ: added to the gradient, g ← g + λ·θ, or with "
+                                          "decoupled_weight_decay θ ← θ·(1 − lr·λ) before the update"),
+                             nonnegative("momentum_decay", 4e-3, "ψ of the momentum schedule "
+                                         "μ_t = β1·(1 − ½·0.96^(t·ψ))"),
+                             flag("decoupled_weight_decay", "decay θ ← θ·(1 − lr·λ) instead of adding λ·θ to "
+                                  "the gradient (NAdamW, as AdamW is to Adam)"), MAXIMIZE),
+            states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")),
+            # mu_product, μ_1···μ_t, as torch names and keeps it: advanced on the device each step (nadam_prepare)
+            scalar_states=("step", "mu_product"), scalar_initial={"mu_product": 1.0}, prepare=nadam_prepare,
+            torch_twin=torch.optim.NAdam, complex_params=True,
         ),
         Rule(
             name="Lion",
