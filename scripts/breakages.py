@@ -171,6 +171,19 @@ BREAKAGES = (
              '            group["lr"] = abs(group["lr"])', "            pass",
              ("tests/test_bad_input.py::-k learned",),
              "SGDHD whose α went below 0: its own checkpoint is refused (lr must be >= 0)"),
+    Breakage("nadam-momentum-term-with-this-steps-mu", "fusedoptim/kernels/nadam.py",
+             "    exp_avg_coefficient = (-lr * mu_next) / (1.0 - mu_product * mu_next)",
+             "    exp_avg_coefficient = (-lr * mu) / (1.0 - mu_product * mu_next)",
+             ("tests/test_torch_twins.py::-k NAdam",),
+             "NAdam's momentum term weighted by μ_t instead of μ_{t+1}: not torch's NAdam"),
+    Breakage("radam-rectified-from-step-5", "fusedoptim/kernels/radam.py",
+             "    if rho_t > 5.0:", "    if rho_t > 4.0:",
+             ("tests/test_torch_twins.py::-k RAdam",),
+             "RAdam rectifies the step while ρ_t ≤ 5, where torch takes plain momentum"),
+    Breakage("adamax-without-eps", "fusedoptim/kernels/adamax.py",
+             "tl.abs(grad) + eps, propagate_nan", "tl.abs(grad), propagate_nan",
+             ("tests/test_nonfinite.py::-k Adamax",),
+             "Adamax divides by a running max of 0 where a gradient is 0 from the start: NaN params"),
 )
 
 

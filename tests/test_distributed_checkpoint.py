@@ -45,9 +45,9 @@ def _runs():
 
 def _mesh_runs():
     """``_runs`` with the fused impl, and with the reference where it steps shards (no sum over a
-    whole tensor: ``rule.prepare`` is None)."""
+    whole tensor: ``rule.reduce`` is None)."""
     return [(rule, dtype, {**options, "impl": impl}) for rule, dtype, options in _runs()
-            for impl in ("triton", "reference") if impl == "triton" or rule.prepare is None]
+            for impl in ("triton", "reference") if impl == "triton" or rule.reduce is None]
 
 
 def _name(rule, dtype, options):

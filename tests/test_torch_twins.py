@@ -18,6 +18,8 @@ STEPS = 20
 OPTION_VALUES = {
     "weight_decay": (0, 0.1), "momentum": (0, 0.9), "dampening": (0, 0.5), "lr_decay": (0, 0.1),
     "initial_accumulator_value": (0, 0.5), "betas": ((0.8, 0.95),), "lr": (3e-3,),
+    # NAdam's ψ: at its default μ_t and μ_{t+1} differ by 7e-5 relative, too little to tell them apart
+    "momentum_decay": (4e-3, 0.5),
 }
 
 

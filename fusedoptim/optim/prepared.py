@@ -1,4 +1,4 @@
-"""What a rule with host-side set-up (Tiger, SGDHD) hands the launch plan, once per plan build."""
+"""What a rule with host-side set-up (Tiger, SGDHD, NAdam) hands the launch plan, once per plan build."""
 from dataclasses import dataclass
 from typing import Callable, Optional
 

@@ -72,7 +72,8 @@ class Rule:
     # product: 1, as torch starts it).
     scalar_initial: dict = field(default_factory=dict)
     # Host-side set-up of the scalars its kernels read, once per launch plan (Tiger's classes of
-    # tensors and sums, SGDHD's α): (group, local params, states, shards, packed scalar states) ->
+    # tensors and sums, SGDHD's α, NAdam's mu_product advanced each step): (group, local params, states,
+    # shards, packed scalar states) ->
     # optim.prepared.Prepared. Without it, each tensor's scalars are its scalar states.
     prepare: Optional[Callable] = None
     # A @triton.jit reduction run over the same tensors before each update, into the last
