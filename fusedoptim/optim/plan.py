@@ -145,8 +145,10 @@ class GroupPlan:
                 if name == "step" and rule.step_per_optimizer:  # the optimizer's counter, not one of its own
                     state[name] = optimizer.runtime.step_counter(param.device)
                 elif name not in state:
-                    state[name] = torch.full((), rule.scalar_initial.get(name, 0.0), dtype=torch.float32,
-                                             device=param.device)
+                    initial = rule.scalar_initial.get(name, 0.0)
+                    initial = self.group[initial] if isinstance(initial, str) else initial
+                    state[name] = torch.as_tensor(initial, dtype=torch.float32,  # a copy: a tensor lr stays the group's
+                                                  device=param.device).reshape(()).clone()
             make_states = make_quantized_states if self.kinds else make_float_states
             self.first_step.append(make_states(rule, self.group, self.state_dtype, param, state))
             if self.master_names:
@@ -284,6 +286,8 @@ class GroupPlan:
         for _, _, launch in self.launches:
             launch.update(rule.update, rule.update_reads_param, self.hyper, self.flags,
                           optimizer.runtime.rounding_seed(launch.device), amp, quantization_count)
+        if prepared.after_update is not None:
+            prepared.after_update(amp)
 
 
 class StepPlan:

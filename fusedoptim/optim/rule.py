@@ -68,11 +68,12 @@ class Rule:
     hyperparameters: tuple  # its optim.hyperparameters.Hyperparameter declarations, in signature order
     states: tuple  # the element-wise State tensors
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
-    # A scalar state's value before the first step, where it is not 0 (NAdam's mu_product, a running
-    # product: 1, as torch starts it).
+    # A scalar state's value before the first step, where it is not 0: a number (NAdam's mu_product, a
+    # running product: 1, as torch starts it) or the group key holding it, read when the state is made
+    # (ASGD's eta starts at the lr of its first step, a number or a tensor, as torch starts it).
     scalar_initial: dict = field(default_factory=dict)
     # Host-side set-up of the scalars its kernels read, once per launch plan (Tiger's classes of
-    # tensors and sums, SGDHD's α, NAdam's mu_product advanced each step): (group, local params, states,
+    # tensors and sums, SGDHD's α, NAdam's mu_product and ASGD's eta and mu advanced each step): (group, local params, states,
     # shards, packed scalar states) ->
     # optim.prepared.Prepared. Without it, each tensor's scalars are its scalar states.
     prepare: Optional[Callable] = None
