@@ -10,6 +10,7 @@ from fusedoptim.kernels.adadelta import adadelta_update
 from fusedoptim.kernels.adagrad import adagrad_update
 from fusedoptim.kernels.adam import adam_update
 from fusedoptim.kernels.adamax import adamax_update
+from fusedoptim.kernels.asgd import asgd_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
 from fusedoptim.kernels.lion import lion_update
@@ -31,6 +32,7 @@ from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
 from fusedoptim.optim.reference.adam import adam, adamw
 from fusedoptim.optim.reference.adamax import adamax
+from fusedoptim.optim.reference.asgd import asgd
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
 from fusedoptim.optim.reference.lion import lion
@@ -42,6 +44,7 @@ from fusedoptim.optim.reference.sgdhd import sgdhd
 from fusedoptim.optim.reference.signsgd import signsgd
 from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
+from fusedoptim.optim.asgd import asgd_prepare
 from fusedoptim.optim.nadam import nadam_prepare
 from fusedoptim.optim.sgdhd import sgdhd_prepare
 from fusedoptim.optim.tiger import tiger_prepare
@@ -169,6 +172,24 @@ RULES = {
             # mu_product, μ_1···μ_t, as torch names and keeps it: advanced on the device each step (nadam_prepare)
             scalar_states=("step", "mu_product"), scalar_initial={"mu_product": 1.0}, prepare=nadam_prepare,
             torch_twin=torch.optim.NAdam, complex_params=True,
+        ),
+        Rule(
+            name="ASGD",
+            summary="SGD with a decaying step size and a running average of the iterates after t0 (Polyak & "
+                    "Juditsky 1992)",
+            reference=asgd, update=asgd_update,
+            hyperparameters=(lr(1e-2, "the learning rate lr, the first step size η"),
+                             nonnegative("lambd", 1e-4, "λ: the decay term θ ← θ·(1 − λ·η) each step, and the "
+                                         "step size's decay η_t = lr / (1 + λ·lr·t)^α"),
+                             nonnegative("alpha", 0.75, "α, the power of the step size's decay", kernel="host"),
+                             nonnegative("t0", 1e6, "the step from which ax averages the iterates "
+                                         "(μ_t = 1 / max(1, t − t0)); before it ax = θ", kernel="host"),
+                             weight_decay(0), MAXIMIZE),
+            states=(State("ax"),),
+            # eta and mu, η and μ as torch names and keeps them: advanced on the device after each update
+            # (asgd_prepare), which reads them as the previous step left them
+            scalar_states=("step", "eta", "mu"), scalar_initial={"eta": "lr", "mu": 1.0}, prepare=asgd_prepare,
+            torch_twin=torch.optim.ASGD, complex_params=True,
         ),
         Rule(
             name="Lion",
