@@ -20,6 +20,9 @@ OPTION_VALUES = {
     "initial_accumulator_value": (0, 0.5), "betas": ((0.8, 0.95),), "lr": (3e-3,),
     # NAdam's ψ: at its default μ_t and μ_{t+1} differ by 7e-5 relative, too little to tell them apart
     "momentum_decay": (4e-3, 0.5),
+    # ASGD's λ: at its default (1e-4, with lr 3e-3) η changes by 2e-7 relative a step, too little to
+    # tell η_t from η_{t−1}; its t0: at the default 1e6 μ stays 1 and ax only copies θ, t0=3 averages
+    "lambd": (0.5,), "t0": (1e6, 3),
 }
 
 
