@@ -17,6 +17,7 @@ from fusedoptim.kernels.lion import lion_update
 from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.nadam import nadam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
+from fusedoptim.kernels.rprop import rprop_update
 from fusedoptim.kernels.sgd import sgd_update
 from fusedoptim.kernels.elementwise import never
 from fusedoptim.kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
@@ -25,7 +26,7 @@ from fusedoptim.kernels.signum import signum_update
 from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
 from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas,
                                               bounds, bounds_in_kernel, eps, flag, fraction, lr, momentum, nesterov,
-                                              nonnegative, param_kind, positive_integer, schedule, schedule_in_kernel,
+                                              nonnegative, number, param_kind, positive_integer, schedule, schedule_in_kernel,
                                               shrink, weight_decay)
 from fusedoptim.optim.param_groups import tiger_param_groups
 from fusedoptim.optim.reference.adadelta import adadelta
@@ -39,6 +40,7 @@ from fusedoptim.optim.reference.lion import lion
 from fusedoptim.optim.reference.radam import radam
 from fusedoptim.optim.reference.nadam import nadam
 from fusedoptim.optim.reference.rmsprop import rmsprop
+from fusedoptim.optim.reference.rprop import rprop
 from fusedoptim.optim.reference.sgd import sgd
 from fusedoptim.optim.reference.sgdhd import sgdhd
 from fusedoptim.optim.reference.signsgd import signsgd
@@ -55,6 +57,28 @@ ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the d
                         flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
                State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
+
+
+
+def etas_around_one(value, group):
+    """Rprop's (etaminus, etaplus): a step size shrinks where the gradient flips and grows where it holds."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return "must be a pair (etaminus, etaplus)"
+    etaminus, etaplus = number(value[0]), number(value[1])
+    if not 0.0 < etaminus < 1.0 < etaplus:
+        return (f"must have 0 < etaminus < 1 < etaplus (as torch.optim.Rprop); got etaminus={etaminus}, "
+                f"etaplus={etaplus}")
+
+
+def step_size_range(value, group):
+    """Rprop's (step_size_min, step_size_max), the clamp of every step size (torch checks none; a
+    negative or inverted range clamps nothing the way it reads)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return "must be a pair (step_size_min, step_size_max)"
+    low, high = number(value[0]), number(value[1], finite=False)  # high=inf: no upper clamp, harmless
+    if not 0.0 <= low <= high:
+        return f"must have 0 <= step_size_min <= step_size_max; got step_size_min={low}, step_size_max={high}"
+
 
 RULES = {
     rule.name: rule
@@ -190,6 +214,33 @@ RULES = {
             # (asgd_prepare), which reads them as the previous step left them
             scalar_states=("step", "eta", "mu"), scalar_initial={"eta": "lr", "mu": 1.0}, prepare=asgd_prepare,
             torch_twin=torch.optim.ASGD, complex_params=True,
+        ),
+        Rule(
+            name="Rprop",
+            summary="Resilient backpropagation: per-coordinate step sizes grown where the gradient keeps its sign, "
+                    "shrunk where it flips; θ moves by the sign (Riedmiller & Braun 1993)",
+            reference=rprop, update=rprop_update,
+            hyperparameters=(lr(1e-2, "every step size's start, at its param's first step (changing lr later does "
+                                  "not reach the step sizes, as in torch)"),
+                             Hyperparameter("etas", (0.5, 1.2), etas_around_one, "(etaminus, etaplus): the factors "
+                                            "of a step size where the gradient's sign flips and where it holds",
+                                            to_kernel=lambda value: ({"etaminus": float(value[0]),
+                                                                      "etaplus": float(value[1])}, {}),
+                                            bad=(((1.0, 0.5), "0 < etaminus < 1 < etaplus"), ((0.5, 1.0), "etaplus"),
+                                                 ((0.5,), "pair"))),
+                             Hyperparameter("step_sizes", (1e-6, 50), step_size_range, "(step_size_min, "
+                                            "step_size_max): every step size is clamped to it after its update",
+                                            to_kernel=lambda value: ({"step_size_min": float(value[0]),
+                                                                      "step_size_max": float(value[1])}, {}),
+                                            bad=(((50, 1e-6), "step_size_min <= step_size_max"),
+                                                 ((-1e-6, 50), "0 <= step_size_min"), ((1e-6,), "pair"))),
+                             MAXIMIZE),
+            # step_size is positive and changes by factors (etaminus, etaplus): the multiplicative scheme's
+            # stochastic rounding moves its code by a factor of 1.2 on average, where round to nearest would
+            # keep a small code (3·√1.2 = 3.3 rounds back to 3) forever, and it never codes a positive Δ as 0.
+            # prev is a gradient (only its sign is read): signed.
+            states=(State("prev"), State("step_size", initial="lr", kind="multiplicative")),
+            scalar_states=("step",), torch_twin=torch.optim.Rprop, complex_params=True,
         ),
         Rule(
             name="Lion",
