@@ -184,6 +184,18 @@ BREAKAGES = (
              "tl.abs(grad) + eps, propagate_nan", "tl.abs(grad), propagate_nan",
              ("tests/test_nonfinite.py::-k Adamax",),
              "Adamax divides by a running max of 0 where a gradient is 0 from the start: NaN params"),
+    Breakage("asgd-steps-with-the-new-eta", "fusedoptim/optim/asgd.py",
+             "                    after_update=after_update)", "                    after=after_update)",
+             ("tests/test_torch_twins.py::-k ASGD",),
+             "ASGD steps with the step size of the next step: not torch's ASGD"),
+    Breakage("rprop-keeps-the-flipped-gradient", "fusedoptim/kernels/rprop.py",
+             "    grad = tl.where(agreement < 0, 0.0, grad)", "    grad = grad",
+             ("tests/test_torch_twins.py::-k Rprop",),
+             "Rprop moves where the gradient's sign flipped, and remembers it: not torch's Rprop"),
+    Breakage("rprop-compared-with-torchs-cpu-sign-of-nan", "tests/test_nonfinite.py",
+             'CUDA_SIGN_OF_NAN = {"Rprop"}', "CUDA_SIGN_OF_NAN = set()",
+             ("tests/test_nonfinite.py::-k Rprop",),
+             "(a test's own premise) torch's CPU Rprop leaves θ where a gradient is NaN; ours makes it NaN"),
 )
 
 

@@ -1,6 +1,6 @@
 """torch's own optimizer test material, run against our twins: the drop-in claim checked by inputs
 no one here wrote. ``torch.testing._internal.common_optimizers.optim_db`` ships in the torch wheel; for
-SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, RAdam and NAdam each ``OptimizerInfo`` lists hyperparameter
+SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, RAdam, NAdam, ASGD and Rprop each ``OptimizerInfo`` lists hyperparameter
 combinations (``optim_inputs_func``, including those torch runs only on CUDA: tensor lr, tensor betas,
 capturable) and bad inputs with the error type torch raises (``optim_error_inputs_func``).
 

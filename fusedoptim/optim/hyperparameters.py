@@ -143,6 +143,26 @@ def param_kind(value, group):
 NEGATIVE_OR_NON_FINITE = ((-1e-3, "must be >= 0"), (math.nan, "must be finite"), (math.inf, "must be finite"))
 
 
+def etas_around_one(value, group):
+    """Rprop's (etaminus, etaplus): a step size shrinks where the gradient flips and grows where it holds."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return "must be a pair (etaminus, etaplus)"
+    etaminus, etaplus = number(value[0]), number(value[1])
+    if not 0.0 < etaminus < 1.0 < etaplus:
+        return (f"must have 0 < etaminus < 1 < etaplus (as torch.optim.Rprop); got etaminus={etaminus}, "
+                f"etaplus={etaplus}")
+
+
+def step_size_range(value, group):
+    """Rprop's (step_size_min, step_size_max), the clamp of every step size (torch checks none; a
+    negative or inverted range clamps nothing the way it reads)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        return "must be a pair (step_size_min, step_size_max)"
+    low, high = number(value[0]), number(value[1], finite=False)  # high=inf: no upper clamp, harmless
+    if not 0.0 <= low <= high:
+        return f"must have 0 <= step_size_min <= step_size_max; got step_size_min={low}, step_size_max={high}"
+
+
 def lr(default: float, doc: str = "the learning rate") -> Hyperparameter:
     return Hyperparameter("lr", default, at_least_zero, doc, tensor=True, test_value=max(default, 1e-2), bad=(
         *NEGATIVE_OR_NON_FINITE, ("fast", "expected a real number"), (torch.tensor([1e-3, 1e-3]), "one-element"),

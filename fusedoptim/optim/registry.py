@@ -25,9 +25,9 @@ from fusedoptim.kernels.signsgd import signsgd_update
 from fusedoptim.kernels.signum import signum_update
 from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
 from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas,
-                                              bounds, bounds_in_kernel, eps, flag, fraction, lr, momentum, nesterov,
-                                              nonnegative, number, param_kind, positive_integer, schedule, schedule_in_kernel,
-                                              shrink, weight_decay)
+                                              bounds, bounds_in_kernel, eps, etas_around_one, flag, fraction, lr,
+                                              momentum, nesterov, nonnegative, param_kind, positive_integer, schedule,
+                                              schedule_in_kernel, shrink, step_size_range, weight_decay)
 from fusedoptim.optim.param_groups import tiger_param_groups
 from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
@@ -57,28 +57,6 @@ ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the d
                         flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
                State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
-
-
-
-def etas_around_one(value, group):
-    """Rprop's (etaminus, etaplus): a step size shrinks where the gradient flips and grows where it holds."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        return "must be a pair (etaminus, etaplus)"
-    etaminus, etaplus = number(value[0]), number(value[1])
-    if not 0.0 < etaminus < 1.0 < etaplus:
-        return (f"must have 0 < etaminus < 1 < etaplus (as torch.optim.Rprop); got etaminus={etaminus}, "
-                f"etaplus={etaplus}")
-
-
-def step_size_range(value, group):
-    """Rprop's (step_size_min, step_size_max), the clamp of every step size (torch checks none; a
-    negative or inverted range clamps nothing the way it reads)."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        return "must be a pair (step_size_min, step_size_max)"
-    low, high = number(value[0]), number(value[1], finite=False)  # high=inf: no upper clamp, harmless
-    if not 0.0 <= low <= high:
-        return f"must have 0 <= step_size_min <= step_size_max; got step_size_min={low}, step_size_max={high}"
-
 
 RULES = {
     rule.name: rule
