@@ -44,3 +44,19 @@ def decoupled_decay(param, lr, weight_decay):
 def bias_correction(beta, step):
     """1 − βᵗ, as exp2(t·log2 β): fp32 throughout, from the device step counter (no host value of t)."""
     return 1.0 - tl.exp2(step * tl.log2(beta))
+
+
+@triton.jit
+def adam_moments(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_decay, FLAGS: tl.constexpr):
+    """The Adam family's first half, in torch's order (Adam, AdamW, RAdam, NAdam): weight decay,
+    decoupled (θ ← θ·(1 − η·λ), FLAGS.DECOUPLED_WEIGHT_DECAY) or coupled into g, then
+    m ← β1·m + (1 − β1)·g (torch's lerp_ for weights below 0.5) and v ← β2·v + (1 − β2)·g².
+    Returns (θ, g, m, v)."""
+    if FLAGS.DECOUPLED_WEIGHT_DECAY:
+        param = decoupled_decay(param, lr, weight_decay)
+        grad = coupled_gradient(grad, param, 0.0, FLAGS.MAXIMIZE)
+    else:
+        grad = coupled_gradient(grad, param, weight_decay, FLAGS.MAXIMIZE)
+    exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)
+    exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
+    return param, grad, exp_avg, exp_avg_sq

@@ -8,7 +8,7 @@ already counted.
 import triton
 import triton.language as tl
 
-from fusedoptim.kernels.elementwise import bias_correction, coupled_gradient, decoupled_decay, hyperparameter
+from fusedoptim.kernels.elementwise import adam_moments, bias_correction, hyperparameter
 
 
 @triton.jit
@@ -23,16 +23,10 @@ def nadam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     eps, weight_decay, momentum_decay = hyper.eps, hyper.weight_decay, hyper.momentum_decay
     step = scalars[0]  # already counts this step: 1 on the first
     mu_product = scalars[1]  # μ_1···μ_t: already multiplied by this step's μ_t
-    if FLAGS.DECOUPLED_WEIGHT_DECAY:
-        param = decoupled_decay(param, lr, weight_decay)
-        grad = coupled_gradient(grad, param, 0.0, FLAGS.MAXIMIZE)
-    else:
-        grad = coupled_gradient(grad, param, weight_decay, FLAGS.MAXIMIZE)
+    param, grad, exp_avg, exp_avg_sq = adam_moments(param, grad, states[FLAGS.EXP_AVG_INDEX],
+                                                    states[FLAGS.EXP_AVG_SQ_INDEX], lr, beta1, beta2, weight_decay, FLAGS)
     mu = momentum_coefficient(beta1, momentum_decay, step)
     mu_next = momentum_coefficient(beta1, momentum_decay, step + 1.0)
-    exp_avg = states[FLAGS.EXP_AVG_INDEX]
-    exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)  # torch's lerp_ for weights below 0.5
-    exp_avg_sq = beta2 * states[FLAGS.EXP_AVG_SQ_INDEX] + (1.0 - beta2) * grad * grad
     denom = tl.sqrt(exp_avg_sq / bias_correction(beta2, step)) + eps  # v̂ divided before the root, as torch
     # Two addcdiv_ in torch's order, (coefficient·x)/denom each: the gradient's share, then the momentum's
     grad_coefficient = -lr * (1.0 - mu) / (1.0 - mu_product)

@@ -6,22 +6,15 @@ docstring.
 import triton
 import triton.language as tl
 
-from fusedoptim.kernels.elementwise import coupled_gradient, decoupled_decay, hyperparameter
+from fusedoptim.kernels.elementwise import adam_moments, hyperparameter
 
 
 @triton.jit
 def radam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     lr, beta1, beta2 = hyperparameter(hyper.lr), hyperparameter(hyper.beta1), hyperparameter(hyper.beta2)
     eps, weight_decay = hyper.eps, hyper.weight_decay
-    exp_avg = states[FLAGS.EXP_AVG_INDEX]
-    exp_avg_sq = states[FLAGS.EXP_AVG_SQ_INDEX]
-    if FLAGS.DECOUPLED_WEIGHT_DECAY:
-        param = decoupled_decay(param, lr, weight_decay)
-        grad = coupled_gradient(grad, param, 0.0, FLAGS.MAXIMIZE)
-    else:
-        grad = coupled_gradient(grad, param, weight_decay, FLAGS.MAXIMIZE)
-    exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)  # torch's lerp_ for weights below 0.5
-    exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
+    param, grad, exp_avg, exp_avg_sq = adam_moments(param, grad, states[FLAGS.EXP_AVG_INDEX],
+                                                    states[FLAGS.EXP_AVG_SQ_INDEX], lr, beta1, beta2, weight_decay, FLAGS)
 
     # The per-step scalars in fp64, as torch computes them (Python floats). ρ_t is a difference of two
     # terms near ρ∞ = 2/(1 − β2) − 1 (1999 at β2 = 0.999), the second as inexact as 1 − β2ᵗ: in fp32 it

@@ -57,10 +57,12 @@ def saved_view(param: torch.Tensor, state: dict, names, state_dtype) -> dict:
     param whose rows are whole blocks shown as DTensors placed as ``param``; ``state`` itself for
     others (whole tensors, params stepped whole, float states). New dicts and views: the optimizer's
     own are not changed."""
-    if not isinstance(param, DTensor) or state_dtype not in FORMATS or row_length(param, FORMATS[state_dtype]) is None:
+    fmt = FORMATS.get(state_dtype) if isinstance(state_dtype, str) else None
+    length = row_length(param, fmt) if fmt is not None and isinstance(param, DTensor) else None
+    if length is None:
         return state
-    fmt, shard, view = FORMATS[state_dtype], local(param), dict(state)
-    length, rows = row_length(param, fmt), shard.shape[0]
+    shard, view = local(param), dict(state)
+    rows = shard.shape[0]
     for name in names:
         if name in state and scale_name(name) in state:
             codes, scales = local(state[name]), local(state[scale_name(name)])

@@ -3,6 +3,25 @@ import torch
 from fusedoptim.optim.reference import upcast
 
 
+def adam_moments(theta, g, exp_avg, exp_avg_sq, group, decoupled: bool) -> tuple:
+    """The Adam family's first half, in torch's order (Adam, AdamW, RAdam, NAdam), on fp32 tensors:
+    g ← −g if maximize; weight decay, decoupled (θ ← θ(1 − ηλ)) or L2 into g, skipped at 0 as torch
+    does (0·θ of an infinite θ is NaN); m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g². Returns
+    (θ, g, m, v)."""
+    lr, weight_decay = float(group["lr"]), group["weight_decay"]
+    beta1, beta2 = map(float, group["betas"])
+    if group["maximize"]:
+        g = -g
+    if weight_decay != 0:
+        if decoupled:
+            theta = theta * (1 - lr * weight_decay)  # decay θ before the update
+        else:
+            g = g + weight_decay * theta  # L2 added to the gradient
+    exp_avg = exp_avg.lerp(g, 1 - beta1)  # m ← β1·m + (1 − β1)·g
+    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g  # v ← β2·v + (1 − β2)·g²
+    return theta, g, exp_avg, exp_avg_sq
+
+
 def adam(params, grads, states, group, decoupled_weight_decay=False):
     r"""Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015), in torch's order.
 
@@ -16,20 +35,12 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
 
     State per param: step (fp32 scalar tensor), exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only).
     """
-    lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), map(float, group["betas"]), group["eps"], group["weight_decay"]
+    lr, (beta1, beta2), eps = float(group["lr"]), map(float, group["betas"]), group["eps"]
     for param, grad, state in zip(params, grads, states):
         step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
         theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype
-        exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
-        if group["maximize"]:
-            g = -g
-        if weight_decay != 0:  # skipped at 0, as torch does: 0·θ of an infinite θ is NaN
-            if decoupled_weight_decay:
-                theta = theta * (1 - lr * weight_decay)  # AdamW: decay θ before the update
-            else:
-                g = g + weight_decay * theta  # Adam: L2 added to the gradient
-        exp_avg = exp_avg.lerp(g, 1 - beta1)  # m ← β1·m + (1 − β1)·g
-        exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g  # v ← β2·v + (1 − β2)·g²
+        theta, g, exp_avg, exp_avg_sq = adam_moments(theta, g, upcast(state["exp_avg"]), upcast(state["exp_avg_sq"]),
+                                                     group, decoupled_weight_decay)
         bias_correction1 = 1 - beta1**step
         bias_correction2_sqrt = (1 - beta2**step) ** 0.5
         if group["amsgrad"]:

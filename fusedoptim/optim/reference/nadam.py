@@ -1,4 +1,5 @@
 from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.reference.adam import adam_moments
 
 # 0.96: the base of Dozat's momentum schedule μ_t (torch.optim.NAdam's constant)
 MOMENTUM_SCHEDULE_BASE = 0.96
@@ -25,25 +26,17 @@ def nadam(params, grads, states, group):
     exp_avg_sq. Π_t is advanced here in fp32 (``mu_product *= μ_t``, torch's op); the coefficients are
     Python floats of it, and each term is (coefficient·x)/d, torch's addcdiv_.
     """
-    lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), map(float, group["betas"]), group["eps"], group["weight_decay"]
+    lr, (beta1, beta2), eps = float(group["lr"]), map(float, group["betas"]), group["eps"]
     momentum_decay = group["momentum_decay"]
     for param, grad, state in zip(params, grads, states):
         step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
         theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype
-        exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
-        if group["maximize"]:
-            g = -g
-        if weight_decay != 0:  # skipped at 0, as torch does: 0·θ of an infinite θ is NaN
-            if group["decoupled_weight_decay"]:
-                theta = theta * (1 - lr * weight_decay)  # NAdamW: decay θ before the update
-            else:
-                g = g + weight_decay * theta  # L2 added to the gradient
+        theta, g, exp_avg, exp_avg_sq = adam_moments(theta, g, upcast(state["exp_avg"]), upcast(state["exp_avg_sq"]),
+                                                     group, group["decoupled_weight_decay"])
         mu = momentum_coefficient(beta1, momentum_decay, step)  # μ_t
         mu_next = momentum_coefficient(beta1, momentum_decay, step + 1)  # μ_{t+1}
         state["mu_product"].mul_(mu)  # Π_t = Π_{t−1}·μ_t, in fp32 as torch keeps it
         mu_product = state["mu_product"].item()
-        exp_avg = exp_avg.lerp(g, 1 - beta1)  # m ← β1·m + (1 − β1)·g
-        exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g  # v ← β2·v + (1 − β2)·g²
         denom = (exp_avg_sq / (1 - beta2**step)).sqrt() + eps  # √(v / (1 − β2ᵗ)) + ε
         # θ ← θ − η(1 − μ_t)/(1 − Π_t) · g/d: the gradient's share
         theta = theta + ((-lr * (1 - mu) / (1 - mu_product)) * g) / denom

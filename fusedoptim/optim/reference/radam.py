@@ -1,4 +1,5 @@
 from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.reference.adam import adam_moments
 
 
 def radam(params, grads, states, group):
@@ -24,21 +25,13 @@ def radam(params, grads, states, group):
 
     State per param: step (fp32 scalar tensor), exp_avg, exp_avg_sq.
     """
-    lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), map(float, group["betas"]), group["eps"], group["weight_decay"]
+    lr, (beta1, beta2), eps = float(group["lr"]), map(float, group["betas"]), group["eps"]
     rho_inf = 2 / (1 - beta2) - 1  # the maximum length of the approximated SMA
     for param, grad, state in zip(params, grads, states):
         step = state["step"].item()  # already counts this step (the optimizer counts): 1 on the first
         theta, g = upcast(param), upcast(grad)  # all math in fp32, whatever the storage dtype
-        exp_avg, exp_avg_sq = upcast(state["exp_avg"]), upcast(state["exp_avg_sq"])
-        if group["maximize"]:
-            g = -g
-        if weight_decay != 0:  # skipped at 0, as torch does: 0·θ of an infinite θ is NaN
-            if group["decoupled_weight_decay"]:
-                theta = theta * (1 - lr * weight_decay)  # decay θ before the update, as AdamW
-            else:
-                g = g + weight_decay * theta  # L2 added to the gradient
-        exp_avg = exp_avg.lerp(g, 1 - beta1)  # m ← β1·m + (1 − β1)·g
-        exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * g * g  # v ← β2·v + (1 − β2)·g²
+        theta, g, exp_avg, exp_avg_sq = adam_moments(theta, g, upcast(state["exp_avg"]), upcast(state["exp_avg_sq"]),
+                                                     group, group["decoupled_weight_decay"])
         bias_correction1 = 1 - beta1**step
         bias_correction2 = 1 - beta2**step
         bias_corrected_exp_avg = exp_avg / bias_correction1  # m̂ = m/(1 − β1ᵗ)
