@@ -1,10 +1,12 @@
 """Adding a rule is three things: its math, its oracle and its declaration (README, "How to add a
-rule"). This test adds a toy rule that way, with a hyperparameter no other rule has, and runs it
-through the registry-driven suites without editing any of them: parity in every dtype, bad input,
-GradScaler, torch.compile, the launch plan's refusals, checkpoints; parity and GradScaler also with int8
-and int4 states, and an int4 run resumed.
+rule"), whatever its shape. This test adds a toy rule of each shape that way, each with a
+hyperparameter no other rule has, and runs it through the registry-driven suites without editing any
+of them: parity in every dtype, bad input, GradScaler, torch.compile, the launch plan's refusals,
+checkpoints; parity also with int8 and int4 states, and an int4 run resumed.
 
-The toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
+The element-wise toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
+The toy with declared sums, "ClippedTrust": a per-tensor trust ratio ‖θ‖/‖g‖ (two sums over each
+tensor) and clipping by the group's gradient norm (a sum over the group), as LARS with global clipping.
 """
 import re
 
@@ -15,10 +17,10 @@ import triton.language as tl
 
 from fusedoptim import optim
 from fusedoptim.kernels.elementwise import hyperparameter
-from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr
+from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr, number
 from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
-from fusedoptim.optim.registry import RULES, Rule, State
+from fusedoptim.optim.registry import RULES, Rule, State, Sum
 from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
 
 
@@ -48,16 +50,71 @@ VELOCITY = Rule(
 )
 
 
+# The toy with declared sums. 1. Its math: the terms of its three sums, and the update that reads them.
+@triton.jit
+def clipped_trust_reduce(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    return param * param, grad * grad, grad * grad  # Σθ², Σg² of the tensor, Σg² of the group
+
+
+@triton.jit
+def clipped_trust_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    param_square, grad_square, group_grad_square = scalars  # no scalar states: the sums alone
+    param_norm, grad_norm, group_norm = tl.sqrt(param_square), tl.sqrt(grad_square), tl.sqrt(group_grad_square)
+    trust = tl.where((param_norm > 0.0) & (grad_norm > 0.0), param_norm / grad_norm, 1.0)
+    clip = tl.minimum(1.0, hyper.max_norm / tl.maximum(group_norm, 1e-30))
+    velocity = hyper.momentum * states[FLAGS.MOMENTUM_BUFFER_INDEX] + hyperparameter(hyper.lr) * trust * clip * grad
+    return param - velocity, (velocity,)
+
+
+# 2. Its oracle: the sums taken on whole tensors before any param moves.
+def clipped_trust(params, grads, states, group):
+    r"""LARS's trust ratio with clipping by the group's norm: :math:`r = ‖θ‖/‖g‖` (1 where a norm is 0),
+    :math:`c = \min(1, \text{max\_norm}/‖G‖)`, :math:`v ← μ v + η r c g,\ θ ← θ − v`."""
+    group_norm = sum(upcast(g).square().sum() for g in grads).sqrt()  # ‖G‖ over every gradient of the group
+    clip = torch.clamp(group["max_norm"] / torch.clamp(group_norm, min=1e-30), max=1.0)
+    for param, grad, state in zip(params, grads, states):
+        theta, g = upcast(param), upcast(grad)
+        param_norm, grad_norm = theta.square().sum().sqrt(), g.square().sum().sqrt()
+        trust = param_norm / grad_norm if param_norm > 0 and grad_norm > 0 else 1.0
+        velocity = group["momentum"] * upcast(state["momentum_buffer"]) + float(group["lr"]) * trust * clip * g
+        param.copy_(theta - velocity)  # θ ← θ − v
+        state["momentum_buffer"].copy_(velocity)
+
+
+# 3. Its declaration: the sums, in the order the reduce returns their terms; a check of its own.
+def positive_number(value, group):
+    if not number(value) > 0.0:  # NaN fails too
+        return "must be > 0"
+
+
+CLIPPED_TRUST = Rule(
+    name="ClippedTrust", summary="LARS's trust ratio with clipping by the group's gradient norm (a toy rule of the tests)",
+    reference=clipped_trust, update=clipped_trust_update,
+    hyperparameters=(lr(1e-2), Hyperparameter("momentum", 0.9, fraction, "μ of the velocity", bad=((1.5, "[0, 1)"),)),
+                     Hyperparameter("max_norm", 0.5, positive_number, "the group's gradient norm is clipped to it",
+                                    bad=((0.0, "must be > 0"),))),
+    states=(State("momentum_buffer"),),
+    sums=(Sum("param_square", "θ²", reads=("param",)), Sum("grad_square", "g²", reads=("grad",)),
+          Sum("group_grad_square", "g²", reads=("grad",), over="group")),
+    reduce=clipped_trust_reduce,
+)
+
+
+def register(monkeypatch, rule):
+    """The row in the registry and its class exported, as fusedoptim/optim/__init__.py does for every row."""
+    monkeypatch.setitem(RULES, rule.name, rule)
+    monkeypatch.setattr(optim, rule.name, optim.optimizer_class(rule), raising=False)
+    return rule
+
+
 @pytest.fixture
 def registered(monkeypatch):
-    """The row in the registry and its class exported, as fusedoptim/optim/__init__.py does for every row."""
-    monkeypatch.setitem(RULES, VELOCITY.name, VELOCITY)
-    monkeypatch.setattr(optim, VELOCITY.name, optim.optimizer_class(VELOCITY), raising=False)
-    return VELOCITY
+    return register(monkeypatch, VELOCITY)
 
 
-def test_the_toy_rule_passes_the_registry_driven_suites(registered):
-    rule = registered
+@pytest.mark.parametrize("toy", [VELOCITY, CLIPPED_TRUST], ids=lambda toy: toy.name)
+def test_the_toy_rule_passes_the_registry_driven_suites(toy, monkeypatch):
+    rule = register(monkeypatch, toy)
     for dtype in rule.dtypes:
         test_parity.test_triton_matches_reference(rule, dtype, dict(test_parity.variants(rule))["defaults"],
                                                   test_parity.SHAPES["mixed"])
@@ -80,6 +137,16 @@ def test_the_toy_rule_passes_the_registry_driven_suites(registered):
             test_amp.test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, precision)
         test_step_plan.test_a_state_of_another_size_is_refused_before_any_change(rule, "smaller", impl)
     test_compile.test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(rule)
+    if rule.sums:
+        test_step_plan.test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_tensor(
+            rule.name, monkeypatch)
+
+
+def test_the_sums_are_read_once_each_in_the_byte_model():
+    """θ and g read by the reduce for three sums (g for two of them, counted once): 2 reads of 4 bytes
+    beyond the element-wise step's θ, g, θ written and the velocity read and written."""
+    group = dict(CLIPPED_TRUST.defaults)
+    assert CLIPPED_TRUST.bytes_per_param(group) == 4 * 3 + 2 * 4 + 2 * 4
 
 
 def test_its_hyperparameter_is_checked_from_its_declaration_alone(registered):

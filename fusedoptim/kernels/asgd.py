@@ -12,8 +12,8 @@ from fusedoptim.kernels.elementwise import coupled_gradient
 
 @triton.jit
 def asgd_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    eta = scalars[0]  # η_{t−1}: lr before the first step
-    mu = scalars[1]  # μ_{t−1}: 1 until the step after t0
+    eta = scalars[1]  # η_{t−1} (scalars: step, eta, mu): lr before the first step
+    mu = scalars[2]  # μ_{t−1}: 1 until the step after t0
     grad = coupled_gradient(grad, param, hyper.weight_decay, FLAGS.MAXIMIZE)
     param = param * (1.0 - hyper.lambd * eta)  # the decay term
     param = param - eta * grad

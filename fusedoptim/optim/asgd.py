@@ -13,8 +13,8 @@ from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.reference.asgd import step_size_and_averaging_weight
 
 
-def asgd_prepare(group, params, states, shards, scalar_buffers) -> Prepared:
-    """Per tensor its scalars (eta, mu); after the update, each device's eta and mu buffers set from
+def asgd_prepare(group, scalar_buffers) -> Prepared:
+    """After the update, each device's eta and mu buffers set from
     its steps in fp64 (torch's Python floats), or left as they are on a step GradScaler skips (whose
     count stayed)."""
     buffers = [(etas, scalar_buffers["mu"][device][0], scalar_buffers["step"][device][0])
@@ -31,5 +31,4 @@ def asgd_prepare(group, params, states, shards, scalar_buffers) -> Prepared:
             etas.copy_(eta)
             mus.copy_(mu)
 
-    return Prepared(scalars=[(state["eta"], state["mu"]) for state in states], row_lengths=[0] * len(params),
-                    after_update=after_update)
+    return Prepared(after_update=after_update)

@@ -11,8 +11,8 @@ from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.reference.nadam import momentum_coefficient
 
 
-def nadam_prepare(group, params, states, shards, scalar_buffers) -> Prepared:
-    """Per tensor its scalars (step, mu_product); before the update, each device's mu_product buffer
+def nadam_prepare(group, scalar_buffers) -> Prepared:
+    """Before the update, each device's mu_product buffer
     times μ_t of its (already counted) steps, or times 1 on a step GradScaler skips (whose count
     stayed). μ_t is fp32 on the device, as torch rounds it to multiply its fp32 mu_product."""
     buffers = [(mu_products, scalar_buffers["step"][device][0])
@@ -26,5 +26,4 @@ def nadam_prepare(group, params, states, shards, scalar_buffers) -> Prepared:
                 mu = torch.where(amp[1].to(steps.device).eq(0), mu, 1.0)
             mu_products.mul_(mu)
 
-    return Prepared(scalars=[(state["step"], state["mu_product"]) for state in states],
-                    row_lengths=[0] * len(params), after=after)
+    return Prepared(after=after)

@@ -33,6 +33,7 @@ from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
 from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
 from fusedoptim.optim.rule import FIRST_STEP
+from fusedoptim.optim.sums import lay_out
 from fusedoptim.optim.states import (MASTER_RESIDUAL, check_states, local_states, make_float_states, make_quantization_count,
                           make_quantized_states, make_residual, pack_scalar_states)
 from fusedoptim.optim.validation import check_grad, check_hyperparameters, check_master_param
@@ -172,19 +173,15 @@ class GroupPlan:
 
     def _make_launches(self):
         rule = self.rule
-        if rule.prepare is not None:
-            prepared = rule.prepare(self.group, self.views, self.run_states, self.shards, self.scalar_buffers)
-        else:
-            prepared = Prepared(scalars=[tuple(state[name] for name in rule.scalar_states) for state in self.run_states],
-                                row_lengths=[0] * len(self.params))
-        self.prepared = prepared
+        self.sums = sums = lay_out(rule, self.group, self.views, self.run_states, self.shards, self.scalar_buffers)
+        self.prepared = Prepared() if rule.prepare is None else rule.prepare(self.group, self.scalar_buffers)
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
                              (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length,
                              residual=state.get(MASTER_RESIDUAL) if self.master_names else None,
                              scales=tuple(state[scale_name(name)] for name in self.kinds), first=offset)
                  for p, g, state, scalars, first, row_length, offset in zip(self.views, self.grads, self.run_states,
-                                                                            prepared.scalars, self.first_step,
-                                                                            prepared.row_lengths, self.firsts)]
+                                                                            sums.scalars, self.first_step,
+                                                                            sums.row_lengths, self.firsts)]
         quantization = None
         if self.kinds:
             fmt = FORMATS[self.state_dtype]
@@ -275,12 +272,12 @@ class GroupPlan:
             self.wholes.scatter()
 
     def _launch(self, optimizer, amp: Optional[tuple], quantization_count) -> None:
-        rule, prepared = self.rule, self.prepared
-        if prepared.before is not None:
-            prepared.before()
+        rule, prepared, sums = self.rule, self.prepared, self.sums
         if rule.reduce is not None:
+            sums.before()
             for _, _, launch in self.launches:
-                launch.reduce(rule.reduce, rule.reduce_reads_param, prepared.outputs, self.hyper, self.flags, amp)
+                launch.reduce(rule.reduce, rule.reduce_reads_param, sums.outputs, self.hyper, self.flags, amp)
+            sums.after(amp)
         if prepared.after is not None:
             prepared.after(amp)
         for _, _, launch in self.launches:

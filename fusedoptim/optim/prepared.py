@@ -1,21 +1,15 @@
-"""What a rule with host-side set-up (Tiger, SGDHD, NAdam, ASGD) hands the launch plan, once per plan build."""
+"""What a rule with host-side upkeep of its scalar states (NAdam, ASGD) hands the launch plan, once per plan build."""
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 
 @dataclass
 class Prepared:
-    """Per tensor, the fp32 scalars its kernels read (tensors whose addresses go into the pointer
-    table: fixed for the plan's life, their values written on the device each step) and its row
-    length (0, or the length of the rows its last scalar holds one value for). The reduce launch
-    writes the last ``outputs`` scalars. ``before`` runs each step before the reduce (clear the
-    sums), ``after(amp)`` after it (sum the shards, count events), ``after_update(amp)`` after the
-    update (advance scalars the update must read as they were: ASGD's eta and mu): a few torch ops per
-    plan, never one per tensor."""
+    """Torch ops on the packed scalar-state buffers, a few per plan and step, never one per tensor:
+    ``after(amp)`` after the step is counted and the sums are made, before the update (scalars the update
+    reads advanced: NAdam's mu_product); ``after_update(amp)`` after the update (scalars the update
+    reads as the previous step left them: ASGD's eta and mu). ``amp``: GradScaler's (inverse scale,
+    found_inf), or None."""
 
-    scalars: list
-    row_lengths: list
-    outputs: int = 0
-    before: Optional[Callable[[], None]] = None
     after: Optional[Callable[[Optional[tuple]], None]] = None
     after_update: Optional[Callable[[Optional[tuple]], None]] = None

@@ -48,10 +48,9 @@ from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
 from fusedoptim.optim.asgd import asgd_prepare
 from fusedoptim.optim.nadam import nadam_prepare
-from fusedoptim.optim.sgdhd import sgdhd_prepare
-from fusedoptim.optim.tiger import tiger_prepare
+from fusedoptim.optim.tiger import tiger_constants, tiger_sum_of_squares_over
 
-from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, State, Tolerance
+from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, State, Sum, Tolerance
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
                         flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
@@ -278,9 +277,10 @@ RULES = {
             hyperparameters=(lr(1e-3, "the starting lr, which then learns on the device"),
                              nonnegative("hypergrad_lr", 1e-6, "β: the lr moves by β·⟨g, g_prev⟩ over every param "
                                          "of the group at each step", test_value=1e-4)),
-            states=(State("prev_grad"),),
-            prepare=sgdhd_prepare,
-            reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True, extra_reads=1,
+            # prev_grad is read by the reduce alone: the update overwrites it with g
+            states=(State("prev_grad", update_reads=False),),
+            sums=(Sum("hypergradient", "β·g·g_prev", reads=("grad", "prev_grad"), over="group", into="lr"),),
+            reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True,
             release_refused="its lr moves by one dot product ⟨g, g_prev⟩ over every param's gradient, which no "
                             "single param's gradient hook has",
         ),
@@ -316,9 +316,13 @@ RULES = {
                                test_variants=("embedding", "normalization", "matrix"))),
             param_groups=tiger_param_groups,
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
-            prepare=tiger_prepare, reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
+            tensor_constants=tiger_constants,
+            # the NaN guard's verdict on the whole gradient, and RMS(θ) of a matrix or of each row of an embedding
+            sums=(Sum("nan_count", "1 where g is NaN", reads=("grad",), counts="nan_skips"),
+                  Sum("sum_of_squares", "θ²", reads=("param",), over=tiger_sum_of_squares_over)),
+            reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
-            extra_reads=2, folds_gradients=True, step_per_optimizer=True,
+            folds_gradients=True, step_per_optimizer=True,
         ),
     )
 }

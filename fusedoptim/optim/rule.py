@@ -32,6 +32,9 @@ class State:
     # gradients), "nonnegative" (running means of squares), "accumulator" (a growing sum of squares),
     # "multiplicative" (positive step sizes changed by factors near 1).
     kind: str = "signed"
+    # False where the update overwrites it without reading it (SGDHD's prev_grad, which only its reduce
+    # reads): the byte model counts a write, not a read and a write.
+    update_reads: bool = True
 
     def exists(self, group) -> bool:
         if self.when is None:
@@ -40,6 +43,29 @@ class State:
 
 
 FIRST_STEP = "made by the first step"
+
+
+@dataclass(frozen=True)
+class Sum:
+    """One sum the rule's update reads, over more than its own element: a norm, a count, a dot product.
+    The rule's ``reduce`` returns its terms (one block per declared sum, in order); the framework
+    allocates it, zeroes it each step, fills it in one multi-tensor reduce launch, adds up the shards'
+    parts over FSDP2 ranks and hands it to the update as a trailing scalar (``optim.sums``)."""
+
+    name: str
+    of: str  # what it is a sum of, as the rule sheet prints it: "θ²", "1 where g is NaN", "β·g·g_prev"
+    # The param-sized tensors its terms read ("param", "grad" or a state's name): the byte model counts
+    # what the reduce launch reads, each tensor once whatever the number of sums.
+    reads: tuple
+    # What it sums over: "tensor" (a value per tensor: every FSDP2 shard of it), "row" (a value per row
+    # of the last dimension: an embedding table's; a tensor's last sum only), or "group" (one value for
+    # the param group); or a function (group, param) -> "tensor" or "row" (Tiger: rows for embeddings).
+    over: Union[str, Callable] = "tensor"
+    # A group sum added, once summed, into this group key's 0-d fp32 tensor, which the update then reads
+    # (SGDHD's lr: α ← α + β·⟨g, g_prev⟩); the update's scalar holds its new value.
+    into: Optional[str] = None
+    # A scalar state that counts the steps where this tensor's sum is > 0 (Tiger's nan_skips).
+    counts: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -72,13 +98,19 @@ class Rule:
     # running product: 1, as torch starts it) or the group key holding it, read when the state is made
     # (ASGD's eta starts at the lr of its first step, a number or a tensor, as torch starts it).
     scalar_initial: dict = field(default_factory=dict)
-    # Host-side set-up of the scalars its kernels read, once per launch plan (Tiger's classes of
-    # tensors and sums, SGDHD's α, NAdam's mu_product and ASGD's eta and mu advanced each step): (group, local params, states,
-    # shards, packed scalar states) ->
-    # optim.prepared.Prepared. Without it, each tensor's scalars are its scalar states.
+    # Host-side upkeep of scalar states that no kernel may write (every program of a tensor reads them):
+    # (group, packed scalar states) -> optim.prepared.Prepared, its torch ops run each step on the packed
+    # buffers (NAdam's mu_product, ASGD's eta and mu). Never for sums: those are declared (sums).
     prepare: Optional[Callable] = None
-    # A @triton.jit reduction run over the same tensors before each update, into the last
-    # Prepared.outputs scalars (Tiger's NaN counts and Σθ², SGDHD's ⟨g, g_prev⟩); see kernels.multi_tensor.
+    # Constants per tensor its kernels read after its scalar states: (group, param, numel of the whole
+    # param) -> a tuple of numbers, laid out once per plan (Tiger's class of tensor: lr constant, 1/(elements
+    # per RMS), decay multiplier, NaN center).
+    tensor_constants: Optional[Callable] = None
+    # The sums its update reads (Sum declarations), and the @triton.jit function that returns their terms,
+    # (param, grad, states, scalars, hyper, FLAGS) -> a tuple of fp32 blocks in the order of ``sums``, run by
+    # one multi-tensor reduce launch before the update (kernels.multi_tensor). The update finds them after
+    # its scalar states and constants: Tiger's NaN count and Σθ², SGDHD's ⟨g, g_prev⟩.
+    sums: tuple = ()
     reduce: Optional[Callable] = None
     # @triton.jit predicates (scalars, hyper, FLAGS) -> bool: where False, that launch neither reads nor
     # writes θ (Tiger's micro-steps that do not move it). None: θ is always read.
@@ -99,9 +131,6 @@ class Rule:
     # elements of a tensor may differ: none in tensors under 10^4 elements, so that a lost element (a
     # tail the mask dropped) is never excused.
     sign_flip_fraction: float = 0.0
-    # Reads of param-sized tensors beyond θ, g and each state once: Tiger's RMS(θ) and NaN verdict on
-    # g (2); SGDHD's dot product reads g and g_prev, and then the update need not read g_prev (1).
-    extra_reads: int = 0
     torch_twin: Optional[type] = None  # the torch.optim class this rule must match
     # Complex params stepped as torch.optim steps them: param, gradient and states as torch.view_as_real,
     # element-wise on the real and imaginary parts (the states are kept complex, as torch keeps them).
@@ -124,6 +153,17 @@ class Rule:
     # each step, also for params without a gradient (left untouched, they keep the optimizer's phase),
     # and under gradient_release once by each backward.
     step_per_optimizer: bool = False
+
+    def __post_init__(self):
+        if bool(self.sums) != (self.reduce is not None):
+            raise ValueError(f"{self.name}: a rule with sums has a reduce that returns their terms, and only then")
+        for spec in self.sums:
+            if spec.over == "group" and spec.counts is not None:
+                raise ValueError(f"{self.name}: sum {spec.name!r} over the group cannot count per-tensor events")
+            if spec.into is not None and spec.over != "group":
+                raise ValueError(f"{self.name}: sum {spec.name!r}: only a sum over the group goes into a group key")
+        if any(spec.over != "tensor" and spec.over != "group" for spec in self.sums[:-1]):
+            raise ValueError(f"{self.name}: only the last sum may be per row (the launcher's per-row scalar)")
 
     def kernel_arguments(self, group) -> tuple:
         """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:
@@ -173,15 +213,21 @@ class Rule:
     def bytes_per_param(self, group, param_dtype=torch.float32, state_dtype=None, moves_param=True,
                         master_weight_bits=None) -> float:
         """Bytes one step moves per parameter: θ and g read, θ written, each state read and written (int8
-        states: a code and its share of a 4-byte scale), and the extra reads (its reduction's).
+        states: a code and its share of a 4-byte scale; a state the update only overwrites, written), and
+        what the reduce launch reads for the declared sums (each tensor once).
         ``moves_param=False``: a micro-step that does not move θ (Tiger under accumulation), where θ is
-        neither read nor written: g is read by the update and by the reduction (the NaN verdict), each
-        state read and written. ``master_weight_bits``: θ's residual is read and written with θ."""
+        neither read nor written, by the update or the reduce. ``master_weight_bits``: θ's residual is
+        read and written with θ."""
         element = _element_size(param_dtype)
-        state_bytes = _state_element_size(state_dtype, param_dtype) * len(self.state_names(group))
+        state_element = _state_element_size(state_dtype, param_dtype)
+        names = self.state_names(group)
+        states = sum(state_element * (1 + spec.update_reads) for spec in self.states if spec.name in names)
+        reads = {name for spec in self.sums for name in spec.reads if name in ("param", "grad", *names)}
         if not moves_param:
-            return element * (1 + (self.reduce is not None)) + 2 * state_bytes
-        return element * (3 + self.extra_reads) + 2 * state_bytes + 2 * _residual_size(master_weight_bits)
+            reads.discard("param")
+        reduce = sum(element if name in ("param", "grad") else state_element for name in reads)
+        param = 2 * (element + _residual_size(master_weight_bits)) if moves_param else 0
+        return param + element + states + reduce
 
     def state_bytes(self, group, numels, param_dtype=torch.float32, state_dtype=None, master_weight_bits=None) -> int:
         """Bytes of state kept for params of these sizes after a step: each element-wise state in

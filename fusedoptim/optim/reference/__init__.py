@@ -28,3 +28,12 @@ def sign(x: torch.Tensor) -> torch.Tensor:
     """The sign of x, -1, 0 or +1, and NaN where x is NaN (the twin of ``kernels.sign``): torch.sign
     of NaN is 0 on the CPU but NaN on CUDA, so the oracle would depend on its device."""
     return torch.where(x.isnan(), x, torch.sign(x))
+
+
+def group_tensor(group: dict, key: str, device) -> torch.Tensor:
+    """group[key] as the 0-d fp32 tensor on ``device`` that a rule learns on the device (SGDHD's lr),
+    made so the first time: a number, or a tensor of another dtype or device, is replaced by it."""
+    value = group[key]
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.float32 or value.device != device or value.dim():
+        group[key] = torch.as_tensor(value, dtype=torch.float32).reshape(()).to(device)
+    return group[key]

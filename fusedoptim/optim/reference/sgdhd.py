@@ -1,14 +1,6 @@
 import torch
 
-from fusedoptim.optim.reference import upcast
-
-
-def learning_rate_tensor(group, device) -> torch.Tensor:
-    """group["lr"] as the 0-d fp32 device tensor that holds α (made so on the first step)."""
-    lr = group["lr"]
-    if not isinstance(lr, torch.Tensor) or lr.dtype != torch.float32 or lr.device != device or lr.dim() != 0:
-        group["lr"] = torch.as_tensor(lr, dtype=torch.float32).reshape(()).to(device)
-    return group["lr"]
+from fusedoptim.optim.reference import group_tensor, upcast
 
 
 def sgdhd(params, grads, states, group):
@@ -21,7 +13,7 @@ def sgdhd(params, grads, states, group):
 
     α lives in group["lr"] as a 0-d fp32 tensor on the params' device. State per param: prev_grad.
     """
-    lr = learning_rate_tensor(group, params[0].device)
+    lr = group_tensor(group, "lr", params[0].device)
     dot = sum((upcast(g) * upcast(state["prev_grad"])).sum() for g, state in zip(grads, states))
     lr.add_(group["hypergrad_lr"] * dot)  # the hypergradient step on α
     for param, grad, state in zip(params, grads, states):
