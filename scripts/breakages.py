@@ -194,7 +194,7 @@ BREAKAGES = (
              ("tests/test_nonfinite.py::-k Adamax",),
              "Adamax divides by a running max of 0 where a gradient is 0 from the start: NaN params"),
     Breakage("asgd-steps-with-the-new-eta", "fusedoptim/optim/asgd.py",
-             "                    after_update=after_update)", "                    after=after_update)",
+             "    return Prepared(after_update=after_update)", "    return Prepared(after=after_update)",
              ("tests/test_torch_twins.py::-k ASGD",),
              "ASGD steps with the step size of the next step: not torch's ASGD"),
     Breakage("rprop-keeps-the-flipped-gradient", "fusedoptim/kernels/rprop.py",
