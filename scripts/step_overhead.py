@@ -19,7 +19,9 @@ new tensors are made and assigned outside the timed region). Every optimizer is 
 (the first makes the state); then the implementations are timed one step each, round after round, in
 a shuffled order each round, with the garbage collector disabled around each timed call. A row gives
 the median over the rounds, its ratio to torch fused AdamW's median in the same (tensors, mode), and
-whether it meets the goal: ratio <= 0.5. torch's foreach AdamW is measured beside it.
+whether it meets the goal: ratio <= 0.5. torch's foreach AdamW is measured beside it, and so is torch's
+foreach implementation of every rule with a torch twin (``Rule.torch_twin``, our default lr): each of ours
+also has its ratio to its twin's median, same tensors and mode.
 
 On a GPU (UNTESTED on the CPU machines, which have no GPU: written for torch 2.11 / triton 3.6 on an
 H200): the wall time of one step, CUDA events around each step after a device sync (median over
@@ -128,8 +130,11 @@ class CompiledStep:
 
 def contenders(rules) -> list:
     ours = [Contender(case.label, OURS, case.make, case.nonnegative) for case in rules]
-    torch_rows = [Contender("AdamW", FUSED, lambda ps: torch.optim.AdamW(ps, fused=True)),
-                  Contender("AdamW", FOREACH, lambda ps: torch.optim.AdamW(ps, foreach=True))]
+    foreach = {"AdamW": Contender("AdamW", FOREACH, lambda ps: torch.optim.AdamW(ps, foreach=True))}
+    for case in rules:  # torch's foreach implementation of each rule with a twin: the second ratio's baseline
+        if case.torch_twin is not None:
+            foreach.setdefault(case.label, Contender(case.label, FOREACH, case.make_twin_foreach))
+    torch_rows = [Contender("AdamW", FUSED, lambda ps: torch.optim.AdamW(ps, fused=True)), *foreach.values()]
     if any(case.label == "AdamW" for case in rules):  # the compiled step beside the eager one
         ours.append(Contender("AdamW", OURS_COMPILED,
                               lambda ps: CompiledStep(optim.AdamW(ps, lr=torch.tensor(1e-3), impl="triton"))))
@@ -230,7 +235,9 @@ def cpu_markdown(facts, rows, rounds, seconds) -> str:
         "function that counts the launch and returns; put back after the run), so each step of ours is its "
         "host work alone. Every param is a 16-element fp32 tensor of shape (4, 4), so torch's "
         "`AdamW(fused=True)` on the same tensors, the baseline, is almost all host time too; torch's "
-        "`AdamW(foreach=True)` is listed beside it.\n",
+        "`AdamW(foreach=True)` is listed beside it, and so is torch's foreach implementation of each rule that has "
+        "a twin in torch.optim (`Adam(foreach=True)`, ..., with our default lr), each on its own tensors of the "
+        "same shapes: every row of ours has its ratio to that row of the same rule too.\n",
         f"Each of our rules runs with impl=\"triton\" and its defaults (EG on non-negative params), plus SGD "
         f"with momentum 0.9. Gradient modes: *same* (the .grad tensors stay the same objects between steps) "
         f"and *fresh* (before each step every param gets a new grad tensor, made and assigned outside the "

@@ -39,6 +39,15 @@ class Case:
     def default_lr(self) -> float:
         return float(optim.RULES[self.rule].defaults["lr"])
 
+    @property
+    def torch_twin(self):
+        """The torch.optim class this rule matches (the registry row's torch_twin), or None."""
+        return optim.RULES[self.rule].torch_twin
+
+    def make_twin_foreach(self, params):
+        """torch's foreach implementation of the same rule: its twin with our default lr and the case's overrides."""
+        return self.torch_twin(params, **{"lr": self.default_lr, **self.overrides}, foreach=True)
+
 
 def cases() -> dict:
     """label -> Case: every rule with its defaults, and SGD with momentum (the buffer made by the first step)."""
@@ -70,9 +79,12 @@ def fresh_grads(params):
 
 
 def add_ratios(rows) -> list:
-    """Each measured row's median over torch fused AdamW's median of the same tensors and gradient mode."""
+    """Each measured row's median over torch fused AdamW's median of the same tensors and gradient mode; and
+    each of ours over torch's foreach implementation of the same rule (its twin), where one was measured."""
     fused = {(r["tensors"], r["gradients"]): r["median_ms"] for r in rows
              if r["implementation"] == FUSED and r["status"] == "measured"}
+    foreach = {(r["rule"], r["tensors"], r["gradients"]): r["median_ms"] for r in rows
+               if r["implementation"] == FOREACH and r["status"] == "measured"}
     for row in rows:
         baseline = fused.get((row["tensors"], row["gradients"]))
         if row["status"] == "measured" and baseline:
@@ -81,6 +93,9 @@ def add_ratios(rows) -> list:
                 row["goal"] = "met" if row["ratio_to_torch_fused"] <= GOAL_RATIO else "not met"
         elif under_goal(row["implementation"]):
             row["goal"] = "not measured"
+        twin = foreach.get((row["rule"], row["tensors"], row["gradients"]))
+        if row["status"] == "measured" and twin and row["implementation"].startswith(OURS):
+            row["ratio_to_twin_foreach"] = row["median_ms"] / twin
     return rows
 
 
@@ -101,6 +116,7 @@ def columns(host=False) -> dict:
         table["host ms"] = lambda r: cell(r, "host_ms", ".3f")
     table.update({"µs / tensor": lambda r: cell(r, "us_per_tensor", ".2f"),
                   "ratio to torch fused": lambda r: cell(r, "ratio_to_torch_fused", ".2f"),
+                  "ratio to torch foreach, same rule": lambda r: cell(r, "ratio_to_twin_foreach", ".2f"),
                   f"goal ≤ {GOAL_RATIO}": lambda r: r.get("goal", "")})
     if not host:
         table["launches"] = lambda r: r.get("launches_per_step", "")
@@ -128,6 +144,10 @@ def goal_lines(rows) -> list:
     met = [r for r in ours if r.get("goal") == "met"]
     lines = [f"Goal: each of our steps at most {GOAL_RATIO}× torch fused AdamW's time on the same tensors "
              f"and gradient mode. Met by {len(met)} of {len(ours)} rows."]
+    twins = [r["ratio_to_twin_foreach"] for r in ours if "ratio_to_twin_foreach" in r]
+    if twins:
+        lines.append(f"Against torch's foreach implementation of the same rule (its twin, {len(twins)} rows): "
+                     f"{min(twins):.2f}–{max(twins):.2f}× its time.")
     missed = [r for r in ours if r.get("goal") != "met"]
     if missed:
         worst = [r for r in missed if "ratio_to_torch_fused" in r]

@@ -27,10 +27,16 @@ def profile(tmp_path_factory):
 
 
 def test_every_rule_has_a_measured_row_in_both_gradient_modes(profile):
+    from scripts.step_overhead_rows import cases
+
     rows = profile["rows"]
+    twins = {label for label in RULES if cases()[label].torch_twin is not None}
+    assert twins == {"AdamW", "SGD (momentum)"}  # RULES has rules with a torch twin and rules without
     for mode in ("same", "fresh"):
-        for implementation in ("torch fused", "torch foreach"):
-            assert [r["rule"] for r in rows if r["implementation"] == implementation and r["gradients"] == mode] == ["AdamW"]
+        assert [r["rule"] for r in rows if r["implementation"] == "torch fused" and r["gradients"] == mode] == ["AdamW"]
+        foreach = [r for r in rows if r["implementation"] == "torch foreach" and r["gradients"] == mode]
+        assert sorted(r["rule"] for r in foreach) == sorted(twins)  # AdamW's once: the baseline is its twin
+        assert all(r["status"] == "measured" for r in foreach), foreach
         ours = {r["rule"]: r for r in rows if r["implementation"] == "ours" and r["gradients"] == mode}
         assert sorted(ours) == sorted(RULES)
         for rule, row in ours.items():
@@ -51,6 +57,18 @@ def test_each_ratio_is_the_median_over_torch_fused_of_the_same_tensors_and_mode(
         assert row["ratio_to_torch_fused"] == pytest.approx(row["median_ms"] / fused[0]["median_ms"], rel=1e-12)
 
 
+def test_each_of_ours_with_a_twin_has_its_ratio_to_the_twins_foreach_step(profile):
+    rows = profile["rows"]
+    for row in (r for r in rows if r["implementation"] == "ours"):
+        twin = [r for r in rows if r["implementation"] == "torch foreach" and r["rule"] == row["rule"]
+                and r["tensors"] == row["tensors"] and r["gradients"] == row["gradients"]]
+        if not twin:
+            assert "ratio_to_twin_foreach" not in row, row
+            continue
+        assert len(twin) == 1
+        assert row["ratio_to_twin_foreach"] == pytest.approx(row["median_ms"] / twin[0]["median_ms"], rel=1e-12)
+
+
 def test_the_csv_and_the_markdown_are_written_and_name_the_machine(profile):
     csv_path, md_path = profile["out"] / "step_overhead.csv", profile["out"] / "step_overhead.md"
     assert csv_path.exists() and md_path.exists()
@@ -61,6 +79,7 @@ def test_the_csv_and_the_markdown_are_written_and_name_the_machine(profile):
     assert name.startswith("CPU") and all(r["machine"] == name for r in written)
     text = md_path.read_text()
     assert name in text and "no-op" in text and "median of 3" in text and "0.5" in text
+    assert "ratio to torch foreach, same rule" in text and "foreach implementation of the same rule" in text
 
 
 def test_launches_run_again_after_the_profile(profile):
