@@ -2,7 +2,7 @@
 rule"). This test adds a toy rule that way, with a hyperparameter no other rule has, and runs it
 through the registry-driven suites without editing any of them: parity in every dtype, bad input,
 GradScaler, torch.compile, the launch plan's refusals, checkpoints; parity and GradScaler also with int8
-and int4 states, and an int4 run resumed.
+and int4 states, and an int4 run resumed; and its row of the rule sheet (docs/rules.md) is generated.
 
 The toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
 """
@@ -19,6 +19,7 @@ from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr
 from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
 from fusedoptim.optim.registry import RULES, Rule, State
+from scripts import rule_sheet
 from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
 
 
@@ -88,3 +89,16 @@ def test_its_hyperparameter_is_checked_from_its_declaration_alone(registered):
                                          r"must be in \[0, 1\)"):
         optim.Velocity([torch.zeros(3)], friction=1.5)
     assert "friction=0.5" in optim.Velocity.__doc__
+
+
+def test_its_row_of_the_rule_sheet_is_generated_from_its_declaration():
+    """The rule sheet of the registry with the toy row has the toy's row, its arguments and states as
+    declared; docs/rules.md itself is not written (python -m scripts.rule_sheet would write it)."""
+    sheet = rule_sheet.table({**RULES, VELOCITY.name: VELOCITY})
+    rows = [line for line in sheet.splitlines() if line.startswith("| `fo.Velocity` |")]
+    assert len(rows) == 1, sheet
+    headers = [header for header, _ in rule_sheet.COLUMNS]
+    cells = dict(zip(headers, (cell.strip() for cell in rows[0][1:-1].split("|"))))
+    assert cells["arguments (defaults)"] == "`lr=0.01, friction=0.5`", cells
+    assert cells["element-wise states"] == "`velocity`" and cells["scalar states"] == "none", cells
+    assert cells["bytes/param"] == "20", "θ, g and the velocity: 4 bytes × (3 + 2 × 1)"
