@@ -50,7 +50,7 @@ def condition(rule, state) -> str:
             raise ValueError(f"{rule.name}'s state {state.name} exists under a predicate the rule sheet cannot "
                              f"read: give its State a when_text (\"momentum > 0\")")
         return f" ({state.when_text})"
-    default = next(spec.default for spec in rule.hyperparameters if spec.name == state.when)
+    default = next((spec.default for spec in rule.hyperparameters if spec.name == state.when), None)
     # State.exists takes the key's truth: a flag's, or a number's (torch keeps no buffer for momentum 0).
     return f" ({state.when})" if isinstance(default, bool) else f" ({state.when} ≠ 0)"
 
@@ -143,14 +143,12 @@ def main(argv=None) -> int:
     check = parser.parse_args(argv).check
     text = RULE_SHEET.read_text(encoding="utf-8")
     diff = staleness(text, RULES)
-    if check:
-        print(diff or "docs/rules.md: the rule sheet is current", end="" if diff else "\n")
-        if diff:
-            print("docs/rules.md is stale: run python -m scripts.rule_sheet to regenerate it")
-        return 1 if diff else 0
+    if check and diff:
+        print(f"{diff}docs/rules.md is stale: run python -m scripts.rule_sheet to regenerate it")
+        return 1
     if diff:
         RULE_SHEET.write_text(with_table(text, RULES), encoding="utf-8")
-    print(f"docs/rules.md: {'rewritten' if diff else 'already current'}")
+    print(f"docs/rules.md: {'rewritten' if diff else 'the rule sheet is current'}")
     return 0
 
 
