@@ -2,7 +2,8 @@
 rule"), whatever its shape. This test adds a toy rule of each shape that way, each with a
 hyperparameter no other rule has, and runs it through the registry-driven suites without editing any
 of them: parity in every dtype, bad input, GradScaler, torch.compile, the launch plan's refusals,
-checkpoints; parity also with int8 and int4 states, and an int4 run resumed.
+checkpoints; parity also with int8 and int4 states, and an int4 run resumed; and each one's row of the
+rule sheet (docs/rules.md) is generated.
 
 The element-wise toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
 The toy with declared sums, "ClippedTrust": a per-tensor trust ratio ‖θ‖/‖g‖ (two sums over each
@@ -21,6 +22,7 @@ from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr, numbe
 from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
 from fusedoptim.optim.registry import RULES, Rule, State, Sum
+from scripts import rule_sheet
 from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
 
 
@@ -155,3 +157,26 @@ def test_its_hyperparameter_is_checked_from_its_declaration_alone(registered):
                                          r"must be in \[0, 1\)"):
         optim.Velocity([torch.zeros(3)], friction=1.5)
     assert "friction=0.5" in optim.Velocity.__doc__
+
+
+def test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations():
+    """The rule sheet of the registry with the toy rows has each toy's row, its arguments, states and
+    sums as declared; docs/rules.md itself is not written (python -m scripts.rule_sheet would write it)."""
+    sheet = rule_sheet.table({**RULES, VELOCITY.name: VELOCITY, CLIPPED_TRUST.name: CLIPPED_TRUST})
+    headers = [header for header, _ in rule_sheet.COLUMNS]
+
+    def cells(name):
+        rows = [line for line in sheet.splitlines() if line.startswith(f"| `fo.{name}` |")]
+        assert len(rows) == 1, sheet
+        return dict(zip(headers, (cell.strip() for cell in rows[0][1:-1].split("|"))))
+
+    velocity = cells("Velocity")
+    assert velocity["arguments (defaults)"] == "`lr=0.01, friction=0.5`", velocity
+    assert velocity["element-wise states"] == "`velocity`" and velocity["scalar states"] == "none", velocity
+    assert velocity["declared sums"] == "none", velocity
+    assert velocity["bytes/param"] == "20", "θ, g and the velocity: 4 bytes × (3 + 2 × 1)"
+    clipped = cells("ClippedTrust")
+    assert clipped["arguments (defaults)"] == "`lr=0.01, momentum=0.9, max_norm=0.5`", clipped
+    assert clipped["declared sums"] == ("`param_square`: Σ θ² per tensor; `grad_square`: Σ g² per tensor; "
+                                        "`group_grad_square`: Σ g² per group"), clipped
+    assert clipped["bytes/param"] == "28", "the element-wise 20, and the reduce's reads of θ and g"

@@ -62,7 +62,8 @@ RULES = {
     for rule in (
         Rule(
             name="SGD",
-            summary="Gradient descent with momentum, dampening and Nesterov (Polyak 1964; Sutskever et al. 2013)",
+            summary="Gradient descent; momentum (Polyak 1964), Nesterov momentum (Sutskever et al. 2013), "
+                    "dampening, L2 weight decay",
             reference=sgd, update=sgd_update,
             hyperparameters=(lr(1e-3), momentum(0),
                              nonnegative("dampening", 0, "the momentum buffer takes (1 − dampening)·g"),
@@ -95,7 +96,7 @@ RULES = {
                              flag("centered", "divide by the running variance of g instead of its mean square "
                                   "(Graves 2013)"), MAXIMIZE),
             states=(State("square_avg", kind="nonnegative"),
-                    State("momentum_buffer", when=lambda group: group["momentum"] > 0),
+                    State("momentum_buffer", when=lambda group: group["momentum"] > 0, when_text="momentum > 0"),
                     State("grad_avg", when="centered")),
             scalar_states=("step",), torch_twin=torch.optim.RMSprop, complex_params=True,
             # The momentum buffer sums terms g/(√v + ε) as large as 1/√(1 − α) = 10 that cancel to
@@ -117,7 +118,8 @@ RULES = {
         ),
         Rule(
             name="Adam",
-            summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015)",
+            summary="Adaptive moments with bias correction, L2 weight decay (Kingma & Ba 2015); AMSGrad's running "
+                    "max (Reddi et al. 2018)",
             reference=adam, update=adam_update,
             hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
             flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
@@ -146,8 +148,8 @@ RULES = {
         ),
         Rule(
             name="RAdam",
-            summary="Adam whose adaptive lr is rectified for its variance, plain momentum until it is tractable "
-                    "(Liu et al. 2020)",
+            summary="Adam whose adaptive lr is rectified for its variance, bias-corrected momentum alone while "
+                    "ρ_t ≤ 5 (Liu et al. 2020)",
             reference=radam, update=radam_update,
             hyperparameters=(lr(1e-3), betas((0.9, 0.999)),
                              eps(1e-8, "added to √v, before √(1 − β2ᵗ) corrects it (unlike Adam's √v̂ + eps)"),
@@ -160,7 +162,8 @@ RULES = {
         ),
         Rule(
             name="NAdam",
-            summary="Adam with Nesterov momentum under a warming momentum schedule μ_t (Dozat 2016)",
+            summary="Adam with Nesterov momentum under a warming momentum schedule μ_t, L2 or decoupled weight "
+                    "decay (Dozat 2016)",
             reference=nadam, update=nadam_update,
             hyperparameters=(lr(2e-3), betas((0.9, 0.999)), eps(1e-8, "added after the square root: √v̂ + eps"),
                              weight_decay(0, "the weight decay λ: added to the gradient, g ← g + λ·θ, or with "
@@ -221,7 +224,7 @@ RULES = {
         ),
         Rule(
             name="Lion",
-            summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023)",
+            summary="Sign of an interpolated momentum, decoupled decay (Chen et al. 2023); lion-pytorch's arguments",
             reference=lion, update=lion_update,
             hyperparameters=(lr(1e-4),
                              betas((0.9, 0.99), "(β1, β2): the update is sign(β1·m + (1 − β1)·g), then "
@@ -260,7 +263,8 @@ RULES = {
         ),
         Rule(
             name="EGStepSize",
-            summary="Per-coordinate step sizes learned by exponentiated gradient (after Amid et al. 2022)",
+            summary="Per-coordinate step sizes learned by exponentiated gradient, optionally bounded (after Amid "
+                    "et al. 2022)",
             reference=egstepsize, update=egstepsize_update,
             hyperparameters=(lr(1e-2), nonnegative("gamma", 1e-2, "the lr of the step sizes' own exponentiated "
                                                    "gradient step, on g·g_prev"),
@@ -272,7 +276,8 @@ RULES = {
         ),
         Rule(
             name="SGDHD",
-            summary="SGD whose lr follows its hypergradient β·⟨g, g_prev⟩, on the device (Baydin et al. 2018)",
+            summary="SGD whose lr α follows its hypergradient β·⟨g, g_prev⟩ (Baydin et al. 2018); α is learnt on "
+                    "the device, in group[\"lr\"] as a tensor",
             reference=sgdhd, update=sgdhd_update,
             hyperparameters=(lr(1e-3, "the starting lr, which then learns on the device"),
                              nonnegative("hypergrad_lr", 1e-6, "β: the lr moves by β·⟨g, g_prev⟩ over every param "
@@ -286,7 +291,8 @@ RULES = {
         ),
         Rule(
             name="Tiger",
-            summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023)",
+            summary="Lion with β1 = β2, per-tensor lr, built-in accumulation, NaN guard (Su 2023); bojone/tiger's "
+                    "arguments",
             reference=tiger, update=tiger_update,
             hyperparameters=(
                 lr(1e-3, "the base lr η, times the schedule's multiplier; each tensor takes η·RMS(θ) (a matrix; "

@@ -24,6 +24,9 @@ class State:
     # When the state exists: always (None), while a group key is truthy ("amsgrad", "momentum": torch
     # keeps no momentum buffer for momentum 0), or while a predicate of the group holds.
     when: Union[None, str, Callable] = None
+    # A predicate's condition in words, for the rule sheet (docs/rules.md): "momentum > 0". A group key
+    # needs none: the sheet writes the key.
+    when_text: str = ""
     # Its value before the first step: a number, the group key holding the number
     # ("initial_accumulator_value"), or FIRST_STEP: the rule's first step makes it (SGD's buffer is
     # the first gradient). The kernel then sees a compile-time flag, True on that first step.
