@@ -102,9 +102,9 @@ def step_both(ours, theirs, ours_params, theirs_params, loss_of, tolerance, step
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # torch's float(closure())
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("options", [dict(max_iter=3, history_size=3), dict(max_iter=3, history_size=100, lr=0.5),
+@pytest.mark.parametrize("options", [dict(max_iter=3, history_size=3), dict(max_iter=3, max_eval=9, lr=0.5),
                                      dict(max_iter=4, history_size=2, line_search_fn="strong_wolfe")],
-                         ids=["fixed-step-history-3", "fixed-step-lr", "strong-wolfe-history-2"])
+                         ids=["fixed-step-history-3", "fixed-step-to-max-iter", "strong-wolfe-history-2"])
 @pytest.mark.parametrize("problem", PROBLEMS)
 def test_steps_like_torch(problem, options, impl):
     """A short history (2, 3) fills and drops its oldest pairs within the steps."""
