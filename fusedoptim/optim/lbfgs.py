@@ -1,0 +1,198 @@
+"""``LBFGS``: torch.optim.LBFGS's twin, with its arguments, its state (a state_dict loads both ways)
+and its closure evaluations. Its equations and the step itself are the oracle's
+(``optim.reference.lbfgs``); ``impl`` chooses who does the vector operations: the oracle's flat
+vectors, or ``FusedVectors``, one multi-tensor launch per operation over every param
+(``kernels.lbfgs``; docs/lbfgs.md).
+
+L-BFGS is no element-wise rule, so it has no row in ``optim.registry.RULES``: its interface is the
+class's arguments (``LBFGS.DEFAULTS``), its impls (``LBFGS.IMPLS``) and ``LBFGS.STATE``, the names of
+its state, all in the first param's state, as torch keeps them.
+"""
+import numbers
+
+import torch
+
+from fusedoptim.kernels import lbfgs as kernels
+from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
+from fusedoptim.kernels.slots import TensorSlots
+from fusedoptim.optim.reference.lbfgs import FlatVectors, dense_gradient, lbfgs_step, real_view
+from fusedoptim.optim.validation import IMPLS
+
+FUSED_DTYPES = (torch.float32, torch.complex64)  # the kernels' vectors are fp32 (a complex param: 2 per element)
+
+
+class FusedVectors(FlatVectors):
+    """L-BFGS's vector operations as launches of the one multi-tensor launcher. Vectors are stored flat,
+    as torch's state holds them; each operation runs over their per-param views beside the params
+    (and gradients), one launch for every param. The coefficients and the dot products are 0-d fp32
+    tensors on the params' device. Copies, clones and ‖·‖_∞ (exact in any order) are torch's."""
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.device = self.params[0].device
+        self.numel = sum(p.numel() for p in self.params)
+
+    def views(self, vector):
+        """``vector``'s part for each param, shaped as the param."""
+        views, offset = [], 0
+        for p in self.params:
+            views.append(vector[offset: offset + p.numel()].view_as(p))
+            offset += p.numel()
+        return views
+
+    def coefficient(self, value):
+        """``value`` (a float, or a 0-d tensor) as the 0-d fp32 device tensor every tensor's scalar points at."""
+        if isinstance(value, torch.Tensor):
+            return value.to(device=self.device, dtype=torch.float32).reshape(())
+        return torch.tensor(float(value), dtype=torch.float32, device=self.device)
+
+    def update(self, function, written, read, coefficient=None, states=None):
+        """One launch of ``function`` over every param: written[i] ← function(written[i], read[i], states[i])."""
+        a = self.coefficient(1.0 if coefficient is None else coefficient)
+        slots = [TensorSlots(param=x, grad=y, states=() if states is None else (states[i],), scalars=(a,))
+                 for i, (x, y) in enumerate(zip(written, read))]
+        for _, launch in prepare_launches(slots, "lbfgs"):
+            launch.update(function, None, (), ())
+
+    def reduce(self, function, first, second):
+        """One launch: the sum over every param of ``function``'s terms, a 0-d fp32 device tensor."""
+        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        slots = [TensorSlots(param=x, grad=y, scalars=(total,)) for x, y in zip(first, second)]
+        for _, launch in prepare_launches(slots, "lbfgs"):
+            launch.reduce(function, None, 1, (), ())
+        return total
+
+    def new_vector(self):
+        return torch.empty(self.numel, dtype=torch.float32, device=self.device)
+
+    def gradient(self):
+        vector = self.new_vector()
+        grads = [real_view(dense_gradient(p).contiguous()) for p in self.originals]
+        self.update(kernels.scaled, self.views(vector), grads)  # a copy: 1·g is g, bit for bit
+        return vector
+
+    def add_to_params(self, t, d):
+        self.update(kernels.add_scaled, self.params, self.views(d), t)
+
+    def abs_sum(self, v):
+        views = self.views(v)
+        return self.reduce(kernels.abs_sum, views, views)
+
+    def dot(self, a, b):
+        return self.reduce(kernels.dot, self.views(a), self.views(b))
+
+    def scaled(self, v, a):
+        result = self.new_vector()
+        self.update(kernels.scaled, self.views(result), self.views(v), a)
+        return result
+
+    def add_scaled_(self, x, a, y):
+        self.update(kernels.add_scaled, self.views(x), self.views(y), a)
+
+    def gradient_difference(self, g, g_prev):
+        y = self.new_vector()
+        self.update(kernels.gradient_difference, self.views(y), self.views(g), states=self.views(g_prev))
+        return y
+
+
+def fused_problem(params) -> str:
+    """Why the kernels cannot run these params, or ""."""
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        return f"the params are on {len(devices)} devices ({sorted(map(str, devices))}); L-BFGS needs them on one"
+    device = devices.pop()
+    if device.type != "cuda" and not (INTERPRETED and device.type == "cpu"):
+        return (f"the params are on {device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 set "
+                "before triton is imported")
+    for i, p in enumerate(params):
+        if p.dtype not in FUSED_DTYPES:
+            return f"param {i} has dtype {p.dtype}; the kernels take {list(FUSED_DTYPES)}"
+        if not p.is_contiguous():
+            return f"param {i} is not contiguous (strides {p.stride()}); make it so with .contiguous()"
+    return ""
+
+
+class LBFGS(torch.optim.Optimizer):
+    """L-BFGS (Liu & Nocedal 1989), torch.optim.LBFGS's twin: the same arguments, defaults, state and
+    closure evaluations; its equations in ``fusedoptim.optim.reference.lbfgs``. One param group only,
+    every param on one device, as torch's.
+
+    lr=1: the step length (the first iteration's is min(1, 1/‖g‖₁)·lr); a float or a 1-element tensor.
+    max_iter=20: iterations per ``step(closure)``.
+    max_eval=None: evaluations of the closure per step; None is max_iter·5//4.
+    tolerance_grad=1e-7: a step stops where ‖g‖_∞ ≤ tolerance_grad.
+    tolerance_change=1e-9: ... or where ⟨g, d⟩, ‖t·d‖_∞ or the change of the loss fall below it.
+    history_size=100: the (s, y) pairs kept.
+    line_search_fn=None: None (the fixed step t) or "strong_wolfe".
+    impl="auto" (keyword-only): "reference" runs the oracle on flat vectors, as torch; "triton" the
+        vector operations as multi-tensor launches (fp32 or complex64 contiguous params on one CUDA
+        device, or the CPU with TRITON_INTERPRET=1); "auto" the kernels where they run, the reference
+        elsewhere. Settable on a built optimizer, checked.
+
+    ``step(closure)`` needs ``closure``, which zeroes the gradients, recomputes the loss, calls
+    backward and returns the loss; it returns the closure's first loss.
+    """
+
+    DEFAULTS = dict(lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, history_size=100,
+                    line_search_fn=None)
+    IMPLS = IMPLS
+    STATE = ("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss",
+             "al")
+    LINE_SEARCHES = (None, "strong_wolfe")
+
+    def __init__(self, params, lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9,
+                 history_size=100, line_search_fn=None, *, impl="auto"):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:  # torch's two checks, first, with its words
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if max_eval is None:
+            max_eval = max_iter * 5 // 4
+        for name, value in (("max_iter", max_iter), ("max_eval", max_eval), ("history_size", history_size)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ValueError(f"LBFGS: {name}={value!r} must be an integer ≥ 1")
+        for name, value in (("tolerance_grad", tolerance_grad), ("tolerance_change", tolerance_change)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
+                raise ValueError(f"LBFGS: {name}={value!r} must be a number ≥ 0")
+        if line_search_fn not in self.LINE_SEARCHES:  # torch refuses it at the first step, after the closure
+            raise ValueError(f"LBFGS: line_search_fn={line_search_fn!r} must be one of {self.LINE_SEARCHES}")
+        self.impl = impl
+        defaults = dict(lr=lr, max_iter=max_iter, max_eval=max_eval, tolerance_grad=tolerance_grad,
+                        tolerance_change=tolerance_change, history_size=history_size, line_search_fn=line_search_fn)
+        super().__init__(params, defaults)
+        if len(self.param_groups) != 1:
+            raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in self.IMPLS:
+            raise ValueError(f"LBFGS: impl={value!r} is not one of {self.IMPLS}")
+        self._impl = value
+
+    def chosen_impl(self) -> str:
+        """The impl the next step runs: "reference" or "triton". With impl="triton", why the kernels
+        cannot run the params (ValueError), before anything changes."""
+        params = self.param_groups[0]["params"]
+        if self.impl == "reference" or not params:
+            return "reference"
+        problem = fused_problem(params)
+        if not problem:
+            return "triton"
+        if self.impl == "auto":
+            return "reference"
+        raise ValueError(f"LBFGS: impl='triton' cannot run: {problem}; or use impl='reference' (or impl='auto', "
+                         "which takes the reference for such params)")
+
+    @torch.no_grad()
+    def step(self, closure):
+        """Up to max_iter L-BFGS iterations, evaluating ``closure`` as torch.optim.LBFGS does."""
+        if not callable(closure):
+            raise TypeError(f"LBFGS.step needs a closure that recomputes the loss and the gradients and returns the "
+                            f"loss (got {closure!r}): step(closure), as torch.optim.LBFGS")
+        params = self.param_groups[0]["params"]
+        vectors = FusedVectors(params) if self.chosen_impl() == "triton" else FlatVectors(params)
+        return lbfgs_step(torch.enable_grad()(closure), vectors, self.state[params[0]], self.param_groups[0])

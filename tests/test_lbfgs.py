@@ -1,0 +1,262 @@
+"""fo.LBFGS against torch.optim.LBFGS: params and every state after each of several step(closure)
+calls, on three small problems, with and without the strong Wolfe line search, both impls (the
+fused one under the Triton interpreter on the CPU); torch's optim_db inputs and error inputs;
+state_dicts both ways; bad input refused before anything changes.
+
+The reference does torch's operations in torch's order: it must match bit for bit. The fused impl
+sums its dot products in another order (per block, then per program): fp32 rounding apart, so params
+and states compare at 1e-4 and every host-side decision (the iteration and evaluation counts, which
+pairs enter the history) must be torch's exactly. Each problem stops short of its minimum
+(max_iter · steps iterations), where the stopping tests would compare rounding noise.
+"""
+import inspect
+import io
+import warnings
+
+import pytest
+import torch
+
+import fusedoptim as fo
+from fusedoptim.optim.lbfgs import LBFGS
+
+pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
+from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
+
+IMPLS = ("reference", "triton")
+STEPS = 3  # the first step starts the history; the next two carry it over, through the state
+FUSED = dict(rtol=1e-4, atol=1e-4)
+EXACT = dict(rtol=0, atol=0)
+
+
+def quadratic():
+    """½xᵀAx − bᵀx, A positive definite with condition number ~30: the textbook case."""
+    generator = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(11, 11, generator=generator))
+    a, b = q @ torch.diag(torch.linspace(1, 30, 11)) @ q.T, torch.randn(11, generator=generator)
+    params = [torch.nn.Parameter(torch.randn(11, generator=generator))]
+    return params, lambda ps: 0.5 * ps[0] @ a @ ps[0] - b @ ps[0]
+
+
+def rosenbrock():
+    """Rosenbrock's valley in 2-D from (−1.5, 2): curved, where the line search earns its keep."""
+    params = [torch.nn.Parameter(torch.tensor([-1.5, 2.0]))]
+    return params, lambda ps: (1 - ps[0][0]) ** 2 + 100 * (ps[0][1] - ps[0][0] ** 2) ** 2
+
+
+def regression():
+    """A tiny linear regression with three params of odd sizes (a 3×5 weight, a 3-bias, a scalar scale)."""
+    generator = torch.Generator().manual_seed(1)
+    x, y = torch.randn(13, 5, generator=generator), torch.randn(13, 3, generator=generator)
+    params = [torch.nn.Parameter(0.3 * torch.randn(3, 5, generator=generator)), torch.nn.Parameter(torch.zeros(3)),
+              torch.nn.Parameter(torch.ones(()))]
+    return params, lambda ps: ((ps[2] * (x @ ps[0].T) + ps[1] - y) ** 2).mean()
+
+
+PROBLEMS = {"quadratic": quadratic, "rosenbrock": rosenbrock, "regression": regression}
+
+
+def closure_for(optimizer, params, loss_of):
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_of(params)
+        loss.backward()
+        return loss
+    return closure
+
+
+def assert_same(ours, theirs, ours_params, theirs_params, tolerance, what):
+    """Params and every state of the first param: vectors (lists of them), scalars and counts."""
+    for i, (p, q) in enumerate(zip(ours_params, theirs_params)):
+        torch.testing.assert_close(p.detach(), q.detach(), **tolerance, msg=lambda m: f"{what}: param {i}: {m}")
+    mine, expected = ours.state[ours_params[0]], theirs.state[theirs_params[0]]
+    assert set(mine) == set(expected), f"{what}: states {sorted(mine)} != torch's {sorted(expected)}"
+    for key, value in expected.items():
+        if key in ("func_evals", "n_iter"):
+            assert mine[key] == value, f"{what}: {key} {mine[key]} != torch's {value}"
+        elif isinstance(value, list):
+            assert len(mine[key]) == len(value), f"{what}: {key} holds {len(mine[key])}, torch's {len(value)}"
+            for j, (a, b) in enumerate(zip(mine[key], value)):
+                if b is None:
+                    assert a is None, f"{what}: {key}[{j}] is {a}, torch's None"
+                else:
+                    torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), **tolerance,
+                                               msg=lambda m: f"{what}: {key}[{j}]: {m}")
+        else:
+            torch.testing.assert_close(torch.as_tensor(mine[key]).double(), torch.as_tensor(value).double(),
+                                       **tolerance, msg=lambda m: f"{what}: {key}: {m}")
+
+
+def twins(problem):
+    ours_params, loss_of = PROBLEMS[problem]()
+    theirs_params, _ = PROBLEMS[problem]()
+    return ours_params, theirs_params, loss_of
+
+
+def step_both(ours, theirs, ours_params, theirs_params, loss_of, tolerance, steps=STEPS, first=1):
+    for step in range(first, first + steps):
+        ours_loss = ours.step(closure_for(ours, ours_params, loss_of))
+        theirs_loss = theirs.step(closure_for(theirs, theirs_params, loss_of))
+        torch.testing.assert_close(ours_loss.detach(), theirs_loss.detach(), **tolerance)
+        assert_same(ours, theirs, ours_params, theirs_params, tolerance, f"step {step}")
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")  # torch's float(closure())
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("options", [dict(max_iter=3, history_size=3), dict(max_iter=3, max_eval=9, lr=0.5),
+                                     dict(max_iter=4, history_size=2, line_search_fn="strong_wolfe")],
+                         ids=["fixed-step-history-3", "fixed-step-to-max-iter", "strong-wolfe-history-2"])
+@pytest.mark.parametrize("problem", PROBLEMS)
+def test_steps_like_torch(problem, options, impl):
+    """A short history (2, 3) fills and drops its oldest pairs within the steps."""
+    ours_params, theirs_params, loss_of = twins(problem)
+    ours = fo.LBFGS(ours_params, impl=impl, **options)
+    theirs = torch.optim.LBFGS(theirs_params, **options)
+    assert ours.chosen_impl() == impl
+    step_both(ours, theirs, ours_params, theirs_params, loss_of, EXACT if impl == "reference" else FUSED)
+
+
+def optim_inputs():
+    info = next(info for info in optim_db if info.optim_cls is torch.optim.LBFGS)
+    inputs = {}
+    for device in ("cpu", "cuda"):  # the CUDA list may add inputs: merged by description
+        for optim_input in info.optim_inputs_func(device=device, dtype=torch.float32):
+            inputs.setdefault(optim_input.desc, optim_input)
+    return info, list(inputs.values())
+
+
+INFO, INPUTS = optim_inputs()
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=["float32", "complex64"])
+@pytest.mark.parametrize("optim_input", INPUTS, ids=lambda optim_input: optim_input.desc)
+def test_optim_db_input_steps_like_torch(optim_input, dtype, impl):
+    """torch's own LBFGS inputs, real and complex (torch steps those as their real and imaginary parts),
+    on the regression problem's sizes with a loss that reads every part: quartic, so that six
+    iterations stay short of the minimum (on a quadratic of three curvatures L-BFGS lands on it in
+    four, and the later pairs of the history are rounding noise)."""
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(shape, dtype=dtype, generator=generator) for shape in ((3, 5), (3,), (1,))]
+    target = [torch.randn(v.shape, dtype=dtype, generator=generator) for v in values]
+    ours_params = [torch.nn.Parameter(v.clone()) for v in values]
+    theirs_params = [torch.nn.Parameter(v.clone()) for v in values]
+
+    def loss_of(params):
+        differences = [torch.view_as_real(p - t) if dtype.is_complex else p - t for p, t in zip(params, target)]
+        return sum(((x ** 2 + x ** 4) * (k + 1)).sum() for k, x in enumerate(differences))
+
+    ours = fo.LBFGS(ours_params, impl=impl, max_iter=2, **optim_input.kwargs)
+    theirs = torch.optim.LBFGS(theirs_params, max_iter=2, **optim_input.kwargs)
+    step_both(ours, theirs, ours_params, theirs_params, loss_of, EXACT if impl == "reference" else FUSED)
+
+
+def error_cases():
+    for error_input in INFO.optim_error_inputs_func(device="cpu", dtype=torch.float32):
+        yield pytest.param(error_input, id=error_input.optimizer_error_input.desc)
+
+
+@pytest.mark.parametrize("error_input", list(error_cases()))
+def test_optim_db_error_input_raises_torchs_error_type(error_input):
+    optimizer_input = error_input.optimizer_error_input
+    params = optimizer_input.params
+    if error_input.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
+        def act():
+            fo.LBFGS(params, **optimizer_input.kwargs)
+    else:
+        optimizer = fo.LBFGS(params, **optimizer_input.kwargs)
+
+        def act():
+            optimizer.step(lambda: torch.zeros(()))
+    if issubclass(error_input.error_type, Warning):
+        with pytest.warns(error_input.error_type):
+            act()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(error_input.error_type):
+                act()
+
+
+def moved(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+@pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])
+def test_state_dict_moves_both_ways(direction, impl):
+    """Two steps in one class, its state_dict into a fresh other, then both step on as one."""
+    options = dict(max_iter=3, history_size=3, line_search_fn="strong_wolfe")
+    ours_params, theirs_params, loss_of = twins("regression")
+    ours = fo.LBFGS(ours_params, impl=impl, **options)
+    theirs = torch.optim.LBFGS(theirs_params, **options)
+    tolerance = EXACT if impl == "reference" else FUSED
+    step_both(ours, theirs, ours_params, theirs_params, loss_of, tolerance, steps=2)
+    if direction == "torch-to-ours":
+        ours = fo.LBFGS(ours_params, impl=impl)
+        ours.load_state_dict(moved(theirs.state_dict()))
+    else:
+        theirs = torch.optim.LBFGS(theirs_params)
+        theirs.load_state_dict(moved(ours.state_dict()))
+    assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
+    step_both(ours, theirs, ours_params, theirs_params, loss_of, tolerance, steps=2, first=3)
+
+
+def test_exported_as_the_other_classes():
+    assert fo.LBFGS is fo.optim.LBFGS is LBFGS and "LBFGS" in fo.__all__
+    assert "LBFGS" not in fo.optim.RULES  # no element-wise rule: no registry row
+    theirs = inspect.signature(torch.optim.LBFGS).parameters
+    ours = inspect.signature(LBFGS).parameters
+    assert [(n, p.default) for n, p in theirs.items()] == [(n, p.default) for n, p in ours.items() if n != "impl"]
+    assert LBFGS.DEFAULTS == {n: p.default for n, p in theirs.items() if n != "params"}
+
+
+BAD_ARGUMENTS = [(dict(line_search_fn="armijo"), "line_search_fn='armijo'"), (dict(history_size=0), "history_size=0"),
+                 (dict(max_iter=2.5), "max_iter=2.5"), (dict(tolerance_grad=-1.0), "tolerance_grad=-1.0"),
+                 (dict(impl="cuda"), "impl='cuda'"), (dict(lr=-0.1), "Invalid learning rate")]
+
+
+@pytest.mark.parametrize("kwargs, text", BAD_ARGUMENTS, ids=[text for _, text in BAD_ARGUMENTS])
+def test_bad_arguments_are_refused_naming_them(kwargs, text):
+    with pytest.raises(ValueError, match=text.replace("(", r"\(")):
+        fo.LBFGS([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+@pytest.mark.parametrize("case", ["float64-triton", "no-closure", "setting-a-bad-impl"])
+def test_bad_input_at_step_changes_nothing(case):
+    """Refused before the closure runs: no param, gradient or state has changed."""
+    dtype = torch.float64 if case == "float64-triton" else torch.float32
+    params = [torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=dtype))]
+    optimizer = fo.LBFGS(params, impl="triton" if case == "float64-triton" else "reference")
+    calls = []
+
+    def closure():
+        calls.append(1)
+        optimizer.zero_grad()
+        loss = (params[0] ** 2).sum()
+        loss.backward()
+        return loss
+
+    if case == "float64-triton":
+        with pytest.raises(ValueError, match="param 0 has dtype torch.float64"):
+            optimizer.step(closure)
+    elif case == "no-closure":
+        with pytest.raises(TypeError, match="needs a closure"):
+            optimizer.step(None)
+    else:
+        with pytest.raises(ValueError, match="impl='fused'"):
+            optimizer.impl = "fused"
+        assert optimizer.impl == "reference"
+    assert not calls and not optimizer.state and params[0].grad is None
+    torch.testing.assert_close(params[0].detach(), torch.tensor([1.0, -2.0], dtype=dtype))
+
+
+def test_auto_takes_the_reference_where_the_kernels_cannot_run():
+    optimizer = fo.LBFGS([torch.nn.Parameter(torch.ones(2, dtype=torch.float64))])
+    assert optimizer.chosen_impl() == "reference"
+    transposed = torch.nn.Parameter(torch.ones(3, 2).T)
+    assert fo.LBFGS([transposed]).chosen_impl() == "reference"
