@@ -30,9 +30,9 @@ from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
 from fusedoptim.optim.shards import Shards, flat_offset, local
 from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
-from fusedoptim.optim.prepared import Prepared
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
 from fusedoptim.optim.rule import FIRST_STEP
+from fusedoptim.optim.scalar_updates import advance
 from fusedoptim.optim.sums import lay_out
 from fusedoptim.optim.states import (MASTER_RESIDUAL, check_states, local_states, make_float_states, make_quantization_count,
                           make_quantized_states, make_residual, pack_scalar_states)
@@ -174,7 +174,6 @@ class GroupPlan:
     def _make_launches(self):
         rule = self.rule
         self.sums = sums = lay_out(rule, self.group, self.views, self.run_states, self.shards, self.scalar_buffers)
-        self.prepared = Prepared() if rule.prepare is None else rule.prepare(self.group, self.scalar_buffers)
         slots = [TensorSlots(p, g, tuple(state[name] for name in self.state_names), scalars,
                              (("FIRST_STEP", first),) if rule.has_first_step_states else (), row_length,
                              residual=state.get(MASTER_RESIDUAL) if self.master_names else None,
@@ -272,19 +271,17 @@ class GroupPlan:
             self.wholes.scatter()
 
     def _launch(self, optimizer, amp: Optional[tuple], quantization_count) -> None:
-        rule, prepared, sums = self.rule, self.prepared, self.sums
+        rule, sums = self.rule, self.sums
         if rule.reduce is not None:
             sums.before()
             for _, _, launch in self.launches:
                 launch.reduce(rule.reduce, rule.reduce_reads_param, sums.outputs, self.hyper, self.flags, amp)
             sums.after(amp)
-        if prepared.after is not None:
-            prepared.after(amp)
+        advance(rule, self.group, self.scalar_buffers, False, amp)
         for _, _, launch in self.launches:
             launch.update(rule.update, rule.update_reads_param, self.hyper, self.flags,
                           optimizer.runtime.rounding_seed(launch.device), amp, quantization_count)
-        if prepared.after_update is not None:
-            prepared.after_update(amp)
+        advance(rule, self.group, self.scalar_buffers, True, amp)
 
 
 class StepPlan:

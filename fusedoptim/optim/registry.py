@@ -33,12 +33,12 @@ from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
 from fusedoptim.optim.reference.adam import adam, adamw
 from fusedoptim.optim.reference.adamax import adamax
-from fusedoptim.optim.reference.asgd import asgd
+from fusedoptim.optim.reference.asgd import advance_eta_and_mu, asgd
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
 from fusedoptim.optim.reference.lion import lion
 from fusedoptim.optim.reference.radam import radam
-from fusedoptim.optim.reference.nadam import nadam
+from fusedoptim.optim.reference.nadam import advance_mu_product, nadam
 from fusedoptim.optim.reference.rmsprop import rmsprop
 from fusedoptim.optim.reference.rprop import rprop
 from fusedoptim.optim.reference.sgd import sgd
@@ -46,11 +46,9 @@ from fusedoptim.optim.reference.sgdhd import sgdhd
 from fusedoptim.optim.reference.signsgd import signsgd
 from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
-from fusedoptim.optim.asgd import asgd_prepare
-from fusedoptim.optim.nadam import nadam_prepare
 from fusedoptim.optim.tiger import tiger_constants, tiger_sum_of_squares_over
 
-from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, State, Sum, Tolerance
+from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, State, Sum, Tolerance
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
                         flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
@@ -173,8 +171,9 @@ RULES = {
                              flag("decoupled_weight_decay", "decay θ ← θ·(1 − lr·λ) instead of adding λ·θ to "
                                   "the gradient (NAdamW, as AdamW is to Adam)"), MAXIMIZE),
             states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")),
-            # mu_product, μ_1···μ_t, as torch names and keeps it: advanced on the device each step (nadam_prepare)
-            scalar_states=("step", "mu_product"), scalar_initial={"mu_product": 1.0}, prepare=nadam_prepare,
+            # mu_product, μ_1···μ_t, as torch names and keeps it: advanced on the device before each update
+            scalar_states=("step", "mu_product"), scalar_initial={"mu_product": 1.0},
+            scalar_updates=(ScalarUpdate(("mu_product",), advance_mu_product),),
             torch_twin=torch.optim.NAdam, complex_params=True,
         ),
         Rule(
@@ -190,9 +189,10 @@ RULES = {
                                          "(μ_t = 1 / max(1, t − t0)); before it ax = θ", kernel="host"),
                              weight_decay(0), MAXIMIZE),
             states=(State("ax"),),
-            # eta and mu, η and μ as torch names and keeps them: advanced on the device after each update
-            # (asgd_prepare), which reads them as the previous step left them
-            scalar_states=("step", "eta", "mu"), scalar_initial={"eta": "lr", "mu": 1.0}, prepare=asgd_prepare,
+            # eta and mu, η and μ as torch names and keeps them: advanced on the device after each update,
+            # which reads them as the previous step left them
+            scalar_states=("step", "eta", "mu"), scalar_initial={"eta": "lr", "mu": 1.0},
+            scalar_updates=(ScalarUpdate(("eta", "mu"), advance_eta_and_mu, after_update=True),),
             torch_twin=torch.optim.ASGD, complex_params=True,
         ),
         Rule(

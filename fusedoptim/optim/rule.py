@@ -49,6 +49,20 @@ FIRST_STEP = "made by the first step"
 
 
 @dataclass(frozen=True)
+class ScalarUpdate:
+    """Scalar states a rule advances once per step for every param of a device at once, from the step
+    the optimizer counted: ``function(group, step, *current values) -> new values``, on the packed fp32
+    buffers (one op chain per device, no host sync, never one op per tensor), kept as they were on a
+    step GradScaler skips (``optim.scalar_updates``)."""
+
+    names: tuple  # the scalar states it sets, in the order of the function's values
+    function: Callable
+    # False: before the update, which reads the new values (NAdam's μ_1···μ_t); True: after it, which
+    # reads them as the previous step left them (ASGD's η and μ, as torch advances them after its update).
+    after_update: bool = False
+
+
+@dataclass(frozen=True)
 class Sum:
     """One sum the rule's update reads, over more than its own element: a norm, a count, a dot product.
     The rule's ``reduce`` returns its terms (one block per declared sum, in order); the framework
@@ -101,10 +115,9 @@ class Rule:
     # running product: 1, as torch starts it) or the group key holding it, read when the state is made
     # (ASGD's eta starts at the lr of its first step, a number or a tensor, as torch starts it).
     scalar_initial: dict = field(default_factory=dict)
-    # Host-side upkeep of scalar states that no kernel may write (every program of a tensor reads them):
-    # (group, packed scalar states) -> optim.prepared.Prepared, its torch ops run each step on the packed
-    # buffers (NAdam's mu_product, ASGD's eta and mu). Never for sums: those are declared (sums).
-    prepare: Optional[Callable] = None
+    # Scalar states advanced each step by torch ops on their packed buffers (ScalarUpdate): those no kernel
+    # may write, since every program of a tensor reads them (NAdam's mu_product, ASGD's eta and mu).
+    scalar_updates: tuple = ()
     # Constants per tensor its kernels read after its scalar states: (group, param, numel of the whole
     # param) -> a tuple of numbers, laid out once per plan (Tiger's class of tensor: lr constant, 1/(elements
     # per RMS), decay multiplier, NaN center).

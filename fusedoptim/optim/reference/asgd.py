@@ -13,6 +13,15 @@ def step_size_and_averaging_weight(lr, lambd: float, alpha: float, t0: float, st
     return eta.float(), mu.float()
 
 
+def advance_eta_and_mu(group, step, eta, mu) -> tuple:
+    """η and μ from a device's packed steps, after the update, which read them as the previous step left
+    them (``Rule.scalar_updates``); in fp64 on the device, a tensor lr read there (no host sync). The
+    group's values read each step: a scheduler may change them."""
+    lr = group["lr"]
+    lr = lr.to(step.device, torch.float64) if isinstance(lr, torch.Tensor) else lr
+    return step_size_and_averaging_weight(lr, group["lambd"], group["alpha"], group["t0"], step.double())
+
+
 def asgd(params, grads, states, group):
     r"""Averaged SGD (Polyak & Juditsky, "Acceleration of Stochastic Approximation by Averaging",
     SIAM J. Control Optim. 1992), with the decaying step size of Xu ("Towards Optimal One Pass Large

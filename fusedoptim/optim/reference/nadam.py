@@ -10,6 +10,13 @@ def momentum_coefficient(beta1: float, momentum_decay: float, step: float) -> fl
     return beta1 * (1.0 - 0.5 * MOMENTUM_SCHEDULE_BASE ** (step * momentum_decay))
 
 
+def advance_mu_product(group, step, mu_product) -> tuple:
+    """Π_t = Π_{t−1}·μ_t for a device's packed steps, before the update (``Rule.scalar_updates``): μ_t in
+    fp32 on the device, as torch rounds it to multiply its fp32 mu_product. β1 and ψ read each step: a
+    scheduler may change them."""
+    return (mu_product * momentum_coefficient(group["betas"][0], group["momentum_decay"], step),)
+
+
 def nadam(params, grads, states, group):
     r"""NAdam (Dozat, "Incorporating Nesterov Momentum into Adam", ICLR 2016 workshop), as
     torch.optim.NAdam. With g ← −g if maximize, then g ← g + λθ (L2), or θ ← θ(1 − ηλ) first with
