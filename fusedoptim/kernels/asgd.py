@@ -1,7 +1,8 @@
 """ASGD (Polyak & Juditsky 1992): the fused update, in torch.optim.ASGD's order.
 
 The equations are in ``optim.reference.asgd``'s docstring. The step size η and the averaging weight μ
-are scalar states that the host side (``optim.asgd``) advances on the device after this launch: the
+are scalar states its row advances on the device after this launch
+(``optim.reference.asgd.advance_eta_and_mu``, a ScalarUpdate): the
 kernel reads them as the previous step left them, as torch's update does.
 """
 import triton

@@ -1,7 +1,8 @@
 """NAdam (Dozat 2016): the fused update, in torch.optim.NAdam's order.
 
 The equations are in ``optim.reference.nadam``'s docstring. The running product of the momentum
-coefficients, μ_1···μ_t, is a scalar state that the host side (``optim.nadam``) advances on the device
+coefficients, μ_1···μ_t, is a scalar state its row advances on the device
+(``optim.reference.nadam.advance_mu_product``, a ScalarUpdate)
 before this launch: the kernel reads it already multiplied by this step's μ_t, as it reads the step
 already counted.
 """

@@ -1,7 +1,7 @@
 """Tiger (Su Jianlin 2023, bojone/tiger): the fused update, with all that the original has.
 
-Equations in ``optim.reference.tiger``'s docstring; the host side (classes of tensors, the buffers
-below) is ``optim.tiger``. Per tensor the kernels receive, as scalars: the step counter (the
+Equations in ``optim.reference.tiger``'s docstring; its classes of tensors are ``optim.param_groups``,
+and its sums are declared on its row (laid out by ``optim.sums``). Per tensor the kernels receive, as scalars: the step counter (the
 optimizer's micro-steps, one tensor for every param on a device), its lr constant (1/2 for biases and
 normalization weights, else 0), 1/(elements per RMS) (0 for the kinds without RMS; a matrix's numel,
 an embedding row's length), its weight-decay multiplier (0 or 1), its NaN-guard center (0 or 1), and

@@ -1,4 +1,5 @@
-"""Tiger's classes of tensors, and its param groups from a model in one line:
+"""Tiger's classes of tensors: what each class takes (its row's ``tensor_constants``, and whether its
+Σθ² is declared over the tensor or each row), and its param groups from a model in one line:
 ``optim.Tiger(optim.tiger_param_groups(model), lr=1e-3)``."""
 import torch
 from torch import nn
@@ -24,6 +25,23 @@ def param_kind(param: torch.Tensor, group) -> str:
 def row_length(param: torch.Tensor) -> int:
     """An embedding table's rows run along its last dimension."""
     return param.shape[-1] if param.ndim and param.shape[-1] else 1
+
+
+def tiger_constants(group, param, numel) -> tuple:
+    """(lr constant, 1/(elements per RMS), decay multiplier, NaN center) of one tensor; ``numel``: the
+    whole param's elements (every FSDP2 shard's, whose parts of Σθ² are added up before the update)."""
+    lr_scale, decay, center = PARAM_KINDS[param_kind(param, group)]
+    if lr_scale is None:  # a matrix: RMS over the whole tensor
+        return 0.0, 1.0 / max(numel, 1), decay, center
+    if lr_scale == "row":  # an embedding table: RMS of each row (rows lie whole in one FSDP2 shard)
+        return 0.0, 1.0 / row_length(param), decay, center
+    return lr_scale, 0.0, decay, center
+
+
+def tiger_sum_of_squares_over(group, param) -> str:
+    """Σθ² over each row of an embedding table (its per-row lr), else over the tensor."""
+    return "row" if param_kind(param, group) == "embedding" else "tensor"
+
 
 # Modules whose weight is a normalization scale (gamma, initialised at 1); any module whose class name
 # holds "Norm" (a custom RMSNorm) counts too.

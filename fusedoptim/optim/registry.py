@@ -28,7 +28,6 @@ from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, Hyperparamete
                                               bounds, bounds_in_kernel, eps, etas_around_one, flag, fraction, lr,
                                               momentum, nesterov, nonnegative, param_kind, positive_integer, schedule,
                                               schedule_in_kernel, shrink, step_size_range, weight_decay)
-from fusedoptim.optim.param_groups import tiger_param_groups
 from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
 from fusedoptim.optim.reference.adam import adam, adamw
@@ -46,7 +45,7 @@ from fusedoptim.optim.reference.sgdhd import sgdhd
 from fusedoptim.optim.reference.signsgd import signsgd
 from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
-from fusedoptim.optim.tiger import tiger_constants, tiger_sum_of_squares_over
+from fusedoptim.optim.param_groups import tiger_constants, tiger_param_groups, tiger_sum_of_squares_over
 
 from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, State, Sum, Tolerance
 
