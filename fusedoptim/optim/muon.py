@@ -29,14 +29,14 @@ DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's de
 
 
 def fused_problem(params) -> str:
-    """Why the kernels cannot step these params (each with its gradient), or ""."""
+    """Why the kernels cannot step these params (and their gradients, where they have one), or ""."""
     for i, p in enumerate(params):
         if p.device.type != "cuda" and not (INTERPRETED and p.device.type == "cpu"):
             return (f"param {i} is on {p.device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 "
                     "set before triton is imported")
         if p.dtype not in TRITON_DTYPES:
             return f"param {i} has dtype {p.dtype}; the kernels take {list(TRITON_DTYPES)}"
-        if not p.is_contiguous() or not p.grad.is_contiguous() or p.grad.dtype != p.dtype:
+        if not p.is_contiguous() or (p.grad is not None and (not p.grad.is_contiguous() or p.grad.dtype != p.dtype)):
             return (f"param {i} or its gradient is not contiguous in the param's dtype (param {p.dtype} strides "
                     f"{p.stride()}, grad {p.grad.dtype} strides {p.grad.stride()}); make them so with .contiguous()")
     return ""
