@@ -172,7 +172,7 @@ class Muon(torch.optim.Optimizer):
         momentum_slots = [TensorSlots(param=m, grad=p.grad, states=(b,)) for m, p, b in zip(matrices, params, buffers)]
         for _, launch in prepare_launches(momentum_slots, "muon"):
             launch.update(kernels.momentum, None, hyper, flags)  # stage 1: B, and U into the stacks
-        for key, stack in stacks.items():  # stage 2: O = NS_k(U), one stack per shape, in place
+        for stack in stacks.values():  # stage 2: O = NS_k(U), one stack per shape, in place
             newton_schulz(stack, stack, group["ns_coefficients"], group["ns_steps"], group["eps"])
         # Per tensor: (1 − γλ, γ'), as torch's mul_ and add_ take them (fp32 of the double).
         factors = torch.tensor([[1 - lr * group["weight_decay"], adjusted_lr(lr, group["adjust_lr_fn"], p.shape)]
