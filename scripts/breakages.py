@@ -260,6 +260,28 @@ BREAKAGES = (
              "return (grad * grad,)  # ⟨x, y⟩",
              ("tests/test_lbfgs.py::-k test_steps_like_torch and quadratic and triton",),
              "the fused L-BFGS's dot products read one vector twice: ⟨y, y⟩ for ⟨y, s⟩"),
+    Breakage("muon-gram-tiles-not-mirrored", "fusedoptim/kernels/newton_schulz.py",
+             "        tl.store(out_ptr + rows_j[None, :] * stride_out_row + rows_i[:, None] * stride_out_col, value, "
+             "mask=mask)",
+             "        pass",
+             ("tests/test_muon.py::test_the_gram_product_computes_the_upper_tiles_and_mirrors_them",
+              "tests/test_muon.py::-k test_newton_schulz_kernel_matches_the_oracle and two-tiles"),
+             "X·Xᵀ's tiles below the diagonal are left unwritten: Newton–Schulz multiplies by garbage"),
+    Breakage("muon-polynomial-without-b", "fusedoptim/kernels/newton_schulz.py",
+             "        value = beta * c.to(tl.float32) + value",
+             "        value = value",
+             ("tests/test_muon.py::-k test_newton_schulz_kernel_matches_the_oracle",),
+             "the fused Newton–Schulz drops b·A from B = b·A + c·A·A: its update is no orthogonalization"),
+    Breakage("muon-fused-nesterov-ignored", "fusedoptim/kernels/muon.py",
+             "    if FLAGS.NESTEROV:",
+             "    if False:",
+             ("tests/test_muon.py::-k test_steps_like_torch and defaults and triton",),
+             "fo.Muon(impl='triton') orthogonalizes B instead of (1 − μ)g + μB under the default nesterov=True"),
+    Breakage("muon-match-rms-adamw-without-0.2", "fusedoptim/optim/reference/muon.py",
+             "    return lr * 0.2 * math.sqrt(max(rows, cols))",
+             "    return lr * math.sqrt(max(rows, cols))",
+             ("tests/test_muon.py::-k test_steps_like_torch and match-rms",),
+             "adjust_lr_fn='match_rms_adamw' steps 5× too far: AdamW's lr no longer carries over"),
 )
 
 

@@ -1,0 +1,184 @@
+"""``Muon``: torch.optim.Muon's twin, with its arguments, defaults and state (a state_dict loads both
+ways). Its equations are the oracle's (``optim.reference.muon``).
+
+A Muon step is three stages, and the fused impl keeps them apart:
+
+1. element-wise, the momentum: one launch of the multi-tensor launcher (``kernels.muon.momentum``)
+   over every param of the group updates each momentum buffer and writes the matrix U to
+   orthogonalize into a stack of the params of its shape;
+2. per shape, the matrix transform: Newton–Schulz on the stack (``kernels.newton_schulz``: one
+   launch per matrix product for every matrix of that shape), into a second stack O;
+3. element-wise, the apply: one launch (``kernels.muon.apply_update``) θ ← (1 − γλ)θ − γ'·O.
+
+Muon is no element-wise rule, so it has no row in ``optim.registry.RULES`` (yet: the matrix shape is
+to be declared there); its interface is the class: ``Muon.DEFAULTS``, ``Muon.IMPLS``, ``Muon.STATE``
+and ``chosen_impl(group)``.
+"""
+import numbers
+
+import torch
+
+from fusedoptim.kernels import muon as kernels
+from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
+from fusedoptim.kernels.newton_schulz import newton_schulz
+from fusedoptim.kernels.slots import TRITON_DTYPES, TensorSlots
+from fusedoptim.optim.reference.muon import adjusted_lr, muon
+from fusedoptim.optim.validation import IMPLS
+
+DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
+
+
+def fused_problem(params) -> str:
+    """Why the kernels cannot step these params (and their gradients, where they have one), or ""."""
+    for i, p in enumerate(params):
+        if p.device.type != "cuda" and not (INTERPRETED and p.device.type == "cpu"):
+            return (f"param {i} is on {p.device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 "
+                    "set before triton is imported")
+        if p.dtype not in TRITON_DTYPES:
+            return f"param {i} has dtype {p.dtype}; the kernels take {list(TRITON_DTYPES)}"
+        if not p.is_contiguous() or (p.grad is not None and (not p.grad.is_contiguous() or p.grad.dtype != p.dtype)):
+            return (f"param {i} or its gradient is not contiguous in the param's dtype (param {p.dtype} strides "
+                    f"{p.stride()}, grad {p.grad.dtype} strides {p.grad.stride()}); make them so with .contiguous()")
+    return ""
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon (Jordan et al. 2024), torch.optim.Muon's twin: momentum, orthogonalized by Newton–Schulz
+    iterations, for 2-D params only (use a second optimizer, e.g. fo.AdamW, for biases, norms and
+    embeddings). Its equations: ``fusedoptim.optim.reference.muon``.
+
+    lr=1e-3: γ; a float or a 1-element tensor (read on the host at each step, as torch's).
+    weight_decay=0.1: λ, decoupled: θ ← (1 − γλ)θ.
+    momentum=0.95: μ.
+    nesterov=True: orthogonalize (1 − μ)g + μB instead of B.
+    ns_coefficients=(3.4445, -4.7750, 2.0315): (a, b, c) of the quintic X ← aX + (bA + cA²)X.
+    eps=1e-7: the norm that X is divided by first is at least ε.
+    ns_steps=5: Newton–Schulz iterations, 0 to 99.
+    adjust_lr_fn=None: None or "original" scales γ by √max(1, rows/cols); "match_rms_adamw" by
+        0.2·√max(rows, cols) (Liu et al. 2025).
+    impl="auto" (keyword-only): "reference" runs the oracle (torch's ops); "triton" the momentum and
+        the apply as multi-tensor launches and Newton–Schulz as the Triton kernels (fp32, bf16 or fp16
+        contiguous params on a CUDA device, or the CPU with TRITON_INTERPRET=1); "auto" the kernels
+        where they run, the reference elsewhere. Settable on a built optimizer, checked.
+    """
+
+    DEFAULTS = dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=DEFAULT_COEFFICIENTS,
+                    eps=1e-7, ns_steps=5, adjust_lr_fn=None)
+    IMPLS = IMPLS
+    STATE = ("momentum_buffer",)
+    ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+
+    def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
+                 ns_coefficients=DEFAULT_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, impl="auto"):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:  # torch's checks first, with its words
+            raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:
+            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+        if not 0.0 <= momentum:
+            raise ValueError(f"momentum should be >= 0 but is: {momentum}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"weight decay should be >= 0 but is: {weight_decay}")
+        if adjust_lr_fn not in self.ADJUST_LR_FNS:
+            raise ValueError(f"Adjust learning rate function {adjust_lr_fn} is not supported; use one of "
+                             f"{self.ADJUST_LR_FNS}")
+        # torch refuses these at the first step, or never: here at construction, before anything runs.
+        if isinstance(ns_steps, bool) or not isinstance(ns_steps, numbers.Integral) or not 0 <= ns_steps < 100:
+            raise ValueError(f"Muon: ns_steps={ns_steps!r} must be an integer from 0 to 99")
+        if len(ns_coefficients) != 3 or not all(isinstance(v, numbers.Real) for v in ns_coefficients):
+            raise ValueError(f"Muon: ns_coefficients={ns_coefficients!r} must be three numbers (a, b, c)")
+        if not isinstance(eps, numbers.Real) or not eps >= 0:
+            raise ValueError(f"Muon: eps={eps!r} must be a number ≥ 0")
+        self.impl = impl
+        defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
+                        ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+        super().__init__(params, defaults)
+        for g, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"Muon only supports 2D parameters whereas we found a parameter with size: {p.size()} "
+                        f"(param {i} of group {g}). Give the matrices to Muon and the other params (biases, norms, "
+                        "embeddings...) to a second optimizer, e.g. fo.AdamW([p for p in model.parameters() if "
+                        "p.ndim != 2]), stepping both")
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in self.IMPLS:
+            raise ValueError(f"Muon: impl={value!r} is not one of {self.IMPLS}")
+        self._impl = value
+
+    def chosen_impl(self, params) -> str:
+        """The impl a step of ``params`` (with their gradients) runs: "reference" or "triton". With
+        impl="triton", why the kernels cannot run them (ValueError), before anything changes."""
+        if self.impl == "reference" or not params:
+            return "reference"
+        problem = fused_problem(params)
+        if not problem:
+            return "triton"
+        if self.impl == "auto":
+            return "reference"
+        raise ValueError(f"Muon: impl='triton' cannot run: {problem}; or use impl='reference' (or impl='auto', "
+                         "which takes the reference for such params)")
+
+    def _params_with_grad(self, group):
+        """The group's params that have a gradient, checked as torch checks them."""
+        params = [p for p in group["params"] if p.grad is not None]
+        for p in params:
+            if torch.is_complex(p):
+                raise RuntimeError("Muon does not support complex parameters")
+            if p.grad.is_sparse:
+                raise RuntimeError("Muon does not support sparse gradients")
+        return params
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Muon step of every group; returns ``closure()``'s loss where a closure is given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Every group is checked, and its impl chosen, before any group changes.
+        plans = [(group, params, self.chosen_impl(params)) for group in self.param_groups
+                 for params in (self._params_with_grad(group),)]
+        for group, params, impl in plans:
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            if impl == "reference":
+                muon(params, [p.grad for p in params], states, group)
+            elif params:
+                self._fused_step(params, [s["momentum_buffer"] for s in states], group)
+        return loss
+
+    def _fused_step(self, params, buffers, group):
+        """The three stages of the module docstring, for one group."""
+        lr = float(group["lr"])  # torch's _to_scalar: read on the host
+        shapes: dict = {}  # (shape, dtype, device) -> indices into params: one Newton–Schulz stack each
+        for i, p in enumerate(params):
+            shapes.setdefault((p.shape, p.dtype, p.device), []).append(i)
+        stacks = {key: torch.empty((len(members), *key[0]), dtype=key[1], device=key[2])
+                  for key, members in shapes.items()}
+        matrices = [None] * len(params)  # param i's matrix in its shape's stack
+        for key, members in shapes.items():
+            for j, i in enumerate(members):
+                matrices[i] = stacks[key][j]
+        hyper = kernels.MomentumHyper(group["momentum"], 1 - group["momentum"])
+        flags = kernels.MomentumFlags(bool(group["nesterov"]))
+        momentum_slots = [TensorSlots(param=m, grad=p.grad, states=(b,)) for m, p, b in zip(matrices, params, buffers)]
+        for _, launch in prepare_launches(momentum_slots, "muon"):
+            launch.update(kernels.momentum, None, hyper, flags)  # stage 1: B, and U into the stacks
+        for stack in stacks.values():  # stage 2: O = NS_k(U), one stack per shape, in place
+            newton_schulz(stack, stack, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        # Per tensor: (1 − γλ, γ'), as torch's mul_ and add_ take them (fp32 of the double).
+        factors = torch.tensor([[1 - lr * group["weight_decay"], adjusted_lr(lr, group["adjust_lr_fn"], p.shape)]
+                                for p in params], dtype=torch.float32)
+        on_device = {device: factors.to(device) for device in {p.device for p in params}}
+        apply_slots = [TensorSlots(param=p, grad=m, scalars=(on_device[p.device][i, 0], on_device[p.device][i, 1]))
+                       for i, (p, m) in enumerate(zip(params, matrices))]
+        for _, launch in prepare_launches(apply_slots, "muon"):
+            launch.update(kernels.apply_update, None, (), ())  # stage 3: θ ← (1 − γλ)θ − γ'·O
