@@ -2,8 +2,10 @@
 
 Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RULES``, exported here
 under the rule's name (``optim.AdamW``, ``optim.Tiger``, ...): a new row is a new class, with nothing
-to add to this file. ``LBFGS`` is no element-wise rule and no row: its own class (``optim.lbfgs``).
+to add to this file. ``LBFGS`` and ``Adafactor`` are no element-wise rules and have no row: their own
+classes (``optim.lbfgs``, ``optim.adafactor``).
 """
+from fusedoptim.optim.adafactor import Adafactor
 from fusedoptim.optim.base import FusedOptimizer, optimizer_class
 from fusedoptim.optim.lbfgs import LBFGS
 from fusedoptim.optim.param_groups import tiger_param_groups
@@ -13,5 +15,5 @@ from fusedoptim.optim.schedule import PiecewiseLinearLR, piecewise_linear
 
 globals().update({name: optimizer_class(rule) for name, rule in RULES.items()})
 
-__all__ = ["LBFGS", "RULES", "FusedOptimizer", "PiecewiseLinearLR", "optimizer_class", "piecewise_linear",
+__all__ = ["Adafactor", "LBFGS", "RULES", "FusedOptimizer", "PiecewiseLinearLR", "optimizer_class", "piecewise_linear",
            "tiger_param_groups", "with_gradient_penalty", *RULES]
