@@ -24,7 +24,7 @@ import torch
 from fusedoptim.kernels import adafactor as kernels
 from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
 from fusedoptim.kernels.slots import TensorSlots
-from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1
+from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
 from fusedoptim.optim.validation import IMPLS
 
 
@@ -41,7 +41,7 @@ def fused_problem(params) -> str:
         if p.dtype != torch.float32:
             return f"param {i} has dtype {p.dtype}; the kernels take torch.float32 (torch keeps the state in the param's dtype)"
         for what, t in (("param", p), ("gradient", p.grad)):
-            if not t.is_contiguous():
+            if t is not None and not t.is_contiguous():
                 return f"the {what} of param {i} is not contiguous (strides {t.stride()}); make it so with .contiguous()"
     return ""
 
@@ -155,9 +155,9 @@ class Adafactor(torch.optim.Optimizer):
 def fused_adafactor(params, states, group) -> None:
     """The oracle's step as the four phases of launches (the module's docstring)."""
     device = params[0].device
-    lr = float(group["lr"])
+    lr = scalar_lr(group["lr"])  # a tensor lr: read on the host below (a sync where it lives on a GPU)
     eps1, eps2 = resolved_eps1(group, params), group["eps"][1]
-    hyper = kernels.AdafactorHyper(eps1_squared=eps1 * eps1, decay=1 - lr * group["weight_decay"])
+    hyper = kernels.AdafactorHyper(eps1_squared=eps1 * eps1, decay=float(1 - lr * group["weight_decay"]))
     flags = kernels.AdafactorFlags(MAXIMIZE=bool(group["maximize"]))
     steps = []
     for state in states:
@@ -197,12 +197,13 @@ def fused_adafactor(params, states, group) -> None:
                                   factors=(row_factors[i], states[i]["col_var"].reshape(-1))) for i in factored]
     _reduce(kernels.factored_update_squares, 1, hyper, flags, factored_slots)
 
-    # The step sizes −α/denom in Python floats, as torch computes them: the step's one host sync.
+    # The step sizes −α/denom as torch computes them (Python floats, or fp32 0-d tensors for a tensor
+    # lr): the step's one host sync, reading Σθ² and Σu².
     step_sizes = []
     for p, t, theta_square, update_square in zip(params, steps, theta_squares.tolist(), update_squares.tolist()):
         alpha = max(eps2, math.sqrt(theta_square) / (p.numel() ** 0.5)) * min(lr, 1 / (t ** 0.5))
         denom = max(1.0, math.sqrt(update_square) / ((p.numel() ** 0.5) * group["d"]))
-        step_sizes.append(-alpha / denom)
+        step_sizes.append(float(-alpha / denom))
     step_sizes = torch.tensor(step_sizes, dtype=torch.float32).to(device)
 
     # 4. update: θ and the vectors' variance.

@@ -33,10 +33,16 @@ def resolved_eps1(group: dict, params: list):
     return torch.finfo(params[0].dtype).eps if eps1 is None and params else eps1
 
 
+def scalar_lr(lr):
+    """lr as torch's loop takes it: a float, or a 0-d tensor (then ρ_t, α_t and the decay factor are
+    fp32 tensor arithmetic, which the twins must round alike)."""
+    return lr.squeeze() if isinstance(lr, torch.Tensor) and lr.dim() != 0 else lr
+
+
 def adafactor(params, grads, states, group):
     """One step over ``params`` (those with a gradient), in their own dtype as torch; ``states``: their
     state dicts, already holding ``step`` and ``row_var``/``col_var`` or ``variance``."""
-    lr = float(group["lr"])  # torch's _to_scalar: a tensor lr read on the host
+    lr = scalar_lr(group["lr"])
     eps1, eps2 = resolved_eps1(group, params), group["eps"][1]
     for param, grad, state in zip(params, grads, states):
         grad = -grad if group["maximize"] else grad  # G ← −∇f when maximizing
