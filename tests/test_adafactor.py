@@ -29,7 +29,8 @@ OPTIONS = {
     "weight-decay": dict(weight_decay=0.1, lr=0.02),
     "maximize": dict(maximize=True, weight_decay=0.05),
     "clipping-d": dict(d=1.5),
-    "eps-pair": dict(eps=(1e-3, 1e-1)),  # ε₁ large enough to floor, ε₂ to dominate RMS(θ) at first
+    # ε₁² = 0.09 floors the variance of the gradients under 0.3 (a quarter of N(0, 1)'s), ε₂ = 1.5 is over RMS(θ)
+    "eps-pair": dict(eps=(0.3, 1.5)),
     "beta2-decay": dict(beta2_decay=-0.5),
     "lr-tensor": dict(lr=torch.tensor(0.05)),
     "clipped": dict(d=1.0, lr=0.3),  # RMS(U) > d: the clipping divides
