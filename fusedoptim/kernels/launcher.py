@@ -77,7 +77,7 @@ class Launch:
 
     def __init__(self, slots: Sequence[TensorSlots], rule_name: str, quantization: Optional[QuantizedStates] = None):
         first = slots[0]
-        device, param_dtype, state_dtype, aligned, tensor_flags, per_row, master_bits = first.launch_key()
+        device, param_dtype, state_dtype, aligned, tensor_flags, per_row, master_bits, factored = first.launch_key()
         self.device, self.tensor_flags = device, dict(tensor_flags)
         numels = tuple(s.param.numel() for s in slots)
         n_states, n_scalars = len(first.states), len(first.scalars)
@@ -91,7 +91,8 @@ class Launch:
         self.chunk_tensor, self.chunk_index = chunk_map(numels, config.block_size * config.blocks_per_program, device)
         self.grid = (len(self.chunk_tensor),)
         rows = [[s.param.numel(), max(s.row_length, 1), s.first] + [t.data_ptr() for t in (*s.tensors(), *s.scales, *s.scalars)]
-                + ([] if s.residual is None else [s.residual.data_ptr()]) for s in slots]
+                + ([] if s.residual is None else [s.residual.data_ptr()])
+                + ([t.data_ptr() for t in s.factors] + [s.matrix_numel()] if s.factors else []) for s in slots]
         self.row_width = len(rows[0])
         host_table = torch.tensor(rows, dtype=torch.int64)
         self.table = _upload(host_table, device)
@@ -101,7 +102,8 @@ class Launch:
             N_STATES=n_states, N_STATE_COLUMNS=n_states * (1 + (quantization is not None)), N_SCALARS=n_scalars,
             PER_ROW=int(per_row), PARAM_DTYPE=TRITON_DTYPES[param_dtype], STATE_DTYPE=STATE_DTYPES[state_dtype],
             QUANT=quantization, ALIGNED=aligned, BLOCK_SIZE=config.block_size,
-            BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, num_warps=config.num_warps,
+            BLOCKS_PER_PROGRAM=config.blocks_per_program, MASTER_BITS=master_bits, FACTORED=int(factored),
+            num_warps=config.num_warps,
             num_stages=config.num_stages,
             # Fused multiply-adds, as triton 3.6 to 3.9 do by default; named so that triton 3.10's new
             # default (off) does not silently change the rounding.
@@ -171,7 +173,7 @@ class Launch:
 def prepare_launches(slots: Sequence[TensorSlots], rule_name: str,
                      quantization: Optional[QuantizedStates] = None) -> list[tuple[list[int], Launch]]:
     """The launches of ``slots``, one per launch key (device, dtypes, 16-byte alignment, a tensor's
-    flags, per-row scalars): (the indices into ``slots`` it covers, the Launch). Checked first; empty
+    flags, per-row scalars, factors): (the indices into ``slots`` it covers, the Launch). Checked first; empty
     tensors get no launch. ``quantization``: how quantized states are coded, None for float states."""
     check_slots(slots, quantization)
     indices: dict = {}

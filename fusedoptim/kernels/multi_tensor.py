@@ -15,6 +15,9 @@ A rule contributes only its math, a ``@triton.jit`` function with this signature
 - ``FLAGS`` is the rule's named tuple of compile-time options (``FLAGS.AMSGRAD``): one compiled
   variant each. A tensor's own (``TensorSlots.flags``: ``FIRST_STEP``, a state's first step) are set
   in it by name for that tensor's launch.
+- With ``TensorSlots.factors`` (FACTORED), two more scalars after those, gathered per element: a
+  stack of matrices' per-row and per-column values (Adafactor's row and column statistics), so an
+  update or a reduce reads r[i] and c[j] at element (i, j) from O(n + m) values.
 - ``PARAM_ACTIVE``, optional, ``(scalars, hyper, FLAGS) -> bool`` per tensor: where it is False θ is
   neither read nor written (Tiger's micro-steps that do not move θ).
 
@@ -54,6 +57,9 @@ def _load(base_ptr, offsets, numel, MASKED: tl.constexpr):
 # by the whole param's index, so that they do not depend on where a shard starts.
 FIRST_COLUMN = tl.constexpr(2)
 PARAM_COLUMN, GRAD_COLUMN, FIRST_STATE_COLUMN = tl.constexpr(3), tl.constexpr(4), tl.constexpr(5)
+# With FACTORED, three columns after θ's residual (or after the scalars): the addresses of a factored
+# tensor's per-row and per-column values, and its matrices' size (``_gather_factors``).
+FACTORS_COLUMNS = tl.constexpr(3)
 RANDOM_STREAM = tl.constexpr(2**40)  # Philox counter: the tensor above bit 40, the element offset below
 
 
@@ -126,7 +132,8 @@ def _param_active(scalars, hyper, FLAGS: tl.constexpr, PARAM_ACTIVE: tl.constexp
 def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES: tl.constexpr,
                 N_STATE_COLUMNS: tl.constexpr, N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr,
                 PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr,
-                AMP: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr):
+                AMP: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr, RESIDUAL_COLUMN: tl.constexpr,
+                FACTORED: tl.constexpr):
     grad = _load(_pointer(row_ptr, GRAD_COLUMN, PARAM_DTYPE, ALIGNED), offsets, numel, MASKED)
     if param_active:
         param = _load_param(row_ptr, offsets, numel, PARAM_DTYPE, ALIGNED, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
@@ -149,7 +156,24 @@ def _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STA
         row_length = tl.load(row_ptr + 1)
         values = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_INPUTS).to(tl.pointer_type(tl.float32))
         scalars = scalars + (_load(values, offsets // row_length, tl.load(row_ptr) // row_length, MASKED),)
+    if FACTORED:
+        scalars = scalars + _gather_factors(row_ptr, offsets, RESIDUAL_COLUMN + (MASTER_BITS != 0), MASKED)
     return param, grad, states, scalars
+
+
+@triton.jit
+def _gather_factors(row_ptr, offsets, FACTORS_COLUMN: tl.constexpr, MASKED: tl.constexpr):
+    """A factored tensor's per-row and per-column values at each of its elements. The tensor is a
+    stack of matrices of matrix_numel elements each, in rows of row_length: row r of the stack reads
+    rows[r], column j of matrix b reads columns[b·row_length + j]. O(n + m) values: they stay in cache."""
+    row_length = tl.load(row_ptr + 1)
+    rows_ptr = tl.load(row_ptr + FACTORS_COLUMN).to(tl.pointer_type(tl.float32))
+    columns_ptr = tl.load(row_ptr + FACTORS_COLUMN + 1).to(tl.pointer_type(tl.float32))
+    matrix_numel = tl.load(row_ptr + FACTORS_COLUMN + 2)
+    numel = tl.load(row_ptr)
+    columns = (offsets // matrix_numel) * row_length + offsets % row_length
+    return (_load(rows_ptr, offsets // row_length, numel // row_length, MASKED),
+            _load(columns_ptr, columns, numel // matrix_numel * row_length, MASKED))
 
 
 @triton.jit
@@ -158,10 +182,10 @@ def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, see
                   N_INPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
                   STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
                   AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr,
-                  RESIDUAL_COLUMN: tl.constexpr):
+                  RESIDUAL_COLUMN: tl.constexpr, FACTORED: tl.constexpr):
     param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
                                                N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE, STATE_DTYPE, QUANT,
-                                               ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
+                                               ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN, FACTORED)
     param, states = UPDATE(param, grad, states, scalars, hyper, FLAGS)
     # Quantized states round with their own hash (kernels.quantization): θ alone takes Philox bits,
     # 8 elements to a draw instead of 8 // (N_STATES + 1).
@@ -183,13 +207,15 @@ def _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, see
 
 @triton.jit
 def _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr, N_STATE_COLUMNS: tl.constexpr,
-                 N_INPUTS: tl.constexpr, N_SCALARS: tl.constexpr, MASTER_BITS: tl.constexpr):
+                 N_INPUTS: tl.constexpr, N_SCALARS: tl.constexpr, MASTER_BITS: tl.constexpr,
+                 FACTORED: tl.constexpr):
     """This program's tensor (its index in the launch), its row of the pointer table, its size, its
     chunk, and the values of its first N_INPUTS per-tensor scalars."""
     program = tl.program_id(0)
     tensor = tl.load(chunk_tensor_ptr + program).to(tl.int64)
     chunk = tl.load(chunk_index_ptr + program).to(tl.int64)  # int64: tensors may pass 2^31 elements
-    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS + (MASTER_BITS != 0))
+    row_ptr = table_ptr + tensor * (FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS + (MASTER_BITS != 0)
+                                    + FACTORS_COLUMNS * FACTORED)
     scalars = ()
     for i in tl.static_range(N_INPUTS):
         scalar_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + i).to(tl.pointer_type(tl.float32))
@@ -216,6 +242,7 @@ def multi_tensor_update_kernel(
     N_STATE_COLUMNS: tl.constexpr, N_SCALARS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
     STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, STOCHASTIC: tl.constexpr,
     AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
+    FACTORED: tl.constexpr,
 ):
     """Every tensor's chunk of the update. With STOCHASTIC, 16-bit stores round stochastically with
     the seed at seed_ptr: one Philox draw per element of each tensor, 16 bits of it per store. With AMP,
@@ -226,7 +253,7 @@ def multi_tensor_update_kernel(
     N_INPUTS: tl.constexpr = N_SCALARS - PER_ROW
     RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATE_COLUMNS, N_INPUTS, N_SCALARS, MASTER_BITS)
+                                                          N_STATE_COLUMNS, N_INPUTS, N_SCALARS, MASTER_BITS, FACTORED)
     seed = 0
     if STOCHASTIC:
         seed = tl.load(seed_ptr)
@@ -244,12 +271,12 @@ def multi_tensor_update_kernel(
                 _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
                               param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
                               STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=False,
-                              MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                              MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN, FACTORED=FACTORED)
             elif start < numel:
                 _update_block(row_ptr, start, offsets, numel, scalars, inv_scale, hyper, seed, stream, quantization_count,
                               param_active, UPDATE, FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, PER_ROW, PARAM_DTYPE,
                               STATE_DTYPE, QUANT, ALIGNED, STOCHASTIC, AMP, BLOCK_SIZE, MASKED=True,
-                              MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                              MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN, FACTORED=FACTORED)
 
 
 @triton.jit
@@ -273,10 +300,10 @@ def _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_acti
                   N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr, PARAM_DTYPE: tl.constexpr,
                   STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr, AMP: tl.constexpr,
                   BLOCK_SIZE: tl.constexpr, MASKED: tl.constexpr, MASTER_BITS: tl.constexpr,
-                  RESIDUAL_COLUMN: tl.constexpr):
+                  RESIDUAL_COLUMN: tl.constexpr, FACTORED: tl.constexpr):
     param, grad, states, scalars = _load_block(row_ptr, offsets, numel, scalars, inv_scale, param_active, N_STATES,
                                                N_STATE_COLUMNS, N_INPUTS, False, PARAM_DTYPE, STATE_DTYPE, QUANT,
-                                               ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN)
+                                               ALIGNED, AMP, MASKED, MASTER_BITS, RESIDUAL_COLUMN, FACTORED)
     terms = REDUCE(param, grad, states, scalars, hyper, FLAGS)
     sums = ()
     for j in tl.static_range(N_OUTPUTS):
@@ -299,6 +326,7 @@ def multi_tensor_reduce_kernel(
     N_STATE_COLUMNS: tl.constexpr, N_SCALARS: tl.constexpr, N_OUTPUTS: tl.constexpr, PER_ROW: tl.constexpr,
     PARAM_DTYPE: tl.constexpr, STATE_DTYPE: tl.constexpr, QUANT: tl.constexpr, ALIGNED: tl.constexpr,
     AMP: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr, MASTER_BITS: tl.constexpr,
+    FACTORED: tl.constexpr,
 ):
     """Output j of each tensor += the sum over its elements of REDUCE(...)[j], into the fp32 value its
     (N_SCALARS − N_OUTPUTS + j)-th scalar points to (per row for the last one with PER_ROW); with AMP,
@@ -307,7 +335,7 @@ def multi_tensor_reduce_kernel(
     N_INPUTS: tl.constexpr = N_SCALARS - N_OUTPUTS
     RESIDUAL_COLUMN: tl.constexpr = FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_SCALARS
     tensor, row_ptr, numel, chunk, scalars = _program_row(table_ptr, chunk_tensor_ptr, chunk_index_ptr,
-                                                          N_STATE_COLUMNS, N_INPUTS, N_SCALARS, MASTER_BITS)
+                                                          N_STATE_COLUMNS, N_INPUTS, N_SCALARS, MASTER_BITS, FACTORED)
     active, inv_scale = _amp_scaling(inv_scale_ptr, found_inf_ptr, AMP)
     param_active = _param_active(scalars, hyper, FLAGS, PARAM_ACTIVE)
     if active:
@@ -321,12 +349,12 @@ def multi_tensor_reduce_kernel(
                 totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
                                        FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE,
                                        STATE_DTYPE, QUANT, ALIGNED, AMP, BLOCK_SIZE, MASKED=False,
-                                       MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                                       MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN, FACTORED=FACTORED)
             elif start < numel:
                 totals = _reduce_block(row_ptr, offsets, numel, scalars, inv_scale, hyper, param_active, totals, REDUCE,
                                        FLAGS, N_STATES, N_STATE_COLUMNS, N_INPUTS, N_OUTPUTS, PER_ROW, PARAM_DTYPE,
                                        STATE_DTYPE, QUANT, ALIGNED, AMP, BLOCK_SIZE, MASKED=True,
-                                       MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN)
+                                       MASTER_BITS=MASTER_BITS, RESIDUAL_COLUMN=RESIDUAL_COLUMN, FACTORED=FACTORED)
         for j in tl.static_range(N_OUTPUTS - PER_ROW):
             out_ptr = tl.load(row_ptr + FIRST_STATE_COLUMN + N_STATE_COLUMNS + N_INPUTS + j).to(tl.pointer_type(tl.float32))
             tl.atomic_add(out_ptr, totals[j])  # the order of the additions varies on a GPU

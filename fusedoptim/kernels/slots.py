@@ -46,6 +46,16 @@ class TensorSlots:
     # The index of the param's first element in the whole tensor it is a part of (an FSDP2 shard's
     # offset in its DTensor, in memory order): the codes' random draws are keyed by it.
     first: int = 0
+    # () or (rows, columns): the param is a stack of matrices in rows of row_length (a tensor's last
+    # two dimensions), rows holds one fp32 value per row of the stack and columns one per column of
+    # each matrix (its shape [..., 1, row_length]); the kernels gather both at each element and hand
+    # them to the rule after its scalars (Adafactor's row and column statistics). The scalars then
+    # are per tensor only.
+    factors: tuple[torch.Tensor, ...] = ()
+
+    def matrix_numel(self) -> int:
+        """The elements of each of a factored param's matrices."""
+        return self.param.numel() * self.row_length // self.factors[1].numel()
 
     def tensors(self):
         return (self.param, self.grad, *self.states)
@@ -55,8 +65,9 @@ class TensorSlots:
         tensors = self.tensors() if self.residual is None else (*self.tensors(), self.residual)
         aligned = all(t.data_ptr() % ALIGNMENT_BYTES == 0 for t in tensors)
         state_dtype = self.states[0].dtype if self.states else self.param.dtype
-        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags, self.row_length > 0,
-                0 if self.residual is None else MASTER_BITS[self.residual.dtype])
+        return (self.param.device, self.param.dtype, state_dtype, aligned, self.flags,
+                self.row_length > 0 and not self.factors, 0 if self.residual is None else MASTER_BITS[self.residual.dtype],
+                bool(self.factors))
 
 
 def walkable(tensor: torch.Tensor, like: torch.Tensor) -> bool:
@@ -114,15 +125,38 @@ def check_slots(slots: Sequence[TensorSlots], quantization: Optional[QuantizedSt
             raise ValueError(f"tensor {i}: the grad ({s.grad.dtype}) does not match its param ({s.param.dtype})")
         if len({t.dtype for t in s.states}) > 1:
             raise ValueError(f"tensor {i}: all state tensors of one param must share a dtype")
-        rows = s.param.numel() // s.row_length if s.row_length else 1
+        _check_factors(i, s)
+        rows = s.param.numel() // s.row_length if s.row_length and not s.factors else 1
         for j, t in enumerate(s.scalars):
             expected = rows if j == len(s.scalars) - 1 else 1
             if t.dtype != torch.float32 or t.numel() != expected or t.device != s.param.device:
                 raise ValueError(f"tensor {i}: scalar {j} must be an fp32 tensor of {expected} element(s) on "
                                  f"{s.param.device}, got {t.dtype} with {t.numel()} elements on {t.device}")
-        if s.row_length and (s.param.numel() % s.row_length or not s.scalars):
+        if s.row_length and not s.factors and (s.param.numel() % s.row_length or not s.scalars):
             raise ValueError(f"tensor {i}: row_length={s.row_length} must divide its {s.param.numel()} elements, "
                              "and the last scalar holds the per-row values")
+
+
+def _check_factors(i: int, s: TensorSlots):
+    """A factored param: a dense stack of matrices in rows of row_length, one fp32 value per row of the
+    stack and one per column of each matrix, contiguous on the param's device."""
+    if not s.factors:
+        return
+    if len(s.factors) != 2 or not s.row_length or s.param.numel() % s.row_length:
+        raise ValueError(f"tensor {i}: factors are (rows, columns) of a param in rows of row_length elements "
+                         f"(row_length={s.row_length}, {s.param.numel()} elements, {len(s.factors)} factors)")
+    rows, columns = s.factors
+    matrices = columns.numel() // s.row_length
+    for name, t, expected in (("rows", rows, s.param.numel() // s.row_length), ("columns", columns, None)):
+        if t.dtype != torch.float32 or not t.is_contiguous() or t.device != s.param.device \
+                or (expected is not None and t.numel() != expected):
+            raise ValueError(f"tensor {i}: the factor {name} must be a contiguous fp32 tensor on {s.param.device} "
+                             f"({expected or 'a multiple of row_length'} elements), got {t.dtype} with {t.numel()} "
+                             f"elements on {t.device}")
+    if columns.numel() % s.row_length or not matrices or s.param.numel() % matrices \
+            or not s.param.is_contiguous():
+        raise ValueError(f"tensor {i}: {columns.numel()} column values do not make whole matrices of rows of "
+                         f"{s.row_length} in a contiguous param of {s.param.numel()} elements")
 
 
 def _check_quantized(i: int, s: TensorSlots, quantization: Optional[QuantizedStates]):

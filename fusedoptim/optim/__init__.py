@@ -2,9 +2,10 @@
 
 Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RULES``, exported here
 under the rule's name (``optim.AdamW``, ``optim.Tiger``, ...): a new row is a new class, with nothing
-to add to this file. ``LBFGS`` and ``Muon`` are no element-wise rules and no rows: their own classes
-(``optim.lbfgs``, ``optim.muon``).
+to add to this file. ``LBFGS``, ``Muon`` and ``Adafactor`` are no element-wise rules and have no row yet:
+their own classes (``optim.lbfgs``, ``optim.muon``, ``optim.adafactor``).
 """
+from fusedoptim.optim.adafactor import Adafactor
 from fusedoptim.optim.base import FusedOptimizer, optimizer_class
 from fusedoptim.optim.lbfgs import LBFGS
 from fusedoptim.optim.muon import Muon
@@ -15,5 +16,5 @@ from fusedoptim.optim.schedule import PiecewiseLinearLR, piecewise_linear
 
 globals().update({name: optimizer_class(rule) for name, rule in RULES.items()})
 
-__all__ = ["LBFGS", "Muon", "RULES", "FusedOptimizer", "PiecewiseLinearLR", "optimizer_class", "piecewise_linear",
-           "tiger_param_groups", "with_gradient_penalty", *RULES]
+__all__ = ["Adafactor", "LBFGS", "Muon", "RULES", "FusedOptimizer", "PiecewiseLinearLR", "optimizer_class",
+           "piecewise_linear", "tiger_param_groups", "with_gradient_penalty", *RULES]

@@ -1,0 +1,228 @@
+"""``Adafactor``: torch.optim.Adafactor's twin, with its arguments, defaults and state (a state_dict
+loads both ways): ``row_var`` and ``col_var`` for a param of 2+ dims, O(n + m) for an n × m matrix,
+``variance`` for the others. Its equations are the oracle's (``optim.reference.adafactor``);
+``impl="triton"`` makes a step four phases of launches (docs/adafactor.md):
+
+1. **reduce** (the launcher's reduce): Σθ² per tensor; Σg² per row of each factored tensor; for a
+   vector, Σu² too. The column sums Σ_i g²: ``kernels.adafactor.column_square_sums``, one launch per
+   factored tensor.
+2. **statistics**: R and C lerped toward the means, R / max(mean R, ε₁): torch ops on O(n + m) values.
+3. **second reduce**: Σu² per factored tensor, reading R_i / max(mean R, ε₁) and C_j gathered per element.
+4. **update**: θ ← θ·(1 − lr·λ) − (α/denom)·u, and the vectors' variance.
+
+α and denom are computed on the host in Python floats, from Σθ² and Σu²: one host sync per group and
+step (torch makes two per param).
+
+Adafactor has no row in ``optim.registry.RULES`` yet: its factored state is not a declared shape.
+Its interface is the class: ``Adafactor.DEFAULTS``, ``Adafactor.IMPLS``, ``Adafactor.STATE``,
+``chosen_impl()``.
+"""
+import math
+
+import torch
+
+from fusedoptim.kernels import adafactor as kernels
+from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
+from fusedoptim.kernels.slots import TensorSlots
+from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
+from fusedoptim.optim.validation import IMPLS
+
+
+def fused_problem(params) -> str:
+    """Why the kernels cannot step these params, or ""."""
+    devices = {p.device for p in params}
+    if len(devices) > 1:
+        return f"the params are on {len(devices)} devices ({sorted(map(str, devices))}); the kernels need one"
+    device = devices.pop()
+    if device.type != "cuda" and not (INTERPRETED and device.type == "cpu"):
+        return (f"the params are on {device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 set "
+                "before triton is imported")
+    for i, p in enumerate(params):
+        if p.dtype != torch.float32:
+            return f"param {i} has dtype {p.dtype}; the kernels take torch.float32 (torch keeps the state in the param's dtype)"
+        for what, t in (("param", p), ("gradient", p.grad)):
+            if t is not None and not t.is_contiguous():
+                return f"the {what} of param {i} is not contiguous (strides {t.stride()}); make it so with .contiguous()"
+    return ""
+
+
+class Adafactor(torch.optim.Optimizer):
+    """Adafactor (Shazeer & Stern 2018), torch.optim.Adafactor's twin: the same arguments, defaults,
+    state and arithmetic; the equations in ``fusedoptim.optim.reference.adafactor``.
+
+    lr=1e-2: the cap of the relative step size ρ_t = min(lr, 1/√t), and the decay's scale; a float or
+        a 1-element tensor (read on the host each step, as torch).
+    beta2_decay=-0.8: τ ≤ 0, the second moment's weight t^τ at step t.
+    eps=(None, 1e-3): ε₁ floors mean(R) and √V̂ (None: the params' dtype's machine epsilon); ε₂ floors
+        RMS(θ) in the step size α_t = max(ε₂, RMS(θ))·ρ_t.
+    d=1.0: the update is clipped to RMS ≤ d.
+    weight_decay=0.0: θ ← θ(1 − lr·λ) before the update.
+    foreach=None: torch's switch; accepted, not stored (the impl decides).
+    maximize=False: ascend instead.
+    impl="auto" (keyword-only): "reference" the oracle; "triton" the launches (fp32 contiguous params
+        on one CUDA device, or the CPU with TRITON_INTERPRET=1); "auto" the kernels where they run.
+    """
+
+    DEFAULTS = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False)
+    IMPLS = IMPLS
+    STATE = ("step", "row_var", "col_var", "variance")
+
+    def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
+                 foreach=None, maximize=False, impl="auto"):
+        if isinstance(lr, torch.Tensor) and lr.numel() != 1:  # torch's checks, in its order and words
+            raise ValueError("Tensor lr must be 1-element")
+        if not isinstance(eps, (tuple, list)) or len(eps) != 2:
+            raise ValueError(f"Adafactor: eps={eps!r} must be a pair (epsilon1 or None, epsilon2)")
+        if not 0.0 <= lr:
+            raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+        if not 0.0 >= beta2_decay:
+            raise ValueError(f"beta2_decay should be <= 0 but is: {beta2_decay}")
+        if eps[0] is not None and not 0.0 <= eps[0]:
+            raise ValueError(f"epsilon1 should be >= 0 but is: {eps[0]}")
+        if not 0.0 <= eps[1]:
+            raise ValueError(f"epsilon2 should be >= 0 but is: {eps[1]}")
+        if not 1.0 <= d:
+            raise ValueError(f"Clipping threshold d should be >= 1 but is: {d}")
+        if not 0.0 <= weight_decay:
+            raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
+        if foreach not in (None, True, False):
+            raise ValueError(f"Adafactor: foreach={foreach!r} must be None, True or False")
+        self.impl = impl
+        defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d, weight_decay=weight_decay,
+                        maximize=maximize)
+        super().__init__(params, defaults)
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.pop("foreach", None)  # torch's switch, in a torch checkpoint: the impl decides here
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in self.IMPLS:
+            raise ValueError(f"Adafactor: impl={value!r} is not one of {self.IMPLS}")
+        self._impl = value
+
+    def chosen_impl(self, params) -> str:
+        """The impl a step of ``params`` (those with gradients) runs. With impl="triton", why the kernels
+        cannot run them (ValueError), before anything changes."""
+        if self.impl == "reference" or not params:
+            return "reference"
+        problem = fused_problem(params)
+        if not problem:
+            return "triton"
+        if self.impl == "auto":
+            return "reference"
+        raise ValueError(f"Adafactor: impl='triton' cannot run: {problem}; or use impl='reference' (or "
+                         "impl='auto', which takes the reference for such params)")
+
+    def _stepped(self):
+        """Each group's params with a gradient and its impl, every check made before any change."""
+        stepped = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if torch.is_complex(p):  # torch's words and type
+                    raise RuntimeError("Adafactor does not support complex parameters")
+                if p.grad.is_sparse:
+                    raise RuntimeError("Adafactor does not support sparse gradients")
+            stepped.append((group, params, self.chosen_impl(params)))
+        return stepped
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Adafactor step of every param with a gradient; returns ``closure()``'s loss if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group, params, impl in self._stepped():
+            for p in params:
+                if not self.state[p]:
+                    self.state[p].update(initial_state(p))
+            states = [self.state[p] for p in params]
+            if impl == "reference":
+                adafactor(params, [p.grad for p in params], states, group)
+            else:
+                fused_adafactor(params, states, group)
+        return loss
+
+
+def fused_adafactor(params, states, group) -> None:
+    """The oracle's step as the four phases of launches (the module's docstring)."""
+    device = params[0].device
+    lr = scalar_lr(group["lr"])  # a tensor lr: read on the host below (a sync where it lives on a GPU)
+    eps1, eps2 = resolved_eps1(group, params), group["eps"][1]
+    hyper = kernels.AdafactorHyper(eps1_squared=eps1 * eps1, decay=float(1 - lr * group["weight_decay"]))
+    flags = kernels.AdafactorFlags(MAXIMIZE=bool(group["maximize"]))
+    steps = []
+    for state in states:
+        state["step"] += 1
+        steps.append(state["step"].item())  # a CPU tensor, as torch's: no device sync
+    weights = torch.tensor([t ** group["beta2_decay"] for t in steps], dtype=torch.float32).to(device)  # 1 − β̂₂ₜ
+    theta_squares = torch.zeros(len(params), dtype=torch.float32, device=device)
+    update_squares = torch.zeros(len(params), dtype=torch.float32, device=device)
+    factored = [i for i, p in enumerate(params) if p.dim() > 1]
+    vectors = [i for i, p in enumerate(params) if p.dim() <= 1]
+
+    # 1. reduce: Σθ², Σg² per row (factored), Σu² (vectors); the factored tensors' column sums.
+    row_sums = {i: torch.zeros(states[i]["row_var"].numel(), dtype=torch.float32, device=device) for i in factored}
+    column_sums = {i: torch.zeros_like(states[i]["col_var"]) for i in factored}
+    _reduce(kernels.square_sums, 2, hyper, flags,
+            [TensorSlots(param=params[i], grad=params[i].grad, scalars=(theta_squares[i], row_sums[i]),
+                         row_length=params[i].shape[-1]) for i in factored])
+    for i in factored:
+        if params[i].numel():
+            kernels.column_square_sums(params[i].grad, column_sums[i])
+    _reduce(kernels.vector_sums, 2, hyper, flags,
+            [TensorSlots(param=params[i], grad=params[i].grad, states=(states[i]["variance"],),
+                         scalars=(weights[i], theta_squares[i], update_squares[i])) for i in vectors])
+
+    # 2. statistics, O(n + m) per tensor: R and C lerped toward the means, R / max(mean R, ε₁).
+    row_factors = {}
+    for i in factored:
+        state, (n, m) = states[i], params[i].shape[-2:]
+        weight = steps[i] ** group["beta2_decay"]
+        state["row_var"].lerp_(row_sums[i].view_as(state["row_var"]).div_(m), weight)
+        state["col_var"].lerp_(column_sums[i].div_(n), weight)
+        row_factors[i] = (state["row_var"] / state["row_var"].mean(dim=-2, keepdim=True).clamp(min=eps1)).reshape(-1)
+
+    # 3. second reduce: Σu² of the factored tensors, reading R_i/max(mean R, ε₁) and C_j per element.
+    factored_slots = [TensorSlots(param=params[i], grad=params[i].grad, scalars=(update_squares[i],),
+                                  row_length=params[i].shape[-1],
+                                  factors=(row_factors[i], states[i]["col_var"].reshape(-1))) for i in factored]
+    _reduce(kernels.factored_update_squares, 1, hyper, flags, factored_slots)
+
+    # The step sizes −α/denom as torch computes them (Python floats, or fp32 0-d tensors for a tensor
+    # lr): the step's one host sync, reading Σθ² and Σu².
+    step_sizes = []
+    for p, t, theta_square, update_square in zip(params, steps, theta_squares.tolist(), update_squares.tolist()):
+        alpha = max(eps2, math.sqrt(theta_square) / (p.numel() ** 0.5)) * min(lr, 1 / (t ** 0.5))
+        denom = max(1.0, math.sqrt(update_square) / ((p.numel() ** 0.5) * group["d"]))
+        step_sizes.append(float(-alpha / denom))
+    step_sizes = torch.tensor(step_sizes, dtype=torch.float32).to(device)
+
+    # 4. update: θ and the vectors' variance.
+    _update(kernels.factored_update, hyper, flags,
+            [TensorSlots(param=s.param, grad=s.grad, scalars=(step_sizes[i],), row_length=s.row_length,
+                         factors=s.factors) for i, s in zip(factored, factored_slots)])
+    _update(kernels.vector_update, hyper, flags,
+            [TensorSlots(param=params[i], grad=params[i].grad, states=(states[i]["variance"],),
+                         scalars=(weights[i], step_sizes[i])) for i in vectors])
+
+
+def _reduce(function, outputs, hyper, flags, slots) -> None:
+    for _, launch in prepare_launches(slots, "adafactor"):
+        launch.reduce(function, None, outputs, hyper, flags)
+
+
+def _update(function, hyper, flags, slots) -> None:
+    for _, launch in prepare_launches(slots, "adafactor"):
+        launch.update(function, None, hyper, flags)
+
+
+__all__ = ["Adafactor", "fused_adafactor", "fused_problem"]

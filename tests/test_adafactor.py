@@ -1,0 +1,236 @@
+"""fo.Adafactor against torch.optim.Adafactor (its for-loop, foreach=False): params and every state after
+each of several steps, on params of odd sizes (a 17×33 matrix, a 3×7×5 stack, a 33-vector, a
+1-element vector, a 0-d scalar), every option, both impls (triton under the interpreter); torch's
+optim_db inputs and error inputs; state_dicts both ways; bad input refused before any change.
+
+The reference is torch's loop, op for op: it must match bit for bit. The fused impl sums Σθ², Σg² and
+Σu² in another order (per block, then per program) and forms V̂ as (R/mean R)·C: fp32 rounding apart,
+so it compares at torch's default fp32 tolerances. Five steps: the first sets the statistics to G²
+(weight 1), the next ones take both lerp branches (t^-0.8 ≥ 0.5 at t = 2, below from t = 3).
+"""
+import io
+import warnings
+
+import pytest
+import torch
+
+import fusedoptim as fo
+
+pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
+from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
+
+IMPLS = ("reference", "triton")
+STEPS = 5
+SHAPES = [(17, 33), (3, 7, 5), (33,), (1,), ()]
+EXACT = dict(rtol=0, atol=0)
+TOLERANCES = {"reference": EXACT, "triton": {}}  # {}: torch's default fp32 tolerances
+OPTIONS = {
+    "default": {},
+    "weight-decay": dict(weight_decay=0.1, lr=0.02),
+    "maximize": dict(maximize=True, weight_decay=0.05),
+    "clipping-d": dict(d=1.5),
+    # ε₁² = 0.09 floors the variance of the gradients under 0.3 (a quarter of N(0, 1)'s), ε₂ = 1.5 is over RMS(θ)
+    "eps-pair": dict(eps=(0.3, 1.5)),
+    "beta2-decay": dict(beta2_decay=-0.5),
+    "lr-tensor": dict(lr=torch.tensor(0.05)),
+    "clipped": dict(d=1.0, lr=0.3),  # RMS(U) > d: the clipping divides
+}
+
+
+def twins(shapes=SHAPES, seed=0, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    values = [scale * torch.randn(shape, generator=generator) for shape in shapes]
+    return ([torch.nn.Parameter(v.clone()) for v in values], [torch.nn.Parameter(v.clone()) for v in values],
+            generator)
+
+
+def step_both(ours, theirs, ours_params, theirs_params, generator, steps):
+    for step in range(1, steps + 1):
+        for p, q in zip(ours_params, theirs_params):
+            grad = torch.randn(p.shape, generator=generator)
+            p.grad, q.grad = grad.clone(), grad.clone()
+        ours.step()
+        theirs.step()
+        yield step
+
+
+def assert_same(ours, theirs, ours_params, theirs_params, what, tolerance):
+    for i, (p, q) in enumerate(zip(ours_params, theirs_params)):
+        torch.testing.assert_close(p.detach(), q.detach(), **tolerance, msg=lambda m: f"{what}: param {i}: {m}")
+        assert set(ours.state[p]) == set(theirs.state[q]), f"{what}: param {i}: {set(ours.state[p])}"
+        for key, value in theirs.state[q].items():
+            torch.testing.assert_close(ours.state[p][key], value, **tolerance,
+                                       msg=lambda m: f"{what}: param {i} state {key!r}: {m}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("option", OPTIONS)
+def test_steps_like_torch(option, impl):
+    ours_params, theirs_params, generator = twins()
+    ours = fo.Adafactor(ours_params, impl=impl, **OPTIONS[option])
+    theirs = torch.optim.Adafactor(theirs_params, foreach=False, **OPTIONS[option])
+    assert ours.chosen_impl(ours_params) == impl
+    for step in step_both(ours, theirs, ours_params, theirs_params, generator, STEPS):
+        assert_same(ours, theirs, ours_params, theirs_params, f"{option} step {step}", TOLERANCES[impl])
+
+
+def test_state_is_factored_in_o_of_n_plus_m():
+    params, _, generator = twins()
+    optimizer = fo.Adafactor(params, impl="triton")
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+    optimizer.step()
+    shapes = {tuple(p.shape): {k: tuple(v.shape) for k, v in optimizer.state[p].items()} for p in params}
+    assert shapes[(17, 33)] == {"step": (), "row_var": (17, 1), "col_var": (1, 33)}
+    assert shapes[(3, 7, 5)] == {"step": (), "row_var": (3, 7, 1), "col_var": (3, 1, 5)}
+    assert shapes[(33,)] == {"step": (), "variance": (33,)}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_param_groups_and_params_without_gradients(impl):
+    """Two groups with their own options; a param without a gradient keeps no state and does not move."""
+    ours_params, theirs_params, generator = twins()
+    groups = lambda ps: [dict(params=ps[:2], weight_decay=0.1), dict(params=ps[2:], d=2.0, maximize=True)]
+    ours, theirs = fo.Adafactor(groups(ours_params), impl=impl), torch.optim.Adafactor(groups(theirs_params))
+    for _ in step_both(ours, theirs, ours_params, theirs_params, generator, 2):
+        pass
+    ours_params[3].grad = theirs_params[3].grad = None
+    ours.step()
+    theirs.step()
+    assert_same(ours, theirs, ours_params, theirs_params, "after a step without param 3's gradient",
+                TOLERANCES[impl])
+
+
+def optim_inputs():
+    info = next(info for info in optim_db if info.optim_cls is torch.optim.Adafactor)
+    inputs = {}
+    for device in ("cpu", "cuda"):
+        for optim_input in info.optim_inputs_func(device=device, dtype=torch.float32):
+            inputs.setdefault(optim_input.desc, optim_input)
+    return info, list(inputs.values())
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("optim_input", optim_inputs()[1], ids=lambda o: o.desc)
+def test_optim_db_inputs_step_like_torch(optim_input, impl):
+    kwargs = {k: v for k, v in optim_input.kwargs.items() if k != "foreach"}
+    ours_params, theirs_params, generator = twins([(7,), (3, 5), (1,)])  # tests/test_torch_optim_db.py's shapes
+    ours = fo.Adafactor(ours_params, impl=impl, **kwargs)
+    theirs = torch.optim.Adafactor(theirs_params, foreach=False, **kwargs)
+    for step in step_both(ours, theirs, ours_params, theirs_params, generator, 7):  # torch's own step count
+        assert_same(ours, theirs, ours_params, theirs_params, f"{optim_input.desc} step {step}", TOLERANCES[impl])
+
+
+@pytest.mark.parametrize("error_input", optim_db[[info.optim_cls for info in optim_db].index(torch.optim.Adafactor)]
+                         .optim_error_inputs_func(device="cpu", dtype=torch.float32),
+                         ids=lambda e: e.optimizer_error_input.desc)
+def test_optim_db_error_inputs_raise_torchs_error(error_input):
+    optimizer_input = error_input.optimizer_error_input
+    params = optimizer_input.params
+    if error_input.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
+        def act():
+            fo.Adafactor(params, **optimizer_input.kwargs)
+    else:
+        optimizer = fo.Adafactor(params, **optimizer_input.kwargs)
+
+        def act():
+            optimizer.step()
+    if issubclass(error_input.error_type, Warning):
+        with pytest.warns(error_input.error_type):
+            act()
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with pytest.raises(error_input.error_type, match=error_input.error_regex):
+                act()
+
+
+def reloaded(state_dict):
+    buffer = io.BytesIO()
+    torch.save(state_dict, buffer)
+    buffer.seek(0)
+    return torch.load(buffer)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])
+def test_state_dict_loads_both_ways(direction, impl):
+    """Three steps, a state_dict handed across, three more: the receiver steps as the sender would have."""
+    ours_params, theirs_params, generator = twins()
+    options = dict(weight_decay=0.1, d=1.5)
+    ours, theirs = fo.Adafactor(ours_params, impl=impl, **options), torch.optim.Adafactor(theirs_params, **options)
+    for _ in step_both(ours, theirs, ours_params, theirs_params, generator, 3):
+        pass
+    if direction == "torch-to-ours":
+        ours.load_state_dict(reloaded(theirs.state_dict()))
+        assert "foreach" not in ours.param_groups[0]
+    else:
+        theirs.load_state_dict(reloaded(ours.state_dict()))
+    for step in step_both(ours, theirs, ours_params, theirs_params, generator, 3):
+        assert_same(ours, theirs, ours_params, theirs_params, f"{direction} step {step + 3}", TOLERANCES[impl])
+
+
+def snapshot(params, optimizer):
+    return [p.detach().clone() for p in params], {id(p): {k: v.clone() for k, v in s.items()}
+                                                  for p, s in optimizer.state.items()}
+
+
+def float64_param(optimizer, params):
+    optimizer.impl = "triton"
+    params[0].data, params[0].grad = params[0].data.double(), params[0].grad.double()
+
+
+def transposed_gradient(optimizer, params):
+    optimizer.impl = "triton"
+    params[1].grad = params[1].grad.mT.contiguous().mT
+
+
+def complex_param(optimizer, params):
+    extra = torch.nn.Parameter(torch.randn(2, 3, dtype=torch.complex64))
+    extra.grad = torch.randn_like(extra)
+    optimizer.add_param_group(dict(params=[extra]))  # a second group: the first must not move either
+
+
+@pytest.mark.parametrize("spoil, error, text", [
+    (float64_param, ValueError, "param 0 has dtype torch.float64"),
+    (transposed_gradient, ValueError, "the gradient of param 1 is not contiguous"),
+    (complex_param, RuntimeError, "does not support complex parameters"),
+])
+def test_bad_input_refused_before_any_change(spoil, error, text):
+    """A step that cannot run, after one that did, leaves every param and state as they were."""
+    params, _, generator = twins([(3,), (4, 6)])
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=generator)
+    optimizer = fo.Adafactor(params, impl="reference")
+    optimizer.step()
+    spoil(optimizer, params)
+    before = snapshot(params, optimizer)
+    with pytest.raises(error, match=text):
+        optimizer.step()
+    after = snapshot(params, optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0]))
+    assert before[1].keys() == after[1].keys() and all(
+        torch.equal(before[1][k][name], after[1][k][name]) for k in before[1] for name in before[1][k])
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    (dict(lr=-1.0), "Learning rate should be >= 0"),
+    (dict(lr=torch.tensor([0.1, 0.2])), "Tensor lr must be 1-element"),
+    (dict(eps=1e-3), "eps=0.001 must be a pair"),
+    (dict(eps=(None, -1.0)), "epsilon2 should be >= 0"),
+    (dict(weight_decay=-0.1), "weight_decay should be >= 0"),
+    (dict(impl="cuda"), "impl='cuda' is not one of"),
+    (dict(foreach="yes"), "foreach='yes' must be None, True or False"),
+])
+def test_bad_arguments_refused_at_construction(kwargs, text):
+    with pytest.raises(ValueError, match=text):
+        fo.Adafactor([torch.nn.Parameter(torch.randn(3))], **kwargs)
+
+
+def test_auto_takes_the_reference_where_the_kernels_cannot_run():
+    params = [torch.nn.Parameter(torch.randn(4, 5, dtype=torch.float64))]
+    params[0].grad = torch.randn(4, 5, dtype=torch.float64)
+    optimizer = fo.Adafactor(params)
+    assert optimizer.chosen_impl(params) == "reference"
+    optimizer.step()
+    assert optimizer.state[params[0]]["row_var"].dtype == torch.float64  # torch's state, in the param's dtype
