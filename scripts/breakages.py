@@ -195,6 +195,19 @@ BREAKAGES = (
              'CUDA_SIGN_OF_NAN = {"Rprop"}', "CUDA_SIGN_OF_NAN = set()",
              ("tests/test_nonfinite.py::-k Rprop",),
              "(a test's own premise) torch's CPU Rprop leaves θ where a gradient is NaN; ours makes it NaN"),
+    Breakage("sparse-adam-decays-absent-rows", "fusedoptim/optim/reference/sparse_adam.py",
+             'state["exp_avg"][held] = exp_avg.to(state["exp_avg"].dtype)',
+             'state["exp_avg"].mul_(beta1)[held] = exp_avg.to(state["exp_avg"].dtype)',
+             ("tests/test_torch_optim_db.py::-k sparse_gradients_step_like_torch and SparseAdam",),
+             "SparseAdam as dense Adam would do it: the momentum of embedding rows no batch named fades"),
+    Breakage("sparse-adam-takes-impl-triton", "fusedoptim/optim/validation.py",
+             'if impl not in ("auto", *rule.impls):', "if False:",
+             ("tests/test_torch_optim_db.py::-k dense_gradient_is_refused",),
+             "SparseAdam(impl='triton') silently runs the reference: a user measuring the kernel times the oracle"),
+    Breakage("sparse-adam-takes-a-dense-gradient", "fusedoptim/optim/validation.py",
+             "if rule.only_sparse_gradients and not grad.is_sparse:", "if False:",
+             ("tests/test_torch_optim_db.py::-k dense_gradient_is_refused",),
+             "SparseAdam given nn.Embedding(sparse=False)'s gradient: an obscure error from inside the oracle"),
 )
 
 
