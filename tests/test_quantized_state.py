@@ -19,7 +19,8 @@ from tests.conftest import DEVICE, assert_close, make_params
 from tests.test_amp import assert_identical, hyper, snapshot
 from tests.test_step_plan import layout_grads, layout_params, set_grads
 
-STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule))]
+# SparseAdam (sparse gradients only) refuses quantized states: requantizing would move the rows it leaves
+STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule)) and not rule.only_sparse_gradients]
 QUANT_BLOCK = FORMATS["int8"].block
 SHAPES = [(300,), (5, 13)]  # 300: a full quantization block and a partial one
 ULP = Tolerance(atol=0.0, rtol=2.0**-23)
