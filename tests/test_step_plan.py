@@ -16,7 +16,7 @@ from triton.runtime import interpreter
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES, Tolerance
-from tests.conftest import DEVICE, assert_close, make_params, random_grads
+from tests.conftest import DEVICE, assert_close, impls_of, make_params, random_grads
 from tests.test_amp import assert_identical, hyper, snapshot
 
 IMPLS = ("triton", "reference", "auto")
@@ -25,8 +25,8 @@ EXACT = Tolerance(atol=0.0, rtol=0.0)
 SHAPES = [(33,), (5, 13)]
 
 
-def set_grads(params, seed):
-    for p, g in zip(params, random_grads(params, seed)):
+def set_grads(params, seed, rule=None):
+    for p, g in zip(params, random_grads(params, seed, rule)):
         p.grad = g
 
 
@@ -34,7 +34,7 @@ def stepped(rule, impl, shapes=SHAPES, steps=1, **options):
     params = make_params(shapes, torch.float32, rule=rule)
     optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl, **options)
     for index in range(steps):
-        set_grads(params, index)
+        set_grads(params, index, rule)
         optimizer.step()
     return optimizer, params
 
@@ -78,9 +78,9 @@ def _sentinel_view(like, size, value=123.0):
     return buffer[:size], buffer
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", ["smaller", "larger"])
-@pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in STATEFUL
+                                        for impl in impls_of(rule, IMPLS)])
 def test_a_state_of_another_size_is_refused_before_any_change(rule, size, impl):
     """A 33-element param whose first state is a view of 5 (or 40) elements: the fused step would write
     past its end (memory after it holds a sentinel). Refused, naming the param and the state, and
@@ -89,7 +89,7 @@ def test_a_state_of_another_size_is_refused_before_any_change(rule, size, impl):
     name = rule.state_names(optimizer.param_groups[0])[0]
     view, buffer = _sentinel_view(params[0], 5 if size == "smaller" else 40)
     optimizer.state[params[0]][name] = view
-    set_grads(params, 1)
+    set_grads(params, 1, rule)
     before, buffer_before = snapshot(optimizer, params), buffer.clone()
     with pytest.raises(ValueError, match=f"state '{name}' of param 0 of param group 0 .*needs"):
         optimizer.step()
@@ -97,14 +97,14 @@ def test_a_state_of_another_size_is_refused_before_any_change(rule, size, impl):
     assert torch.equal(buffer, buffer_before), "memory past the state's end was written"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in STATEFUL
+                                        for impl in impls_of(rule, IMPLS)])
 def test_a_param_replaced_by_a_larger_one_is_refused_before_any_change(rule, impl):
     """p.data = a larger tensor (and its gradient): its states are now too small. The plan reused from
     the last step must see that the param moved, and refuse before any change."""
     optimizer, params = stepped(rule, impl, steps=2)
     params[0].data = make_params([(50,)], torch.float32, seed=7, rule=rule)[0]
-    set_grads(params, 2)
+    set_grads(params, 2, rule)
     before = snapshot(optimizer, params)
     with pytest.raises(ValueError, match="param 0 of param group 0 .*needs torch.float32 \\(50,\\)"):
         optimizer.step()
@@ -222,7 +222,7 @@ def test_a_copy_keeps_every_option_and_steps_like_the_original(rule, kind):
     optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl="triton", state_dtype=torch.float32,
                                           stochastic_rounding=True, seed=3)
     for step in range(2):
-        set_grads(params, step)
+        set_grads(params, step, rule)
         optimizer.step()
     copy_params, copied = _round_trip(kind, (params, optimizer))
     for name in ("impl", "state_dtype", "stochastic_rounding", "seed", "gradient_release"):
@@ -230,7 +230,7 @@ def test_a_copy_keeps_every_option_and_steps_like_the_original(rule, kind):
     assert copied.param_groups[0]["params"][0] is copy_params[0]
     for step in range(2, 5):
         for ps in (params, copy_params):
-            set_grads(ps, step)
+            set_grads(ps, step, rule)
         optimizer.step()
         copied.step()
     assert_identical(snapshot(copied, copy_params), snapshot(optimizer, params), f"{rule.name} {kind}")
@@ -258,7 +258,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
     theirs = make_params(SHAPES, torch.float32)
     torch_optimizer = rule.torch_twin(theirs, **options)
     for step in range(3):
-        set_grads(theirs, step)
+        set_grads(theirs, step, rule)
         torch_optimizer.step()
     checkpoint = copy.deepcopy(torch_optimizer.state_dict())
     for state in checkpoint["state"].values():
@@ -269,7 +269,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
     torch_optimizer.load_state_dict(checkpoint)
     for step in range(3, 6):
         for ps in (ours, theirs):
-            set_grads(ps, step)
+            set_grads(ps, step, rule)
         optimizer.step()
         torch_optimizer.step()
     for a, b in zip(ours, theirs):
@@ -306,7 +306,7 @@ def test_the_plan_is_reused_until_something_changes_and_the_steps_equal_the_refe
         plans = []
         for step in range(6):
             optimizer.zero_grad(set_to_none=True)
-            set_grads(params, step)
+            set_grads(params, step, rule)
             if step == 3:
                 if event == "add_param_group":
                     optimizer.add_param_group({"params": [params[2]]})
@@ -344,7 +344,7 @@ def test_a_group_of_two_launches_reads_each_steps_fresh_gradients(rule):
         kept, plans = [], []
         for step in range(4):
             optimizer.zero_grad(set_to_none=True)
-            set_grads(params, step)
+            set_grads(params, step, rule)
             kept.append([p.grad for p in params])
             optimizer.step()
             plans.append(optimizer.runtime.plan)
@@ -375,21 +375,21 @@ def test_tiger_leaves_theta_alone_on_micro_steps_that_do_not_move_it(monkeypatch
     gradient on a quiet micro-step makes the guard read and shrink that tensor's θ, and only that one."""
     params = make_params([(40, 7), (300,)], torch.float32)
     tiger = optim.Tiger(params, grad_accum_steps=3, impl="triton")
-    set_grads(params, 0)
+    set_grads(params, 0, rule)
     tiger.step()  # the plan is built; micro-step 0 done
-    set_grads(params, 1)
+    set_grads(params, 1, rule)
     trace = MemoryTrace(monkeypatch)
     tiger.step()  # micro-step 1: quiet
     assert not any(trace.reads(p) or trace.writes(p) for p in params), "θ touched on a micro-step that does not move it"
     assert all(trace.reads(p.grad) and trace.writes(tiger.state[p]["m"]) for p in params)
     trace.loads.clear()
     trace.stores.clear()
-    set_grads(params, 2)
+    set_grads(params, 2, rule)
     tiger.step()  # micro-step 2: moves θ
     assert all(trace.reads(p) and trace.writes(p) for p in params)
     trace.loads.clear()
     trace.stores.clear()
-    set_grads(params, 3)
+    set_grads(params, 3, rule)
     params[1].grad[5] = float("nan")
     tiger.step()  # micro-step 3 (quiet) with a NaN in the bias' gradient
     assert trace.writes(params[1]) and not trace.writes(params[0])
@@ -415,9 +415,9 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
 
     params = make_params([(4, 4)] * 64, torch.float32)
     optimizer = getattr(optim, name)(params, impl="triton")
-    set_grads(params, 0)
+    set_grads(params, 0, rule)
     optimizer.step()
-    set_grads(params, 1)
+    set_grads(params, 1, rule)
     launches = []
     monkeypatch.setattr(interpreter.InterpretedFunction, "run",
                         lambda self, *args, **kwargs: launches.append(self.fn.__name__))
