@@ -34,7 +34,7 @@ def stepped_optimizer(rule, impl="triton", state_dtype=None):
     params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
     optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]]}], impl=impl,
                                      state_dtype=state_dtype)
-    for param, grad in zip(params, random_grads(params, seed=0)):
+    for param, grad in zip(params, random_grads(params, seed=0, rule=RULES[rule])):
         param.grad = grad
     optimizer.step()
     return optimizer, params
@@ -177,7 +177,7 @@ def test_bad_quantized_states_fail_the_step_before_any_update(rule, state, entry
     params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
     optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]], **hyper}], impl=impl,
                                      state_dtype=state_dtype)
-    for param, grad in zip(params, random_grads(params, seed=0)):
+    for param, grad in zip(params, random_grads(params, seed=0, rule=RULES[rule])):
         param.grad = grad
     optimizer.step()
     name = entry(state)
