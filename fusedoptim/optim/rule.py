@@ -148,6 +148,12 @@ class Rule:
         """Whether the fused kernel can run the rule (impl="triton")."""
         return "triton" in self.impls
 
+    @property
+    def quantized_states(self) -> bool:
+        """Whether state_dtype="int8" or "int4" can hold its states: not for a rule of sparse gradients
+        only, as requantizing a whole block would move the entries of rows it must leave exactly alone."""
+        return not self.only_sparse_gradients
+
     def kernel_arguments(self, group) -> tuple:
         """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:
         ``hyper.lr``, ``FLAGS.AMSGRAD``. FLAGS.FIRST_STEP (rules with a state made by the first step) is

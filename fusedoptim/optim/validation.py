@@ -155,7 +155,7 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
     if impl not in ("auto", *rule.impls):
         raise ValueError(f"{rule.name}: impl={impl!r} cannot run it: {rule.name} has no fused kernel (its impls are "
                          f"{rule.impls}); use impl='reference' or impl='auto', which takes the reference")
-    if rule.only_sparse_gradients and is_quantized(state_dtype):
+    if is_quantized(state_dtype) and not rule.quantized_states:
         raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} would requantize whole blocks of every state at "
                          f"each step, moving the entries of rows a sparse gradient does not hold, which {rule.name} "
                          "leaves exactly as they are; use state_dtype=None or a float dtype")
