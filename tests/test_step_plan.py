@@ -21,6 +21,7 @@ from tests.test_amp import assert_identical, hyper, snapshot
 
 IMPLS = ("triton", "reference", "auto")
 STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule))]
+KERNEL_RULES = [rule for rule in RULES.values() if rule.has_kernel]  # for what the fused step's plan does
 EXACT = Tolerance(atol=0.0, rtol=0.0)
 SHAPES = [(33,), (5, 13)]
 
@@ -114,8 +115,9 @@ def test_a_param_replaced_by_a_larger_one_is_refused_before_any_change(rule, imp
 @pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
 def test_a_checkpoint_of_another_model_is_refused_at_load(rule):
     """States shaped for other params: load_state_dict raises, naming the param, and changes nothing."""
-    optimizer, params = stepped(rule, "triton")
-    other, _ = stepped(rule, "triton", shapes=[(33,), (5, 12)])
+    impl = impls_of(rule)[0]  # the load checks the same for every impl: the kernel's, where there is one
+    optimizer, params = stepped(rule, impl)
+    other, _ = stepped(rule, impl, shapes=[(33,), (5, 12)])
     before = snapshot(optimizer, params)
     with pytest.raises(ValueError, match="param 1 .*shape \\(5, 12\\).* param has shape \\(5, 13\\)"):
         optimizer.load_state_dict(other.state_dict())
@@ -125,6 +127,9 @@ def test_a_checkpoint_of_another_model_is_refused_at_load(rule):
 # --- layouts ------------------------------------------------------------------------------------
 
 TWINS = [rule for rule in RULES.values() if rule.torch_twin is not None]
+# Dense params of any stride order walked by the kernel: the rules with one (SparseAdam's reference
+# indexes the held entries, whatever the strides).
+KERNEL_TWINS = [rule for rule in TWINS if rule.has_kernel]
 
 
 def layout_params(seed=0):
@@ -143,7 +148,7 @@ def layout_grads(params, seed):
 
 
 @pytest.mark.parametrize("impl", ["triton", "auto"])
-@pytest.mark.parametrize("rule", TWINS, ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule", KERNEL_TWINS, ids=lambda rule: rule.name)
 def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeypatch):
     """Dense params of any stride order are walked linearly by the kernel (no fallback: every launch
     is counted), their states are laid out like them, and 5 steps equal torch's."""
@@ -172,7 +177,7 @@ def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeyp
                 assert_close(optimizer.state[a][name], value, tolerance, f"{rule.name} ({impl}) state {name} of {i}")
 
 
-@pytest.mark.parametrize("rule", RULES.values(), ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule", KERNEL_RULES, ids=lambda rule: rule.name)
 def test_channels_last_states_from_a_checkpoint_take_the_params_layout(rule):
     """A checkpoint whose states are contiguous for a channels_last param is loaded in the param's
     layout, so that the fused step can still walk them, and resumes as the reference does."""
@@ -216,10 +221,12 @@ def _round_trip(kind, objects):
 @pytest.mark.parametrize("kind", ["deepcopy", "pickle", "torch.save"])
 @pytest.mark.parametrize("rule", RULES.values(), ids=lambda rule: rule.name)
 def test_a_copy_keeps_every_option_and_steps_like_the_original(rule, kind):
-    """bf16 params with fp32 state, stochastic rounding from seed 3, impl="triton": a copy of the
-    optimizer (with its params) after two steps takes three more steps bit for bit as the original."""
+    """bf16 params with fp32 state, stochastic rounding from seed 3, impl="triton" (the reference for a
+    rule without a kernel): a copy of the optimizer (with its params) after two steps takes three more
+    steps bit for bit as the original."""
+    impl = impls_of(rule)[0]
     params = make_params(SHAPES, torch.bfloat16, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl="triton", state_dtype=torch.float32,
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl, state_dtype=torch.float32,
                                           stochastic_rounding=True, seed=3)
     for step in range(2):
         set_grads(params, step, rule)
@@ -234,7 +241,7 @@ def test_a_copy_keeps_every_option_and_steps_like_the_original(rule, kind):
         optimizer.step()
         copied.step()
     assert_identical(snapshot(copied, copy_params), snapshot(optimizer, params), f"{rule.name} {kind}")
-    assert "impl='triton'" in repr(copied) and "stochastic_rounding=True" in repr(copied)
+    assert f"impl={impl!r}" in repr(copied) and "stochastic_rounding=True" in repr(copied)
 
 
 def test_a_copy_of_a_gradient_release_optimizer_releases_its_own_params():
@@ -249,11 +256,12 @@ def test_a_copy_of_a_gradient_release_optimizer_releases_its_own_params():
 
 
 @pytest.mark.parametrize("number", [int, float], ids=["int", "float"])
-@pytest.mark.parametrize("impl", ["triton", "reference"])
-@pytest.mark.parametrize("rule", [r for r in TWINS if "step" in r.scalar_states], ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in TWINS
+                                        if "step" in rule.scalar_states for impl in impls_of(rule)])
 def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl, number):
-    """Older torch checkpoints store `step` as a Python int or float: loaded, converted to the tensor
-    the kernel reads, and the resumed run equals torch's resumed from the same checkpoint."""
+    """Older torch checkpoints store `step` as a Python int or float (torch's SparseAdam still does):
+    loaded, converted to the tensor the kernel reads, and the resumed run equals torch's resumed from
+    the same checkpoint."""
     options = {name: value for name, value in hyper(rule).items()}
     theirs = make_params(SHAPES, torch.float32)
     torch_optimizer = rule.torch_twin(theirs, **options)
@@ -262,7 +270,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
         torch_optimizer.step()
     checkpoint = copy.deepcopy(torch_optimizer.state_dict())
     for state in checkpoint["state"].values():
-        state["step"] = number(state["step"].item())
+        state["step"] = number(float(state["step"]))  # a tensor, or SparseAdam's int
     ours = [p.detach().clone() for p in theirs]
     optimizer = getattr(optim, rule.name)(ours, **options, impl=impl)
     optimizer.load_state_dict(checkpoint)
@@ -279,7 +287,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
 
 @pytest.mark.parametrize("rule", [r for r in RULES.values() if "step" in r.scalar_states], ids=lambda rule: rule.name)
 def test_a_checkpoint_without_step_is_refused_at_load(rule):
-    optimizer, params = stepped(rule, "triton")
+    optimizer, params = stepped(rule, impls_of(rule)[0])
     state_dict = copy.deepcopy(optimizer.state_dict())
     del state_dict["state"][1]["step"]
     before = snapshot(optimizer, params)
@@ -294,7 +302,7 @@ EVENTS = ["fresh gradients", "add_param_group", "load_state_dict", "p.data repla
 
 
 @pytest.mark.parametrize("event", EVENTS)
-@pytest.mark.parametrize("rule", RULES.values(), ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule", KERNEL_RULES, ids=lambda rule: rule.name)
 def test_the_plan_is_reused_until_something_changes_and_the_steps_equal_the_reference(rule, event):
     """Two optimizers, fused and reference, see the same event between steps: the fused one reuses its
     plan across plain steps (after zero_grad(set_to_none=True) too), rebuilds it after the event, and
@@ -375,21 +383,21 @@ def test_tiger_leaves_theta_alone_on_micro_steps_that_do_not_move_it(monkeypatch
     gradient on a quiet micro-step makes the guard read and shrink that tensor's θ, and only that one."""
     params = make_params([(40, 7), (300,)], torch.float32)
     tiger = optim.Tiger(params, grad_accum_steps=3, impl="triton")
-    set_grads(params, 0, rule)
+    set_grads(params, 0)
     tiger.step()  # the plan is built; micro-step 0 done
-    set_grads(params, 1, rule)
+    set_grads(params, 1)
     trace = MemoryTrace(monkeypatch)
     tiger.step()  # micro-step 1: quiet
     assert not any(trace.reads(p) or trace.writes(p) for p in params), "θ touched on a micro-step that does not move it"
     assert all(trace.reads(p.grad) and trace.writes(tiger.state[p]["m"]) for p in params)
     trace.loads.clear()
     trace.stores.clear()
-    set_grads(params, 2, rule)
+    set_grads(params, 2)
     tiger.step()  # micro-step 2: moves θ
     assert all(trace.reads(p) and trace.writes(p) for p in params)
     trace.loads.clear()
     trace.stores.clear()
-    set_grads(params, 3, rule)
+    set_grads(params, 3)
     params[1].grad[5] = float("nan")
     tiger.step()  # micro-step 3 (quiet) with a NaN in the bias' gradient
     assert trace.writes(params[1]) and not trace.writes(params[0])
@@ -415,9 +423,9 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
 
     params = make_params([(4, 4)] * 64, torch.float32)
     optimizer = getattr(optim, name)(params, impl="triton")
-    set_grads(params, 0, rule)
+    set_grads(params, 0)
     optimizer.step()
-    set_grads(params, 1, rule)
+    set_grads(params, 1)
     launches = []
     monkeypatch.setattr(interpreter.InterpretedFunction, "run",
                         lambda self, *args, **kwargs: launches.append(self.fn.__name__))
