@@ -213,6 +213,12 @@ BREAKAGES = (
              "if is_quantized(state_dtype) and not rule.quantized_states:", "if False:",
              ("tests/test_quantized_state.py::-k cannot_be_quantized",),
              "SparseAdam(state_dtype='int8'): the rows no batch names drift as their blocks are requantized"),
+    Breakage("sparse-adam-takes-lr-zero", "fusedoptim/optim/registry.py", "lr(1e-3, zero=False)", "lr(1e-3)",
+             ("tests/test_torch_twins.py::-k refuse and SparseAdam",),
+             "SparseAdam(lr=0), which torch refuses: code that relied on that check silently trains nothing"),
+    Breakage("sparse-adam-takes-eps-zero", "fusedoptim/optim/registry.py", '√v + eps", zero=False)', '√v + eps")',
+             ("tests/test_torch_twins.py::-k refuse and SparseAdam",),
+             "SparseAdam(eps=0), which torch refuses: a held zero gradient on a fresh row divides 0 by 0"),
 )
 
 

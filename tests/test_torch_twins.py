@@ -57,8 +57,14 @@ CASES = [pytest.param(rule, impl, options, id=case_id(rule, impl, options))
          for rule in TWINS for impl in impls_of(rule)
          for options in option_grid(rule) + [{**richest(rule), "lr": torch.tensor(3e-3)}]
          if torch_accepts(rule, options)]
+# Each number at the edges of its range, one at a time: torch refuses lr=0 and eps=0 in some twins
+# (SparseAdam) and accepts them in others, and each of ours must refuse exactly what its twin refuses.
+EDGE_VALUES = (0.0, -1.0)
 REFUSED = [pytest.param(rule, options, id=case_id(rule, "both", options))
-           for rule in TWINS for options in option_grid(rule) if not torch_accepts(rule, options)]
+           for rule in TWINS for options in option_grid(rule) if not torch_accepts(rule, options)] + [
+    pytest.param(rule, {name: value}, id=f"{rule.name}-both-{name}={value}") for rule in TWINS
+    for name, default in rule.defaults.items() if isinstance(default, (int, float)) and not isinstance(default, bool)
+    for value in EDGE_VALUES if not torch_accepts(rule, {name: value})]
 
 
 def train(optimizer, params, steps, rule, first_step=0):

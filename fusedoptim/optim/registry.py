@@ -226,8 +226,9 @@ RULES = {
             summary="Adam masked to the entries a sparse gradient holds: the others keep θ, m and v (Kingma & Ba "
                     "2015; torch's SparseAdam)",
             reference=sparse_adam,
-            hyperparameters=(lr(1e-3), betas((0.9, 0.999)),
-                             eps(1e-8, "added after the square root, before the bias correction: √v + eps"),
+            # lr > 0 and eps > 0, as torch.optim.SparseAdam checks them (the others accept 0)
+            hyperparameters=(lr(1e-3, zero=False), betas((0.9, 0.999)),
+                             eps(1e-8, "added after the square root, before the bias correction: √v + eps", zero=False),
                              MAXIMIZE),
             states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")), scalar_states=("step",),
             # Reference only: its work is a gather and a scatter of the held rows, which the dense
