@@ -163,6 +163,18 @@ def test_switches_mean_what_the_docs_say():
         optim.AdamW(params, fused=True, impl="reference")
 
 
+@pytest.mark.parametrize("rule, switch", [(rule.name, switch) for rule in RULES.values() if rule.torch_twin
+                                          for switch in SWITCHES
+                                          if switch not in inspect.signature(rule.torch_twin).parameters])
+@pytest.mark.parametrize("value", [True, False])
+def test_a_switch_the_twin_does_not_take_is_refused_as_torch_refuses_it(rule, switch, value):
+    """Code that passes SparseAdam(fused=True) fails on torch's class: it fails here alike (a TypeError),
+    rather than with another error or none."""
+    for cls in (getattr(torch.optim, rule), getattr(optim, rule)):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{switch}'"):
+            cls([torch.nn.Parameter(torch.randn(3))], **{switch: value})
+
+
 SPARSE_OPTIONS = {"SGD": [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "maximize": True}],
                   "Adagrad": [{}, {"lr_decay": 0.1, "initial_accumulator_value": 0.1, "maximize": True}],
                   "SparseAdam": [{}, {"betas": (0.8, 0.9), "eps": 1e-3, "maximize": True}]}
