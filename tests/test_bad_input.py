@@ -18,8 +18,9 @@ IMPLS = ("triton", "reference", "auto")
 
 
 def runs(rule: str, impl: str, state_dtype=None) -> bool:
-    """Whether the rule can be built with impl and state_dtype: not impl="triton" without a kernel, nor
-    quantized states where it refuses them (those refusals: tests/test_torch_optim_db.py)."""
+    """Whether the rule can be built with impl and state_dtype (None, "int8" or "int4"): not impl="triton"
+    without a kernel, nor quantized states where it refuses them (those refusals are tested in
+    tests/test_torch_optim_db.py and tests/test_quantized_state.py)."""
     return impl in impls_of(RULES[rule], IMPLS) and (state_dtype is None or RULES[rule].quantized_states)
 
 
