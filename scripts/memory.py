@@ -38,6 +38,7 @@ from torch.profiler import ProfilerActivity, profile
 from tqdm import tqdm
 
 from fusedoptim import optim
+from fusedoptim.optim.quantization import is_quantized
 from fusedoptim.optim.registry import RULES
 from scripts.gpt import GPT, GPT2_SMALL, GPTConfig
 from scripts.plots import MiB, label, memory_bars
@@ -197,6 +198,8 @@ def state_row(rule, policy_name, params, impl):
     optimizer = getattr(optim, rule.name)(params, impl=impl, **policy.options())
     for param in params:
         param.grad = torch.randn_like(param) * 1e-3
+        if rule.only_sparse_gradients:  # every row held, as an embedding's gradient (its states are whole anyway)
+            param.grad = param.grad.to_sparse(1)
     optimizer.step()
     numel = sum(p.numel() for p in params)
     group = optimizer.param_groups[0]
@@ -219,9 +222,9 @@ def state_rows(policies, device, config):
     rows = []
     for rule in tqdm(RULES.values(), desc="state of every rule"):
         for policy_name in policies:
-            dtype = POLICIES[policy_name].param_dtype
-            if dtype not in rule.dtypes:
-                continue
+            dtype, state_dtype = POLICIES[policy_name].param_dtype, POLICIES[policy_name].state_dtype
+            if dtype not in rule.dtypes or (is_quantized(state_dtype) and not rule.quantized_states):
+                continue  # a policy the rule refuses
             torch.manual_seed(0)
             params = [torch.randn(shape, dtype=dtype, device=device) for shape in shapes]
             if rule.nonnegative_params:
@@ -343,7 +346,8 @@ def markdown(facts, state, peaks) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rules", nargs="+", default=list(HEADLINE_RULES), choices=list(RULES),
+    dense_rules = [name for name, rule in RULES.items() if not rule.only_sparse_gradients]  # the model's gradients
+    parser.add_argument("--rules", nargs="+", default=list(HEADLINE_RULES), choices=dense_rules,
                         help="rules whose training peaks are measured (default: %(default)s); every rule's state is")
     parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES), metavar="POLICY",
                         help=f"precision policies (default: all {len(POLICIES)}): " + ", ".join(f'"{name}"' for name in POLICIES))

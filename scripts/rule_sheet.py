@@ -37,7 +37,9 @@ def class_cell(rule) -> str:
 
 def summary_cell(rule) -> str:
     twin = f"; twin of `torch.optim.{rule.torch_twin.__name__}`" if rule.torch_twin else ""
-    return rule.summary + twin
+    sparse = "; sparse gradients only" if rule.only_sparse_gradients else ""
+    oracle = "; its oracle alone serves it (`impl=\"triton\"` refused)" if not rule.has_kernel else ""
+    return rule.summary + twin + sparse + oracle
 
 
 def arguments_cell(rule) -> str:
@@ -137,8 +139,11 @@ def table(rules: dict) -> str:
 
 def rule_list(rules: dict) -> str:
     """The README's list of the classes: torch's twins, then the others, in the registry's order."""
-    twins = [f"`{name}`" for name, rule in rules.items() if rule.torch_twin is not None]
-    others = [f"`{name}`" for name, rule in rules.items() if rule.torch_twin is None]
+    def entry(name, rule):
+        return f"`{name}`" if rule.has_kernel else f"`{name}` (its oracle alone)"
+
+    twins = [entry(name, rule) for name, rule in rules.items() if rule.torch_twin is not None]
+    others = [entry(name, rule) for name, rule in rules.items() if rule.torch_twin is None]
     return (f"{len(rules)} classes in the registry (`fo.<class>`). torch.optim's twins, to fp32 rounding in all "
             f"their options: {', '.join(twins)}. From the literature: {', '.join(others)}.")
 

@@ -47,9 +47,26 @@ def make_params(shapes, dtype, seed=0, rule=None):
     return params
 
 
-def random_grads(params, seed):
+def random_grads(params, seed, rule=None):
+    """Random gradients; sparse for a rule that takes sparse gradients only (SparseAdam): see as_gradient."""
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(p.shape, generator=generator).to(device=p.device, dtype=p.dtype) for p in params]
+    return [as_gradient(rule, torch.randn(p.shape, generator=generator).to(device=p.device, dtype=p.dtype))
+            for p in params]
+
+
+def as_gradient(rule, grad):
+    """``grad`` as ``rule`` takes it: unchanged, or for a rule of sparse gradients only a sparse COO
+    tensor holding two entries of every three, so that every test also sees entries it must leave alone."""
+    if rule is None or not rule.only_sparse_gradients:
+        return grad
+    absent = torch.arange(grad.numel(), device=grad.device).reshape(grad.shape) % 3 == 1
+    held = ~absent
+    return torch.sparse_coo_tensor(held.nonzero().t(), grad[held], grad.shape, check_invariants=True).coalesce()
+
+
+def impls_of(rule, impls=("triton", "reference")) -> list:
+    """Those of ``impls`` the rule has ("auto" always: it takes the reference where there is no kernel)."""
+    return [impl for impl in impls if impl == "auto" or impl in rule.impls]
 
 
 @pytest.fixture

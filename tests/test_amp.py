@@ -50,7 +50,9 @@ PRECISIONS = {"fp32": (torch.float32, {}), "bf16-master-32": (torch.bfloat16, {"
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("impl", ["triton", "reference"])
-@pytest.mark.parametrize("rule", list(RULES.values()), ids=lambda rule: rule.name)
+# It writes an inf into a dense gradient: the rules that take dense gradients.
+@pytest.mark.parametrize("rule", [rule for rule in RULES.values() if not rule.only_sparse_gradients],
+                         ids=lambda rule: rule.name)
 def test_grad_scaler_unscales_exactly_and_skips_an_overflow_step_whole(rule, impl, precision):
     dtype, options = PRECISIONS[precision]
     steps = [random_grads(make_params(SHAPES, dtype, rule=rule), seed) for seed in range(3)]

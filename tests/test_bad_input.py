@@ -7,13 +7,27 @@ import torch
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES
-from tests.conftest import make_params, random_grads
+from tests.conftest import as_gradient, impls_of, make_params, random_grads
 
 RULE_NAMES = list(RULES)
 # Every bad value each rule declares for each of its hyperparameters (optim.hyperparameters), with text
 # its error must contain: a rule's new hyperparameter brings its own cases, no table here to extend.
 CASES = [pytest.param(rule, spec.name, value, re.escape(text), id=f"{rule}-{spec.name}={value!r}"[:60])
          for rule in RULE_NAMES for spec in RULES[rule].hyperparameters for value, text in spec.bad]
+IMPLS = ("triton", "reference", "auto")
+
+
+def runs(rule: str, impl: str, state_dtype=None) -> bool:
+    """Whether the rule can be built with impl and state_dtype (None, "int8" or "int4"): not impl="triton"
+    without a kernel, nor quantized states where it refuses them (those refusals are tested in
+    tests/test_torch_optim_db.py and tests/test_quantized_state.py)."""
+    return impl in impls_of(RULES[rule], IMPLS) and (state_dtype is None or RULES[rule].quantized_states)
+
+
+def with_options(cases, options):
+    """Each case (led by its rule's name) with each tuple of ``options`` (impl, then state_dtype) it runs."""
+    return [pytest.param(*case.values, *option, id="-".join(map(str, (case.id, *option))), marks=case.marks)
+            for case in cases for option in options if runs(case.values[0], *option)]
 
 
 def snapshot(optimizer, params):
@@ -34,7 +48,7 @@ def stepped_optimizer(rule, impl="triton", state_dtype=None):
     params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
     optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]]}], impl=impl,
                                      state_dtype=state_dtype)
-    for param, grad in zip(params, random_grads(params, seed=0)):
+    for param, grad in zip(params, random_grads(params, seed=0, rule=RULES[rule])):
         param.grad = grad
     optimizer.step()
     return optimizer, params
@@ -60,8 +74,7 @@ def test_bad_hyperparameter_in_added_group(rule, name, value, text):
     assert len(optimizer.param_groups) == 1, "the bad group was kept"
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
-@pytest.mark.parametrize("rule, name, value, text", CASES)
+@pytest.mark.parametrize("rule, name, value, text, impl", with_options(CASES, [(impl,) for impl in IMPLS]))
 def test_bad_hyperparameter_set_later_fails_the_step_before_any_update(rule, name, value, text, impl):
     """Also a tensor of two elements or on the meta device: its shape, dtype and device are checked at
     every step, its value never (that would be a host sync)."""
@@ -82,24 +95,29 @@ def test_complex_or_integer_params_are_refused(rule, dtype):
         getattr(optim, rule)([torch.zeros(3), torch.zeros(3, dtype=dtype)])
 
 
+# Each a function of the param and its rule: shape and dtype in the layout the rule takes; the layout
+# it does not take (sparse where it takes dense gradients, dense where it takes sparse ones only).
 BAD_GRADIENTS = {
-    "shape": (lambda p: torch.zeros(p.numel() + 1), "gradient of param 0 of param group 1 is torch.float32 \\(66,\\)"),
-    "dtype": (lambda p: torch.zeros(p.shape, dtype=torch.float64), "gradient of param 0 of param group 1 is torch.float64"),
-    "sparse": (lambda p: torch.zeros(p.shape).to_sparse(), "param 0 of param group 1 has a sparse gradient"),
+    "shape": (lambda p, rule: as_gradient(rule, torch.zeros(p.numel() + 1)),
+              "gradient of param 0 of param group 1 is torch.float32 \\(66,\\)"),
+    "dtype": (lambda p, rule: as_gradient(rule, torch.zeros(p.shape, dtype=torch.float64)),
+              "gradient of param 0 of param group 1 is torch.float64"),
+    "layout": (lambda p, rule: torch.zeros(p.shape) if rule.only_sparse_gradients else torch.zeros(p.shape).to_sparse(),
+               "param 0 of param group 1 has a (sparse|dense) gradient"),
 }
 
 
-@pytest.mark.parametrize("impl, state_dtype", [("triton", None), ("reference", None), ("auto", None),
-                                               ("triton", "int8"), ("reference", "int8"), ("triton", "int4")])
-@pytest.mark.parametrize("rule, bad_grad, text", [
+@pytest.mark.parametrize("rule, bad_grad, text, impl, state_dtype", with_options([
     pytest.param(rule, *BAD_GRADIENTS[kind], id=f"{kind}-{rule}") for kind in BAD_GRADIENTS for rule in RULE_NAMES
-    if not (kind == "sparse" and RULES[rule].sparse_gradients)])  # those: tests/test_torch_optim_db.py
+    if not (kind == "layout" and RULES[rule].sparse_gradients)],  # both layouts: tests/test_torch_optim_db.py
+    [("triton", None), ("reference", None), ("auto", None), ("triton", "int8"), ("reference", "int8"),
+     ("triton", "int4")]))
 def test_bad_gradient_fails_the_step_before_any_update(rule, impl, bad_grad, text, state_dtype):
     optimizer, params = stepped_optimizer(rule, impl, state_dtype)
-    for param, grad in zip(params, random_grads(params, seed=1)):
+    for param, grad in zip(params, random_grads(params, seed=1, rule=RULES[rule])):
         param.grad = grad
-    grad = bad_grad(params[1])
-    if grad.is_sparse:
+    grad = bad_grad(params[1], RULES[rule])
+    if grad.layout != params[1].grad.layout:
         params[1].grad = grad
     else:
         params[1].grad.data = grad  # torch checks `p.grad = g`, but not this
@@ -121,15 +139,15 @@ def test_unknown_impl_and_arguments(rule):
 
 
 @pytest.mark.parametrize("master_weight_bits", [32, 24])
-@pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule, impl", with_options([pytest.param(rule, id=rule) for rule in RULE_NAMES],
+                                                    [(impl,) for impl in IMPLS]))
 def test_split_master_weights_refuse_what_they_cannot_complete_before_any_change(rule, impl, master_weight_bits):
     """An fp32 param (its own master), then a residual of the wrong shape or dtype: each named, untouched."""
     params = make_params([(33,), (65,)], torch.bfloat16, rule=RULES[rule])
     full = make_params([(5,)], torch.float32, rule=RULES[rule])
     optimizer = getattr(optim, rule)([{"params": params}, {"params": full}], impl=impl,
                                      master_weight_bits=master_weight_bits)
-    for param, grad in zip([*params, *full], random_grads([*params, *full], seed=0)):
+    for param, grad in zip([*params, *full], random_grads([*params, *full], seed=0, rule=RULES[rule])):
         param.grad = grad
     before = [p.clone() for p in params]
     with pytest.raises(TypeError, match="param 0 of param group 1 is torch.float32, and master_weight_bits="):
@@ -164,11 +182,10 @@ BAD_QUANTIZED = {
 }
 
 
-@pytest.mark.parametrize("impl, state_dtype", [("triton", "int8"), ("reference", "int8"), ("triton", "int4"),
-                                               ("reference", "int4")])
-@pytest.mark.parametrize("rule, state, entry, bad_value, text", [
+@pytest.mark.parametrize("rule, state, entry, bad_value, text, impl, state_dtype", with_options([
     pytest.param(rule.name, spec.name, *BAD_QUANTIZED[kind], id=f"{kind}-{rule.name}-{spec.name}")
-    for rule in RULES.values() for spec in rule.states[:1] for kind in BAD_QUANTIZED])
+    for rule in RULES.values() for spec in rule.states[:1] for kind in BAD_QUANTIZED],
+    [("triton", "int8"), ("reference", "int8"), ("triton", "int4"), ("reference", "int4")]))
 def test_bad_quantized_states_fail_the_step_before_any_update(rule, state, entry, bad_value, text, impl, state_dtype):
     """A quantized state's codes one short, its scales one short, of another dtype, or gone: the step
     would read and write past their end (or dequantize with nothing), so it is refused, naming them,
@@ -177,7 +194,7 @@ def test_bad_quantized_states_fail_the_step_before_any_update(rule, state, entry
     params = make_params([(33,), (65,)], torch.float32, rule=RULES[rule])
     optimizer = getattr(optim, rule)([{"params": [params[0]]}, {"params": [params[1]], **hyper}], impl=impl,
                                      state_dtype=state_dtype)
-    for param, grad in zip(params, random_grads(params, seed=0)):
+    for param, grad in zip(params, random_grads(params, seed=0, rule=RULES[rule])):
         param.grad = grad
     optimizer.step()
     name = entry(state)
@@ -226,8 +243,8 @@ def test_a_learned_lr_below_zero_loads_from_the_optimizers_own_checkpoint():
         fresh.load_state_dict(saved)
 
 
-@pytest.mark.parametrize("impl", ["triton", "reference", "auto"])
-@pytest.mark.parametrize("rule", RULE_NAMES)
+@pytest.mark.parametrize("rule, impl", with_options([pytest.param(rule, id=rule) for rule in RULE_NAMES],
+                                                    [(impl,) for impl in IMPLS]))
 def test_meta_params_are_refused_before_any_state_is_made(rule, impl):
     """torch.optim steps meta params (states on meta, no values); here the step is refused, naming the
     param, before any param of any group changes or any state is made: the reference made the states,
@@ -235,7 +252,7 @@ def test_meta_params_are_refused_before_any_state_is_made(rule, impl):
     params = make_params([(33,)], torch.float32, rule=RULES[rule])
     meta = torch.zeros(5, device="meta")
     optimizer = getattr(optim, rule)([{"params": params}, {"params": [meta]}], impl=impl)
-    params[0].grad, meta.grad = random_grads(params, seed=0)[0], torch.zeros(5, device="meta")
+    params[0].grad, meta.grad = random_grads(params, seed=0, rule=RULES[rule])[0], torch.zeros(5, device="meta")
     before = params[0].clone()
     with pytest.raises(RuntimeError, match="param 0 of param group 1 is on the meta device"):
         optimizer.step()

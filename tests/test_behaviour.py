@@ -8,19 +8,19 @@ import torch
 from fusedoptim import optim
 from fusedoptim.optim.base import OPTIONS
 from fusedoptim.optim.registry import RULES, Tolerance
-from tests.conftest import assert_close, make_params, random_grads
+from tests.conftest import as_gradient, assert_close, impls_of, make_params, random_grads
 
 IMPLS = ("triton", "reference")
 SHAPES = [(257,), (3, 65)]
 
 
 def rule_cases():
-    return [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in RULES.values() for impl in IMPLS]
+    return [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in RULES.values() for impl in impls_of(rule, IMPLS)]
 
 
 def train(optimizer, params, steps, first_step=0, scheduler=None):
     for step in range(first_step, first_step + steps):
-        for param, grad in zip(params, random_grads(params, seed=step)):
+        for param, grad in zip(params, random_grads(params, seed=step, rule=optimizer.rule)):
             param.grad = grad
         optimizer.step()
         if scheduler is not None:
@@ -45,7 +45,7 @@ def test_param_groups_with_their_own_lr_and_weight_decay(rule, impl):
     alone = [make_params(SHAPES, torch.float32, rule=rule)[i:i + 1] for i in range(2)]
     separate = [getattr(optim, rule.name)(alone[i], **settings[i], impl=impl) for i in range(2)]
     for step in range(5):
-        grads = random_grads(params, seed=step)
+        grads = random_grads(params, seed=step, rule=rule)
         for i in range(2):
             params[i].grad, alone[i][0].grad = grads[i], grads[i].clone()
             separate[i].step()
@@ -91,7 +91,7 @@ def test_param_without_grad_is_skipped(rule, impl):
     frozen = params[1].clone()
     optimizer = getattr(optim, rule.name)(params, impl=impl)
     for step in range(3):
-        params[0].grad = random_grads(params, seed=step)[0]
+        params[0].grad = random_grads(params, seed=step, rule=rule)[0]
         params[1].grad = None
         optimizer.step()
     assert torch.equal(params[1], frozen), "a param whose grad is None changed"
@@ -125,6 +125,7 @@ def test_closure_is_evaluated_with_grad_enabled(rule):
         optimizer.zero_grad()
         loss = (param ** 2).sum()
         loss.backward()
+        param.grad = as_gradient(rule, param.grad)
         return loss
 
     assert optimizer.step(closure).item() == pytest.approx(3.0)

@@ -24,6 +24,8 @@ def test_full_blocks_use_128_bit_accesses_on_sm90():
     widths = json.loads(done.stdout.strip().splitlines()[-1])
     assert widths["SGDHD float32 reduce"].get("ld.global.v4.b32") == 4, widths["SGDHD float32 reduce"]
     for name, rule in optim.RULES.items():
+        if not rule.has_kernel:
+            continue  # nothing of it compiles (SparseAdam: its reference alone serves it)
         n_states = len(rule.state_names(rule.defaults))
         for dtype in rule.dtypes:
             config = DEFAULT_CONFIGS[dtype.itemsize]

@@ -151,6 +151,9 @@ class ShardedModel(torch.nn.Module):
 
 
 SHARDED_STEPS = 3
+# FSDP2 reduce-scatters dense gradients, and the fused kernel steps its shards: the rules that take both
+# (SparseAdam, of sparse gradients and no kernel, cannot run here).
+FSDP2_RULES = [rule for rule in RULES.values() if rule.has_kernel and not rule.only_sparse_gradients]
 
 
 def _model_and_optimizer(rule, sharded, dtype=torch.float32, **options):
@@ -172,7 +175,7 @@ def _sharded_worker(rank, world_size):
     """Every rule, sharded by FSDP2 over the ranks and whole in this process, on the same batches:
     FSDP2 averages identical gradients, so the two runs see the same gradient."""
     results = {}
-    for rule in RULES.values():
+    for rule in FSDP2_RULES:
         runs = []
         for sharded in (True, False):
             model, optimizer = _model_and_optimizer(rule, sharded)
@@ -194,7 +197,7 @@ def _sharded_worker(rank, world_size):
             state_sizes_within_shards=all(size <= max(local_sizes) for size in state_sizes))
     results["tiger_nan_in_one_shard"] = _tiger_with_a_nan_in_rank_0s_shard(rank)
     results["quantized"] = {f"{rule.name} {options}": _quantized_shards(rule, dtype, options)
-                            for rule in RULES.values() for dtype, options in _quantized_runs(rule)}
+                            for rule in FSDP2_RULES for dtype, options in _quantized_runs(rule)}
     model, _ = _model_and_optimizer(RULES["Tiger"], sharded=True)
     reference = optim.Tiger(model.parameters(), impl="reference")
     model(torch.zeros((1, 1), dtype=torch.long)).backward()
@@ -351,7 +354,7 @@ def test_quantized_states_of_unaligned_fsdp2_params_step_whole_as_the_whole_tens
     same optimizer on whole tensors after two steps (every state made, then read back, the second from
     a per-rank checkpoint), each state whole."""
     for rank, runs in enumerate(rank["quantized"] for rank in sharded_ranks):
-        expected = {f"{rule.name} {options}" for rule in RULES.values() for _, options in _quantized_runs(rule)}
+        expected = {f"{rule.name} {options}" for rule in FSDP2_RULES for _, options in _quantized_runs(rule)}
         assert set(runs) == expected, f"rank {rank}: runs missing: {expected - set(runs)}"
         for run, result in runs.items():
             assert result["moved"], f"rank {rank}, {run}: the run did not move the params"
@@ -362,7 +365,7 @@ def test_quantized_states_of_unaligned_fsdp2_params_step_whole_as_the_whole_tens
 
 
 DCP_RUNS = ((torch.float32, {}), (torch.bfloat16, dict(state_dtype=torch.float32, master_weight_bits=24)))
-DCP_RULES = list(RULES.values())
+DCP_RULES = FSDP2_RULES
 
 
 def _dcp_worker(rank, world_size, directory):
@@ -430,7 +433,7 @@ def _old_and_misplaced_states_worker(rank, world_size):
     DTensor one; a DTensor state placed otherwise than its param is refused, before any change."""
     from torch.distributed.tensor import Replicate
 
-    rule = next(rule for rule in RULES.values() if rule.states and not rule.learns_lr)
+    rule = next(rule for rule in FSDP2_RULES if rule.states and not rule.learns_lr)
     batches = [torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step)) for step in range(2)]
 
     def step(model, optimizer, tokens):

@@ -38,8 +38,10 @@ class Params(torch.nn.Module):
 
 
 def _runs():
-    """(rule, dtype, options) of every rule that keeps a state, in each quantized run."""
+    """(rule, dtype, options) of every rule that keeps a state, in each quantized run: those with a kernel
+    (which steps FSDP2's shards), of dense gradients (FSDP2's) and quantizable states."""
     return [(rule, dtype, options) for rule in RULES.values() if rule.state_names(hyper(rule))
+            and rule.has_kernel and not rule.only_sparse_gradients and rule.quantized_states
             for dtype, options in RUNS]
 
 

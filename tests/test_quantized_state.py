@@ -19,10 +19,19 @@ from tests.conftest import DEVICE, assert_close, make_params
 from tests.test_amp import assert_identical, hyper, snapshot
 from tests.test_step_plan import layout_grads, layout_params, set_grads
 
-STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule))]
+STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule)) and rule.quantized_states]
 QUANT_BLOCK = FORMATS["int8"].block
 SHAPES = [(300,), (5, 13)]  # 300: a full quantization block and a partial one
 ULP = Tolerance(atol=0.0, rtol=2.0**-23)
+
+
+@pytest.mark.parametrize("state_dtype", QUANTIZED_DTYPES)
+@pytest.mark.parametrize("rule", [rule for rule in RULES.values() if not rule.quantized_states], ids=lambda rule: rule.name)
+def test_a_rule_whose_states_cannot_be_quantized_refuses_them_at_construction(rule, state_dtype):
+    """SparseAdam leaves the rows a sparse gradient does not hold exactly alone, which requantizing their
+    blocks would not: refused when built, saying what to use, rather than drifting silently."""
+    with pytest.raises(ValueError, match=f"state_dtype={state_dtype!r} would requantize .*use state_dtype=None"):
+        getattr(optim, rule.name)([torch.zeros(3)], impl="reference", state_dtype=state_dtype)
 
 
 def coded(values, kind, count=None, state_dtype="int8"):

@@ -16,17 +16,18 @@ from triton.runtime import interpreter
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES, Tolerance
-from tests.conftest import DEVICE, assert_close, make_params, random_grads
+from tests.conftest import DEVICE, assert_close, impls_of, make_params, random_grads
 from tests.test_amp import assert_identical, hyper, snapshot
 
 IMPLS = ("triton", "reference", "auto")
 STATEFUL = [rule for rule in RULES.values() if rule.state_names(hyper(rule))]
+KERNEL_RULES = [rule for rule in RULES.values() if rule.has_kernel]  # for what the fused step's plan does
 EXACT = Tolerance(atol=0.0, rtol=0.0)
 SHAPES = [(33,), (5, 13)]
 
 
-def set_grads(params, seed):
-    for p, g in zip(params, random_grads(params, seed)):
+def set_grads(params, seed, rule=None):
+    for p, g in zip(params, random_grads(params, seed, rule)):
         p.grad = g
 
 
@@ -34,7 +35,7 @@ def stepped(rule, impl, shapes=SHAPES, steps=1, **options):
     params = make_params(shapes, torch.float32, rule=rule)
     optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl, **options)
     for index in range(steps):
-        set_grads(params, index)
+        set_grads(params, index, rule)
         optimizer.step()
     return optimizer, params
 
@@ -78,9 +79,9 @@ def _sentinel_view(like, size, value=123.0):
     return buffer[:size], buffer
 
 
-@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("size", ["smaller", "larger"])
-@pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in STATEFUL
+                                        for impl in impls_of(rule, IMPLS)])
 def test_a_state_of_another_size_is_refused_before_any_change(rule, size, impl):
     """A 33-element param whose first state is a view of 5 (or 40) elements: the fused step would write
     past its end (memory after it holds a sentinel). Refused, naming the param and the state, and
@@ -89,7 +90,7 @@ def test_a_state_of_another_size_is_refused_before_any_change(rule, size, impl):
     name = rule.state_names(optimizer.param_groups[0])[0]
     view, buffer = _sentinel_view(params[0], 5 if size == "smaller" else 40)
     optimizer.state[params[0]][name] = view
-    set_grads(params, 1)
+    set_grads(params, 1, rule)
     before, buffer_before = snapshot(optimizer, params), buffer.clone()
     with pytest.raises(ValueError, match=f"state '{name}' of param 0 of param group 0 .*needs"):
         optimizer.step()
@@ -97,14 +98,14 @@ def test_a_state_of_another_size_is_refused_before_any_change(rule, size, impl):
     assert torch.equal(buffer, buffer_before), "memory past the state's end was written"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in STATEFUL
+                                        for impl in impls_of(rule, IMPLS)])
 def test_a_param_replaced_by_a_larger_one_is_refused_before_any_change(rule, impl):
     """p.data = a larger tensor (and its gradient): its states are now too small. The plan reused from
     the last step must see that the param moved, and refuse before any change."""
     optimizer, params = stepped(rule, impl, steps=2)
     params[0].data = make_params([(50,)], torch.float32, seed=7, rule=rule)[0]
-    set_grads(params, 2)
+    set_grads(params, 2, rule)
     before = snapshot(optimizer, params)
     with pytest.raises(ValueError, match="param 0 of param group 0 .*needs torch.float32 \\(50,\\)"):
         optimizer.step()
@@ -114,8 +115,9 @@ def test_a_param_replaced_by_a_larger_one_is_refused_before_any_change(rule, imp
 @pytest.mark.parametrize("rule", STATEFUL, ids=lambda rule: rule.name)
 def test_a_checkpoint_of_another_model_is_refused_at_load(rule):
     """States shaped for other params: load_state_dict raises, naming the param, and changes nothing."""
-    optimizer, params = stepped(rule, "triton")
-    other, _ = stepped(rule, "triton", shapes=[(33,), (5, 12)])
+    impl = impls_of(rule)[0]  # the load checks the same for every impl: the kernel's, where there is one
+    optimizer, params = stepped(rule, impl)
+    other, _ = stepped(rule, impl, shapes=[(33,), (5, 12)])
     before = snapshot(optimizer, params)
     with pytest.raises(ValueError, match="param 1 .*shape \\(5, 12\\).* param has shape \\(5, 13\\)"):
         optimizer.load_state_dict(other.state_dict())
@@ -125,6 +127,9 @@ def test_a_checkpoint_of_another_model_is_refused_at_load(rule):
 # --- layouts ------------------------------------------------------------------------------------
 
 TWINS = [rule for rule in RULES.values() if rule.torch_twin is not None]
+# Dense params of any stride order walked by the kernel: the rules with one (SparseAdam's reference
+# indexes the held entries, whatever the strides).
+KERNEL_TWINS = [rule for rule in TWINS if rule.has_kernel]
 
 
 def layout_params(seed=0):
@@ -143,7 +148,7 @@ def layout_grads(params, seed):
 
 
 @pytest.mark.parametrize("impl", ["triton", "auto"])
-@pytest.mark.parametrize("rule", TWINS, ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule", KERNEL_TWINS, ids=lambda rule: rule.name)
 def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeypatch):
     """Dense params of any stride order are walked linearly by the kernel (no fallback: every launch
     is counted), their states are laid out like them, and 5 steps equal torch's."""
@@ -172,7 +177,7 @@ def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeyp
                 assert_close(optimizer.state[a][name], value, tolerance, f"{rule.name} ({impl}) state {name} of {i}")
 
 
-@pytest.mark.parametrize("rule", RULES.values(), ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule", KERNEL_RULES, ids=lambda rule: rule.name)
 def test_channels_last_states_from_a_checkpoint_take_the_params_layout(rule):
     """A checkpoint whose states are contiguous for a channels_last param is loaded in the param's
     layout, so that the fused step can still walk them, and resumes as the reference does."""
@@ -216,13 +221,15 @@ def _round_trip(kind, objects):
 @pytest.mark.parametrize("kind", ["deepcopy", "pickle", "torch.save"])
 @pytest.mark.parametrize("rule", RULES.values(), ids=lambda rule: rule.name)
 def test_a_copy_keeps_every_option_and_steps_like_the_original(rule, kind):
-    """bf16 params with fp32 state, stochastic rounding from seed 3, impl="triton": a copy of the
-    optimizer (with its params) after two steps takes three more steps bit for bit as the original."""
+    """bf16 params with fp32 state, stochastic rounding from seed 3, impl="triton" (the reference for a
+    rule without a kernel): a copy of the optimizer (with its params) after two steps takes three more
+    steps bit for bit as the original."""
+    impl = impls_of(rule)[0]
     params = make_params(SHAPES, torch.bfloat16, rule=rule)
-    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl="triton", state_dtype=torch.float32,
+    optimizer = getattr(optim, rule.name)(params, **hyper(rule), impl=impl, state_dtype=torch.float32,
                                           stochastic_rounding=True, seed=3)
     for step in range(2):
-        set_grads(params, step)
+        set_grads(params, step, rule)
         optimizer.step()
     copy_params, copied = _round_trip(kind, (params, optimizer))
     for name in ("impl", "state_dtype", "stochastic_rounding", "seed", "gradient_release"):
@@ -230,11 +237,11 @@ def test_a_copy_keeps_every_option_and_steps_like_the_original(rule, kind):
     assert copied.param_groups[0]["params"][0] is copy_params[0]
     for step in range(2, 5):
         for ps in (params, copy_params):
-            set_grads(ps, step)
+            set_grads(ps, step, rule)
         optimizer.step()
         copied.step()
     assert_identical(snapshot(copied, copy_params), snapshot(optimizer, params), f"{rule.name} {kind}")
-    assert "impl='triton'" in repr(copied) and "stochastic_rounding=True" in repr(copied)
+    assert f"impl={impl!r}" in repr(copied) and "stochastic_rounding=True" in repr(copied)
 
 
 def test_a_copy_of_a_gradient_release_optimizer_releases_its_own_params():
@@ -249,27 +256,28 @@ def test_a_copy_of_a_gradient_release_optimizer_releases_its_own_params():
 
 
 @pytest.mark.parametrize("number", [int, float], ids=["int", "float"])
-@pytest.mark.parametrize("impl", ["triton", "reference"])
-@pytest.mark.parametrize("rule", [r for r in TWINS if "step" in r.scalar_states], ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in TWINS
+                                        if "step" in rule.scalar_states for impl in impls_of(rule)])
 def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl, number):
-    """Older torch checkpoints store `step` as a Python int or float: loaded, converted to the tensor
-    the kernel reads, and the resumed run equals torch's resumed from the same checkpoint."""
+    """Older torch checkpoints store `step` as a Python int or float (torch's SparseAdam still does):
+    loaded, converted to the tensor the kernel reads, and the resumed run equals torch's resumed from
+    the same checkpoint."""
     options = {name: value for name, value in hyper(rule).items()}
     theirs = make_params(SHAPES, torch.float32)
     torch_optimizer = rule.torch_twin(theirs, **options)
     for step in range(3):
-        set_grads(theirs, step)
+        set_grads(theirs, step, rule)
         torch_optimizer.step()
     checkpoint = copy.deepcopy(torch_optimizer.state_dict())
     for state in checkpoint["state"].values():
-        state["step"] = number(state["step"].item())
+        state["step"] = number(float(state["step"]))  # a tensor, or SparseAdam's int
     ours = [p.detach().clone() for p in theirs]
     optimizer = getattr(optim, rule.name)(ours, **options, impl=impl)
     optimizer.load_state_dict(checkpoint)
     torch_optimizer.load_state_dict(checkpoint)
     for step in range(3, 6):
         for ps in (ours, theirs):
-            set_grads(ps, step)
+            set_grads(ps, step, rule)
         optimizer.step()
         torch_optimizer.step()
     for a, b in zip(ours, theirs):
@@ -279,7 +287,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
 
 @pytest.mark.parametrize("rule", [r for r in RULES.values() if "step" in r.scalar_states], ids=lambda rule: rule.name)
 def test_a_checkpoint_without_step_is_refused_at_load(rule):
-    optimizer, params = stepped(rule, "triton")
+    optimizer, params = stepped(rule, impls_of(rule)[0])
     state_dict = copy.deepcopy(optimizer.state_dict())
     del state_dict["state"][1]["step"]
     before = snapshot(optimizer, params)
@@ -294,7 +302,7 @@ EVENTS = ["fresh gradients", "add_param_group", "load_state_dict", "p.data repla
 
 
 @pytest.mark.parametrize("event", EVENTS)
-@pytest.mark.parametrize("rule", RULES.values(), ids=lambda rule: rule.name)
+@pytest.mark.parametrize("rule", KERNEL_RULES, ids=lambda rule: rule.name)
 def test_the_plan_is_reused_until_something_changes_and_the_steps_equal_the_reference(rule, event):
     """Two optimizers, fused and reference, see the same event between steps: the fused one reuses its
     plan across plain steps (after zero_grad(set_to_none=True) too), rebuilds it after the event, and
@@ -306,7 +314,7 @@ def test_the_plan_is_reused_until_something_changes_and_the_steps_equal_the_refe
         plans = []
         for step in range(6):
             optimizer.zero_grad(set_to_none=True)
-            set_grads(params, step)
+            set_grads(params, step, rule)
             if step == 3:
                 if event == "add_param_group":
                     optimizer.add_param_group({"params": [params[2]]})
@@ -344,7 +352,7 @@ def test_a_group_of_two_launches_reads_each_steps_fresh_gradients(rule):
         kept, plans = [], []
         for step in range(4):
             optimizer.zero_grad(set_to_none=True)
-            set_grads(params, step)
+            set_grads(params, step, rule)
             kept.append([p.grad for p in params])
             optimizer.step()
             plans.append(optimizer.runtime.plan)

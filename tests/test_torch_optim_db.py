@@ -19,6 +19,7 @@ import torch
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES
+from tests.conftest import as_gradient, impls_of
 
 pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
 from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
@@ -43,18 +44,24 @@ def name(info):
     return info.optim_cls.__name__
 
 
+def name_of(rule):
+    return rule.name
+
+
 def cases():
     for info in INFOS:
         for optim_input in optim_inputs(info):
             for dtype in (torch.float32, torch.complex64) if info.supports_complex else (torch.float32,):
-                for impl in ("reference", "triton"):
+                for impl in impls_of(TWINS[info.optim_cls], ("reference", "triton")):
                     yield pytest.param(info, optim_input.kwargs, dtype, impl,
                                        id=f"{name(info)}-{optim_input.desc}-{str(dtype)[6:]}-{impl}")
 
 
-def torch_kwargs(kwargs):
-    """torch's for-loop implementation: on the CPU capturable=True would refuse CPU params."""
-    return {k: v for k, v in kwargs.items() if k not in SWITCHES}
+def torch_kwargs(info, kwargs):
+    """torch's for-loop implementation (SparseAdam has only that, and no foreach argument): on the CPU
+    capturable=True would refuse CPU params."""
+    loop = {"foreach": False} if "foreach" in inspect.signature(info.optim_cls).parameters else {}
+    return {**{k: v for k, v in kwargs.items() if k not in SWITCHES}, **loop}
 
 
 def twins(dtype):
@@ -65,9 +72,10 @@ def twins(dtype):
 
 
 def step_both(ours, theirs, ours_params, theirs_params, generator, steps):
+    """Both step on the same gradients: sparse ones for a rule that takes only those (SparseAdam)."""
     for _ in range(steps):
         for p, q in zip(ours_params, theirs_params):
-            grad = torch.randn(p.shape, dtype=p.dtype, generator=generator)
+            grad = as_gradient(ours.rule, torch.randn(p.shape, dtype=p.dtype, generator=generator))
             p.grad, q.grad = grad.clone(), grad.clone()
         ours.step()
         theirs.step()
@@ -81,7 +89,7 @@ def assert_same_state(ours, theirs, ours_params, theirs_params, what):
         assert set(ours.state[p]) == set(expected), f"{what}: param {i} states {set(ours.state[p])} != {set(expected)}"
         for key, value in expected.items():
             mine = ours.state[p][key]
-            if key == "step":  # ours: a 0-d fp32 tensor; torch's is a 0-d fp32 tensor too (or a float)
+            if key == "step":  # ours: a 0-d fp32 tensor; torch's is a 0-d fp32 tensor too (or a float, SparseAdam's int)
                 mine, value = float(mine), float(value)
             torch.testing.assert_close(mine, value, msg=lambda m: f"{what}: param {i} state {key!r}: {m}")
 
@@ -90,7 +98,7 @@ def assert_same_state(ours, theirs, ours_params, theirs_params, what):
 def test_optim_input_steps_like_torch(info, kwargs, dtype, impl):
     ours_params, theirs_params, generator = twins(dtype)
     ours = getattr(optim, TWINS[info.optim_cls].name)(ours_params, impl=impl, **kwargs)
-    theirs = info.optim_cls(theirs_params, **torch_kwargs(kwargs), foreach=False)
+    theirs = info.optim_cls(theirs_params, **torch_kwargs(info, kwargs))
     assert not set(SWITCHES) & set(ours.param_groups[0]), "torch's switches are not stored in our groups"
     for step, _ in enumerate(step_both(ours, theirs, ours_params, theirs_params, generator, STEPS), 1):
         assert_same_state(ours, theirs, ours_params, theirs_params, f"step {step}")
@@ -155,8 +163,22 @@ def test_switches_mean_what_the_docs_say():
         optim.AdamW(params, fused=True, impl="reference")
 
 
+@pytest.mark.parametrize("rule, switch", [(rule.name, switch) for rule in RULES.values() if rule.torch_twin
+                                          for switch in SWITCHES
+                                          if switch not in inspect.signature(rule.torch_twin).parameters])
+@pytest.mark.parametrize("value", [True, False])
+def test_a_switch_the_twin_does_not_take_is_refused_as_torch_refuses_it(rule, switch, value):
+    """Code that passes SparseAdam(fused=True) fails on torch's class: it fails here alike (a TypeError),
+    rather than with another error or none."""
+    for cls in (getattr(torch.optim, rule), getattr(optim, rule)):
+        with pytest.raises(TypeError, match=f"unexpected keyword argument '{switch}'"):
+            cls([torch.nn.Parameter(torch.randn(3))], **{switch: value})
+
+
 SPARSE_OPTIONS = {"SGD": [{}, {"momentum": 0.9}, {"momentum": 0.9, "nesterov": True, "maximize": True}],
-                  "Adagrad": [{}, {"lr_decay": 0.1, "initial_accumulator_value": 0.1, "maximize": True}]}
+                  "Adagrad": [{}, {"lr_decay": 0.1, "initial_accumulator_value": 0.1, "maximize": True}],
+                  "SparseAdam": [{}, {"betas": (0.8, 0.9), "eps": 1e-3, "maximize": True}]}
+SPARSE_RULES = [rule for rule in RULES.values() if rule.sparse_gradients or rule.only_sparse_gradients]
 
 
 def embeddings():
@@ -171,10 +193,11 @@ def nn_embedding():
 
 
 @pytest.mark.parametrize("impl", ["auto", "reference"])
-@pytest.mark.parametrize("rule, options", [(rule.name, options) for rule in RULES.values() if rule.sparse_gradients
+@pytest.mark.parametrize("rule, options", [(rule.name, options) for rule in SPARSE_RULES
                                            for options in SPARSE_OPTIONS[rule.name]])
 def test_sparse_gradients_step_like_torch(rule, options, impl):
-    """Sparse gradients (repeated indices included) served by the reference, as torch serves them."""
+    """Sparse gradients (repeated indices included) served by the reference, as torch serves them; rows
+    no index names keep their param and states (SparseAdam's: every state, each step)."""
     ours_module, theirs_module = embeddings()
     ours = getattr(optim, rule)(ours_module.parameters(), lr=0.1, impl=impl, **options)
     theirs = getattr(torch.optim, rule)(theirs_module.parameters(), lr=0.1, **options)
@@ -186,6 +209,27 @@ def test_sparse_gradients_step_like_torch(rule, options, impl):
             optimizer.step()
             optimizer.zero_grad()
         torch.testing.assert_close(ours_module.weight, theirs_module.weight)
+        for name, value in theirs.state[theirs_module.weight].items():
+            if isinstance(value, torch.Tensor) and value.dim():  # torch's SGD keeps a sparse momentum buffer
+                torch.testing.assert_close(ours.state[ours_module.weight][name], value.to_dense(),
+                                           msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("rule", [rule for rule in RULES.values() if rule.only_sparse_gradients], ids=name_of)
+@pytest.mark.parametrize("impl", ["auto", "reference"])
+def test_a_dense_gradient_is_refused_before_any_change(rule, impl):
+    """A rule of sparse gradients only refuses a dense one with torch's error type (RuntimeError), and
+    impl='triton' at construction: it has no kernel."""
+    module, _ = embeddings()
+    optimizer = getattr(optim, rule.name)(module.parameters(), impl=impl)
+    module(torch.tensor([1, 2])).sum().backward()
+    module.weight.grad = module.weight.grad.to_dense()
+    before = module.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="has a dense gradient, and .* takes sparse gradients only"):
+        optimizer.step()
+    assert torch.equal(module.weight, before) and not optimizer.state
+    with pytest.raises(ValueError, match="impl='triton' cannot run it: .* use impl='reference' or impl='auto'"):
+        getattr(optim, rule.name)(module.parameters(), impl="triton")
 
 
 @pytest.mark.parametrize("rule", [rule.name for rule in RULES.values() if rule.sparse_gradients])

@@ -8,7 +8,7 @@ import torch
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES
-from tests.conftest import assert_close, make_params, random_grads
+from tests.conftest import assert_close, impls_of, make_params, random_grads
 
 TWINS = [rule for rule in RULES.values() if rule.torch_twin is not None]
 SHAPES = [(1029,), (3, 7, 11), (1,), (0,)]  # odd sizes, two chunks, one element, empty
@@ -54,16 +54,23 @@ def richest(rule):
 
 
 CASES = [pytest.param(rule, impl, options, id=case_id(rule, impl, options))
-         for rule in TWINS for impl in ("triton", "reference")
+         for rule in TWINS for impl in impls_of(rule)
          for options in option_grid(rule) + [{**richest(rule), "lr": torch.tensor(3e-3)}]
          if torch_accepts(rule, options)]
+# Each number at the edges of its range, one at a time: torch refuses lr=0 and eps=0 in some twins
+# (SparseAdam) and accepts them in others, and each of ours must refuse exactly what its twin refuses.
+EDGE_VALUES = (0.0, -1.0)
 REFUSED = [pytest.param(rule, options, id=case_id(rule, "both", options))
-           for rule in TWINS for options in option_grid(rule) if not torch_accepts(rule, options)]
+           for rule in TWINS for options in option_grid(rule) if not torch_accepts(rule, options)] + [
+    pytest.param(rule, {name: value}, id=f"{rule.name}-both-{name}={value}") for rule in TWINS
+    for name, default in rule.defaults.items() if isinstance(default, (int, float)) and not isinstance(default, bool)
+    for value in EDGE_VALUES if not torch_accepts(rule, {name: value})]
 
 
-def train(optimizer, params, steps, first_step=0):
+def train(optimizer, params, steps, rule, first_step=0):
+    """``steps`` steps of ours or of torch's twin, on the gradients ``rule`` takes (sparse for SparseAdam)."""
     for step in range(first_step, first_step + steps):
-        for param, grad in zip(params, random_grads(params, seed=step)):
+        for param, grad in zip(params, random_grads(params, seed=step, rule=rule)):
             param.grad = grad
         optimizer.step()
 
@@ -83,8 +90,8 @@ def assert_same(params, optimizer, twin_params, twin, what):
         assert_close(param, twin_param, tolerance, f"{what}: param {i}")
         state, twin_state = optimizer.state[param], twin.state[twin_param]
         assert state.keys() == twin_state.keys(), f"{what}: state names {list(state)} vs torch's {list(twin_state)}"
-        for name in state:
-            assert_close(state[name], twin_state[name], tolerance, f"{what}: state {name} of param {i}")
+        for name in state:  # torch's SparseAdam counts its step in a Python int
+            assert_close(state[name], torch.as_tensor(twin_state[name]), tolerance, f"{what}: state {name} of param {i}")
 
 
 @pytest.mark.parametrize("rule, impl, options", CASES)
@@ -93,8 +100,8 @@ def test_matches_torch_optim(rule, impl, options):
     ours = getattr(optim, rule.name)(params, **options, impl=impl)
     twin_options = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in options.items()}
     twin = rule.torch_twin(twin_params, **twin_options)
-    train(ours, params, STEPS)
-    train(twin, twin_params, STEPS)
+    train(ours, params, STEPS, rule)
+    train(twin, twin_params, STEPS, rule)
     assert_same(params, ours, twin_params, twin, f"{rule.name} ({impl}) vs torch.optim.{rule.name}")
 
 
@@ -112,28 +119,28 @@ def test_defaults_are_torchs(rule):
         assert twin.defaults[name] == value, f"{rule.name}.{name}: ours {value}, torch's {twin.defaults[name]}"
 
 
-@pytest.mark.parametrize("impl", ("triton", "reference"))
-@pytest.mark.parametrize("rule", TWINS, ids=[r.name for r in TWINS])
+@pytest.mark.parametrize("rule, impl", [pytest.param(rule, impl, id=f"{rule.name}-{impl}") for rule in TWINS
+                                        for impl in impls_of(rule)])
 def test_torch_checkpoint_loads_into_ours_and_back(rule, impl):
     """A torch.optim checkpoint continues in ours exactly as in torch, and ours continues in torch."""
     options = richest(rule)
     twin_params = make_params(SHAPES, torch.float32)
     twin = rule.torch_twin(twin_params, **options)
-    train(twin, twin_params, 5)
+    train(twin, twin_params, 5, rule)
     checkpoint = saved_and_loaded(twin.state_dict())
 
     params = [p.detach().clone() for p in twin_params]
     ours = getattr(optim, rule.name)(params, **options, impl=impl)
     ours.load_state_dict(checkpoint)
-    train(ours, params, 5, first_step=5)
-    train(twin, twin_params, 5, first_step=5)
+    train(ours, params, 5, rule, first_step=5)
+    train(twin, twin_params, 5, rule, first_step=5)
     assert_same(params, ours, twin_params, twin, f"torch.optim.{rule.name} checkpoint continued in ours ({impl})")
 
     back_params = [p.detach().clone() for p in params]
     back = rule.torch_twin(back_params, **options)
     back.load_state_dict(saved_and_loaded(ours.state_dict()))
-    train(back, back_params, 5, first_step=10)
-    train(ours, params, 5, first_step=10)
+    train(back, back_params, 5, rule, first_step=10)
+    train(ours, params, 5, rule, first_step=10)
     assert_same(params, ours, back_params, back, f"our {rule.name} checkpoint continued in torch.optim ({impl})")
 
 
@@ -146,8 +153,8 @@ def test_float64_params_step_in_float64_as_torchs(rule):
     params, twin_params = make_params(SHAPES, torch.float64), make_params(SHAPES, torch.float64)
     ours = getattr(optim, rule.name)(params, **options)
     twin = rule.torch_twin(twin_params, **options)
-    train(ours, params, STEPS)
-    train(twin, twin_params, STEPS)
+    train(ours, params, STEPS, rule)
+    train(twin, twin_params, STEPS, rule)
     for i, (param, twin_param) in enumerate(zip(params, twin_params)):
         assert param.dtype == torch.float64
         torch.testing.assert_close(param, twin_param, rtol=1e-12, atol=1e-12, msg=lambda m: f"{rule.name} param {i}: {m}")

@@ -80,6 +80,11 @@ def at_least_zero(value, group):
         return "must be >= 0"
 
 
+def above_zero(value, group):
+    if not number(value) > 0.0:  # written so that NaN fails too
+        return "must be > 0"
+
+
 def fraction(value, group):
     if not 0.0 <= number(value) < 1.0:
         return "must be in [0, 1)"
@@ -141,6 +146,8 @@ def param_kind(value, group):
 
 # The hyperparameters several rules share, with their usual bad values.
 NEGATIVE_OR_NON_FINITE = ((-1e-3, "must be >= 0"), (math.nan, "must be finite"), (math.inf, "must be finite"))
+ZERO_OR_NON_FINITE = ((0.0, "must be > 0"), (-1e-3, "must be > 0"), (math.nan, "must be finite"),
+                      (math.inf, "must be finite"))
 
 
 def etas_around_one(value, group):
@@ -163,10 +170,12 @@ def step_size_range(value, group):
         return f"must have 0 <= step_size_min <= step_size_max; got step_size_min={low}, step_size_max={high}"
 
 
-def lr(default: float, doc: str = "the learning rate") -> Hyperparameter:
-    return Hyperparameter("lr", default, at_least_zero, doc, tensor=True, test_value=max(default, 1e-2), bad=(
-        *NEGATIVE_OR_NON_FINITE, ("fast", "expected a real number"), (torch.tensor([1e-3, 1e-3]), "one-element"),
-        (torch.tensor(1e-3, device="meta"), "meta device")))
+def lr(default: float, doc: str = "the learning rate", zero: bool = True) -> Hyperparameter:
+    """``zero``: whether lr=0 (a frozen run) is accepted; not where the torch twin refuses it (SparseAdam)."""
+    return Hyperparameter("lr", default, at_least_zero if zero else above_zero, doc, tensor=True,
+                          test_value=max(default, 1e-2), bad=(
+        *(NEGATIVE_OR_NON_FINITE if zero else ZERO_OR_NON_FINITE), ("fast", "expected a real number"),
+        (torch.tensor([1e-3, 1e-3]), "one-element"), (torch.tensor(1e-3, device="meta"), "meta device")))
 
 
 def nonnegative(name: str, default: float, doc: str, **options) -> Hyperparameter:
@@ -221,8 +230,12 @@ def weight_decay(default: float = 0.0, doc: str = COUPLED) -> Hyperparameter:
     return nonnegative("weight_decay", default, doc, test_value=0.1)
 
 
-def eps(default: float, doc: str = "added to the denominator for numerical stability") -> Hyperparameter:
-    return nonnegative("eps", default, doc)
+def eps(default: float, doc: str = "added to the denominator for numerical stability",
+        zero: bool = True) -> Hyperparameter:
+    """``zero``: whether eps=0 is accepted; not where the torch twin refuses it (SparseAdam)."""
+    if zero:
+        return nonnegative("eps", default, doc)
+    return Hyperparameter("eps", default, above_zero, doc, bad=((0.0, "must be > 0"), (math.inf, "must be finite")))
 
 
 MAXIMIZE = flag("maximize", "maximize the objective instead of minimizing it (the gradient's sign flipped)")

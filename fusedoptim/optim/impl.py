@@ -16,7 +16,7 @@ def resolve_impl(plan, impl: str, existing: list) -> str:
     """The impl that will run ``plan``'s group: "auto" takes the kernel where it can run every param as it
     is laid out, and the reference elsewhere; "triton" refuses, naming the param, what it cannot run."""
     rule = plan.rule
-    if impl == "reference" or not plan.params:
+    if impl == "reference" or not plan.params or not rule.has_kernel:  # "triton" without a kernel: check_options
         return "reference"
     on_cuda = all(p.is_cuda for p in plan.locals)
     runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in plan.locals))

@@ -118,9 +118,12 @@ class GroupPlan:
             check_states(rule, self.group, param, state, name, self.state_dtype, self.master_weight_bits)
         existing = list(map(local_states, existing)) if self.sharded else existing
         self.impl = resolve_impl(self, optimizer.impl, existing)
-        # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense.
+        # What the step runs on: complex tensors as real views, sparse gradients (reference only) dense,
+        # except for a rule that updates only the entries they hold.
         self.views = list(map(real_view, self.locals)) if self.complex else self.locals
-        self.grads = [real_view(g.to_dense() if g.is_sparse else g) for g in self.grads]
+        self.sparse = any(g.is_sparse for g in self.grads)
+        self.grads = [real_view(g.to_dense() if g.is_sparse and not rule.only_sparse_gradients else g)
+                      for g in self.grads]
         if self.shards is not None and self.impl == "reference" and rule.reduce is not None:
             raise RuntimeError(f"{rule.name}: the reference reduces over whole tensors, which FSDP2 params are not; "
                                "use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums those "
@@ -167,6 +170,8 @@ class GroupPlan:
         self.n_params = len(self.params_list)
         self.state_tensors = _states_of(self.state_dicts, self.tracked_names)
         self.param_pointers = self._param_pointers()
+        if self.sparse:
+            return  # what a reused plan compares against: a plan of sparse gradients is used once (StepPlan.make)
         self.grad_pointers = list(map(_data_ptr, self.grads))
         self.grad_layouts = [(g.shape, g.stride(), g.dtype, g.device) for g in self.grads]
         self.grad_refs = list(map(weakref.ref, self.grads))
@@ -304,7 +309,9 @@ class StepPlan:
         self.n_groups = len(optimizer.param_groups)
         self.state = optimizer.state
         self.state_values = list(optimizer.state.values())
-        self.single_use = self.makes_first_step_states  # its launches carry the first step's flags
+        # Its launches carry the first step's flags; a sparse gradient has no storage whose address the
+        # next step could compare, and autograd makes a new one at each backward anyway.
+        self.single_use = self.makes_first_step_states or any(g.sparse for g in self.groups)
 
     def refresh(self, optimizer) -> bool:
         """False when the plan must be rebuilt; raises (before any change) for a bad hyperparameter."""

@@ -42,6 +42,7 @@ from fusedoptim.optim.reference.rmsprop import rmsprop
 from fusedoptim.optim.reference.rprop import rprop
 from fusedoptim.optim.reference.sgd import sgd
 from fusedoptim.optim.reference.sgdhd import sgdhd
+from fusedoptim.optim.reference.sparse_adam import sparse_adam
 from fusedoptim.optim.reference.signsgd import signsgd
 from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
@@ -220,6 +221,20 @@ RULES = {
             # prev is a gradient (only its sign is read): signed.
             states=(State("prev"), State("step_size", initial="lr", kind="multiplicative")),
             scalar_states=("step",), torch_twin=torch.optim.Rprop, complex_params=True,
+        ),
+        Rule(
+            name="SparseAdam",
+            summary="Adam masked to the entries a sparse gradient holds: the others keep θ, m and v (Kingma & Ba "
+                    "2015; torch's SparseAdam)",
+            reference=sparse_adam,
+            # lr > 0 and eps > 0, as torch.optim.SparseAdam checks them (the others accept 0)
+            hyperparameters=(lr(1e-3, zero=False), betas((0.9, 0.999)),
+                             eps(1e-8, "added after the square root, before the bias correction: √v + eps", zero=False),
+                             MAXIMIZE),
+            states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")), scalar_states=("step",),
+            # Reference only: its work is a gather and a scatter of the held rows, which the dense
+            # multi-tensor kernel does not do (it walks every element of θ).
+            impls=("reference",), only_sparse_gradients=True, torch_twin=torch.optim.SparseAdam,
         ),
         Rule(
             name="Lion",

@@ -107,9 +107,15 @@ class Rule:
     name: str  # the optimizer class's name
     summary: str  # one line: what the rule does, and its paper
     reference: Callable  # the oracle, rule(params, grads, states, group)
-    update: Callable  # the @triton.jit math the shared launcher runs (kernels.launcher.Launch.update)
     hyperparameters: tuple  # its optim.hyperparameters.Hyperparameter declarations, in signature order
     states: tuple  # the element-wise State tensors
+    # The @triton.jit math the shared launcher runs (kernels.launcher.Launch.update); None for a rule
+    # without the "triton" impl, which no launch reads.
+    update: Optional[Callable] = None
+    # The impls that can run the rule, as torch's OptimizerInfo.supported_impls: a rule served by its
+    # oracle alone (SparseAdam: it touches only the rows a sparse gradient holds) refuses impl="triton"
+    # before any change, and impl="auto" takes the reference for it.
+    impls: tuple = ("triton", "reference")
     scalar_states: tuple = ()  # per-param fp32 0-d tensors, e.g. "step"
     # A scalar state's value before the first step, where it is not 0: a number (NAdam's mu_product, a
     # running product: 1, as torch starts it) or the group key holding it, read when the state is made
@@ -154,6 +160,10 @@ class Rule:
     # Sparse gradients (nn.Embedding(sparse=True)) served by the reference, densified, as torch's twin
     # serves them; the kernel reads dense gradients only. Weight decay is refused with them, as torch does.
     sparse_gradients: bool = False
+    # Sparse gradients only, as torch's SparseAdam (OptimizerInfo.only_supports_sparse_grads): a dense
+    # one is refused with torch's error type, and the reference receives them sparse, to update only
+    # the entries they hold (densified, a held zero and an absent entry would look alike).
+    only_sparse_gradients: bool = False
     nonnegative_params: bool = False  # the rule needs params >= 0 from the start (EG)
     learns_lr: bool = False  # the rule changes group["lr"] itself (SGDHD): a scheduler's lr is a start
     # Scalar states that count events (Tiger's NaN skips): optimizer.counter(name) sums them on the device.
@@ -180,6 +190,23 @@ class Rule:
                 raise ValueError(f"{self.name}: sum {spec.name!r}: only a sum over the group goes into a group key")
         if any(spec.over != "tensor" and spec.over != "group" for spec in self.sums[:-1]):
             raise ValueError(f"{self.name}: only the last sum may be per row (the launcher's per-row scalar)")
+        if self.has_kernel and self.update is None:
+            raise ValueError(f"{self.name}: a rule with the 'triton' impl needs its update kernel: give update=..., "
+                             "or impls=('reference',) for a rule its oracle alone serves")
+        if not self.has_kernel and self.update is not None:
+            raise ValueError(f"{self.name}: update= is given but impls={self.impls} has no 'triton' to run it; "
+                             "add 'triton' to impls, or drop update")
+
+    @property
+    def has_kernel(self) -> bool:
+        """Whether the fused kernel can run the rule (impl="triton")."""
+        return "triton" in self.impls
+
+    @property
+    def quantized_states(self) -> bool:
+        """Whether state_dtype="int8" or "int4" can hold its states: not for a rule of sparse gradients
+        only, as requantizing a whole block would move the entries of rows it must leave exactly alone."""
+        return not self.only_sparse_gradients
 
     def kernel_arguments(self, group) -> tuple:
         """(hyper, FLAGS) for the kernels, two named tuples built from the declared hyperparameters:

@@ -10,10 +10,13 @@ implementation, and what each switch means follows from that (docs/compile-and-c
   captured into a CUDA graph.
 - ``differentiable=True`` is refused: neither impl records an autograd graph through the step.
 
-Where the rule has a torch twin, the combination is checked as the twin checks it (torch's Adam refuses
-a tensor lr with foreach=True and capturable=False; so does ours, so that the swap changes no
-behaviour). The switches are never stored in the param groups, not even from a torch checkpoint.
+Where the rule has a torch twin, the switches are checked as the twin checks them, so that the swap
+changes no behaviour: one it does not take is a TypeError (SparseAdam takes none; ASGD, no fused),
+and a combination it refuses is refused with its error (torch's Adam: a tensor lr with foreach=True
+and capturable=False). The switches are never stored in the param groups, not even from a torch checkpoint.
 """
+import inspect
+
 import torch
 
 SWITCHES = ("foreach", "fused", "capturable", "differentiable")
@@ -22,6 +25,12 @@ SWITCHES = ("foreach", "fused", "capturable", "differentiable")
 def impl_from_switches(rule, switches: dict, hyperparameters: dict, impl: str) -> str:
     """The impl to run, given torch's switches that the caller passed; raises as torch would, or for
     what cannot be honoured here."""
+    if rule.torch_twin is not None:
+        unknown = [name for name in switches if name not in inspect.signature(rule.torch_twin).parameters]
+        if unknown:  # torch's own words, for code that would have failed on the twin too
+            raise TypeError(f"{rule.name}.__init__() got an unexpected keyword argument {unknown[0]!r}: "
+                            f"torch.optim.{rule.torch_twin.__name__} has no such switch; here impl= (one of "
+                            f"{('auto', *rule.impls)}) chooses the implementation")
     if switches.get("differentiable"):
         raise ValueError(f"{rule.name}: differentiable=True asks for an autograd graph through the step, which "
                          "neither the fused kernel nor the reference records; use "

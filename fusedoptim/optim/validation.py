@@ -92,11 +92,19 @@ def check_scalar_state(rule_name: str, name: str, value, param, where: str):
                          f"{param.device}, got {got}; set it with load_state_dict, which converts it")
 
 
+class ParamDtypeError(TypeError, ValueError):
+    """A param of a dtype the rule cannot step: a TypeError, as for any wrong dtype, and a ValueError,
+    which torch.optim.SparseAdam raises for a complex param."""
+
+
 def check_param(rule, param, where: str):
     if not isinstance(param, torch.Tensor):
         raise TypeError(f"{rule.name}: {where} is a {type(param).__name__}, not a tensor")
+    if param.layout is not torch.strided:  # torch.optim's type (SparseAdam's check); no rule steps a sparse θ
+        raise ValueError(f"{rule.name}: {where} is a {param.layout} tensor; {rule.name} requires dense parameter "
+                         "tensors (sparse gradients of dense params are what nn.Embedding(sparse=True) makes)")
     if not (param.is_floating_point() or (param.is_complex() and rule.complex_params)):
-        raise TypeError(f"{rule.name}: {where} has dtype {param.dtype}; only real floating-point params "
+        raise ParamDtypeError(f"{rule.name}: {where} has dtype {param.dtype}; only real floating-point params "
                         "can be optimized (for complex params, optimize torch.view_as_real(param))")
     if rule.nonnegative_params and isinstance(param, DTensor):
         param = param.full_tensor()  # every rank checks the whole tensor, so all raise or none does
@@ -120,11 +128,15 @@ def check_grad(rule, param, where: str, group: dict):
         raise RuntimeError(f"{rule.name}: {where} is on the meta device, which holds no values to step; materialize "
                            "the model first (module.to_empty(device=...), then initialise it) and step it there")
     grad = param.grad
+    if rule.only_sparse_gradients and not grad.is_sparse:  # torch's SparseAdam raises RuntimeError too
+        raise RuntimeError(f"{rule.name}: {where} has a dense gradient, and {rule.name} takes sparse gradients only "
+                           "(nn.Embedding(sparse=True)'s); use optim.Adam for dense gradients")
     if grad.is_sparse:
-        if not rule.sparse_gradients:
+        if not (rule.sparse_gradients or rule.only_sparse_gradients):
             raise RuntimeError(f"{rule.name}: {where} has a sparse gradient, which {rule.name} does not support; "
-                               "use dense gradients (e.g. nn.Embedding(sparse=False)), or optim.SGD or optim.Adagrad")
-        if group["weight_decay"] != 0:  # g + λθ is dense: torch refuses it too
+                               "use dense gradients (e.g. nn.Embedding(sparse=False)), or optim.SGD, optim.Adagrad "
+                               "or optim.SparseAdam")
+        if group.get("weight_decay", 0) != 0:  # g + λθ is dense: torch refuses it too
             raise RuntimeError(f"{rule.name}: {where} has a sparse gradient, and weight_decay="
                                f"{group['weight_decay']} would make it dense (torch.optim refuses it too); use "
                                "weight_decay=0 for the groups of sparse params, or dense gradients")
@@ -140,6 +152,13 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
     if impl not in IMPLS:
         raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
+    if impl not in ("auto", *rule.impls):
+        raise ValueError(f"{rule.name}: impl={impl!r} cannot run it: {rule.name} has no fused kernel (its impls are "
+                         f"{rule.impls}); use impl='reference' or impl='auto', which takes the reference")
+    if is_quantized(state_dtype) and not rule.quantized_states:
+        raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} would requantize whole blocks of every state at "
+                         f"each step, moving the entries of rows a sparse gradient does not hold, which {rule.name} "
+                         "leaves exactly as they are; use state_dtype=None or a float dtype")
     if state_dtype is not None and not is_quantized(state_dtype) and state_dtype not in rule.dtypes:
         raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} must be None (each param's own dtype) or one of "
                          f"{list(rule.dtypes) + list(QUANTIZED_DTYPES)}; for float64 math give float64 params, which "

@@ -56,7 +56,7 @@ def print_defaults():
 
 
 def main(argv=None):
-    options = arguments(argv, RULES)
+    options = arguments(argv, {name: rule for name, rule in RULES.items() if rule.has_kernel})  # what it times
     reason = untunable_reason()
     if reason is not None:
         print(f"autotune: nothing benchmarked: {reason}.\nOn a GPU with no table, every launch takes the "
