@@ -136,10 +136,15 @@ def check_grad(rule, param, where: str, group: dict):
 IMPLS = ("auto", "triton", "reference")
 
 
+def check_impl(name: str, impl) -> None:
+    """The ``impl`` option of ``name``'s class: one of IMPLS."""
+    if impl not in IMPLS:
+        raise ValueError(f"{name}: impl={impl!r} is not one of {IMPLS}")
+
+
 def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_release, master_weight_bits):
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
-    if impl not in IMPLS:
-        raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
+    check_impl(rule.name, impl)
     if state_dtype is not None and not is_quantized(state_dtype) and state_dtype not in rule.dtypes:
         raise ValueError(f"{rule.name}: state_dtype={state_dtype!r} must be None (each param's own dtype) or one of "
                          f"{list(rule.dtypes) + list(QUANTIZED_DTYPES)}; for float64 math give float64 params, which "
