@@ -8,16 +8,12 @@ The reference is torch's loop, op for op: it must match bit for bit. The fused i
 so it compares at torch's default fp32 tolerances. Five steps: the first sets the statistics to G²
 (weight 1), the next ones take both lerp branches (t^-0.8 ≥ 0.5 at t = 2, below from t = 3).
 """
-import io
-import warnings
-
 import pytest
 import torch
 
 import fusedoptim as fo
-
-pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
+from tests.optim_db import (DIRECTIONS, assert_raises_as_torch, error_id, error_inputs, handed_across, info_of,
+                            optim_inputs)
 
 IMPLS = ("reference", "triton")
 STEPS = 5
@@ -101,17 +97,11 @@ def test_param_groups_and_params_without_gradients(impl):
                 TOLERANCES[impl])
 
 
-def optim_inputs():
-    info = next(info for info in optim_db if info.optim_cls is torch.optim.Adafactor)
-    inputs = {}
-    for device in ("cpu", "cuda"):
-        for optim_input in info.optim_inputs_func(device=device, dtype=torch.float32):
-            inputs.setdefault(optim_input.desc, optim_input)
-    return info, list(inputs.values())
+INFO = info_of(torch.optim.Adafactor)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("optim_input", optim_inputs()[1], ids=lambda o: o.desc)
+@pytest.mark.parametrize("optim_input", optim_inputs(INFO), ids=lambda o: o.desc)
 def test_optim_db_inputs_step_like_torch(optim_input, impl):
     kwargs = {k: v for k, v in optim_input.kwargs.items() if k != "foreach"}
     ours_params, theirs_params, generator = twins([(7,), (3, 5), (1,)])  # tests/test_torch_optim_db.py's shapes
@@ -121,39 +111,13 @@ def test_optim_db_inputs_step_like_torch(optim_input, impl):
         assert_same(ours, theirs, ours_params, theirs_params, f"{optim_input.desc} step {step}", TOLERANCES[impl])
 
 
-@pytest.mark.parametrize("error_input", optim_db[[info.optim_cls for info in optim_db].index(torch.optim.Adafactor)]
-                         .optim_error_inputs_func(device="cpu", dtype=torch.float32),
-                         ids=lambda e: e.optimizer_error_input.desc)
-def test_optim_db_error_inputs_raise_torchs_error(error_input):
-    optimizer_input = error_input.optimizer_error_input
-    params = optimizer_input.params
-    if error_input.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-        def act():
-            fo.Adafactor(params, **optimizer_input.kwargs)
-    else:
-        optimizer = fo.Adafactor(params, **optimizer_input.kwargs)
-
-        def act():
-            optimizer.step()
-    if issubclass(error_input.error_type, Warning):
-        with pytest.warns(error_input.error_type):
-            act()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pytest.raises(error_input.error_type, match=error_input.error_regex):
-                act()
-
-
-def reloaded(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
+@pytest.mark.parametrize("error_input", error_inputs(INFO), ids=error_id)
+def test_optim_db_error_input_raises_torchs_error(error_input):
+    assert_raises_as_torch(error_input, fo.Adafactor)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
 def test_state_dict_loads_both_ways(direction, impl):
     """Three steps, a state_dict handed across, three more: the receiver steps as the sender would have."""
     ours_params, theirs_params, generator = twins()
@@ -161,11 +125,8 @@ def test_state_dict_loads_both_ways(direction, impl):
     ours, theirs = fo.Adafactor(ours_params, impl=impl, **options), torch.optim.Adafactor(theirs_params, **options)
     for _ in step_both(ours, theirs, ours_params, theirs_params, generator, 3):
         pass
-    if direction == "torch-to-ours":
-        ours.load_state_dict(reloaded(theirs.state_dict()))
-        assert "foreach" not in ours.param_groups[0]
-    else:
-        theirs.load_state_dict(reloaded(ours.state_dict()))
+    ours, theirs = handed_across(direction, ours, theirs, lambda: fo.Adafactor(ours_params, impl=impl),
+                                 lambda: torch.optim.Adafactor(theirs_params))
     for step in step_both(ours, theirs, ours_params, theirs_params, generator, 3):
         assert_same(ours, theirs, ours_params, theirs_params, f"{direction} step {step + 3}", TOLERANCES[impl])
 

@@ -10,17 +10,14 @@ pairs enter the history) must be torch's exactly. Each problem stops short of it
 (max_iter · steps iterations), where the stopping tests would compare rounding noise.
 """
 import inspect
-import io
-import warnings
 
 import pytest
 import torch
 
 import fusedoptim as fo
 from fusedoptim.optim.lbfgs import LBFGS
-
-pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
+from tests.optim_db import (DIRECTIONS, assert_raises_as_torch, error_id, error_inputs, handed_across, info_of,
+                            optim_inputs)
 
 IMPLS = ("reference", "triton")
 STEPS = 3  # the first step starts the history; the next two carry it over, through the state
@@ -115,22 +112,13 @@ def test_steps_like_torch(problem, options, impl):
     step_both(ours, theirs, ours_params, theirs_params, loss_of, EXACT if impl == "reference" else FUSED)
 
 
-def optim_inputs():
-    info = next(info for info in optim_db if info.optim_cls is torch.optim.LBFGS)
-    inputs = {}
-    for device in ("cpu", "cuda"):  # the CUDA list may add inputs: merged by description
-        for optim_input in info.optim_inputs_func(device=device, dtype=torch.float32):
-            inputs.setdefault(optim_input.desc, optim_input)
-    return info, list(inputs.values())
-
-
-INFO, INPUTS = optim_inputs()
+INFO = info_of(torch.optim.LBFGS)
 
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=["float32", "complex64"])
-@pytest.mark.parametrize("optim_input", INPUTS, ids=lambda optim_input: optim_input.desc)
+@pytest.mark.parametrize("optim_input", optim_inputs(INFO), ids=lambda optim_input: optim_input.desc)
 def test_optim_db_input_steps_like_torch(optim_input, dtype, impl):
     """torch's own LBFGS inputs, real and complex (torch steps those as their real and imaginary parts),
     on the regression problem's sizes with a loss that reads every part: quartic, so that six
@@ -151,43 +139,14 @@ def test_optim_db_input_steps_like_torch(optim_input, dtype, impl):
     step_both(ours, theirs, ours_params, theirs_params, loss_of, EXACT if impl == "reference" else FUSED)
 
 
-def error_cases():
-    for error_input in INFO.optim_error_inputs_func(device="cpu", dtype=torch.float32):
-        yield pytest.param(error_input, id=error_input.optimizer_error_input.desc)
-
-
-@pytest.mark.parametrize("error_input", list(error_cases()))
-def test_optim_db_error_input_raises_torchs_error_type(error_input):
-    optimizer_input = error_input.optimizer_error_input
-    params = optimizer_input.params
-    if error_input.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-        def act():
-            fo.LBFGS(params, **optimizer_input.kwargs)
-    else:
-        optimizer = fo.LBFGS(params, **optimizer_input.kwargs)
-
-        def act():
-            optimizer.step(lambda: torch.zeros(()))
-    if issubclass(error_input.error_type, Warning):
-        with pytest.warns(error_input.error_type):
-            act()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pytest.raises(error_input.error_type):
-                act()
-
-
-def moved(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
+@pytest.mark.parametrize("error_input", error_inputs(INFO), ids=error_id)
+def test_optim_db_error_input_raises_torchs_error(error_input):
+    assert_raises_as_torch(error_input, fo.LBFGS, step=lambda optimizer: optimizer.step(lambda: torch.zeros(())))
 
 
 @pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
 def test_state_dict_moves_both_ways(direction, impl):
     """Two steps in one class, its state_dict into a fresh other, then both step on as one."""
     options = dict(max_iter=3, history_size=3, line_search_fn="strong_wolfe")
@@ -196,13 +155,8 @@ def test_state_dict_moves_both_ways(direction, impl):
     theirs = torch.optim.LBFGS(theirs_params, **options)
     tolerance = EXACT if impl == "reference" else FUSED
     step_both(ours, theirs, ours_params, theirs_params, loss_of, tolerance, steps=2)
-    if direction == "torch-to-ours":
-        ours = fo.LBFGS(ours_params, impl=impl)
-        ours.load_state_dict(moved(theirs.state_dict()))
-    else:
-        theirs = torch.optim.LBFGS(theirs_params)
-        theirs.load_state_dict(moved(ours.state_dict()))
-    assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
+    ours, theirs = handed_across(direction, ours, theirs, lambda: fo.LBFGS(ours_params, impl=impl),
+                                 lambda: torch.optim.LBFGS(theirs_params))
     step_both(ours, theirs, ours_params, theirs_params, loss_of, tolerance, steps=2, first=3)
 
 

@@ -12,8 +12,6 @@ now and then rounds to the neighbouring bf16 value, and five iterations carry th
 of 2⁻⁸ at magnitude 1. A param moves by γ'·O a step, so it may differ by γ'·NS_ATOL per step.
 """
 import inspect
-import io
-import warnings
 
 import pytest
 import torch
@@ -23,9 +21,8 @@ from fusedoptim.kernels.newton_schulz import BLOCK, newton_schulz, symmetric_pro
 from fusedoptim.optim.muon import Muon
 from fusedoptim.optim.reference.muon import adjusted_lr
 from fusedoptim.optim.reference.muon import newton_schulz as reference_newton_schulz
-
-pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
+from tests.optim_db import (DIRECTIONS, assert_raises_as_torch, error_id, error_inputs, handed_across, info_of,
+                            optim_inputs)
 
 IMPLS = ("reference", "triton")
 STEPS = 3  # the first step starts the momentum buffer from zero; the next two carry it
@@ -131,20 +128,11 @@ def test_nesterov_momentum_buffer_and_update_are_torchs_on_bf16_params():
                                    rtol=2 ** -7, atol=1e-5)
 
 
-def optim_inputs():
-    info = next(info for info in optim_db if info.optim_cls is torch.optim.Muon)
-    inputs = {}
-    for device in ("cpu", "cuda"):  # the CUDA list may add inputs: merged by description
-        for optim_input in info.optim_inputs_func(device=device, dtype=torch.float32):
-            inputs.setdefault(optim_input.desc, optim_input)
-    return info, list(inputs.values())
-
-
-INFO, INPUTS = optim_inputs()
+INFO = info_of(torch.optim.Muon)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("optim_input", INPUTS, ids=lambda optim_input: optim_input.desc)
+@pytest.mark.parametrize("optim_input", optim_inputs(INFO), ids=lambda optim_input: optim_input.desc)
 def test_optim_db_input_steps_like_torch(optim_input, impl):
     """torch's own Muon inputs for 7 steps, as torch's correctness tests step them."""
     ours_params, theirs_params, generator = twins([(3, 5), (5, 3), (1, 1)])
@@ -153,42 +141,13 @@ def test_optim_db_input_steps_like_torch(optim_input, impl):
     step_both(ours, theirs, ours_params, theirs_params, generator, impl, steps=7)
 
 
-def error_cases():
-    for error_input in INFO.optim_error_inputs_func(device="cpu", dtype=torch.float32):
-        yield pytest.param(error_input, id=error_input.optimizer_error_input.desc)
-
-
-@pytest.mark.parametrize("error_input", list(error_cases()))
+@pytest.mark.parametrize("error_input", error_inputs(INFO), ids=error_id)
 def test_optim_db_error_input_raises_torchs_error(error_input):
-    optimizer_input = error_input.optimizer_error_input
-    params = optimizer_input.params
-    if error_input.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-        def act():
-            fo.Muon(params, **optimizer_input.kwargs)
-    else:
-        optimizer = fo.Muon(params, **optimizer_input.kwargs)
-
-        def act():
-            optimizer.step()
-    if issubclass(error_input.error_type, Warning):
-        with pytest.warns(error_input.error_type):
-            act()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pytest.raises(error_input.error_type, match=error_input.error_regex):
-                act()
-
-
-def moved(state_dict):
-    buffer = io.BytesIO()
-    torch.save(state_dict, buffer)
-    buffer.seek(0)
-    return torch.load(buffer)
+    assert_raises_as_torch(error_input, fo.Muon)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("direction", ["torch-to-ours", "ours-to-torch"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
 def test_state_dict_moves_both_ways(direction, impl):
     """Two steps in one class, its state_dict into a fresh other, then both step on as one."""
     options = dict(adjust_lr_fn="match_rms_adamw", lr=0.01)
@@ -196,13 +155,8 @@ def test_state_dict_moves_both_ways(direction, impl):
     ours = fo.Muon(ours_params, impl=impl, **options)
     theirs = torch.optim.Muon(theirs_params, **options)
     step_both(ours, theirs, ours_params, theirs_params, generator, impl, steps=2)
-    if direction == "torch-to-ours":
-        ours = fo.Muon(ours_params, impl=impl)
-        ours.load_state_dict(moved(theirs.state_dict()))
-    else:
-        theirs = torch.optim.Muon(theirs_params)
-        theirs.load_state_dict(moved(ours.state_dict()))
-    assert ours.param_groups[0].keys() == theirs.param_groups[0].keys()
+    ours, theirs = handed_across(direction, ours, theirs, lambda: fo.Muon(ours_params, impl=impl),
+                                 lambda: torch.optim.Muon(theirs_params))
     step_both(ours, theirs, ours_params, theirs_params, generator, impl, steps=2, first=3)
 
 

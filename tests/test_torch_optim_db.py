@@ -1,6 +1,6 @@
 """torch's own optimizer test material, run against our twins: the drop-in claim checked by inputs
 no one here wrote. ``torch.testing._internal.common_optimizers.optim_db`` ships in the torch wheel; for
-SGD, Adagrad, RMSprop, Adadelta, Adam, AdamW, Adamax, RAdam, NAdam, ASGD and Rprop each ``OptimizerInfo`` lists hyperparameter
+every rule with a torch twin (its row's ``torch_twin``) the ``OptimizerInfo`` lists hyperparameter
 combinations (``optim_inputs_func``, including those torch runs only on CUDA: tensor lr, tensor betas,
 capturable) and bad inputs with the error type torch raises (``optim_error_inputs_func``).
 
@@ -11,33 +11,20 @@ complex params (torch steps those through view_as_real). Every error input must 
 torch's type. The import needs the small ``expecttest`` package (the test extra installs it).
 """
 import inspect
-import io
-import warnings
 
 import pytest
 import torch
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES
+from fusedoptim.optim.torch_switches import SWITCHES
 from tests.conftest import as_gradient, impls_of
-
-pytest.importorskip("expecttest", reason="torch's optim_db imports expecttest: pip install expecttest")
-from torch.testing._internal.common_optimizers import OptimizerErrorEnum, optim_db  # noqa: E402
+from tests.optim_db import assert_raises_as_torch, error_id, error_inputs, moved, optim_db, optim_inputs
 
 TWINS = {rule.torch_twin: rule for rule in RULES.values() if rule.torch_twin is not None}
 INFOS = [info for info in optim_db if info.optim_cls in TWINS]
 STEPS = 7
 SHAPES = [(7,), (3, 5), (1,)]  # odd sizes, one element
-SWITCHES = ("foreach", "fused", "capturable", "differentiable")
-
-
-def optim_inputs(info):
-    """The CPU and the CUDA lists, merged by description: the CUDA list adds tensor lr and betas."""
-    inputs = {}
-    for device in ("cpu", "cuda"):
-        for optim_input in info.optim_inputs_func(device=device, dtype=torch.float32):
-            inputs.setdefault(optim_input.desc, optim_input)
-    return list(inputs.values())
 
 
 def name(info):
@@ -106,31 +93,13 @@ def test_optim_input_steps_like_torch(info, kwargs, dtype, impl):
 
 def error_cases():
     for info in INFOS:
-        for error_input in info.optim_error_inputs_func(device="cpu", dtype=torch.float32):
-            yield pytest.param(info, error_input, id=f"{name(info)}-{error_input.optimizer_error_input.desc}")
+        for error_input in error_inputs(info):
+            yield pytest.param(info, error_input, id=f"{name(info)}-{error_id(error_input)}")
 
 
 @pytest.mark.parametrize("info, error_input", list(error_cases()))
 def test_error_input_raises_torchs_error_type(info, error_input):
-    optimizer_input = error_input.optimizer_error_input
-    cls = getattr(optim, name(info))
-    params = optimizer_input.params
-    if error_input.error_on == OptimizerErrorEnum.CONSTRUCTION_ERROR:
-        def act():
-            cls(params, **optimizer_input.kwargs)
-    else:
-        optimizer = cls(params, **optimizer_input.kwargs)
-
-        def act():
-            optimizer.step()
-    if issubclass(error_input.error_type, Warning):
-        with pytest.warns(error_input.error_type):
-            act()
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with pytest.raises(error_input.error_type):
-                act()
+    assert_raises_as_torch(error_input, getattr(optim, name(info)), match=False)  # our words name our checks
 
 
 @pytest.mark.parametrize("info", INFOS, ids=name)
@@ -143,10 +112,7 @@ def test_torch_checkpoint_leaves_no_switch_in_our_groups(info):
     ours = getattr(optim, name(info))(ours_params, **switches)
     for _ in step_both(ours, theirs, ours_params, theirs_params, generator, 3):
         pass
-    buffer = io.BytesIO()
-    torch.save(theirs.state_dict(), buffer)
-    buffer.seek(0)
-    ours.load_state_dict(torch.load(buffer))
+    ours.load_state_dict(moved(theirs.state_dict()))
     assert not set(SWITCHES) & {*ours.param_groups[0], *ours.defaults}
     for step, _ in enumerate(step_both(ours, theirs, ours_params, theirs_params, generator, 3), 4):
         assert_same_state(ours, theirs, ours_params, theirs_params, f"step {step} after the load")

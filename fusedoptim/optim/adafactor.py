@@ -22,31 +22,14 @@ import math
 import torch
 
 from fusedoptim.kernels import adafactor as kernels
-from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
+from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import TensorSlots
+from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
-from fusedoptim.optim.validation import IMPLS
+from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
 
-def fused_problem(params) -> str:
-    """Why the kernels cannot step these params, or ""."""
-    devices = {p.device for p in params}
-    if len(devices) > 1:
-        return f"the params are on {len(devices)} devices ({sorted(map(str, devices))}); the kernels need one"
-    device = devices.pop()
-    if device.type != "cuda" and not (INTERPRETED and device.type == "cpu"):
-        return (f"the params are on {device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 set "
-                "before triton is imported")
-    for i, p in enumerate(params):
-        if p.dtype != torch.float32:
-            return f"param {i} has dtype {p.dtype}; the kernels take torch.float32 (torch keeps the state in the param's dtype)"
-        for what, t in (("param", p), ("gradient", p.grad)):
-            if t is not None and not t.is_contiguous():
-                return f"the {what} of param {i} is not contiguous (strides {t.stride()}); make it so with .contiguous()"
-    return ""
-
-
-class Adafactor(torch.optim.Optimizer):
+class Adafactor(UnregisteredOptimizer):
     """Adafactor (Shazeer & Stern 2018), torch.optim.Adafactor's twin: the same arguments, defaults,
     state and arithmetic; the equations in ``fusedoptim.optim.reference.adafactor``.
 
@@ -64,7 +47,7 @@ class Adafactor(torch.optim.Optimizer):
     """
 
     DEFAULTS = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False)
-    IMPLS = IMPLS
+    FUSED_DTYPES = (torch.float32,)  # torch keeps the state in the param's dtype; the kernels keep it in fp32
     STATE = ("step", "row_var", "col_var", "variance")
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
@@ -92,55 +75,11 @@ class Adafactor(torch.optim.Optimizer):
                         maximize=maximize)
         super().__init__(params, defaults)
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        for group in self.param_groups:
-            group.pop("foreach", None)  # torch's switch, in a torch checkpoint: the impl decides here
-
-    @property
-    def impl(self) -> str:
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in self.IMPLS:
-            raise ValueError(f"Adafactor: impl={value!r} is not one of {self.IMPLS}")
-        self._impl = value
-
-    def chosen_impl(self, params) -> str:
-        """The impl a step of ``params`` (those with gradients) runs. With impl="triton", why the kernels
-        cannot run them (ValueError), before anything changes."""
-        if self.impl == "reference" or not params:
-            return "reference"
-        problem = fused_problem(params)
-        if not problem:
-            return "triton"
-        if self.impl == "auto":
-            return "reference"
-        raise ValueError(f"Adafactor: impl='triton' cannot run: {problem}; or use impl='reference' (or "
-                         "impl='auto', which takes the reference for such params)")
-
-    def _stepped(self):
-        """Each group's params with a gradient and its impl, every check made before any change."""
-        stepped = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                if torch.is_complex(p):  # torch's words and type
-                    raise RuntimeError("Adafactor does not support complex parameters")
-                if p.grad.is_sparse:
-                    raise RuntimeError("Adafactor does not support sparse gradients")
-            stepped.append((group, params, self.chosen_impl(params)))
-        return stepped
-
     @torch.no_grad()
     def step(self, closure=None):
         """One Adafactor step of every param with a gradient; returns ``closure()``'s loss if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group, params, impl in self._stepped():
+        loss = closure_loss(closure)
+        for group, params, impl in self.groups_to_step():
             for p in params:
                 if not self.state[p]:
                     self.state[p].update(initial_state(p))
@@ -225,4 +164,4 @@ def _update(function, hyper, flags, slots) -> None:
         launch.update(function, None, hyper, flags)
 
 
-__all__ = ["Adafactor", "fused_adafactor", "fused_problem"]
+__all__ = ["Adafactor", "fused_adafactor"]

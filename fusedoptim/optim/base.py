@@ -156,10 +156,7 @@ class FusedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         if torch.compiler.is_compiling():
             self._compiled_step()
         else:
@@ -235,6 +232,15 @@ class FusedOptimizer(torch.optim.Optimizer):
         text = super().__repr__()
         options = ", ".join(f"{name}={getattr(self, name)!r}" for name in OPTIONS)
         return text.replace(" (", f" ({options}", 1)
+
+
+def closure_loss(closure):
+    """torch.optim's step prologue: ``closure()``'s loss, with gradients enabled inside the no_grad
+    step so that it can call backward; None without a closure."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def _own_dicts(hyperparameters: dict) -> dict:

@@ -18,8 +18,7 @@ def resolve_impl(plan, impl: str, existing: list) -> str:
     rule = plan.rule
     if impl == "reference" or not plan.params or not rule.has_kernel:  # "triton" without a kernel: check_options
         return "reference"
-    on_cuda = all(p.is_cuda for p in plan.locals)
-    runnable = on_cuda or (INTERPRETED and all(p.device.type == "cpu" for p in plan.locals))
+    runnable = kernels_run_on({p.device for p in plan.locals})
     # int4 codes are packed flat, two a byte, not laid out as the param: checked by check_quantized_state
     walked = () if plan.kinds and FORMATS[plan.state_dtype].bits == 4 else plan.state_names
     for param, grad, state, name in zip(plan.locals, plan.grads, existing, plan.names):
@@ -40,11 +39,22 @@ def resolve_impl(plan, impl: str, existing: list) -> str:
                     problem = ValueError(text)
                     break
         if problem is not None:
-            if impl == "auto":
-                return "reference"
-            raise type(problem)(f"{rule.name}: {problem}; or use impl='reference' (or impl='auto', which takes "
-                                "the reference for such params)")
+            return fall_back(impl, problem, rule.name)
     return "triton"
+
+
+def kernels_run_on(devices) -> bool:
+    """Whether the kernels run on ``devices``: all CUDA, or all the CPU under the Triton interpreter."""
+    return all(d.type == "cuda" for d in devices) or (INTERPRETED and all(d.type == "cpu" for d in devices))
+
+
+def fall_back(impl: str, problem: Exception, name: str) -> str:
+    """What the kernels cannot run: under impl="auto" the reference runs it; under impl="triton"
+    ``problem`` is raised, with its type, in ``name``'s words and the way out."""
+    if impl == "auto":
+        return "reference"
+    raise type(problem)(f"{name}: {problem}; or use impl='reference' (or impl='auto', which takes the reference "
+                        "for such params)")
 
 def check_capturable(plan, existing) -> None:
     """Why ``plan``'s group cannot be captured as it is. A step recorded into a CUDA graph must neither ask the host anything nor make its state:

@@ -13,13 +13,10 @@ import numbers
 import torch
 
 from fusedoptim.kernels import lbfgs as kernels
-from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
+from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import TensorSlots
 from fusedoptim.optim.reference.lbfgs import FlatVectors, dense_gradient, lbfgs_step, real_view
-from fusedoptim.optim.validation import IMPLS
-
-FUSED_DTYPES = (torch.float32, torch.complex64)  # the kernels' vectors are fp32 (a complex param: 2 per element)
-
+from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
 class FusedVectors(FlatVectors):
     """L-BFGS's vector operations as launches of the one multi-tensor launcher. Vectors are stored flat,
@@ -95,24 +92,7 @@ class FusedVectors(FlatVectors):
         return y
 
 
-def fused_problem(params) -> str:
-    """Why the kernels cannot run these params, or ""."""
-    devices = {p.device for p in params}
-    if len(devices) > 1:
-        return f"the params are on {len(devices)} devices ({sorted(map(str, devices))}); L-BFGS needs them on one"
-    device = devices.pop()
-    if device.type != "cuda" and not (INTERPRETED and device.type == "cpu"):
-        return (f"the params are on {device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 set "
-                "before triton is imported")
-    for i, p in enumerate(params):
-        if p.dtype not in FUSED_DTYPES:
-            return f"param {i} has dtype {p.dtype}; the kernels take {list(FUSED_DTYPES)}"
-        if not p.is_contiguous():
-            return f"param {i} is not contiguous (strides {p.stride()}); make it so with .contiguous()"
-    return ""
-
-
-class LBFGS(torch.optim.Optimizer):
+class LBFGS(UnregisteredOptimizer):
     """L-BFGS (Liu & Nocedal 1989), torch.optim.LBFGS's twin: the same arguments, defaults, state and
     closure evaluations; its equations in ``fusedoptim.optim.reference.lbfgs``. One param group only,
     every param on one device, as torch's.
@@ -135,7 +115,8 @@ class LBFGS(torch.optim.Optimizer):
 
     DEFAULTS = dict(lr=1, max_iter=20, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, history_size=100,
                     line_search_fn=None)
-    IMPLS = IMPLS
+    FUSED_DTYPES = (torch.float32, torch.complex64)  # the kernels' vectors are fp32 (a complex param: 2 per element)
+    WALKS_GRADIENTS = False  # FusedVectors.gradient copies each gradient, dense and contiguous, into a flat vector
     STATE = ("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss",
              "al")
     LINE_SEARCHES = (None, "strong_wolfe")
@@ -162,30 +143,6 @@ class LBFGS(torch.optim.Optimizer):
         super().__init__(params, defaults)
         if len(self.param_groups) != 1:
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
-
-    @property
-    def impl(self) -> str:
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in self.IMPLS:
-            raise ValueError(f"LBFGS: impl={value!r} is not one of {self.IMPLS}")
-        self._impl = value
-
-    def chosen_impl(self) -> str:
-        """The impl the next step runs: "reference" or "triton". With impl="triton", why the kernels
-        cannot run the params (ValueError), before anything changes."""
-        params = self.param_groups[0]["params"]
-        if self.impl == "reference" or not params:
-            return "reference"
-        problem = fused_problem(params)
-        if not problem:
-            return "triton"
-        if self.impl == "auto":
-            return "reference"
-        raise ValueError(f"LBFGS: impl='triton' cannot run: {problem}; or use impl='reference' (or impl='auto', "
-                         "which takes the reference for such params)")
 
     @torch.no_grad()
     def step(self, closure):

@@ -12,37 +12,24 @@ A Muon step is three stages, and the fused impl keeps them apart:
 
 Muon is no element-wise rule, so it has no row in ``optim.registry.RULES`` (yet: the matrix shape is
 to be declared there); its interface is the class: ``Muon.DEFAULTS``, ``Muon.IMPLS``, ``Muon.STATE``
-and ``chosen_impl(group)``.
+and ``chosen_impl(params)`` (``optim.unregistered``'s, with the ``impl`` option).
 """
 import numbers
 
 import torch
 
 from fusedoptim.kernels import muon as kernels
-from fusedoptim.kernels.launcher import INTERPRETED, prepare_launches
+from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.newton_schulz import newton_schulz
 from fusedoptim.kernels.slots import TRITON_DTYPES, TensorSlots
+from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.reference.muon import adjusted_lr, muon
-from fusedoptim.optim.validation import IMPLS
+from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
 DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
 
 
-def fused_problem(params) -> str:
-    """Why the kernels cannot step these params (and their gradients, where they have one), or ""."""
-    for i, p in enumerate(params):
-        if p.device.type != "cuda" and not (INTERPRETED and p.device.type == "cpu"):
-            return (f"param {i} is on {p.device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 "
-                    "set before triton is imported")
-        if p.dtype not in TRITON_DTYPES:
-            return f"param {i} has dtype {p.dtype}; the kernels take {list(TRITON_DTYPES)}"
-        if not p.is_contiguous() or (p.grad is not None and (not p.grad.is_contiguous() or p.grad.dtype != p.dtype)):
-            return (f"param {i} or its gradient is not contiguous in the param's dtype (param {p.dtype} strides "
-                    f"{p.stride()}, grad {p.grad.dtype} strides {p.grad.stride()}); make them so with .contiguous()")
-    return ""
-
-
-class Muon(torch.optim.Optimizer):
+class Muon(UnregisteredOptimizer):
     """Muon (Jordan et al. 2024), torch.optim.Muon's twin: momentum, orthogonalized by Newton–Schulz
     iterations, for 2-D params only (use a second optimizer, e.g. fo.AdamW, for biases, norms and
     embeddings). Its equations: ``fusedoptim.optim.reference.muon``.
@@ -64,7 +51,8 @@ class Muon(torch.optim.Optimizer):
 
     DEFAULTS = dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=DEFAULT_COEFFICIENTS,
                     eps=1e-7, ns_steps=5, adjust_lr_fn=None)
-    IMPLS = IMPLS
+    FUSED_DTYPES = tuple(TRITON_DTYPES)
+    ONE_DEVICE = False  # a Newton–Schulz stack per (shape, dtype, device); the factors copied to each device
     STATE = ("momentum_buffer",)
     ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
 
@@ -101,50 +89,11 @@ class Muon(torch.optim.Optimizer):
                         "embeddings...) to a second optimizer, e.g. fo.AdamW([p for p in model.parameters() if "
                         "p.ndim != 2]), stepping both")
 
-    @property
-    def impl(self) -> str:
-        return self._impl
-
-    @impl.setter
-    def impl(self, value: str) -> None:
-        if value not in self.IMPLS:
-            raise ValueError(f"Muon: impl={value!r} is not one of {self.IMPLS}")
-        self._impl = value
-
-    def chosen_impl(self, params) -> str:
-        """The impl a step of ``params`` (with their gradients) runs: "reference" or "triton". With
-        impl="triton", why the kernels cannot run them (ValueError), before anything changes."""
-        if self.impl == "reference" or not params:
-            return "reference"
-        problem = fused_problem(params)
-        if not problem:
-            return "triton"
-        if self.impl == "auto":
-            return "reference"
-        raise ValueError(f"Muon: impl='triton' cannot run: {problem}; or use impl='reference' (or impl='auto', "
-                         "which takes the reference for such params)")
-
-    def _params_with_grad(self, group):
-        """The group's params that have a gradient, checked as torch checks them."""
-        params = [p for p in group["params"] if p.grad is not None]
-        for p in params:
-            if torch.is_complex(p):
-                raise RuntimeError("Muon does not support complex parameters")
-            if p.grad.is_sparse:
-                raise RuntimeError("Muon does not support sparse gradients")
-        return params
-
     @torch.no_grad()
     def step(self, closure=None):
         """One Muon step of every group; returns ``closure()``'s loss where a closure is given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        # Every group is checked, and its impl chosen, before any group changes.
-        plans = [(group, params, self.chosen_impl(params)) for group in self.param_groups
-                 for params in (self._params_with_grad(group),)]
-        for group, params, impl in plans:
+        loss = closure_loss(closure)
+        for group, params, impl in self.groups_to_step():
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):
                 if "momentum_buffer" not in state:

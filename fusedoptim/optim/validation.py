@@ -148,10 +148,15 @@ def check_grad(rule, param, where: str, group: dict):
 IMPLS = ("auto", "triton", "reference")
 
 
+def check_impl(name: str, impl) -> None:
+    """The ``impl`` option of ``name``'s class: one of IMPLS."""
+    if impl not in IMPLS:
+        raise ValueError(f"{name}: impl={impl!r} is not one of {IMPLS}")
+
+
 def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_release, master_weight_bits):
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
-    if impl not in IMPLS:
-        raise ValueError(f"{rule.name}: impl={impl!r} is not one of {IMPLS}")
+    check_impl(rule.name, impl)
     if impl not in ("auto", *rule.impls):
         raise ValueError(f"{rule.name}: impl={impl!r} cannot run it: {rule.name} has no fused kernel (its impls are "
                          f"{rule.impls}); use impl='reference' or impl='auto', which takes the reference")

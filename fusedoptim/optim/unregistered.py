@@ -1,0 +1,87 @@
+"""The base of the classes with no row in ``optim.registry.RULES`` yet (``LBFGS``, ``Muon``,
+``Adafactor``: torch.optim's twins whose shapes the registry does not declare). It gives them what the
+registry's classes get from ``optim.base`` and ``optim.impl``: the ``impl`` option, checked; the impl
+a step runs, chosen from why the kernels cannot run its params; torch's checks of the params a step
+takes; torch's switches dropped from a torch checkpoint's groups. Each class declares what its
+kernels take (``FUSED_DTYPES``, ``ONE_DEVICE``, ``WALKS_GRADIENTS``) and keeps its own arguments, state
+and step.
+"""
+import torch
+
+from fusedoptim.optim.impl import fall_back, kernels_run_on
+from fusedoptim.optim.torch_switches import drop_switches
+from fusedoptim.optim.validation import IMPLS, check_impl
+
+
+def fused_problem(params, dtypes, one_device: bool, walks_gradients: bool) -> str:
+    """Why the kernels cannot step ``params``, or "": on one device where ``one_device``, each where the
+    kernels run, of one of ``dtypes``, contiguous (the kernels read rows and flat views, not strides),
+    and where ``walks_gradients`` so is each gradient there is, in its param's dtype."""
+    devices = {p.device for p in params}
+    if one_device and len(devices) > 1:
+        return f"the params are on {len(devices)} devices ({sorted(map(str, devices))}); the kernels need them on one"
+    for i, p in enumerate(params):
+        if not kernels_run_on([p.device]):
+            return (f"param {i} is on {p.device}; the kernels need a CUDA device, or the CPU with TRITON_INTERPRET=1 "
+                    "set before triton is imported")
+        if p.dtype not in dtypes:
+            return f"param {i} has dtype {p.dtype}; the kernels take {list(dtypes)}"
+        grad = p.grad if walks_gradients else None
+        if grad is not None and grad.dtype != p.dtype:
+            return f"the gradient of param {i} is {grad.dtype}, its param {p.dtype}; the kernels read both in one dtype"
+        for what, tensor in (("param", p), ("gradient", grad)):
+            if tensor is not None and not tensor.is_contiguous():
+                return (f"the {what} of param {i} is not contiguous (strides {tensor.stride()}); make it so with "
+                        ".contiguous()")
+    return ""
+
+
+class UnregisteredOptimizer(torch.optim.Optimizer):
+    """torch.optim.Optimizer with the ``impl`` option (keyword-only): "reference" runs the oracle;
+    "triton" the kernels, refusing (ValueError, before anything changes) params they cannot run;
+    "auto" the kernels where they run, the reference elsewhere. Settable on a built optimizer, checked."""
+
+    IMPLS = IMPLS
+    FUSED_DTYPES: tuple = ()  # each subclass: the param dtypes its kernels take
+    ONE_DEVICE = True  # the fused step needs the params it steps on one device
+    WALKS_GRADIENTS = True  # the kernels read each gradient as it is laid out (L-BFGS copies them first)
+
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        check_impl(type(self).__name__, value)
+        self._impl = value
+
+    def chosen_impl(self, params=None) -> str:
+        """The impl a step of ``params`` (those with gradients; None: every param) runs, "reference" or
+        "triton". With impl="triton", why the kernels cannot run them (ValueError), before anything changes."""
+        if params is None:
+            params = [p for group in self.param_groups for p in group["params"]]
+        if self.impl == "reference" or not params:
+            return "reference"
+        problem = fused_problem(params, self.FUSED_DTYPES, self.ONE_DEVICE, self.WALKS_GRADIENTS)
+        if not problem:
+            return "triton"
+        return fall_back(self.impl, ValueError(f"impl='triton' cannot run: {problem}"), type(self).__name__)
+
+    def groups_to_step(self) -> list:
+        """(group, its params with a gradient, the impl that steps them) for every group: each param
+        checked as torch checks it, and every impl chosen, before any group changes."""
+        name = type(self).__name__
+        stepped = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                if torch.is_complex(p):  # torch's words and type
+                    raise RuntimeError(f"{name} does not support complex parameters")
+                if p.grad.is_sparse:
+                    raise RuntimeError(f"{name} does not support sparse gradients")
+            stepped.append((group, params, self.chosen_impl(params)))
+        return stepped
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        drop_switches(self.param_groups)  # torch's switches, in a torch checkpoint: the impl decides here
