@@ -4,13 +4,13 @@ from fusedoptim.optim.reference import coupled_gradient, upcast
 
 
 def step_size_and_averaging_weight(lr, lambd: float, alpha: float, t0: float, step: torch.Tensor) -> tuple:
-    """η and μ after ``step`` steps, as fp32 tensors shaped like ``step`` (fp64 step counts: one
+    """η and μ after ``step`` steps, as fp64 tensors shaped like ``step`` (fp64 step counts: one
     param's, or a device's buffer of them; lr a number or an fp64 tensor). In fp64, as torch computes
-    them in Python floats, then rounded to fp32, as torch stores them:
+    them in Python floats; copied into the fp32 states, they round as torch stores them:
     η = lr / (1 + λ·lr·t)^α,  μ = 1 / max(1, t − t0)."""
     eta = lr / ((1 + lambd * lr * step) ** alpha)
     mu = 1 / (step - t0).clamp(min=1)
-    return eta.float(), mu.float()
+    return eta, mu
 
 
 def advance_eta_and_mu(group, step, eta, mu) -> tuple:
