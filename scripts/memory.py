@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from fusedoptim import optim
 from fusedoptim.optim.quantization import is_quantized
-from fusedoptim.optim.registry import RULES
+from fusedoptim.optim.registry import RULES, SHAPED_RULES
 from scripts.gpt import GPT, GPT2_SMALL, GPTConfig
 from scripts.plots import MiB, label, memory_bars
 from scripts.report import OUT_HELP, describe, machine, markdown_table, report_directory, write_csv, written
@@ -230,7 +230,30 @@ def state_rows(policies, device, config):
             if rule.nonnegative_params:
                 params = [p.abs() for p in params]
             rows.append(state_row(rule, policy_name, params, "reference"))
+    for rule in SHAPED_RULES.values():
+        if rule.optimizer.NEEDS_CLOSURE:
+            continue  # its state fills over many closure evaluations: its model is the full history's
+        torch.manual_seed(0)
+        params = [p for p in (torch.randn(shape, device=device) for shape in shapes) if rule.takes(p)]
+        rows.append(shaped_state_row(rule, params))
     return rows
+
+
+def shaped_state_row(rule, params):
+    """A rule of another shape (optim.rule.SHAPES), fp32, stepped once on the params it takes (Muon: the
+    matrices): its declared state bytes against the bytes of its state tensors."""
+    optimizer = rule.optimizer(params, impl="reference")
+    for param in params:
+        param.grad = torch.randn_like(param) * 1e-3
+    optimizer.step()
+    numel = sum(p.numel() for p in params)
+    analytic = rule.state_bytes(optimizer.param_groups[0], [p.shape for p in params], torch.float32)
+    measured = tensor_bytes(t for state in optimizer.state.values() for t in state.values()
+                            if isinstance(t, torch.Tensor))
+    return dict(rule=rule.name, policy="fp32", states=" ".join(sorted({n for st in optimizer.state.values() for n in st})),
+                scalar_states="-", params=numel, analytic_state_bytes_per_param=analytic / numel,
+                measured_state_bytes_per_param=measured / numel, analytic_state_bytes=analytic,
+                measured_state_bytes=measured)
 
 
 def held_through_backward(rule, group, grads_held) -> str:

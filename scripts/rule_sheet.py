@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from fusedoptim.optim.base import OPTIONS
-from fusedoptim.optim.registry import RULES
+from fusedoptim.optim.registry import RULES, SHAPED_RULES
+from fusedoptim.optim.rule import SHAPES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULE_SHEET = ROOT / "docs" / "rules.md"
@@ -35,11 +38,15 @@ def class_cell(rule) -> str:
     return f"`fo.{rule.name}`"
 
 
+def twin_summary_cell(rule) -> str:
+    """What the rule does, and its torch twin: every shape's rows."""
+    return rule.summary + (f"; twin of `torch.optim.{rule.torch_twin.__name__}`" if rule.torch_twin else "")
+
+
 def summary_cell(rule) -> str:
-    twin = f"; twin of `torch.optim.{rule.torch_twin.__name__}`" if rule.torch_twin else ""
     sparse = "; sparse gradients only" if rule.only_sparse_gradients else ""
     oracle = "; its oracle alone serves it (`impl=\"triton\"` refused)" if not rule.has_kernel else ""
-    return rule.summary + twin + sparse + oracle
+    return twin_summary_cell(rule) + sparse + oracle
 
 
 def arguments_cell(rule) -> str:
@@ -128,13 +135,42 @@ def row(cells) -> str:
     return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
-def table(rules: dict) -> str:
-    """The generated lines: the table, a row per rule in the registry's order, and the options every class takes."""
+def table(rules: dict, shaped: dict = SHAPED_RULES) -> str:
+    """The generated lines: the table, a row per rule in the registry's order, the options every class
+    takes, then the table of the rules of other shapes."""
     lines = [row(header for header, _ in COLUMNS), "|" + "---|" * len(COLUMNS)]
     lines += [row(cell(rule) for _, cell in COLUMNS) for rule in rules.values()]
     lines += ["", f"Every class also takes, after a `*`, the options of `fusedoptim.optim.base.FusedOptimizer`: "
-                  f"`{arguments(OPTIONS)}`."]
+                  f"`{arguments(OPTIONS)}`.", "", "The rules of other shapes (`fusedoptim.optim.registry.SHAPED_RULES`; "
+                  "each its own class, with `impl` after a `*`):", ""]
+    lines += [row(header for header, _ in SHAPED_COLUMNS), "|" + "---|" * len(SHAPED_COLUMNS)]
+    lines += [row(cell(rule) for _, cell in SHAPED_COLUMNS) for rule in shaped.values()]
     return "\n".join(lines)
+
+
+def signature_arguments(cls) -> str:
+    """A class's arguments after ``params`` as inspect.signature prints them (its own, for a class outside
+    the rows' generated signature: torch's keyword-only switches included)."""
+    return str(inspect.signature(cls)).removeprefix("(params, ").removesuffix(")")
+
+
+MATRIX = (4096, 4096)  # the param the shaped rules' state is counted on: a large transformer's matrix
+
+
+def shaped_state_cell(rule) -> str:
+    """State bytes per param of one fp32 4096 × 4096 matrix, at the defaults (the memory model)."""
+    bytes_per_param = rule.state_bytes(rule.defaults, [MATRIX], torch.float32) / (MATRIX[0] * MATRIX[1])
+    return f"{bytes_per_param:.4g}"
+
+
+SHAPED_COLUMNS = (
+    ("class", class_cell),
+    ("shape", lambda rule: f"{rule.shape}: {SHAPES[rule.shape]}"),
+    ("what it does (paper)", twin_summary_cell),
+    ("arguments (defaults)", lambda rule: f"`{signature_arguments(rule.optimizer)}`"),
+    ("state", lambda rule: ", ".join(f"`{name}`" for name in rule.optimizer.STATE)),
+    (f"state bytes/param ({MATRIX[0]} × {MATRIX[1]} fp32)", shaped_state_cell),
+)
 
 
 def rule_list(rules: dict) -> str:
@@ -144,8 +180,10 @@ def rule_list(rules: dict) -> str:
 
     twins = [entry(name, rule) for name, rule in rules.items() if rule.torch_twin is not None]
     others = [entry(name, rule) for name, rule in rules.items() if rule.torch_twin is None]
-    return (f"{len(rules)} classes in the registry (`fo.<class>`). torch.optim's twins, to fp32 rounding in all "
-            f"their options: {', '.join(twins)}. From the literature: {', '.join(others)}.")
+    shaped = [f"`{name}` ({rule.shape})" for name, rule in SHAPED_RULES.items()]
+    return (f"{len(rules) + len(SHAPED_RULES)} classes (`fo.<class>`). torch.optim's element-wise twins (to fp32 "
+            f"rounding, all options): {', '.join(twins)}; of other shapes: {', '.join(shaped)}. From the literature: "
+            f"{', '.join(others)}.")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RULES``, exported here
 under the rule's name (``optim.AdamW``, ``optim.Tiger``, ...): a new row is a new class, with nothing
-to add to this file. ``LBFGS``, ``Muon`` and ``Adafactor`` are no element-wise rules and have no row yet:
+to add to this file. ``LBFGS``, ``Muon`` and ``Adafactor``, rows of ``optim.registry.SHAPED_RULES``, have
 their own classes (``optim.lbfgs``, ``optim.muon``, ``optim.adafactor``), on one base (``optim.unregistered``).
 """
 from fusedoptim.optim.adafactor import Adafactor

@@ -13,7 +13,7 @@ loads both ways): ``row_var`` and ``col_var`` for a param of 2+ dims, O(n + m) f
 α and denom are computed on the host in Python floats, from Σθ² and Σu²: one host sync per group and
 step (torch makes two per param).
 
-Adafactor has no row in ``optim.registry.RULES`` yet: its factored state is not a declared shape.
+Adafactor is a rule of the factored shape (its row: ``optim.registry.SHAPED_RULES``).
 Its interface is the class: ``Adafactor.DEFAULTS``, ``Adafactor.IMPLS``, ``Adafactor.STATE``,
 ``chosen_impl()``.
 """
@@ -27,6 +27,19 @@ from fusedoptim.kernels.slots import TensorSlots
 from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
 from fusedoptim.optim.unregistered import UnregisteredOptimizer
+
+
+def adafactor_state_bytes(group, shapes, param_dtype) -> int:
+    """Bytes of state kept for params of these shapes after a step: a 4-byte step each; for a param of
+    2+ dims [..., n, m] its row and column statistics, numel/m + numel/n values (O(n + m) for a matrix);
+    else its variance, numel values; in the param's dtype, as torch keeps them."""
+    element = torch.empty((), dtype=param_dtype).element_size()
+    total = 0
+    for shape in map(torch.Size, shapes):
+        factored = len(shape) >= 2 and shape.numel()
+        values = shape.numel() // shape[-1] + shape.numel() // shape[-2] if factored else shape.numel()
+        total += 4 + values * element
+    return total
 
 
 class Adafactor(UnregisteredOptimizer):

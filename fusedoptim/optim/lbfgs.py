@@ -4,7 +4,7 @@ and its closure evaluations. Its equations and the step itself are the oracle's
 vectors, or ``FusedVectors``, one multi-tensor launch per operation over every param
 (``kernels.lbfgs``; docs/lbfgs.md).
 
-L-BFGS is no element-wise rule, so it has no row in ``optim.registry.RULES``: its interface is the
+L-BFGS is a rule of the history shape (its row: ``optim.registry.SHAPED_RULES``); its interface is the
 class's arguments (``LBFGS.DEFAULTS``), its impls (``LBFGS.IMPLS``) and ``LBFGS.STATE``, the names of
 its state, all in the first param's state, as torch keeps them.
 """
@@ -92,6 +92,14 @@ class FusedVectors(FlatVectors):
         return y
 
 
+def lbfgs_state_bytes(group, shapes, param_dtype) -> int:
+    """Bytes of state once the history is full, for params of these shapes (N elements in all, fp32, as
+    the kernels keep them): the direction d and the previous gradient (2N), history_size pairs (s, y)
+    (2·h·N), and 0-d tensors: H_diag, ρ and α of each pair."""
+    numel, history = sum(torch.Size(shape).numel() for shape in shapes), group["history_size"]
+    return 4 * ((2 + 2 * history) * numel + 1 + 2 * history)
+
+
 class LBFGS(UnregisteredOptimizer):
     """L-BFGS (Liu & Nocedal 1989), torch.optim.LBFGS's twin: the same arguments, defaults, state and
     closure evaluations; its equations in ``fusedoptim.optim.reference.lbfgs``. One param group only,
@@ -117,6 +125,7 @@ class LBFGS(UnregisteredOptimizer):
                     line_search_fn=None)
     FUSED_DTYPES = (torch.float32, torch.complex64)  # the kernels' vectors are fp32 (a complex param: 2 per element)
     WALKS_GRADIENTS = False  # FusedVectors.gradient copies each gradient, dense and contiguous, into a flat vector
+    NEEDS_CLOSURE = True
     STATE = ("func_evals", "n_iter", "d", "t", "old_dirs", "old_stps", "ro", "H_diag", "prev_flat_grad", "prev_loss",
              "al")
     LINE_SEARCHES = (None, "strong_wolfe")

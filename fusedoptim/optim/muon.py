@@ -10,8 +10,8 @@ A Muon step is three stages, and the fused impl keeps them apart:
    launch per matrix product for every matrix of that shape), into a second stack O;
 3. element-wise, the apply: one launch (``kernels.muon.apply_update``) θ ← (1 − γλ)θ − γ'·O.
 
-Muon is no element-wise rule, so it has no row in ``optim.registry.RULES`` (yet: the matrix shape is
-to be declared there); its interface is the class: ``Muon.DEFAULTS``, ``Muon.IMPLS``, ``Muon.STATE``
+Muon is a rule of the matrix shape (its row: ``optim.registry.SHAPED_RULES``, not generated into a
+class yet); its interface is the class: ``Muon.DEFAULTS``, ``Muon.IMPLS``, ``Muon.STATE``
 and ``chosen_impl(params)`` (``optim.unregistered``'s, with the ``impl`` option).
 """
 import numbers
@@ -27,6 +27,11 @@ from fusedoptim.optim.reference.muon import adjusted_lr, muon
 from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
 DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
+
+
+def muon_state_bytes(group, shapes, param_dtype) -> int:
+    """Bytes of state kept for matrices of these shapes: a momentum buffer each, in the param's dtype."""
+    return sum(torch.Size(shape).numel() for shape in shapes) * torch.empty((), dtype=param_dtype).element_size()
 
 
 class Muon(UnregisteredOptimizer):

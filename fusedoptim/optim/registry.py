@@ -48,7 +48,13 @@ from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
 from fusedoptim.optim.param_groups import tiger_constants, tiger_param_groups, tiger_sum_of_squares_over
 
-from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, State, Sum, Tolerance
+from fusedoptim.optim.adafactor import Adafactor, adafactor_state_bytes
+from fusedoptim.optim.lbfgs import LBFGS, lbfgs_state_bytes
+from fusedoptim.optim.muon import Muon, muon_state_bytes
+from fusedoptim.optim.reference.adafactor import adafactor
+from fusedoptim.optim.reference.lbfgs import lbfgs_step
+from fusedoptim.optim.reference.muon import muon
+from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
                         flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
@@ -343,6 +349,34 @@ RULES = {
             reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
             folds_gradients=True, step_per_optimizer=True,
+        ),
+    )
+}
+
+# The rules of other shapes (optim.rule.SHAPES): declared here beside the element-wise rows, with their
+# own classes.
+SHAPED_RULES = {
+    rule.name: rule
+    for rule in (
+        ShapedRule(
+            name="Muon", shape="matrix",
+            summary="Momentum orthogonalized by Newton–Schulz iterations, for 2-D params (Jordan et al. 2024; "
+                    "lr adjusted to AdamW's RMS: Liu et al. 2025)",
+            optimizer=Muon, reference=muon, torch_twin=torch.optim.Muon, state_bytes=muon_state_bytes,
+            takes=lambda param: param.dim() == 2,
+        ),
+        ShapedRule(
+            name="Adafactor", shape="factored",
+            summary="Adam's second moment factored into row and column statistics, a relative step size and "
+                    "update clipping (Shazeer & Stern 2018)",
+            optimizer=Adafactor, reference=adafactor, torch_twin=torch.optim.Adafactor,
+            state_bytes=adafactor_state_bytes,
+        ),
+        ShapedRule(
+            name="LBFGS", shape="history",
+            summary="Limited-memory BFGS: the two-loop recursion over the last history_size steps, a fixed step "
+                    "or a strong Wolfe line search (Liu & Nocedal 1989)",
+            optimizer=LBFGS, reference=lbfgs_step, torch_twin=torch.optim.LBFGS, state_bytes=lbfgs_state_bytes,
         ),
     )
 }

@@ -302,3 +302,37 @@ def _state_element_size(state_dtype, param_dtype) -> float:
     if is_quantized(state_dtype):
         return FORMATS[state_dtype].bits / 8 + 4 / FORMATS[state_dtype].block
     return _element_size(state_dtype or param_dtype)
+
+
+SHAPES = {
+    "matrix": "its update sees a whole matrix (Muon: momentum, then Newton–Schulz on the matrix, then the apply)",
+    "factored": "a state declared as row and column statistics of a matrix, O(n + m) (Adafactor)",
+    "history": "its update sees past steps and re-evaluates a closure (L-BFGS's two-loop recursion)",
+}
+
+
+@dataclass(frozen=True)
+class ShapedRule:
+    """A rule whose update is not element-wise (``SHAPES``): declared in the registry beside the
+    element-wise rows, so that the rule sheet, the README's list, the memory model and the tests iterate
+    every rule; its class is its own for now (``optim.unregistered``: the shape's engine), its oracle in
+    ``optim.reference`` as for every rule."""
+
+    name: str  # the class's name
+    shape: str  # one of SHAPES
+    summary: str
+    optimizer: type
+    reference: Callable  # the oracle
+    torch_twin: Optional[type]
+    # Bytes of state kept after a step, (group, param shapes, param dtype) -> int: the memory model.
+    state_bytes: Callable
+    # Which params it steps: Muon takes matrices only (a second optimizer takes the rest).
+    takes: Callable = lambda param: True
+
+    def __post_init__(self):
+        if self.shape not in SHAPES:
+            raise ValueError(f"{self.name}: shape={self.shape!r} is not one of {list(SHAPES)}")
+
+    @property
+    def defaults(self) -> dict:
+        return dict(self.optimizer.DEFAULTS)

@@ -1,5 +1,5 @@
-"""The base of the classes with no row in ``optim.registry.RULES`` yet (``LBFGS``, ``Muon``,
-``Adafactor``: torch.optim's twins whose shapes the registry does not declare). It gives them what the
+"""The base of the classes of the rules of other shapes (``LBFGS``, ``Muon``, ``Adafactor``: rows of
+``optim.registry.SHAPED_RULES``, whose classes are written by hand, not generated from their rows). It gives them what the
 registry's classes get from ``optim.base`` and ``optim.impl``: the ``impl`` option, checked; the impl
 a step runs, chosen from why the kernels cannot run its params; torch's checks of the params a step
 takes; torch's switches dropped from a torch checkpoint's groups. Each class declares what its
@@ -45,6 +45,7 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
     FUSED_DTYPES: tuple = ()  # each subclass: the param dtypes its kernels take
     ONE_DEVICE = True  # the fused step needs the params it steps on one device
     WALKS_GRADIENTS = True  # the kernels read each gradient as it is laid out (L-BFGS copies them first)
+    NEEDS_CLOSURE = False  # step(closure) re-evaluates the loss (L-BFGS): step() alone is refused
 
     @property
     def impl(self) -> str:
