@@ -356,6 +356,23 @@ BREAKAGES = (
     Breakage("sparse-adam-takes-eps-zero", "fusedoptim/optim/registry.py", '√v + eps", zero=False)', '√v + eps")',
              ("tests/test_torch_twins.py::-k refuse and SparseAdam",),
              "SparseAdam(eps=0), which torch refuses: a held zero gradient on a fresh row divides 0 by 0"),
+    Breakage("muon-steps-the-embeddings", "scripts/reproductions/muon_gpt.py",
+             'if name.startswith("h.") and param.ndim == 2]', "if param.ndim == 2]",
+             ("tests/test_reproduction_muon_gpt.py::test_muon_steps_the_blocks_matrices_and_adamw_the_rest",),
+             "muon_gpt's Muon orthogonalizes the token and position embeddings, which its authors leave to AdamW"),
+    Breakage("muon-gpt-adamw-lr-not-the-chosen", "scripts/reproductions/muon_gpt.py",
+             'adamw_lr = adamw[0]["lr"]', 'adamw_lr = adamw[-1]["lr"]',
+             ("tests/test_reproduction_muon_gpt.py::test_the_sweep_gives_muons_adamw_the_lr_adamw_chose",),
+             "Muon's non-matrix params stepped at an lr AdamW alone did not choose: the comparison is not of the rule"),
+    Breakage("lbfgs-convex-counts-the-restarts", "scripts/reproductions/lbfgs_convex.py",
+             "closure.evaluations - (k - 1 if line_search_fn else 0)", "closure.evaluations",
+             ("tests/test_reproduction_lbfgs_convex.py::-k torchs_steps or strong_wolfe",),
+             "the strong Wolfe runs charged an evaluation per iteration that one long step never makes"),
+    Breakage("lbfgs-convex-gd-at-half-its-step", "scripts/reproductions/lbfgs_convex.py",
+             'optim.SGD([theta], lr=1 / problem.smoothness(), impl="reference")',
+             'optim.SGD([theta], lr=0.5 / problem.smoothness(), impl="reference")',
+             ("tests/test_reproduction_lbfgs_convex.py::-k predicted_rate",),
+             "gradient descent run at another step than the one its predicted rate is for"),
 )
 
 
