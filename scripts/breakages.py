@@ -348,6 +348,17 @@ BREAKAGES = (
     Breakage("sparse-adam-takes-eps-zero", "fusedoptim/optim/registry.py", '√v + eps", zero=False)', '√v + eps")',
              ("tests/test_torch_twins.py::-k refuse and SparseAdam",),
              "SparseAdam(eps=0), which torch refuses: a held zero gradient on a fresh row divides 0 by 0"),
+    Breakage("muon-gram-without-tensor-cores", "fusedoptim/kernels/newton_schulz.py",
+             "mask=(rows_j[None, :] < rows) & (cols[:, None] < inner), other=0.0)\n"
+             "        accumulator = tl.dot(dot_operand(left), dot_operand(right), accumulator)",
+             "mask=(rows_j[None, :] < rows) & (cols[:, None] < inner), other=0.0)\n"
+             "        accumulator += tl.sum(left.to(tl.float32)[:, :, None] * right.to(tl.float32)[None, :, :], axis=1)",
+             ("tests/test_compile_for_gpu.py::test_newton_schulz_products_use_tensor_cores_and_do_not_spill_on_sm90",),
+             "Muon's Gram product as broadcast multiply-adds on the CUDA cores: the same values, many times slower"),
+    Breakage("class-overhead-ratio-inverted", "scripts/step_overhead_classes.py",
+             'row["median_ms"] / twin["median_ms"]', 'twin["median_ms"] / row["median_ms"]',
+             ("tests/test_step_overhead_classes.py::test_each_class_and_its_twins_have_a_measured_row_on_each_set",),
+             "the report says ours is k times faster where it is k times slower"),
 )
 
 
