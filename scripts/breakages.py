@@ -373,6 +373,17 @@ BREAKAGES = (
              'optim.SGD([theta], lr=0.5 / problem.smoothness(), impl="reference")',
              ("tests/test_reproduction_lbfgs_convex.py::-k predicted_rate",),
              "gradient descent run at another step than the one its predicted rate is for"),
+    Breakage("muon-gram-without-tensor-cores", "fusedoptim/kernels/newton_schulz.py",
+             "mask=(rows_j[None, :] < rows) & (cols[:, None] < inner), other=0.0)\n"
+             "        accumulator = tl.dot(dot_operand(left), dot_operand(right), accumulator)",
+             "mask=(rows_j[None, :] < rows) & (cols[:, None] < inner), other=0.0)\n"
+             "        accumulator += tl.sum(left.to(tl.float32)[:, :, None] * right.to(tl.float32)[None, :, :], axis=1)",
+             ("tests/test_compile_for_gpu.py::test_newton_schulz_products_use_tensor_cores_and_do_not_spill_on_sm90",),
+             "Muon's Gram product as broadcast multiply-adds on the CUDA cores: the same values, many times slower"),
+    Breakage("class-overhead-ratio-inverted", "scripts/step_overhead_classes.py",
+             'row["median_ms"] / twin["median_ms"]', 'twin["median_ms"] / row["median_ms"]',
+             ("tests/test_step_overhead_classes.py::test_each_class_and_its_twins_have_a_measured_row_on_each_set",),
+             "the report says ours is k times faster where it is k times slower"),
 )
 
 

@@ -8,6 +8,10 @@ CPU tensors through the real host path (state, pointer table, arguments), but ea
 only compiles (triton's `warmup`, with triton's bundled ptxas) against a stand-in driver that names
 the target; nothing runs. Must be run without TRITON_INTERPRET.
 
+Muon's Newton–Schulz kernels (bf16 `tl.dot` products at their GPU tiles) are reported apart, by
+scripts/tensor_cores.py: their tensor-core instructions (wgmma / mma.sync in the PTX, HGMMA / HMMA in
+the SASS), registers per thread, spills and shared memory.
+
 `--budget` compiles the storage formats whose ALU cost tests/test_alu_budget.py holds to the memory
 system's pace (``budget_cases``) and reports ``sass per element`` for each (``sass_per_element``).
 """
@@ -20,6 +24,8 @@ from collections import Counter
 import torch
 from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
+
+from scripts.tensor_cores import newton_schulz_kernels
 
 
 class CompileOnlyDriver:
@@ -240,8 +246,11 @@ def main():
     if not args.budget:
         results.update(search_space_extremes(optim, launcher))
         results.update(majority_vote_kernels())
+        matrix_kernels = newton_schulz_kernels(CompileOnly)
+    else:
+        matrix_kernels = {}
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps({**results, **matrix_kernels}))
         return
     print(f"global accesses in the PTX for sm_{args.arch} (per thread; full blocks first, then the masked tail), "
           "and the full block loop's SASS instructions per element")
@@ -249,6 +258,14 @@ def main():
         sass = widths.pop("sass per element", None)
         print(f"{key:>18}: " + ", ".join(f"{k} ×{v}" for k, v in sorted(widths.items()))
               + ("" if sass is None else f"; SASS {sass:.1f} per element"))
+    if matrix_kernels:
+        print(f"\nNewton–Schulz's bf16 products for sm_{args.arch}: tensor-core instructions in the code (PTX, SASS), "
+              "registers per thread, spills, dynamic shared memory")
+    for key, facts in matrix_kernels.items():
+        instructions = ", ".join(f"{k} ×{v}" for k, v in facts.items() if "mma" in k.lower())
+        print(f"{key:>42}: {instructions or 'no tensor-core instruction'}; {facts['registers']} registers, "
+              f"{facts['local bytes']} B local ({facts['spill stores']} STL, {facts['spill loads']} LDL), "
+              f"{facts['shared bytes']} B shared, {facts['num_warps']} warps, {facts['num_stages']} stages")
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """The compiled path, which the interpreter never takes: every rule's kernel compiles for Hopper
-(sm_90) with this machine's triton, and a full block of an aligned launch moves every tensor with
-128-bit accesses. Runs scripts/compile_for_gpu.py in a process of its own, without the interpreter."""
+(sm_90) with this machine's triton, a full block of an aligned launch moves every tensor with
+128-bit accesses, and Muon's Newton–Schulz products run on the tensor cores without spilling. Runs
+scripts/compile_for_gpu.py once, in a process of its own, without the interpreter."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fusedoptim import optim
@@ -15,13 +17,31 @@ from fusedoptim.autotune import DEFAULT_CONFIGS
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_full_blocks_use_128_bit_accesses_on_sm90():
+@pytest.fixture(scope="module")
+def compiled():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
     done = subprocess.run([sys.executable, "scripts/compile_for_gpu.py", "--json"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    widths = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_newton_schulz_products_use_tensor_cores_and_do_not_spill_on_sm90(compiled):
+    # X·Xᵀ and A·A (the symmetric kernel, with and without its addend) and a·X + B·X (the general
+    # product, writing bf16 and, last, the param's dtype), for a wide stack and a tall one (iterated
+    # through a transposed view): each is bf16 tl.dots at the GPU tiles.
+    products = {key: facts for key, facts in compiled.items() if key.startswith("Newton–Schulz")}
+    assert len(products) == 8, sorted(products)
+    for key, facts in products.items():
+        ptx = sum(count for name, count in facts.items() if name.startswith(("wgmma.mma_async", "mma.sync")))
+        sass = sum(count for name, count in facts.items() if name.startswith(("HGMMA.", "HMMA.")))
+        assert ptx > 0 and sass > 0, (key, facts)
+        assert facts["local bytes"] == facts["spill stores"] == facts["spill loads"] == 0, (key, facts)
+
+
+def test_full_blocks_use_128_bit_accesses_on_sm90(compiled):
+    widths = compiled
     assert widths["SGDHD float32 reduce"].get("ld.global.v4.b32") == 4, widths["SGDHD float32 reduce"]
     for name, rule in optim.RULES.items():
         if not rule.has_kernel:
