@@ -11,9 +11,11 @@ and triton versions, each stage's status and wall time, pytest's summary, the pa
                     against torch's AdamW (scripts/step_overhead.py)
   3. bandwidth      every rule at 2^26 elements and on GPT-2 small's list: ours fused and one launch
                     per tensor against torch's fused and foreach steps
-  4. autotune       a short tuning pass, merged into fusedoptim/autotune/tables/<gpu>.json; each candidate is one
+  4. muon           fo.Muon's step and its Newton–Schulz kernels against torch.optim.Muon's
+                    (scripts/muon_gpu.py: GPT-2 small's matrices; square matrices of 1024 to 8192)
+  5. autotune       a short tuning pass, merged into fusedoptim/autotune/tables/<gpu>.json; each candidate is one
                     compilation per rule and dtype (72), about 0.3 s each: three rules in bf16 fit
-  5. communication  DDP's fp32 all-reduce against the majority vote, on 2 GPUs (skipped on one)
+  6. communication  DDP's fp32 all-reduce against the majority vote, on 2 GPUs (skipped on one)
 
 Unlike the other commands (which write under runs/, untracked, unless given --out), it writes into the
 checkout, to be committed: the logs, reports and summary.md in reports/<gpu>/ (--out for another folder)
@@ -62,11 +64,12 @@ class Stage:
 
 STAGES = [
     Stage("tests", ["python", "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=10",
-                    *TEST_FILES], 220),
+                    *TEST_FILES], 190),
     Stage("step-overhead", ["python", "-m", "scripts.step_overhead", "--out", "{out}"], 60),
     Stage("bandwidth", ["python", "-m", "scripts.bandwidth", "--sizes", "26", "--dtypes", "fp32", "bf16",
                         "--implementations", "triton", "one launch per tensor", "torch fused", "torch foreach",
                         "--rep-ms", "20", "--out", "{out}"], 70),
+    Stage("muon", ["python", "-m", "scripts.muon_gpu", "--out", "{out}"], 35),
     Stage("autotune", ["python", "-m", "fusedoptim.tuner", "--rules", "AdamW", "Lion", "Tiger", "--dtypes", "bfloat16",
                        "--buckets", "22", "26", "--warmup-ms", "2", "--rep-ms", "5"], 90),
     Stage("communication", ["python", "-m", "scripts.communication", "--workers", "2", "--steps", "3",

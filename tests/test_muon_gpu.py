@@ -1,0 +1,25 @@
+"""scripts/muon_gpu.py, the `./dev gpu` stage that times fo.Muon against torch.optim.Muon on a GPU: its
+code runs here on the CPU (the interpreter, tiny matrices, a plain clock), so that a lent GPU's minutes
+are not spent finding a bug in it; without a GPU its command measures nothing and says so."""
+import pytest
+import torch
+
+from scripts import muon_gpu
+from tests.conftest import DEVICE
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="the GPU runs the stage itself")
+def test_each_measurement_has_ours_and_torchs_row_and_the_ratio_between_them():
+    rows = muon_gpu.measure(DEVICE, [(16, 48), (48, 16)], [32], (torch.float32,), muon_gpu.clock)
+    pairs = {(r["measurement"], r["implementation"]) for r in rows}
+    assert pairs == {("step", "ours (triton)"), ("step", "torch.optim.Muon"),
+                     ("newton_schulz", "ours (triton)"), ("newton_schulz", "torch matmuls")}
+    for measurement in ("step", "newton_schulz"):
+        ours, torchs = [r for r in rows if r["measurement"] == measurement]  # ours measured first
+        assert ours["ratio_to_torch"] == pytest.approx(ours["median_ms"] / torchs["median_ms"])
+        assert torchs["ratio_to_torch"] == 1.0
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU measures")
+def test_without_a_gpu_it_measures_nothing(capsys, tmp_path):
+    assert muon_gpu.main(["--out", str(tmp_path)]) == 0
+    assert "no CUDA GPU" in capsys.readouterr().out and not list(tmp_path.iterdir())
