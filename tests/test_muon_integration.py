@@ -30,8 +30,12 @@ def test_matrices_are_spread_over_the_ranks_by_cost():
     assert owners(costs, 4) == [3, 0, 3, 1, 2]
 
 
-def _sharded_muon_worker(rank, world_size):
+def _sharded_muon_worker(rank, world_size, directory):
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor, Replicate
 
     from fusedoptim.optim.shards import local, placed_as, shard_range
 
@@ -59,11 +63,30 @@ def _sharded_muon_worker(rank, world_size):
                 equal.append(torch.equal(local(p), q.detach().narrow(0, first, length))
                              and torch.equal(local(buffer), whole_optimizer.state[q]["momentum_buffer"].narrow(0, first, length)))
         buffers = [sharded_optimizer.state[p]["momentum_buffer"] for p in model.parameters()]
+        # torch.distributed.checkpoint: saved, then loaded into a fresh optimizer (which DCP first steps
+        # with zero gradients and lr 0 to make its state), each rank's shard of every buffer as saved.
+        dcp.save(get_optimizer_state_dict(model, sharded_optimizer), checkpoint_id=f"{directory}/{impl}")
+        sharded_optimizer.zero_grad()  # DCP makes a fresh optimizer's state only where no param has a gradient
+        fresh = fo.Muon(model.parameters(), impl=impl, lr=0.02)
+        loaded = get_optimizer_state_dict(model, fresh)
+        dcp.load(loaded, checkpoint_id=f"{directory}/{impl}")
+        set_optimizer_state_dict(model, fresh, loaded)
+        resumed = all(torch.equal(local(fresh.state[p]["momentum_buffer"]), local(b))
+                      for p, b in zip(model.parameters(), buffers))
         results[impl] = dict(
             equal=equal, moved=all(not torch.equal(q.detach(), value) for q, value in zip(whole, initial)),
             placed=all(type(b).__name__ == "DTensor" and b.placements == p.placements and b.shape == p.shape
                        for b, p in zip(buffers, model.parameters())),
-            local_sizes=[local(p).shape[0] for p in model.parameters()])
+            local_sizes=[local(p).shape[0] for p in model.parameters()], resumed=resumed)
+    mesh = init_device_mesh("cpu", (world_size,))
+    replicated = torch.nn.Parameter(DTensor.from_local(initial[0].clone(), mesh, [Replicate()], run_check=False))
+    replicated.grad = DTensor.from_local(grads[0][0].clone(), mesh, [Replicate()], run_check=False)
+    try:
+        fo.Muon([replicated], impl="triton").step()
+        results["refused"] = ""
+    except ValueError as error:
+        results["refused"] = str(error)
+    results["replicated_unchanged"] = torch.equal(local(replicated), initial[0])
     return results
 
 
@@ -71,16 +94,44 @@ def test_fsdp2_shards_step_as_one_process(tmp_path):
     """Three steps of 5 matrices sharded over 2 ranks (uneven shards, an empty one) equal, on each rank's
     rows, the same optimizer on the whole matrices in one process: params and momentum buffers bit for
     bit, both impls; each momentum buffer a DTensor placed as its param (torch.distributed.checkpoint
-    saves it shard by shard)."""
-    ranks = spawn(_sharded_muon_worker, 2, tmp_path)
+    saves it shard by shard, and a fresh optimizer loads it back as saved). A replicated DTensor, no
+    FSDP2 layout, is refused naming the param, before any change."""
+    ranks = spawn(_sharded_muon_worker, 2, tmp_path, str(tmp_path))
     assert [rank["triton"]["local_sizes"] for rank in ranks] == [[3, 17, 1, 9, 9], [2, 16, 0, 8, 8]]
     for rank, results in enumerate(ranks):
+        assert "param 0" in results["refused"] and "dim 0 of a 1-D mesh" in results["refused"], results["refused"]
+        assert results.pop("replicated_unchanged") and results.pop("refused")
         for impl, result in results.items():
             assert result["moved"], f"rank {rank}, {impl}: the params did not move"
             assert result["placed"], f"rank {rank}, {impl}: a momentum buffer is not a DTensor placed as its param"
+            assert result["resumed"], f"rank {rank}, {impl}: DCP did not load the momentum shards as saved"
             bad = [(index // len(SHARDED_SHAPES), index % len(SHARDED_SHAPES))
                    for index, same in enumerate(result["equal"]) if not same]
             assert not bad, f"rank {rank}, {impl}: (step, param) differing from one process: {bad}"
+
+
+def test_a_copy_keeps_the_impl_and_steps_as_the_original():
+    """copy.deepcopy of a Muon (torch's state alone would lose the impl option) steps like the original,
+    and its compiled step runs the copy's own key."""
+    import copy
+
+    values, grads = _params_and_grads()
+    params = [torch.nn.Parameter(v.clone()) for v in values]
+    original = fo.Muon(params, impl="reference", lr=0.02)
+    for p, g in zip(params, grads[0]):
+        p.grad = g.clone()
+    original.step()
+    duplicate = copy.deepcopy(original)
+    copied = [p for group in duplicate.param_groups for p in group["params"]]
+    assert duplicate.impl == "reference" and copied[0] is not params[0]
+    for p, q, g in zip(params, copied, grads[1]):
+        p.grad, q.grad = g.clone(), g.clone()
+    original.step()
+    torch._dynamo.reset()
+    torch.compile(duplicate.step, fullgraph=True, backend="eager")()
+    for p, q in zip(params, copied):
+        assert torch.equal(p, q) and torch.equal(original.state[p]["momentum_buffer"],
+                                                 duplicate.state[q]["momentum_buffer"])
 
 
 def _params_and_grads(seed=0, steps=3):
