@@ -17,13 +17,18 @@ and ``chosen_impl(params)`` (``optim.unregistered``'s, with the ``impl`` option)
 import numbers
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from fusedoptim.kernels import muon as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.newton_schulz import newton_schulz
 from fusedoptim.kernels.slots import TRITON_DTYPES, TensorSlots
+from fusedoptim.optim import ops
 from fusedoptim.optim.base import closure_loss
+from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
+from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.reference.muon import adjusted_lr, muon
+from fusedoptim.optim.shards import local, shard_range
 from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
 DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
@@ -60,6 +65,9 @@ class Muon(UnregisteredOptimizer):
     ONE_DEVICE = False  # a Newton–Schulz stack per (shape, dtype, device); the factors copied to each device
     STATE = ("momentum_buffer",)
     ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
+    # As for torch.optim.Muon: GradScaler.step unscales the gradients itself (one foreach op) and skips the
+    # step on an inf or NaN, so a skipped step touches neither θ nor the momentum.
+    _step_supports_amp_scaling = False
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
                  ns_coefficients=DEFAULT_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, impl="auto"):
@@ -94,45 +102,106 @@ class Muon(UnregisteredOptimizer):
                         "embeddings...) to a second optimizer, e.g. fo.AdamW([p for p in model.parameters() if "
                         "p.ndim != 2]), stepping both")
 
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        self._register_params()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._register_params()  # a copy: its own key and list
+
+    def _register_params(self):
+        # Every param in group order, as a list of its own: what a compiled step hands its op (the traced
+        # step then reads no param group, whose float lr dynamo would guard on); and this optimizer's key
+        # for the op (``optim.ops``).
+        self._params = [p for group in self.param_groups for p in group["params"]]
+        if "_key" not in self.__dict__:
+            self._key = ops.register(self._step_from_op)
+
     @torch.no_grad()
     def step(self, closure=None):
-        """One Muon step of every group; returns ``closure()``'s loss where a closure is given."""
+        """One Muon step of every group; returns ``closure()``'s loss where a closure is given. Under
+        torch.compile the step is one opaque op (``optim.ops``) that runs this eager step at run time:
+        no graph break, and no lr, float or tensor, is a constant of the graph."""
         loss = closure_loss(closure)
-        for group, params, impl in self.groups_to_step():
-            states = [self.state[p] for p in params]
-            for p, state in zip(params, states):
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            if impl == "reference":
-                muon(params, [p.grad for p in params], states, group)
-            elif params:
-                self._fused_step(params, [s["momentum_buffer"] for s in states], group)
+        if torch.compiler.is_compiling():
+            ops.step(self._key, self._params)
+        else:
+            self._eager_step()
         return loss
 
+    def _step_from_op(self, params, inv_scale, found_inf):
+        if not same_objects(params, [p for group in self.param_groups for p in group["params"]]):
+            raise RuntimeError("Muon: the compiled step handed its op other tensors than the optimizer's params; it "
+                               "would update copies. Compile optimizer.step as a whole")
+        with torch.no_grad():
+            self._eager_step()
+
+    def _eager_step(self):
+        stepped = self.groups_to_step()
+        for _, params, _ in stepped:  # FSDP2's layout checked in every group before any group changes
+            problem = sharded_matrix_problem(params, "Muon")
+            if problem:
+                raise ValueError(problem)
+        for group, params, impl in stepped:
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if "momentum_buffer" not in state:  # a DTensor placed as its param for an FSDP2 param
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+            if impl == "reference":
+                _reference_step(params, states, group)
+            elif params:
+                self._fused_step(params, [s["momentum_buffer"] for s in states], group)
+
     def _fused_step(self, params, buffers, group):
-        """The three stages of the module docstring, for one group."""
+        """The three stages of the module docstring, for one group. An FSDP2 param's momentum and apply
+        step its local shard; its Newton–Schulz runs on one rank, whole (``optim.matrix_shards``)."""
         lr = float(group["lr"])  # torch's _to_scalar: read on the host
-        shapes: dict = {}  # (shape, dtype, device) -> indices into params: one Newton–Schulz stack each
+        sharded = ShardedMatrices(params)
+        shapes: dict = {}  # (shape, dtype, device) -> indices of the matrices this rank orthogonalizes whole
         for i, p in enumerate(params):
-            shapes.setdefault((p.shape, p.dtype, p.device), []).append(i)
+            if sharded.owns(i):
+                shapes.setdefault((p.shape, p.dtype, local(p).device), []).append(i)
         stacks = {key: torch.empty((len(members), *key[0]), dtype=key[1], device=key[2])
                   for key, members in shapes.items()}
-        matrices = [None] * len(params)  # param i's matrix in its shape's stack
-        for key, members in shapes.items():
-            for j, i in enumerate(members):
-                matrices[i] = stacks[key][j]
+        wholes = {i: stacks[key][j] for key, members in shapes.items() for j, i in enumerate(members)}
+        # Where stage 1 writes U: a whole matrix's slot in its stack, or a shard's rows to send to the owner.
+        updates = [sharded.rows_to_send(i) if i in sharded else wholes[i] for i in range(len(params))]
         hyper = kernels.MomentumHyper(group["momentum"], 1 - group["momentum"])
         flags = kernels.MomentumFlags(bool(group["nesterov"]))
-        momentum_slots = [TensorSlots(param=m, grad=p.grad, states=(b,)) for m, p, b in zip(matrices, params, buffers)]
+        momentum_slots = [TensorSlots(param=u, grad=local(p.grad), states=(local(b),))
+                          for u, p, b in zip(updates, params, buffers) if u.numel()]
         for _, launch in prepare_launches(momentum_slots, "muon"):
             launch.update(kernels.momentum, None, hyper, flags)  # stage 1: B, and U into the stacks
+        sharded.gather(wholes)
         for stack in stacks.values():  # stage 2: O = NS_k(U), one stack per shape, in place
             newton_schulz(stack, stack, group["ns_coefficients"], group["ns_steps"], group["eps"])
+        sharded.scatter(wholes)
+        updates = [sharded.received(i) if i in sharded else wholes[i] for i in range(len(params))]
         # Per tensor: (1 − γλ, γ'), as torch's mul_ and add_ take them (fp32 of the double).
         factors = torch.tensor([[1 - lr * group["weight_decay"], adjusted_lr(lr, group["adjust_lr_fn"], p.shape)]
                                 for p in params], dtype=torch.float32)
-        on_device = {device: factors.to(device) for device in {p.device for p in params}}
-        apply_slots = [TensorSlots(param=p, grad=m, scalars=(on_device[p.device][i, 0], on_device[p.device][i, 1]))
-                       for i, (p, m) in enumerate(zip(params, matrices))]
+        on_device = {device: factors.to(device) for device in {local(p).device for p in params}}
+        apply_slots = [TensorSlots(param=local(p), grad=o, scalars=(on_device[local(p).device][i, 0],
+                                                                    on_device[local(p).device][i, 1]))
+                       for i, (p, o) in enumerate(zip(params, updates)) if o.numel()]
         for _, launch in prepare_launches(apply_slots, "muon"):
             launch.update(kernels.apply_update, None, (), ())  # stage 3: θ ← (1 − γλ)θ − γ'·O
+
+
+def _reference_step(params, states, group):
+    """The oracle's step. FSDP2 params are stepped whole on every rank: θ, g and B gathered (an all-gather
+    each), the oracle run on the whole tensors (the same inputs and ops on every rank as in one process,
+    so the same bits), and each rank's rows of θ and B written back. The oracle stays a per-tensor loop
+    over plain tensors; the fused impl is the one that spreads Newton–Schulz over the ranks."""
+    def whole(tensor):
+        return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+    thetas = [whole(p) for p in params]
+    whole_states = [{"momentum_buffer": whole(state["momentum_buffer"])} for state in states]
+    muon(thetas, [whole(p.grad) for p in params], whole_states, group)
+    for p, theta, state, whole_state in zip(params, thetas, states, whole_states):
+        if isinstance(p, DTensor):
+            _, first, length = shard_range(p)
+            local(p).copy_(theta.narrow(0, first, length))
+            local(state["momentum_buffer"]).copy_(whole_state["momentum_buffer"].narrow(0, first, length))

@@ -83,6 +83,11 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
             stepped.append((group, params, self.chosen_impl(params)))
         return stepped
 
+    def __getstate__(self):
+        """torch's state (defaults, state, param groups) and the impl option, so that a deepcopy or a pickle
+        steps with the impl of the original."""
+        return {**super().__getstate__(), "_impl": self._impl}
+
     def __setstate__(self, state):
         super().__setstate__(state)
         drop_switches(self.param_groups)  # torch's switches, in a torch checkpoint: the impl decides here
