@@ -195,3 +195,36 @@ def test_auto_takes_the_reference_where_the_kernels_cannot_run():
     assert optimizer.chosen_impl(params) == "reference"
     optimizer.step()
     assert optimizer.state[params[0]]["row_var"].dtype == torch.float64  # torch's state, in the param's dtype
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grad_scaler_unscales_and_skips_a_step_with_an_inf_as_torch(impl):
+    """scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update() on both twins, an inf in one
+    gradient at the second of four steps. torch's Adafactor leaves amp to GradScaler (no
+    ``_step_supports_amp_scaling``): unscale_ divides the gradients by the scale, and step is not called
+    when one holds an inf; ours the same. The skipped step leaves every param and state (step included)
+    bit for bit as it was and halves both scales; every step equals torch's. The scale is a power of two,
+    so unscaling is exact: an unscaled gradient would show in the statistics, 2^20 times too large."""
+    ours_params, theirs_params, generator = twins()
+    ours, theirs = fo.Adafactor(ours_params, impl=impl), torch.optim.Adafactor(theirs_params, foreach=False)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000) for _ in range(2)]
+    for step in range(4):
+        targets = [torch.randn(p.shape, generator=generator) for p in ours_params]
+        before = snapshot(ours_params, ours)
+        for optimizer, params, scaler in zip((ours, theirs), (ours_params, theirs_params), scalers):
+            optimizer.zero_grad()
+            loss = sum((p * t).sum() for p, t in zip(params, targets))  # ∇ = the targets
+            if step == 1:
+                loss = loss + params[1].sum() * torch.tensor(float("inf"))  # an inf gradient of the stack
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if step == 1:
+            after = snapshot(ours_params, ours)
+            assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])), "a skipped step moved a param"
+            assert before[1].keys() == after[1].keys() and all(
+                torch.equal(before[1][k][name], after[1][k][name]) for k in before[1] for name in before[1][k]), \
+                "a skipped step changed a state"
+            assert [s.get_scale() for s in scalers] == [2.0**9] * 2
+        assert_same(ours, theirs, ours_params, theirs_params, f"GradScaler step {step + 1}", TOLERANCES[impl])
+    assert ours.state[ours_params[0]]["step"].item() == 3, "the skipped step was counted"
