@@ -358,6 +358,12 @@ BREAKAGES = (
              '    STATE = ("step", "row_var", "col_var", "variance")\n    _step_supports_amp_scaling = True',
              ("tests/test_adafactor.py::-k grad_scaler",),
              "GradScaler hands Adafactor its scaled gradients and never skips: inf steps write NaN, statistics 2^20× too large"),
+    Breakage("adafactor-half-column-sums-in-the-params-dtype", "fusedoptim/optim/adafactor.py",
+             'column_sums = {i: torch.zeros(states[i]["col_var"].shape, dtype=torch.float32, device=device)',
+             'column_sums = {i: torch.zeros_like(states[i]["col_var"])',
+             ("tests/test_adafactor.py::-k half_precision",),
+             "bf16/fp16 Adafactor sums Σ_i g² into a buffer of the param's dtype (the interpreter refuses the bf16 "
+             "atomic add; a GPU would round each tile's add)"),
     Breakage("unregistered-checks-group-by-group", "fusedoptim/optim/unregistered.py",
              "            stepped.append((group, params, self.chosen_impl(params)))",
              "            yield group, params, self.chosen_impl(params)",

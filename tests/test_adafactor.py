@@ -228,3 +228,38 @@ def test_grad_scaler_unscales_and_skips_a_step_with_an_inf_as_torch(impl):
             assert [s.get_scale() for s in scalers] == [2.0**9] * 2
         assert_same(ours, theirs, ours_params, theirs_params, f"GradScaler step {step + 1}", TOLERANCES[impl])
     assert ours.state[ours_params[0]]["step"].item() == 3, "the skipped step was counted"
+
+
+HALF_ULPS = 8  # measured worst 4 (fp16, maximize): torch rounds each op of its step to the dtype, 5 steps
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("option", ["default", "weight-decay", "maximize", "clipped"])
+def test_half_precision_params_step_like_torch(option, dtype):
+    """bf16 and fp16 params: torch keeps the statistics and the variance in the param's dtype and
+    rounds every op of its step to it; the kernels compute the step in fp32 (the statistics' sums too)
+    and round each state and θ once to the param's dtype, keeping every state in it as torch does. So
+    each param and state differs from torch's by a few of the dtype's ulps of its largest value
+    (elementwise tolerances fail on elements near 0, which inherit the rounding of their neighbours'
+    sums); ``HALF_ULPS`` of them after each of five steps."""
+    ours_params, theirs_params, generator = twins()
+    for p, q in zip(ours_params, theirs_params):
+        p.data, q.data = p.data.to(dtype), q.data.to(dtype)
+    ours = fo.Adafactor(ours_params, impl="triton", **OPTIONS[option])
+    theirs = torch.optim.Adafactor(theirs_params, foreach=False, **OPTIONS[option])
+    assert fo.Adafactor(ours_params).chosen_impl(ours_params) == "triton", "impl='auto' must take the kernels"
+    ulp = torch.finfo(dtype).eps
+    for step in range(1, STEPS + 1):
+        for p, q in zip(ours_params, theirs_params):
+            p.grad = torch.randn(p.shape, generator=generator).to(dtype)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+        for i, (p, q) in enumerate(zip(ours_params, theirs_params)):
+            assert set(ours.state[p]) == set(theirs.state[q])
+            for name, (a, b) in {"param": (p.detach(), q.detach()),
+                                 **{k: (ours.state[p][k], v) for k, v in theirs.state[q].items()}}.items():
+                assert a.dtype == b.dtype, f"{dtype} {option} step {step}: param {i} {name} is {a.dtype}"
+                worst = (a.double() - b.double()).abs().max().item()
+                assert worst <= HALF_ULPS * ulp * b.double().abs().max().item(), \
+                    f"{dtype} {option} step {step}: param {i} {name}: |ours − torch's| = {worst:.3e}"

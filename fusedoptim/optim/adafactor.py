@@ -59,12 +59,15 @@ class Adafactor(UnregisteredOptimizer):
     weight_decay=0.0: θ ← θ(1 − lr·λ) before the update.
     foreach=None: torch's switch; accepted, not stored (the impl decides).
     maximize=False: ascend instead.
-    impl="auto" (keyword-only): "reference" the oracle; "triton" the launches (fp32 contiguous params
-        on one CUDA device, or the CPU with TRITON_INTERPRET=1); "auto" the kernels where they run.
+    impl="auto" (keyword-only): "reference" the oracle; "triton" the launches (fp32, bf16 or fp16
+        contiguous params on one CUDA device, or the CPU with TRITON_INTERPRET=1; the state in the
+        param's dtype, as torch's; FSDP2 shards too); "auto" the kernels where they run.
     """
 
     DEFAULTS = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False)
-    FUSED_DTYPES = (torch.float32,)  # torch keeps the state in the param's dtype; the kernels keep it in fp32
+    # The kernels compute in fp32 and keep the state in the param's dtype, as torch (whose load_state_dict
+    # casts every float state to its param's dtype: fp32 statistics of bf16 params would not survive it).
+    FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
     STATE = ("step", "row_var", "col_var", "variance")
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
@@ -178,7 +181,7 @@ def fused_adafactor(params, states, group) -> None:
 
     # 1. reduce: Σθ², Σg² per row (factored), Σu² (vectors); the factored tensors' column sums.
     row_sums = {i: torch.zeros(states[i]["row_var"].numel(), dtype=torch.float32, device=device) for i in factored}
-    column_sums = {i: torch.zeros_like(states[i]["col_var"]) for i in factored}
+    column_sums = {i: torch.zeros(states[i]["col_var"].shape, dtype=torch.float32, device=device) for i in factored}
     _reduce(kernels.square_sums, 2, hyper, flags,
             [TensorSlots(param=params[i], grad=grads[i], scalars=(theta_squares[i], row_sums[i]),
                          row_length=params[i].shape[-1]) for i in factored])
@@ -195,8 +198,9 @@ def fused_adafactor(params, states, group) -> None:
     row_totals = {}
     for i in factored:
         state, m = states[i], shapes[i][-1]
-        state["row_var"].lerp_(row_sums[i].view_as(state["row_var"]).div_(m), steps[i] ** group["beta2_decay"])
-        row_totals[i] = state["row_var"].sum(dim=-2, keepdim=True)
+        row_mean = row_sums[i].view_as(state["row_var"]).div_(m).to(state["row_var"].dtype)
+        state["row_var"].lerp_(row_mean, steps[i] ** group["beta2_decay"])
+        row_totals[i] = state["row_var"].sum(dim=-2, keepdim=True, dtype=torch.float32)
     split_matrices = [i for i in factored if sharded[i] and len(shapes[i]) == 2]
     _sum_over_shards([theta_squares[i] for i in range(len(params)) if sharded[i]]
                      + [update_squares[i] for i in vectors if sharded[i]]
@@ -204,13 +208,14 @@ def fused_adafactor(params, states, group) -> None:
     row_factors = {}
     for i in factored:
         state, n = states[i], shapes[i][-2]
-        state["col_var"].lerp_(column_sums[i].div_(n), steps[i] ** group["beta2_decay"])
-        row_factors[i] = (state["row_var"] / row_totals[i].div_(n).clamp(min=eps1)).reshape(-1)
+        state["col_var"].lerp_(column_sums[i].div_(n).to(state["col_var"].dtype), steps[i] ** group["beta2_decay"])
+        row_factors[i] = (state["row_var"].float() / row_totals[i].div_(n).clamp(min=eps1)).reshape(-1)
 
     # 3. second reduce: Σu² of the factored tensors, reading R_i/max(mean R, ε₁) and C_j per element.
     factored_slots = [TensorSlots(param=params[i], grad=grads[i], scalars=(update_squares[i],),
                                   row_length=params[i].shape[-1],
-                                  factors=(row_factors[i], states[i]["col_var"].reshape(-1))) for i in factored]
+                                  factors=(row_factors[i], states[i]["col_var"].float().reshape(-1)))
+                      for i in factored]
     _reduce(kernels.factored_update_squares, 1, hyper, flags, factored_slots)
     _sum_over_shards([update_squares[i] for i in factored if sharded[i]], shard_group)
 
