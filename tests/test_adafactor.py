@@ -195,3 +195,71 @@ def test_auto_takes_the_reference_where_the_kernels_cannot_run():
     assert optimizer.chosen_impl(params) == "reference"
     optimizer.step()
     assert optimizer.state[params[0]]["row_var"].dtype == torch.float64  # torch's state, in the param's dtype
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_grad_scaler_unscales_and_skips_a_step_with_an_inf_as_torch(impl):
+    """scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update() on both twins, an inf in one
+    gradient at the second of four steps. torch's Adafactor leaves amp to GradScaler (no
+    ``_step_supports_amp_scaling``): unscale_ divides the gradients by the scale, and step is not called
+    when one holds an inf; ours the same. The skipped step leaves every param and state (step included)
+    bit for bit as it was and halves both scales; every step equals torch's. The scale is a power of two,
+    so unscaling is exact: an unscaled gradient would show in the statistics, 2^20 times too large."""
+    ours_params, theirs_params, generator = twins()
+    ours, theirs = fo.Adafactor(ours_params, impl=impl), torch.optim.Adafactor(theirs_params, foreach=False)
+    scalers = [torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1000) for _ in range(2)]
+    for step in range(4):
+        targets = [torch.randn(p.shape, generator=generator) for p in ours_params]
+        before = snapshot(ours_params, ours)
+        for optimizer, params, scaler in zip((ours, theirs), (ours_params, theirs_params), scalers):
+            optimizer.zero_grad()
+            loss = sum((p * t).sum() for p, t in zip(params, targets))  # ∇ = the targets
+            if step == 1:
+                loss = loss + params[1].sum() * torch.tensor(float("inf"))  # an inf gradient of the stack
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        if step == 1:
+            after = snapshot(ours_params, ours)
+            assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])), "a skipped step moved a param"
+            assert before[1].keys() == after[1].keys() and all(
+                torch.equal(before[1][k][name], after[1][k][name]) for k in before[1] for name in before[1][k]), \
+                "a skipped step changed a state"
+            assert [s.get_scale() for s in scalers] == [2.0**9] * 2
+        assert_same(ours, theirs, ours_params, theirs_params, f"GradScaler step {step + 1}", TOLERANCES[impl])
+    assert ours.state[ours_params[0]]["step"].item() == 3, "the skipped step was counted"
+
+
+HALF_ULPS = 8  # measured worst 4 (fp16, maximize): torch rounds each op of its step to the dtype, 5 steps
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("option", ["default", "weight-decay", "maximize", "clipped"])
+def test_half_precision_params_step_like_torch(option, dtype):
+    """bf16 and fp16 params: torch keeps the statistics and the variance in the param's dtype and
+    rounds every op of its step to it; the kernels compute the step in fp32 (the statistics' sums too)
+    and round each state and θ once to the param's dtype, keeping every state in it as torch does. So
+    each param and state differs from torch's by a few of the dtype's ulps of its largest value
+    (elementwise tolerances fail on elements near 0, which inherit the rounding of their neighbours'
+    sums); ``HALF_ULPS`` of them after each of five steps."""
+    ours_params, theirs_params, generator = twins()
+    for p, q in zip(ours_params, theirs_params):
+        p.data, q.data = p.data.to(dtype), q.data.to(dtype)
+    ours = fo.Adafactor(ours_params, impl="triton", **OPTIONS[option])
+    theirs = torch.optim.Adafactor(theirs_params, foreach=False, **OPTIONS[option])
+    assert fo.Adafactor(ours_params).chosen_impl(ours_params) == "triton", "impl='auto' must take the kernels"
+    ulp = torch.finfo(dtype).eps
+    for step in range(1, STEPS + 1):
+        for p, q in zip(ours_params, theirs_params):
+            p.grad = torch.randn(p.shape, generator=generator).to(dtype)
+            q.grad = p.grad.clone()
+        ours.step()
+        theirs.step()
+        for i, (p, q) in enumerate(zip(ours_params, theirs_params)):
+            assert set(ours.state[p]) == set(theirs.state[q])
+            for name, (a, b) in {"param": (p.detach(), q.detach()),
+                                 **{k: (ours.state[p][k], v) for k, v in theirs.state[q].items()}}.items():
+                assert a.dtype == b.dtype, f"{dtype} {option} step {step}: param {i} {name} is {a.dtype}"
+                worst = (a.double() - b.double()).abs().max().item()
+                assert worst <= HALF_ULPS * ulp * b.double().abs().max().item(), \
+                    f"{dtype} {option} step {step}: param {i} {name}: |ours − torch's| = {worst:.3e}"

@@ -20,12 +20,16 @@ Its interface is the class: ``Adafactor.DEFAULTS``, ``Adafactor.IMPLS``, ``Adafa
 import math
 
 import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.placement_types import Replicate
 
 from fusedoptim.kernels import adafactor as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import TensorSlots
 from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
+from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
 
@@ -55,12 +59,15 @@ class Adafactor(UnregisteredOptimizer):
     weight_decay=0.0: θ ← θ(1 − lr·λ) before the update.
     foreach=None: torch's switch; accepted, not stored (the impl decides).
     maximize=False: ascend instead.
-    impl="auto" (keyword-only): "reference" the oracle; "triton" the launches (fp32 contiguous params
-        on one CUDA device, or the CPU with TRITON_INTERPRET=1); "auto" the kernels where they run.
+    impl="auto" (keyword-only): "reference" the oracle; "triton" the launches (fp32, bf16 or fp16
+        contiguous params on one CUDA device, or the CPU with TRITON_INTERPRET=1; the state in the
+        param's dtype, as torch's; FSDP2 shards too); "auto" the kernels where they run.
     """
 
     DEFAULTS = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False)
-    FUSED_DTYPES = (torch.float32,)  # torch keeps the state in the param's dtype; the kernels keep it in fp32
+    # The kernels compute in fp32 and keep the state in the param's dtype, as torch (whose load_state_dict
+    # casts every float state to its param's dtype: fp32 statistics of bf16 params would not survive it).
+    FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
     STATE = ("step", "row_var", "col_var", "variance")
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
@@ -92,10 +99,15 @@ class Adafactor(UnregisteredOptimizer):
     def step(self, closure=None):
         """One Adafactor step of every param with a gradient; returns ``closure()``'s loss if given."""
         loss = closure_loss(closure)
-        for group, params, impl in self.groups_to_step():
+        stepped = self.groups_to_step()
+        for _, params, impl in stepped:
+            if impl == "reference" and any(isinstance(p, DTensor) for p in params):
+                raise RuntimeError("Adafactor's reference impl steps whole tensors, and these params are FSDP2 "
+                                   "shards (DTensors): use impl='triton', which sums the statistics over the shards")
+        for group, params, impl in stepped:
             for p in params:
                 if not self.state[p]:
-                    self.state[p].update(initial_state(p))
+                    self.state[p].update(sharded_initial_state(p) if isinstance(p, DTensor) else initial_state(p))
             states = [self.state[p] for p in params]
             if impl == "reference":
                 adafactor(params, [p.grad for p in params], states, group)
@@ -104,8 +116,54 @@ class Adafactor(UnregisteredOptimizer):
         return loss
 
 
+def sharded_initial_state(param: DTensor) -> dict:
+    """``initial_state`` of an FSDP2 param (a DTensor split along dim 0, ``optim.shards``): each state a
+    DTensor over this rank's part, as torch.distributed.checkpoint saves and reshards it. The row
+    statistics of a matrix, and both statistics of a stack (dim 0 counts its matrices), are split as
+    the param's dim 0; a matrix's column statistics, summed over the shards, are the same on every
+    rank: replicated, so DCP saves them once and loads them on any mesh."""
+    shard = local(param)
+    if param.dim() <= 1:
+        return {"step": torch.tensor(0.0, dtype=torch.float32),
+                "variance": _placed(torch.zeros_like(shard), param, param.placements, param.shape)}
+    state = initial_state(shard)
+    columns = [Replicate()] if param.dim() == 2 else param.placements
+    return {"step": state["step"],
+            "row_var": _placed(state["row_var"], param, param.placements, (*param.shape[:-1], 1)),
+            "col_var": _placed(state["col_var"], param, columns, (*param.shape[:-2], 1, param.shape[-1]))}
+
+
+def _placed(shard, param, placements, shape) -> DTensor:
+    shape = torch.Size(shape)
+    strides = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(shard, param.device_mesh, placements, run_check=False, shape=shape, stride=strides)
+
+
+def _sum_over_shards(tensors: list, group) -> None:
+    """In place, each tensor (this rank's partial sums) becomes its sum over the ranks of ``group``:
+    one all-reduce of them all."""
+    if not tensors:
+        return
+    total = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(total, group=group)
+    torch._foreach_copy_(tensors, [part.view_as(t) for part, t in zip(total.split([t.numel() for t in tensors]),
+                                                                      tensors)])
+
+
 def fused_adafactor(params, states, group) -> None:
-    """The oracle's step as the four phases of launches (the module's docstring)."""
+    """The oracle's step as the four phases of launches (the module's docstring). FSDP2 params (DTensors
+    split along dim 0) step their local shards: the row sums of a matrix lie whole in a shard, and a
+    stack's matrices too; Σθ², Σu², a matrix's column sums and its Σ R_i are partial sums, summed over the
+    shards (one all-reduce after the row statistics, one after the second reduce), so that every rank
+    computes what one process would, and every rank's column statistics are the same."""
+    shards = Shards.of(params, "Adafactor's param group")
+    sharded = [shards is not None and shards.groups[i] is not None for i in range(len(params))]
+    shard_group = next((g for g in shards.groups if g is not None), None) if shards else None
+    shapes = [p.shape for p in params]  # global shapes: a DTensor's
+    numels = [p.numel() for p in params]
+    states = [{name: local(value) for name, value in state.items()} for state in states]
+    grads = [local(p.grad) for p in params]
+    params = [local(p) for p in params]
     device = params[0].device
     lr = scalar_lr(group["lr"])  # a tensor lr: read on the host below (a sync where it lives on a GPU)
     eps1, eps2 = resolved_eps1(group, params), group["eps"][1]
@@ -123,38 +181,50 @@ def fused_adafactor(params, states, group) -> None:
 
     # 1. reduce: Σθ², Σg² per row (factored), Σu² (vectors); the factored tensors' column sums.
     row_sums = {i: torch.zeros(states[i]["row_var"].numel(), dtype=torch.float32, device=device) for i in factored}
-    column_sums = {i: torch.zeros_like(states[i]["col_var"]) for i in factored}
+    column_sums = {i: torch.zeros(states[i]["col_var"].shape, dtype=torch.float32, device=device) for i in factored}
     _reduce(kernels.square_sums, 2, hyper, flags,
-            [TensorSlots(param=params[i], grad=params[i].grad, scalars=(theta_squares[i], row_sums[i]),
+            [TensorSlots(param=params[i], grad=grads[i], scalars=(theta_squares[i], row_sums[i]),
                          row_length=params[i].shape[-1]) for i in factored])
     for i in factored:
         if params[i].numel():
-            kernels.column_square_sums(params[i].grad, column_sums[i])
+            kernels.column_square_sums(grads[i], column_sums[i])
     _reduce(kernels.vector_sums, 2, hyper, flags,
-            [TensorSlots(param=params[i], grad=params[i].grad, states=(states[i]["variance"],),
+            [TensorSlots(param=params[i], grad=grads[i], states=(states[i]["variance"],),
                          scalars=(weights[i], theta_squares[i], update_squares[i])) for i in vectors])
 
-    # 2. statistics, O(n + m) per tensor: R and C lerped toward the means, R / max(mean R, ε₁).
+    # 2. statistics, O(n + m) per tensor: R lerped toward the row means; the shards' partial sums
+    # added up (a matrix's rows span the shards: its column sums and Σ R_i); C lerped toward the column
+    # means, R / max(mean R, ε₁).
+    row_totals = {}
+    for i in factored:
+        state, m = states[i], shapes[i][-1]
+        row_mean = row_sums[i].view_as(state["row_var"]).div_(m).to(state["row_var"].dtype)
+        state["row_var"].lerp_(row_mean, steps[i] ** group["beta2_decay"])
+        row_totals[i] = state["row_var"].sum(dim=-2, keepdim=True, dtype=torch.float32)
+    split_matrices = [i for i in factored if sharded[i] and len(shapes[i]) == 2]
+    _sum_over_shards([theta_squares[i] for i in range(len(params)) if sharded[i]]
+                     + [update_squares[i] for i in vectors if sharded[i]]
+                     + [column_sums[i] for i in split_matrices] + [row_totals[i] for i in split_matrices], shard_group)
     row_factors = {}
     for i in factored:
-        state, (n, m) = states[i], params[i].shape[-2:]
-        weight = steps[i] ** group["beta2_decay"]
-        state["row_var"].lerp_(row_sums[i].view_as(state["row_var"]).div_(m), weight)
-        state["col_var"].lerp_(column_sums[i].div_(n), weight)
-        row_factors[i] = (state["row_var"] / state["row_var"].mean(dim=-2, keepdim=True).clamp(min=eps1)).reshape(-1)
+        state, n = states[i], shapes[i][-2]
+        state["col_var"].lerp_(column_sums[i].div_(n).to(state["col_var"].dtype), steps[i] ** group["beta2_decay"])
+        row_factors[i] = (state["row_var"].float() / row_totals[i].div_(n).clamp(min=eps1)).reshape(-1)
 
     # 3. second reduce: Σu² of the factored tensors, reading R_i/max(mean R, ε₁) and C_j per element.
-    factored_slots = [TensorSlots(param=params[i], grad=params[i].grad, scalars=(update_squares[i],),
+    factored_slots = [TensorSlots(param=params[i], grad=grads[i], scalars=(update_squares[i],),
                                   row_length=params[i].shape[-1],
-                                  factors=(row_factors[i], states[i]["col_var"].reshape(-1))) for i in factored]
+                                  factors=(row_factors[i], states[i]["col_var"].float().reshape(-1)))
+                      for i in factored]
     _reduce(kernels.factored_update_squares, 1, hyper, flags, factored_slots)
+    _sum_over_shards([update_squares[i] for i in factored if sharded[i]], shard_group)
 
     # The step sizes −α/denom as torch computes them (Python floats, or fp32 0-d tensors for a tensor
     # lr): the step's one host sync, reading Σθ² and Σu².
     step_sizes = []
-    for p, t, theta_square, update_square in zip(params, steps, theta_squares.tolist(), update_squares.tolist()):
-        alpha = max(eps2, math.sqrt(theta_square) / (p.numel() ** 0.5)) * min(lr, 1 / (t ** 0.5))
-        denom = max(1.0, math.sqrt(update_square) / ((p.numel() ** 0.5) * group["d"]))
+    for numel, t, theta_square, update_square in zip(numels, steps, theta_squares.tolist(), update_squares.tolist()):
+        alpha = max(eps2, math.sqrt(theta_square) / (numel ** 0.5)) * min(lr, 1 / (t ** 0.5))
+        denom = max(1.0, math.sqrt(update_square) / ((numel ** 0.5) * group["d"]))
         step_sizes.append(float(-alpha / denom))
     step_sizes = torch.tensor(step_sizes, dtype=torch.float32).to(device)
 
@@ -163,7 +233,7 @@ def fused_adafactor(params, states, group) -> None:
             [TensorSlots(param=s.param, grad=s.grad, scalars=(step_sizes[i],), row_length=s.row_length,
                          factors=s.factors) for i, s in zip(factored, factored_slots)])
     _update(kernels.vector_update, hyper, flags,
-            [TensorSlots(param=params[i], grad=params[i].grad, states=(states[i]["variance"],),
+            [TensorSlots(param=params[i], grad=grads[i], states=(states[i]["variance"],),
                          scalars=(weights[i], step_sizes[i])) for i in vectors])
 
 
