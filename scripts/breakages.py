@@ -466,6 +466,23 @@ BREAKAGES = (
              'row["median_ms"] / twin["median_ms"]', 'twin["median_ms"] / row["median_ms"]',
              ("tests/test_step_overhead_classes.py::test_each_class_and_its_twins_have_a_measured_row_on_each_set",),
              "the report says ours is k times faster where it is k times slower"),
+    Breakage("muon-quantized-momentum-coded-unsigned", "fusedoptim/optim/muon.py",
+             "(UNSIGNED[MOMENTUM_KIND],), (STOCHASTIC[MOMENTUM_KIND],)", "(True,), (STOCHASTIC[MOMENTUM_KIND],)",
+             ("tests/test_muon_quantized.py::-k test_fused_codes_equal_the_reference_codes",),
+             "fo.Muon(state_dtype='int8', impl='triton') codes its momentum as an unsigned square: negative values lost"),
+    Breakage("muon-quantized-momentum-starts-nonzero", "fusedoptim/optim/muon.py",
+             "quantize_constant(0.0, MOMENTUM_KIND,", "quantize_constant(1.0, MOMENTUM_KIND,",
+             ("tests/test_muon_quantized.py::-k test_quantized_momentum_stays_near_fp32_muon",),
+             "quantized Muon starts from a momentum of ones, not torch's zeros: its first steps go astray"),
+    Breakage("muon-loaded-codes-cast-to-the-param-dtype", "fusedoptim/optim/muon.py",
+             'if name in ("momentum_buffer", scale_name("momentum_buffer")):',
+             'if name == scale_name("momentum_buffer"):',
+             ("tests/test_muon_quantized.py::-k test_state_dict_round_trip_keeps_codes_and_fp32_scales",),
+             "a loaded quantized Muon keeps bf16 values where its int8 codes were, and the next step refuses them"),
+    Breakage("muon-load-forgets-state-dtype", "fusedoptim/optim/muon.py",
+             '        self.__dict__.setdefault("state_dtype", None)', "        self.state_dtype = None",
+             ("tests/test_muon_quantized.py::-k test_state_dict_round_trip_keeps_codes_and_fp32_scales",),
+             "load_state_dict turns a quantized Muon into a float one holding int8 codes as its momentum"),
 )
 
 

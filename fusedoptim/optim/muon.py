@@ -22,16 +22,22 @@ from torch.distributed.tensor import DTensor
 from fusedoptim.kernels import muon as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.newton_schulz import newton_schulz
-from fusedoptim.kernels.slots import TRITON_DTYPES, TensorSlots
+from fusedoptim.kernels.slots import TRITON_DTYPES, QuantizedStates, TensorSlots
 from fusedoptim.optim import ops
 from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
 from fusedoptim.optim.plan import same_objects
+from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, dequantize, new_codes,
+                                           quantize, quantize_constant, scale_name, scale_numel)
 from fusedoptim.optim.reference.muon import adjusted_lr, muon
 from fusedoptim.optim.shards import local, shard_range
 from fusedoptim.optim.unregistered import UnregisteredOptimizer
+from fusedoptim.optim.validation import check_quantized_state
 
 DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
+# The momentum buffer's quantization scheme (optim.quantization): a momentum, so "signed" (linear absmax,
+# round to nearest), as the registry's momenta declare it.
+MOMENTUM_KIND = "signed"
 
 
 def muon_state_bytes(group, shapes, param_dtype) -> int:
@@ -57,6 +63,10 @@ class Muon(UnregisteredOptimizer):
         the apply as multi-tensor launches and Newton–Schulz as the Triton kernels (fp32, bf16 or fp16
         contiguous params on a CUDA device, or the CPU with TRITON_INTERPRET=1); "auto" the kernels
         where they run, the reference elsewhere. Settable on a built optimizer, checked.
+    state_dtype=None (keyword-only): None keeps the momentum buffer in the param's dtype, as torch;
+        "int8" or "int4" keeps it as codes (``state["momentum_buffer"]``) and fp32 scales
+        (``state["momentum_buffer_scale"]``), the registry's "signed" scheme (``optim.quantization``),
+        in both impls. Not for FSDP2 (DTensor) params.
     """
 
     DEFAULTS = dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=DEFAULT_COEFFICIENTS,
@@ -70,7 +80,7 @@ class Muon(UnregisteredOptimizer):
     _step_supports_amp_scaling = False
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
-                 ns_coefficients=DEFAULT_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, impl="auto"):
+                 ns_coefficients=DEFAULT_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, impl="auto", state_dtype=None):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:  # torch's checks first, with its words
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -89,7 +99,11 @@ class Muon(UnregisteredOptimizer):
             raise ValueError(f"Muon: ns_coefficients={ns_coefficients!r} must be three numbers (a, b, c)")
         if not isinstance(eps, numbers.Real) or not eps >= 0:
             raise ValueError(f"Muon: eps={eps!r} must be a number ≥ 0")
+        if state_dtype is not None and state_dtype not in QUANTIZED_DTYPES:
+            raise ValueError(f"Muon: state_dtype={state_dtype!r} is not supported; use None (the param's dtype, as "
+                             f"torch) or one of {QUANTIZED_DTYPES} (quantized momentum)")
         self.impl = impl
+        self.state_dtype = state_dtype
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
         super().__init__(params, defaults)
@@ -106,9 +120,29 @@ class Muon(UnregisteredOptimizer):
         super().add_param_group(param_group)
         self._register_params()
 
+    def __getstate__(self):
+        return {**super().__getstate__(), "state_dtype": self.state_dtype}
+
     def __setstate__(self, state):
         super().__setstate__(state)
+        # torch's load_state_dict calls this with state and groups alone: the option stays; a copy pickled
+        # before the option existed gets its default.
+        self.__dict__.setdefault("state_dtype", None)
         self._register_params()  # a copy: its own key and list
+
+    def load_state_dict(self, state_dict):
+        """torch's load, then a quantized momentum's codes and scales in their saved dtypes: torch casts
+        every state of a floating param to the param's dtype, the int8 codes included, and would round a
+        bf16 param's fp32 scales."""
+        super().load_state_dict(state_dict)
+        if self.state_dtype is None:
+            return
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            for name, value in state_dict["state"].get(saved_id, {}).items():
+                if name in ("momentum_buffer", scale_name("momentum_buffer")):
+                    self.state[param][name] = value.to(device=param.device, copy=True).contiguous()
 
     def _register_params(self):
         # Every param in group order, as a list of its own: what a compiled step hands its op (the traced
@@ -143,17 +177,40 @@ class Muon(UnregisteredOptimizer):
             problem = sharded_matrix_problem(params, "Muon")
             if problem:
                 raise ValueError(problem)
+            if self.state_dtype is not None:
+                self._check_quantized(params)
         for group, params, impl in stepped:
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):
                 if "momentum_buffer" not in state:  # a DTensor placed as its param for an FSDP2 param
-                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                    self._make_momentum(p, state)
             if impl == "reference":
-                _reference_step(params, states, group)
+                _reference_step(params, states, group, self.state_dtype)
             elif params:
-                self._fused_step(params, [s["momentum_buffer"] for s in states], group)
+                self._fused_step(params, states, group)
 
-    def _fused_step(self, params, buffers, group):
+    def _check_quantized(self, params):
+        """Quantized momentum: plain tensors only, and any existing codes and scales as this step would
+        make them (a checkpoint's), checked before any group changes."""
+        for i, p in enumerate(params):
+            if isinstance(p, DTensor):
+                raise ValueError(f"Muon: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
+                                 f"params (param {i} is one): a quantization block would straddle the shards. Use "
+                                 "state_dtype=None")
+            if "momentum_buffer" in self.state.get(p, {}):
+                check_quantized_state("Muon", "momentum_buffer", self.state[p], p, self.state_dtype, f"param {i}")
+
+    def _make_momentum(self, param, state):
+        """The momentum buffer, zero: in the gradient's dtype and layout, or as codes and scales of zero."""
+        if self.state_dtype is None:
+            state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
+            return
+        codes = new_codes(param, self.state_dtype)
+        scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32, device=param.device)
+        quantize_constant(0.0, MOMENTUM_KIND, codes, scales, param.numel())
+        state["momentum_buffer"], state[scale_name("momentum_buffer")] = codes, scales
+
+    def _fused_step(self, params, states, group):
         """The three stages of the module docstring, for one group. An FSDP2 param's momentum and apply
         step its local shard; its Newton–Schulz runs on one rank, whole (``optim.matrix_shards``)."""
         lr = float(group["lr"])  # torch's _to_scalar: read on the host
@@ -169,10 +226,19 @@ class Muon(UnregisteredOptimizer):
         updates = [sharded.rows_to_send(i) if i in sharded else wholes[i] for i in range(len(params))]
         hyper = kernels.MomentumHyper(group["momentum"], 1 - group["momentum"])
         flags = kernels.MomentumFlags(bool(group["nesterov"]))
-        momentum_slots = [TensorSlots(param=u, grad=local(p.grad), states=(local(b),))
-                          for u, p, b in zip(updates, params, buffers) if u.numel()]
-        for _, launch in prepare_launches(momentum_slots, "muon"):
-            launch.update(kernels.momentum, None, hyper, flags)  # stage 1: B, and U into the stacks
+        quantized = self.state_dtype is not None
+        momentum_slots = [TensorSlots(param=u, grad=local(p.grad), states=(local(s["momentum_buffer"]),),
+                                      scales=(s[scale_name("momentum_buffer")],) if quantized else ())
+                          for u, p, s in zip(updates, params, states) if u.numel()]
+        quantization, count = None, None
+        if quantized:
+            fmt = FORMATS[self.state_dtype]
+            quantization = QuantizedStates(fmt.bits, fmt.block, (UNSIGNED[MOMENTUM_KIND],), (STOCHASTIC[MOMENTUM_KIND],))
+            # The codes' random key: signed codes round to nearest and draw nothing, so any count serves.
+            count = torch.zeros((), dtype=torch.int64)
+        for _, launch in prepare_launches(momentum_slots, "muon", quantization):
+            # stage 1: B, and U into the stacks
+            launch.update(kernels.momentum, None, hyper, flags, quantization_count=count)
         sharded.gather(wholes)
         for stack in stacks.values():  # stage 2: O = NS_k(U), one stack per shape, in place
             newton_schulz(stack, stack, group["ns_coefficients"], group["ns_steps"], group["eps"])
@@ -189,11 +255,15 @@ class Muon(UnregisteredOptimizer):
             launch.update(kernels.apply_update, None, (), ())  # stage 3: θ ← (1 − γλ)θ − γ'·O
 
 
-def _reference_step(params, states, group):
+def _reference_step(params, states, group, state_dtype=None):
     """The oracle's step. FSDP2 params are stepped whole on every rank: θ, g and B gathered (an all-gather
     each), the oracle run on the whole tensors (the same inputs and ops on every rank as in one process,
     so the same bits), and each rank's rows of θ and B written back. The oracle stays a per-tensor loop
     over plain tensors; the fused impl is the one that spreads Newton–Schulz over the ranks."""
+    if state_dtype is not None:
+        _quantized_reference_step(params, states, group)
+        return
+
     def whole(tensor):
         return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
@@ -205,3 +275,16 @@ def _reference_step(params, states, group):
             _, first, length = shard_range(p)
             local(p).copy_(theta.narrow(0, first, length))
             local(state["momentum_buffer"]).copy_(whole_state["momentum_buffer"].narrow(0, first, length))
+
+
+def _quantized_reference_step(params, states, group):
+    """The oracle on the momentum's fp32 values, laid out as the params, quantized back after with the
+    kernel's scheme, as the registry's reference does (``optim.runtime.Runtime.reference_step``). The
+    gradients go in fp32 too: the kernel computes B and U in fp32 from the codes and g, then stores U in
+    the param's dtype, which Newton–Schulz rounds to bf16 as the oracle's fp32 U is."""
+    buffer_scale = scale_name("momentum_buffer")
+    full_states = [{"momentum_buffer": dequantize(state["momentum_buffer"], state[buffer_scale], MOMENTUM_KIND, p)}
+                   for p, state in zip(params, states)]
+    muon(params, [p.grad.float() for p in params], full_states, group)
+    for state, full_state in zip(states, full_states):
+        quantize(full_state["momentum_buffer"], MOMENTUM_KIND, state["momentum_buffer"], state[buffer_scale])
