@@ -325,11 +325,12 @@ BREAKAGES = (
              "    _step_supports_amp_scaling = False", "    _step_supports_amp_scaling = True",
              ("tests/test_muon_integration.py::-k grad_scaler",),
              "GradScaler leaves the gradients scaled and the overflow step to Muon, which steps on them anyway"),
-    Breakage("muon-compiled-step-traced-into-the-launches", "fusedoptim/optim/muon.py",
+    Breakage("muon-compiled-step-traced-into-the-launches", "fusedoptim/optim/unregistered.py",
              "        if torch.compiler.is_compiling():\n            ops.step(self._key, self._params)",
              "        if False:\n            ops.step(self._key, self._params)",
-             ("tests/test_muon_integration.py::-k compiled_step_is_one_graph and tensor and triton",),
-             "torch.compile(fo.Muon(...).step, fullgraph=True) fails: dynamo meets data_ptr tables and launches"),
+             ("tests/test_muon_integration.py::-k compiled_step_is_one_graph and tensor and triton",
+              "tests/test_adafactor.py::-k compiled_step"),
+             "torch.compile(fo.Muon or fo.Adafactor .step, fullgraph=True) fails or recompiles: dynamo traces the step"),
     Breakage("adafactor-column-gathered-by-row", "fusedoptim/kernels/multi_tensor.py",
              "    columns = (offsets // matrix_numel) * row_length + offsets % row_length",
              "    columns = (offsets // matrix_numel) * row_length + offsets // row_length % row_length",
@@ -483,6 +484,11 @@ BREAKAGES = (
              '        self.__dict__.setdefault("state_dtype", None)', "        self.state_dtype = None",
              ("tests/test_muon_quantized.py::-k test_state_dict_round_trip_keeps_codes_and_fp32_scales",),
              "load_state_dict turns a quantized Muon into a float one holding int8 codes as its momentum"),
+    Breakage("lbfgs-launch-traced-by-dynamo", "fusedoptim/optim/lbfgs.py",
+             "    @torch.compiler.disable\n    def reduce(",
+             "    def reduce(",
+             ("tests/test_lbfgs.py::-k compiled_step",),
+             "torch.compile(LBFGS.step) with impl='triton': dynamo traces a dot product's launch and fails"),
 )
 
 

@@ -1,7 +1,8 @@
 """fo.Adafactor against torch.optim.Adafactor (its for-loop, foreach=False): params and every state after
 each of several steps, on params of odd sizes (a 17×33 matrix, a 3×7×5 stack, a 33-vector, a
 1-element vector, a 0-d scalar), every option, both impls (triton under the interpreter); torch's
-optim_db inputs and error inputs; state_dicts both ways; bad input refused before any change.
+optim_db inputs and error inputs; state_dicts both ways; bad input refused before any change; the step
+under torch.compile (one compilation from a cold start, equal to eager bit for bit).
 
 The reference is torch's loop, op for op: it must match bit for bit. The fused impl sums Σθ², Σg² and
 Σu² in another order (per block, then per program) and forms V̂ as (R/mean R)·C: fp32 rounding apart,
@@ -10,6 +11,7 @@ so it compares at torch's default fp32 tolerances. Five steps: the first sets th
 """
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounter
 
 import fusedoptim as fo
 from tests.optim_db import (DIRECTIONS, assert_raises_as_torch, error_id, error_inputs, handed_across, info_of,
@@ -263,3 +265,32 @@ def test_half_precision_params_step_like_torch(option, dtype):
                 worst = (a.double() - b.double()).abs().max().item()
                 assert worst <= HALF_ULPS * ulp * b.double().abs().max().item(), \
                     f"{dtype} {option} step {step}: param {i} {name}: |ours − torch's| = {worst:.3e}"
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("lr", ["tensor", "float"])
+def test_compiled_step_is_one_graph_and_never_recompiles_as_the_lr_changes(lr, impl):
+    """torch.compile(optimizer.step, fullgraph=True) from a cold start (the state made inside the project's
+    opaque step op), the lr changed before each of STEPS steps (a tensor by fill_, or a float): one
+    compilation, and params and every state equal the eager steps' bit for bit (the op runs the eager
+    step). Each lr is below 1/√t, so ρ_t = min(lr, 1/√t) takes it: a stale lr would show."""
+    runs = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        params, _, generator = twins()
+        optimizer = fo.Adafactor(params, lr=torch.tensor(0.05) if lr == "tensor" else 0.05, weight_decay=0.1,
+                                 impl=impl)
+        counter = CompileCounter()
+        step = torch.compile(optimizer.step, fullgraph=True, backend=counter) if compiled else optimizer.step
+        for index in range(STEPS):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            if lr == "tensor":
+                optimizer.param_groups[0]["lr"].fill_(0.05 / (1 + index))
+            else:
+                optimizer.param_groups[0]["lr"] = 0.05 / (1 + index)
+            step()
+        runs.append((params, optimizer, counter))
+    (eager_params, eager, _), (params, optimizer, counter) = runs
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations over {STEPS} steps"
+    assert_same(optimizer, eager, params, eager_params, "compiled against eager", EXACT)

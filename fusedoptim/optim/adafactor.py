@@ -15,7 +15,7 @@ step (torch makes two per param).
 
 Adafactor is a rule of the factored shape (its row: ``optim.registry.SHAPED_RULES``).
 Its interface is the class: ``Adafactor.DEFAULTS``, ``Adafactor.IMPLS``, ``Adafactor.STATE``,
-``chosen_impl()``.
+``chosen_impl()``. Its step compiles as one opaque op (``optim.unregistered.StepAsOneOp``).
 """
 import math
 
@@ -27,10 +27,9 @@ from torch.distributed.tensor.placement_types import Replicate
 from fusedoptim.kernels import adafactor as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import TensorSlots
-from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
 from fusedoptim.optim.shards import Shards, local
-from fusedoptim.optim.unregistered import UnregisteredOptimizer
+from fusedoptim.optim.unregistered import StepAsOneOp
 
 
 def adafactor_state_bytes(group, shapes, param_dtype) -> int:
@@ -46,7 +45,7 @@ def adafactor_state_bytes(group, shapes, param_dtype) -> int:
     return total
 
 
-class Adafactor(UnregisteredOptimizer):
+class Adafactor(StepAsOneOp):
     """Adafactor (Shazeer & Stern 2018), torch.optim.Adafactor's twin: the same arguments, defaults,
     state and arithmetic; the equations in ``fusedoptim.optim.reference.adafactor``.
 
@@ -95,10 +94,8 @@ class Adafactor(UnregisteredOptimizer):
                         maximize=maximize)
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Adafactor step of every param with a gradient; returns ``closure()``'s loss if given."""
-        loss = closure_loss(closure)
+    def _eager_step(self):
+        """One Adafactor step of every param with a gradient (``step`` runs it, or its op under torch.compile)."""
         stepped = self.groups_to_step()
         for _, params, impl in stepped:
             if impl == "reference" and any(isinstance(p, DTensor) for p in params):
@@ -113,7 +110,6 @@ class Adafactor(UnregisteredOptimizer):
                 adafactor(params, [p.grad for p in params], states, group)
             else:
                 fused_adafactor(params, states, group)
-        return loss
 
 
 def sharded_initial_state(param: DTensor) -> dict:

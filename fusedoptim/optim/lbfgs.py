@@ -43,6 +43,11 @@ class FusedVectors(FlatVectors):
             return value.to(device=self.device, dtype=torch.float32).reshape(())
         return torch.tensor(float(value), dtype=torch.float32, device=self.device)
 
+    # The launches run eagerly under torch.compile (a graph break each): a launch reads its tensors through
+    # a table of data_ptr()s, which dynamo's fake tensors do not have (traced, they fail). A compiled
+    # L-BFGS step is a chain of graphs anyway, broken by the closure's backward and the host's tolerance
+    # checks, as torch's own (docs/lbfgs.md).
+    @torch.compiler.disable
     def update(self, function, written, read, coefficient=None, states=None):
         """One launch of ``function`` over every param: written[i] ← function(written[i], read[i], states[i])."""
         a = self.coefficient(1.0 if coefficient is None else coefficient)
@@ -51,6 +56,7 @@ class FusedVectors(FlatVectors):
         for _, launch in prepare_launches(slots, "lbfgs"):
             launch.update(function, None, (), ())
 
+    @torch.compiler.disable
     def reduce(self, function, first, second):
         """One launch: the sum over every param of ``function``'s terms, a 0-d fp32 device tensor."""
         total = torch.zeros((), dtype=torch.float32, device=self.device)

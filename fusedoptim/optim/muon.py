@@ -12,7 +12,8 @@ A Muon step is three stages, and the fused impl keeps them apart:
 
 Muon is a rule of the matrix shape (its row: ``optim.registry.SHAPED_RULES``, not generated into a
 class yet); its interface is the class: ``Muon.DEFAULTS``, ``Muon.IMPLS``, ``Muon.STATE``
-and ``chosen_impl(params)`` (``optim.unregistered``'s, with the ``impl`` option).
+and ``chosen_impl(params)`` (``optim.unregistered``'s, with the ``impl`` option). Its step compiles
+as one opaque op (``optim.unregistered.StepAsOneOp``).
 """
 import numbers
 
@@ -23,15 +24,12 @@ from fusedoptim.kernels import muon as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.newton_schulz import newton_schulz
 from fusedoptim.kernels.slots import TRITON_DTYPES, QuantizedStates, TensorSlots
-from fusedoptim.optim import ops
-from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
-from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, dequantize, new_codes,
                                            quantize, quantize_constant, scale_name, scale_numel)
 from fusedoptim.optim.reference.muon import adjusted_lr, muon
 from fusedoptim.optim.shards import local, shard_range
-from fusedoptim.optim.unregistered import UnregisteredOptimizer
+from fusedoptim.optim.unregistered import StepAsOneOp
 from fusedoptim.optim.validation import check_quantized_state
 
 DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
@@ -45,7 +43,7 @@ def muon_state_bytes(group, shapes, param_dtype) -> int:
     return sum(torch.Size(shape).numel() for shape in shapes) * torch.empty((), dtype=param_dtype).element_size()
 
 
-class Muon(UnregisteredOptimizer):
+class Muon(StepAsOneOp):
     """Muon (Jordan et al. 2024), torch.optim.Muon's twin: momentum, orthogonalized by Newton–Schulz
     iterations, for 2-D params only (use a second optimizer, e.g. fo.AdamW, for biases, norms and
     embeddings). Its equations: ``fusedoptim.optim.reference.muon``.
@@ -116,10 +114,6 @@ class Muon(UnregisteredOptimizer):
                         "embeddings...) to a second optimizer, e.g. fo.AdamW([p for p in model.parameters() if "
                         "p.ndim != 2]), stepping both")
 
-    def add_param_group(self, param_group):
-        super().add_param_group(param_group)
-        self._register_params()
-
     def __getstate__(self):
         return {**super().__getstate__(), "state_dtype": self.state_dtype}
 
@@ -128,7 +122,6 @@ class Muon(UnregisteredOptimizer):
         # torch's load_state_dict calls this with state and groups alone: the option stays; a copy pickled
         # before the option existed gets its default.
         self.__dict__.setdefault("state_dtype", None)
-        self._register_params()  # a copy: its own key and list
 
     def load_state_dict(self, state_dict):
         """torch's load, then a quantized momentum's codes and scales in their saved dtypes: torch casts
@@ -143,33 +136,6 @@ class Muon(UnregisteredOptimizer):
             for name, value in state_dict["state"].get(saved_id, {}).items():
                 if name in ("momentum_buffer", scale_name("momentum_buffer")):
                     self.state[param][name] = value.to(device=param.device, copy=True).contiguous()
-
-    def _register_params(self):
-        # Every param in group order, as a list of its own: what a compiled step hands its op (the traced
-        # step then reads no param group, whose float lr dynamo would guard on); and this optimizer's key
-        # for the op (``optim.ops``).
-        self._params = [p for group in self.param_groups for p in group["params"]]
-        if "_key" not in self.__dict__:
-            self._key = ops.register(self._step_from_op)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        """One Muon step of every group; returns ``closure()``'s loss where a closure is given. Under
-        torch.compile the step is one opaque op (``optim.ops``) that runs this eager step at run time:
-        no graph break, and no lr, float or tensor, is a constant of the graph."""
-        loss = closure_loss(closure)
-        if torch.compiler.is_compiling():
-            ops.step(self._key, self._params)
-        else:
-            self._eager_step()
-        return loss
-
-    def _step_from_op(self, params, inv_scale, found_inf):
-        if not same_objects(params, [p for group in self.param_groups for p in group["params"]]):
-            raise RuntimeError("Muon: the compiled step handed its op other tensors than the optimizer's params; it "
-                               "would update copies. Compile optimizer.step as a whole")
-        with torch.no_grad():
-            self._eager_step()
 
     def _eager_step(self):
         stepped = self.groups_to_step()

@@ -4,11 +4,15 @@ registry's classes get from ``optim.base`` and ``optim.impl``: the ``impl`` opti
 a step runs, chosen from why the kernels cannot run its params; torch's checks of the params a step
 takes; torch's switches dropped from a torch checkpoint's groups. Each class declares what its
 kernels take (``FUSED_DTYPES``, ``ONE_DEVICE``, ``WALKS_GRADIENTS``) and keeps its own arguments, state
-and step.
+and step. ``StepAsOneOp`` adds what a step without a closure needs to compile as the project's opaque
+op (``optim.ops``), as the registry's classes do: Muon's and Adafactor's base.
 """
 import torch
 
+from fusedoptim.optim import ops
+from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.impl import fall_back, kernels_run_on
+from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.torch_switches import drop_switches
 from fusedoptim.optim.validation import IMPLS, check_impl
 
@@ -91,3 +95,51 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state):
         super().__setstate__(state)
         drop_switches(self.param_groups)  # torch's switches, in a torch checkpoint: the impl decides here
+
+
+class StepAsOneOp(UnregisteredOptimizer):
+    """An optimizer whose ``step(closure=None)`` compiles as one opaque op: under torch.compile the
+    traced step is one call of ``triton_optim::step`` (``optim.ops``) with this optimizer's key and
+    params, and the op runs the eager step (``_eager_step``, each subclass's) at run time. So
+    ``torch.compile(optimizer.step, fullgraph=True)`` has no graph break, a cold start (the state made
+    inside the op) compiles once, and no lr, float or tensor, is a constant of the graph: changing it
+    never recompiles. The closure, if any, runs before the op, as the eager step runs it."""
+
+    def add_param_group(self, param_group):
+        super().add_param_group(param_group)
+        self._register_params()
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._register_params()  # a copy: its own key and list
+
+    def _register_params(self):
+        # Every param in group order, as a list of its own: what a compiled step hands its op (the traced
+        # step then reads no param group, whose float lr dynamo would guard on); and this optimizer's key
+        # for the op (``optim.ops``).
+        self._params = [p for group in self.param_groups for p in group["params"]]
+        if "_key" not in self.__dict__:
+            self._key = ops.register(self._step_from_op)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One step of every group; returns ``closure()``'s loss where a closure is given. Under
+        torch.compile the step is one opaque op that runs this eager step at run time."""
+        loss = closure_loss(closure)
+        if torch.compiler.is_compiling():
+            ops.step(self._key, self._params)
+        else:
+            self._eager_step()
+        return loss
+
+    def _step_from_op(self, params, inv_scale, found_inf):
+        # inv_scale and found_inf are None: GradScaler unscales these classes' gradients and skips an
+        # overflow step itself (no _step_supports_amp_scaling), as it does torch's twins.
+        if not same_objects(params, [p for group in self.param_groups for p in group["params"]]):
+            raise RuntimeError(f"{type(self).__name__}: the compiled step handed its op other tensors than the "
+                               "optimizer's params; it would update copies. Compile optimizer.step as a whole")
+        with torch.no_grad():
+            self._eager_step()
+
+    def _eager_step(self) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must define _eager_step, its step without the closure")
