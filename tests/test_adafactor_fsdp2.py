@@ -109,10 +109,21 @@ def _fsdp2_worker(rank, world_size, directory):
         refusal = str(error)
     unchanged = not reference.state and all(torch.equal(a, p.to_local()) for a, p in zip(before, refused_model.parameters()))
 
+    # A quantized variance (state_dtype) is not for shards yet: refused, before anything changes.
+    quantized = fo.Adafactor(refused_model.parameters(), impl="triton", state_dtype="int8", **OPTIONS)
+    try:
+        quantized.step()
+        quantized_refusal = ""
+    except ValueError as error:
+        quantized_refusal = str(error)
+    unchanged = unchanged and not quantized.state and all(
+        torch.equal(a, p.to_local()) for a, p in zip(before, refused_model.parameters()))
+
     return dict(chosen=chosen, differences=differences, placements=_placements(model, optimizer),
                 col_var=optimizer.state[model.matrix]["col_var"].to_local().tolist(),
                 local_rows={name: p.to_local().shape[0] for name, p in model.named_parameters()},
-                resumes=resumes, refusal=refusal, unchanged=unchanged)
+                resumes=resumes, refusal=refusal, quantized_refusal=quantized_refusal,
+                unchanged=unchanged)
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +167,11 @@ def test_fsdp2_reference_is_refused_before_any_change(ranks):
         assert "impl='triton'" in result["refusal"] and "FSDP2" in result["refusal"], result["refusal"]
         assert result["unchanged"], "the refused reference step changed a param or made a state"
 
+
+
+def test_fsdp2_quantized_variance_is_refused_before_any_change(ranks):
+    """state_dtype='int8' on shards: refused with a message naming the option and FSDP2, nothing stepped."""
+    for result in ranks:
+        refusal = result["quantized_refusal"]
+        assert "state_dtype='int8'" in refusal and "FSDP2" in refusal, refusal
+        assert result["unchanged"], "the refused quantized step changed a param or made a state"

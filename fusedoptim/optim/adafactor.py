@@ -26,10 +26,17 @@ from torch.distributed.tensor.placement_types import Replicate
 
 from fusedoptim.kernels import adafactor as kernels
 from fusedoptim.kernels.launcher import prepare_launches
-from fusedoptim.kernels.slots import TensorSlots
+from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
+from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, dequantize, new_codes,
+                                           quantize, quantize_constant, scale_name, scale_numel)
 from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
 from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.unregistered import StepAsOneOp
+from fusedoptim.optim.validation import check_quantized_state
+
+# A vector's variance is a running mean of squares: the "nonnegative" scheme (optim.quantization), as the
+# registry's exp_avg_sq and square_avg declare it. Round to nearest: no random draws.
+VARIANCE_KIND = "nonnegative"
 
 
 def adafactor_state_bytes(group, shapes, param_dtype) -> int:
@@ -61,6 +68,11 @@ class Adafactor(StepAsOneOp):
     impl="auto" (keyword-only): "reference" the oracle; "triton" the launches (fp32, bf16 or fp16
         contiguous params on one CUDA device, or the CPU with TRITON_INTERPRET=1; the state in the
         param's dtype, as torch's; FSDP2 shards too); "auto" the kernels where they run.
+    state_dtype=None (keyword-only): None keeps every statistic in the param's dtype, as torch; "int8" or
+        "int4" keeps a vector's ``variance`` as codes (``state["variance"]``) and fp32 scales
+        (``state["variance_scale"]``), the registry's "nonnegative" scheme (``optim.quantization``), in
+        both impls. ``row_var`` and ``col_var`` stay in the param's dtype: O(n + m), already small. Not
+        for FSDP2 (DTensor) params.
     """
 
     DEFAULTS = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False)
@@ -70,7 +82,7 @@ class Adafactor(StepAsOneOp):
     STATE = ("step", "row_var", "col_var", "variance")
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
-                 foreach=None, maximize=False, impl="auto"):
+                 foreach=None, maximize=False, impl="auto", state_dtype=None):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:  # torch's checks, in its order and words
             raise ValueError("Tensor lr must be 1-element")
         if not isinstance(eps, (tuple, list)) or len(eps) != 2:
@@ -89,10 +101,61 @@ class Adafactor(StepAsOneOp):
             raise ValueError(f"weight_decay should be >= 0 but is: {weight_decay}")
         if foreach not in (None, True, False):
             raise ValueError(f"Adafactor: foreach={foreach!r} must be None, True or False")
+        if state_dtype is not None and state_dtype not in QUANTIZED_DTYPES:
+            raise ValueError(f"Adafactor: state_dtype={state_dtype!r} is not supported; use None (the param's dtype, "
+                             f"as torch) or one of {QUANTIZED_DTYPES} (a quantized variance)")
         self.impl = impl
+        self.state_dtype = state_dtype
         defaults = dict(lr=lr, beta2_decay=beta2_decay, eps=tuple(eps), d=d, weight_decay=weight_decay,
                         maximize=maximize)
         super().__init__(params, defaults)
+
+    def __getstate__(self):
+        return {**super().__getstate__(), "state_dtype": self.state_dtype}
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        # torch's load_state_dict calls this with state and groups alone: the option stays; a copy pickled
+        # before the option existed gets its default.
+        self.__dict__.setdefault("state_dtype", None)
+
+    def load_state_dict(self, state_dict):
+        """torch's load, then a quantized variance's codes and scales in their saved dtypes: torch casts
+        every state of a floating param to the param's dtype, the int8 codes included, and would round a
+        bf16 param's fp32 scales."""
+        super().load_state_dict(state_dict)
+        if self.state_dtype is None:
+            return
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            for name, value in state_dict["state"].get(saved_id, {}).items():
+                if name in ("variance", scale_name("variance")):
+                    self.state[param][name] = value.to(device=param.device, copy=True).contiguous()
+
+    def _check_quantized(self, params):
+        """A quantized variance: plain tensors only, and any existing codes and scales as this step would
+        make them (a checkpoint's), checked before any group changes."""
+        for i, p in enumerate(params):
+            if isinstance(p, DTensor):
+                raise ValueError(f"Adafactor: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
+                                 f"params (param {i} is one): a quantization block would straddle the shards. Use "
+                                 "state_dtype=None")
+            if "variance" in self.state.get(p, {}):
+                check_quantized_state("Adafactor", "variance", self.state[p], p, self.state_dtype, f"param {i}")
+
+    def _initial_state(self, param) -> dict:
+        """torch's state; a quantized vector's variance as codes and scales of zero."""
+        if isinstance(param, DTensor):
+            return sharded_initial_state(param)
+        state = initial_state(param)
+        if self.state_dtype is not None and "variance" in state:
+            codes = new_codes(param, self.state_dtype)
+            scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32,
+                                 device=param.device)
+            quantize_constant(0.0, VARIANCE_KIND, codes, scales, param.numel())
+            state["variance"], state[scale_name("variance")] = codes, scales
+        return state
 
     def _eager_step(self):
         """One Adafactor step of every param with a gradient (``step`` runs it, or its op under torch.compile)."""
@@ -101,15 +164,40 @@ class Adafactor(StepAsOneOp):
             if impl == "reference" and any(isinstance(p, DTensor) for p in params):
                 raise RuntimeError("Adafactor's reference impl steps whole tensors, and these params are FSDP2 "
                                    "shards (DTensors): use impl='triton', which sums the statistics over the shards")
+            if self.state_dtype is not None:
+                self._check_quantized(params)
         for group, params, impl in stepped:
             for p in params:
                 if not self.state[p]:
-                    self.state[p].update(sharded_initial_state(p) if isinstance(p, DTensor) else initial_state(p))
+                    self.state[p].update(self._initial_state(p))
             states = [self.state[p] for p in params]
-            if impl == "reference":
+            if impl == "reference" and self.state_dtype is not None:
+                quantized_reference_adafactor(params, states, group)
+            elif impl == "reference":
                 adafactor(params, [p.grad for p in params], states, group)
             else:
-                fused_adafactor(params, states, group)
+                fused_adafactor(params, states, group, self.state_dtype)
+
+
+def quantized_reference_adafactor(params, states, group) -> None:
+    """The oracle with a vector's variance quantized: run on its fp32 values (and the vector's gradient
+    in fp32, as the kernel computes the variance and U), quantized back after with the kernel's scheme,
+    as the registry's reference does (``optim.runtime.Runtime.reference_step``). Factored params step
+    as the oracle steps them, their statistics in the param's dtype."""
+    variance_scale = scale_name("variance")
+    full_states, grads = [], []
+    for p, state in zip(params, states):
+        if "variance" in state:
+            full_states.append({"step": state["step"],
+                                "variance": dequantize(state["variance"], state[variance_scale], VARIANCE_KIND, p)})
+            grads.append(p.grad.float())
+        else:
+            full_states.append(state)
+            grads.append(p.grad)
+    adafactor(params, grads, full_states, group)  # the step counters are the states' own: counted once
+    for state, full_state in zip(states, full_states):
+        if "variance" in state:
+            quantize(full_state["variance"], VARIANCE_KIND, state["variance"], state[variance_scale])
 
 
 def sharded_initial_state(param: DTensor) -> dict:
@@ -146,12 +234,14 @@ def _sum_over_shards(tensors: list, group) -> None:
                                                                       tensors)])
 
 
-def fused_adafactor(params, states, group) -> None:
+def fused_adafactor(params, states, group, state_dtype=None) -> None:
     """The oracle's step as the four phases of launches (the module's docstring). FSDP2 params (DTensors
     split along dim 0) step their local shards: the row sums of a matrix lie whole in a shard, and a
     stack's matrices too; Σθ², Σu², a matrix's column sums and its Σ R_i are partial sums, summed over the
     shards (one all-reduce after the row statistics, one after the second reduce), so that every rank
-    computes what one process would, and every rank's column statistics are the same."""
+    computes what one process would, and every rank's column statistics are the same. ``state_dtype``
+    "int8"/"int4": the vectors' variance are codes and scales (plain tensors only), read and written
+    through the launcher's quantized path."""
     shards = Shards.of(params, "Adafactor's param group")
     sharded = [shards is not None and shards.groups[i] is not None for i in range(len(params))]
     shard_group = next((g for g in shards.groups if g is not None), None) if shards else None
@@ -184,9 +274,14 @@ def fused_adafactor(params, states, group) -> None:
     for i in factored:
         if params[i].numel():
             kernels.column_square_sums(grads[i], column_sums[i])
+    quantization, variance_scales = None, {i: () for i in vectors}
+    if state_dtype is not None:
+        fmt = FORMATS[state_dtype]
+        quantization = QuantizedStates(fmt.bits, fmt.block, (UNSIGNED[VARIANCE_KIND],), (STOCHASTIC[VARIANCE_KIND],))
+        variance_scales = {i: (states[i][scale_name("variance")],) for i in vectors}
     _reduce(kernels.vector_sums, 2, hyper, flags,
-            [TensorSlots(param=params[i], grad=grads[i], states=(states[i]["variance"],),
-                         scalars=(weights[i], theta_squares[i], update_squares[i])) for i in vectors])
+            [TensorSlots(param=params[i], grad=grads[i], states=(states[i]["variance"],), scales=variance_scales[i],
+                         scalars=(weights[i], theta_squares[i], update_squares[i])) for i in vectors], quantization)
 
     # 2. statistics, O(n + m) per tensor: R lerped toward the row means; the shards' partial sums
     # added up (a matrix's rows span the shards: its column sums and Σ R_i); C lerped toward the column
@@ -229,18 +324,20 @@ def fused_adafactor(params, states, group) -> None:
             [TensorSlots(param=s.param, grad=s.grad, scalars=(step_sizes[i],), row_length=s.row_length,
                          factors=s.factors) for i, s in zip(factored, factored_slots)])
     _update(kernels.vector_update, hyper, flags,
-            [TensorSlots(param=params[i], grad=grads[i], states=(states[i]["variance"],),
-                         scalars=(weights[i], step_sizes[i])) for i in vectors])
+            [TensorSlots(param=params[i], grad=grads[i], states=(states[i]["variance"],), scales=variance_scales[i],
+                         scalars=(weights[i], step_sizes[i])) for i in vectors], quantization)
 
 
-def _reduce(function, outputs, hyper, flags, slots) -> None:
-    for _, launch in prepare_launches(slots, "adafactor"):
+def _reduce(function, outputs, hyper, flags, slots, quantization=None) -> None:
+    for _, launch in prepare_launches(slots, "adafactor", quantization):
         launch.reduce(function, None, outputs, hyper, flags)
 
 
-def _update(function, hyper, flags, slots) -> None:
-    for _, launch in prepare_launches(slots, "adafactor"):
-        launch.update(function, None, hyper, flags)
+def _update(function, hyper, flags, slots, quantization=None) -> None:
+    # The codes' random key: the nonnegative scheme rounds to nearest and draws nothing, so any count serves.
+    count = None if quantization is None else torch.zeros((), dtype=torch.int64)
+    for _, launch in prepare_launches(slots, "adafactor", quantization):
+        launch.update(function, None, hyper, flags, quantization_count=count)
 
 
-__all__ = ["Adafactor", "fused_adafactor"]
+__all__ = ["Adafactor", "fused_adafactor", "quantized_reference_adafactor"]
