@@ -28,6 +28,7 @@ from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_probl
 from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, dequantize, new_codes,
                                            quantize, quantize_constant, scale_name, scale_numel)
 from fusedoptim.optim.reference.muon import adjusted_lr, muon
+from fusedoptim.optim.rounding import stochastic_round
 from fusedoptim.optim.shards import local, shard_range
 from fusedoptim.optim.unregistered import StepAsOneOp
 from fusedoptim.optim.validation import check_quantized_state
@@ -65,6 +66,10 @@ class Muon(StepAsOneOp):
         "int8" or "int4" keeps it as codes (``state["momentum_buffer"]``) and fp32 scales
         (``state["momentum_buffer_scale"]``), the registry's "signed" scheme (``optim.quantization``),
         in both impls. Not for FSDP2 (DTensor) params.
+    stochastic_rounding=False (keyword-only): bf16 and fp16 params are stored rounded stochastically
+        (unbiased) by the apply, reproducibly from ``seed``, so that updates below half a unit still move
+        them on average; the momentum buffer rounds to nearest, as torch's.
+    seed=0 (keyword-only): the seed of stochastic rounding's random bits, an integer in [0, 2**31).
     """
 
     DEFAULTS = dict(lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True, ns_coefficients=DEFAULT_COEFFICIENTS,
@@ -78,7 +83,8 @@ class Muon(StepAsOneOp):
     _step_supports_amp_scaling = False
 
     def __init__(self, params, lr=1e-3, weight_decay=0.1, momentum=0.95, nesterov=True,
-                 ns_coefficients=DEFAULT_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, impl="auto", state_dtype=None):
+                 ns_coefficients=DEFAULT_COEFFICIENTS, eps=1e-7, ns_steps=5, adjust_lr_fn=None, *, impl="auto", state_dtype=None,
+                 stochastic_rounding=False, seed=0):
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:  # torch's checks first, with its words
             raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:
@@ -100,8 +106,17 @@ class Muon(StepAsOneOp):
         if state_dtype is not None and state_dtype not in QUANTIZED_DTYPES:
             raise ValueError(f"Muon: state_dtype={state_dtype!r} is not supported; use None (the param's dtype, as "
                              f"torch) or one of {QUANTIZED_DTYPES} (quantized momentum)")
+        if not isinstance(stochastic_rounding, bool):
+            raise ValueError(f"Muon: stochastic_rounding={stochastic_rounding!r} must be True or False")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
+            raise ValueError(f"Muon: seed={seed!r} must be an integer in [0, 2**31)")
         self.impl = impl
         self.state_dtype = state_dtype
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
+        # As the registry's runtime (optim.runtime.Runtime): per device, the launcher's seed tensor (the seed
+        # above bit 32, launches counted below); the reference's bits from a CPU generator.
+        self._rounding_seeds = {}
+        self._generator = torch.Generator().manual_seed(seed)
         defaults = dict(lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
                         ns_coefficients=tuple(ns_coefficients), eps=eps, ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
         super().__init__(params, defaults)
@@ -115,13 +130,31 @@ class Muon(StepAsOneOp):
                         "p.ndim != 2]), stepping both")
 
     def __getstate__(self):
-        return {**super().__getstate__(), "state_dtype": self.state_dtype}
+        """The options, and the rounding's counts and generator, so that a copy rounds as the original."""
+        return {**super().__getstate__(), "state_dtype": self.state_dtype,
+                "stochastic_rounding": self.stochastic_rounding, "seed": self.seed,
+                "_rounding_seeds": self._rounding_seeds, "_generator_state": self._generator.get_state()}
 
     def __setstate__(self, state):
+        generator_state = state.pop("_generator_state", None)
         super().__setstate__(state)
-        # torch's load_state_dict calls this with state and groups alone: the option stays; a copy pickled
-        # before the option existed gets its default.
+        # torch's load_state_dict calls this with state and groups alone: the options stay; a copy pickled
+        # before an option existed gets its default.
         self.__dict__.setdefault("state_dtype", None)
+        for name, default in (("stochastic_rounding", False), ("seed", 0), ("_rounding_seeds", {})):
+            self.__dict__.setdefault(name, default)
+        if generator_state is not None or not hasattr(self, "_generator"):
+            self._generator = torch.Generator().manual_seed(self.seed)
+            if generator_state is not None:
+                self._generator.set_state(generator_state)
+
+    def _rounding_seed(self, device):
+        """None (round to nearest), or this device's stochastic-rounding seed tensor for the launcher."""
+        if not self.stochastic_rounding:
+            return None
+        if device not in self._rounding_seeds:
+            self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
+        return self._rounding_seeds[device]
 
     def load_state_dict(self, state_dict):
         """torch's load, then a quantized momentum's codes and scales in their saved dtypes: torch casts
@@ -151,7 +184,8 @@ class Muon(StepAsOneOp):
                 if "momentum_buffer" not in state:  # a DTensor placed as its param for an FSDP2 param
                     self._make_momentum(p, state)
             if impl == "reference":
-                _reference_step(params, states, group, self.state_dtype)
+                _reference_step(params, states, group, self.state_dtype,
+                                self._generator if self.stochastic_rounding else None)
             elif params:
                 self._fused_step(params, states, group)
 
@@ -217,33 +251,50 @@ class Muon(StepAsOneOp):
         apply_slots = [TensorSlots(param=local(p), grad=o, scalars=(on_device[local(p).device][i, 0],
                                                                     on_device[local(p).device][i, 1]))
                        for i, (p, o) in enumerate(zip(params, updates)) if o.numel()]
-        for _, launch in prepare_launches(apply_slots, "muon"):
-            launch.update(kernels.apply_update, None, (), ())  # stage 3: θ ← (1 − γλ)θ − γ'·O
+        for _, launch in prepare_launches(apply_slots, "muon"):  # stage 3: θ ← (1 − γλ)θ − γ'·O
+            launch.update(kernels.apply_update, None, (), (), self._rounding_seed(launch.device))
 
 
-def _reference_step(params, states, group, state_dtype=None):
+def full_precision(theta, generator):
+    """θ for the oracle to step: with stochastic rounding (``generator``), a 16-bit θ's fp32 copy, which
+    ``rounded_back`` stores rounded stochastically, as the registry's reference does
+    (``optim.runtime.Runtime.reference_step``); else θ itself, stepped in place."""
+    return theta.float() if generator is not None and theta.dtype in (torch.bfloat16, torch.float16) else theta
+
+
+def rounded_back(full, theta, generator):
+    """``full_precision``'s copy, stepped, to θ's dtype: rounded stochastically, or θ itself."""
+    return theta if full is theta else stochastic_round(full, theta.dtype, generator)
+
+
+def _reference_step(params, states, group, state_dtype=None, generator=None):
     """The oracle's step. FSDP2 params are stepped whole on every rank: θ, g and B gathered (an all-gather
     each), the oracle run on the whole tensors (the same inputs and ops on every rank as in one process,
     so the same bits), and each rank's rows of θ and B written back. The oracle stays a per-tensor loop
-    over plain tensors; the fused impl is the one that spreads Newton–Schulz over the ranks."""
+    over plain tensors; the fused impl is the one that spreads Newton–Schulz over the ranks. ``generator``:
+    None rounds θ to nearest, as torch; a CPU generator rounds 16-bit θ stochastically from its bits."""
     if state_dtype is not None:
-        _quantized_reference_step(params, states, group)
+        _quantized_reference_step(params, states, group, generator)
         return
 
     def whole(tensor):
         return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
-    thetas = [whole(p) for p in params]
+    wholes = [whole(p) for p in params]
+    thetas = [full_precision(w, generator) for w in wholes]
     whole_states = [{"momentum_buffer": whole(state["momentum_buffer"])} for state in states]
     muon(thetas, [whole(p.grad) for p in params], whole_states, group)
-    for p, theta, state, whole_state in zip(params, thetas, states, whole_states):
+    for p, w, theta, state, whole_state in zip(params, wholes, thetas, states, whole_states):
+        theta = rounded_back(theta, w, generator)
         if isinstance(p, DTensor):
             _, first, length = shard_range(p)
             local(p).copy_(theta.narrow(0, first, length))
             local(state["momentum_buffer"]).copy_(whole_state["momentum_buffer"].narrow(0, first, length))
+        elif theta is not w:
+            p.copy_(theta)
 
 
-def _quantized_reference_step(params, states, group):
+def _quantized_reference_step(params, states, group, generator=None):
     """The oracle on the momentum's fp32 values, laid out as the params, quantized back after with the
     kernel's scheme, as the registry's reference does (``optim.runtime.Runtime.reference_step``). The
     gradients go in fp32 too: the kernel computes B and U in fp32 from the codes and g, then stores U in
@@ -251,6 +302,10 @@ def _quantized_reference_step(params, states, group):
     buffer_scale = scale_name("momentum_buffer")
     full_states = [{"momentum_buffer": dequantize(state["momentum_buffer"], state[buffer_scale], MOMENTUM_KIND, p)}
                    for p, state in zip(params, states)]
-    muon(params, [p.grad.float() for p in params], full_states, group)
+    thetas = [full_precision(p, generator) for p in params]
+    muon(thetas, [p.grad.float() for p in params], full_states, group)
+    for p, theta in zip(params, thetas):
+        if theta is not p:
+            p.copy_(rounded_back(theta, p, generator))
     for state, full_state in zip(states, full_states):
         quantize(full_state["momentum_buffer"], MOMENTUM_KIND, state["momentum_buffer"], state[buffer_scale])
