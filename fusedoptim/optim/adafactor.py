@@ -79,6 +79,7 @@ class Adafactor(StepAsOneOp):
     # The kernels compute in fp32 and keep the state in the param's dtype, as torch (whose load_state_dict
     # casts every float state to its param's dtype: fp32 statistics of bf16 params would not survive it).
     FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+    QUANTIZED_STATE = "variance"
     STATE = ("step", "row_var", "col_var", "variance")
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
@@ -118,20 +119,6 @@ class Adafactor(StepAsOneOp):
         # torch's load_state_dict calls this with state and groups alone: the option stays; a copy pickled
         # before the option existed gets its default.
         self.__dict__.setdefault("state_dtype", None)
-
-    def load_state_dict(self, state_dict):
-        """torch's load, then a quantized variance's codes and scales in their saved dtypes: torch casts
-        every state of a floating param to the param's dtype, the int8 codes included, and would round a
-        bf16 param's fp32 scales."""
-        super().load_state_dict(state_dict)
-        if self.state_dtype is None:
-            return
-        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            for name, value in state_dict["state"].get(saved_id, {}).items():
-                if name in ("variance", scale_name("variance")):
-                    self.state[param][name] = value.to(device=param.device, copy=True).contiguous()
 
     def _check_quantized(self, params):
         """A quantized variance: plain tensors only, and any existing codes and scales as this step would

@@ -76,6 +76,7 @@ class Muon(StepAsOneOp):
                     eps=1e-7, ns_steps=5, adjust_lr_fn=None)
     FUSED_DTYPES = tuple(TRITON_DTYPES)
     ONE_DEVICE = False  # a Newton–Schulz stack per (shape, dtype, device); the factors copied to each device
+    QUANTIZED_STATE = "momentum_buffer"
     STATE = ("momentum_buffer",)
     ADJUST_LR_FNS = (None, "original", "match_rms_adamw")
     # As for torch.optim.Muon: GradScaler.step unscales the gradients itself (one foreach op) and skips the
@@ -155,20 +156,6 @@ class Muon(StepAsOneOp):
         if device not in self._rounding_seeds:
             self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
         return self._rounding_seeds[device]
-
-    def load_state_dict(self, state_dict):
-        """torch's load, then a quantized momentum's codes and scales in their saved dtypes: torch casts
-        every state of a floating param to the param's dtype, the int8 codes included, and would round a
-        bf16 param's fp32 scales."""
-        super().load_state_dict(state_dict)
-        if self.state_dtype is None:
-            return
-        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
-        params = [p for group in self.param_groups for p in group["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            for name, value in state_dict["state"].get(saved_id, {}).items():
-                if name in ("momentum_buffer", scale_name("momentum_buffer")):
-                    self.state[param][name] = value.to(device=param.device, copy=True).contiguous()
 
     def _eager_step(self):
         stepped = self.groups_to_step()

@@ -12,6 +12,7 @@ import torch
 from fusedoptim.optim import ops
 from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.impl import fall_back, kernels_run_on
+from fusedoptim.optim.quantization import scale_name
 from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.torch_switches import drop_switches
 from fusedoptim.optim.validation import IMPLS, check_impl
@@ -49,6 +50,10 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
     FUSED_DTYPES: tuple = ()  # each subclass: the param dtypes its kernels take
     ONE_DEVICE = True  # the fused step needs the params it steps on one device
     WALKS_GRADIENTS = True  # the kernels read each gradient as it is laid out (L-BFGS copies them first)
+    # The element-wise state a quantized ``state_dtype`` ("int8", "int4") codes: Muon's momentum_buffer,
+    # Adafactor's variance; None keeps every state in the param's dtype (a class without the option too).
+    QUANTIZED_STATE = ""
+    state_dtype = None
     NEEDS_CLOSURE = False  # step(closure) re-evaluates the loss (L-BFGS): step() alone is refused
 
     @property
@@ -86,6 +91,21 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{name} does not support sparse gradients")
             stepped.append((group, params, self.chosen_impl(params)))
         return stepped
+
+    def load_state_dict(self, state_dict):
+        """torch's load, then a quantized state's codes and scales (``QUANTIZED_STATE``, where ``state_dtype``
+        is int8 or int4) in their saved dtypes: torch casts every state of a floating param to the param's
+        dtype, the int8 codes included, and would round a bf16 param's fp32 scales."""
+        super().load_state_dict(state_dict)
+        if self.state_dtype is None:
+            return
+        kept = (self.QUANTIZED_STATE, scale_name(self.QUANTIZED_STATE))
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        params = [p for group in self.param_groups for p in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            for name, value in state_dict["state"].get(saved_id, {}).items():
+                if name in kept:
+                    self.state[param][name] = value.to(device=param.device, copy=True).contiguous()
 
     def __getstate__(self):
         """torch's state (defaults, state, param groups) and the impl option, so that a deepcopy or a pickle
