@@ -530,7 +530,7 @@ BREAKAGES = (
              ("tests/test_adafactor_quantized.py::-k test_quantized_variance_stays_near_fp32_adafactor",),
              "quantized Adafactor codes its variance linearly: small variances read as 0, their updates blow up"),
     Breakage("adafactor-quantized-fsdp2-not-refused", "fusedoptim/optim/adafactor.py",
-             "                self._check_quantized(params)", "                pass",
+             "                self.check_quantized_states(params)", "                pass",
              ("tests/test_adafactor_fsdp2.py::test_fsdp2_quantized_variance_is_refused_before_any_change",),
              "state_dtype='int8' on FSDP2 shards fails mid-step with a KeyError instead of a clear refusal"),
     Breakage("lbfgs-launch-traced-by-dynamo", "fusedoptim/optim/lbfgs.py",

@@ -32,7 +32,6 @@ from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC
 from fusedoptim.optim.reference.adafactor import adafactor, initial_state, resolved_eps1, scalar_lr
 from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.unregistered import StepAsOneOp
-from fusedoptim.optim.validation import check_quantized_state
 
 # A vector's variance is a running mean of squares: the "nonnegative" scheme (optim.quantization), as the
 # registry's exp_avg_sq and square_avg declare it. Round to nearest: no random draws.
@@ -120,17 +119,6 @@ class Adafactor(StepAsOneOp):
         # before the option existed gets its default.
         self.__dict__.setdefault("state_dtype", None)
 
-    def _check_quantized(self, params):
-        """A quantized variance: plain tensors only, and any existing codes and scales as this step would
-        make them (a checkpoint's), checked before any group changes."""
-        for i, p in enumerate(params):
-            if isinstance(p, DTensor):
-                raise ValueError(f"Adafactor: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
-                                 f"params (param {i} is one): a quantization block would straddle the shards. Use "
-                                 "state_dtype=None")
-            if "variance" in self.state.get(p, {}):
-                check_quantized_state("Adafactor", "variance", self.state[p], p, self.state_dtype, f"param {i}")
-
     def _initial_state(self, param) -> dict:
         """torch's state; a quantized vector's variance as codes and scales of zero."""
         if isinstance(param, DTensor):
@@ -152,7 +140,7 @@ class Adafactor(StepAsOneOp):
                 raise RuntimeError("Adafactor's reference impl steps whole tensors, and these params are FSDP2 "
                                    "shards (DTensors): use impl='triton', which sums the statistics over the shards")
             if self.state_dtype is not None:
-                self._check_quantized(params)
+                self.check_quantized_states(params)
         for group, params, impl in stepped:
             for p in params:
                 if not self.state[p]:

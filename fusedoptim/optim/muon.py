@@ -31,7 +31,6 @@ from fusedoptim.optim.reference.muon import adjusted_lr, muon
 from fusedoptim.optim.rounding import stochastic_round
 from fusedoptim.optim.shards import local, shard_range
 from fusedoptim.optim.unregistered import StepAsOneOp
-from fusedoptim.optim.validation import check_quantized_state
 
 DEFAULT_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # Jordan's quintic, torch's defaults
 # The momentum buffer's quantization scheme (optim.quantization): a momentum, so "signed" (linear absmax,
@@ -164,7 +163,7 @@ class Muon(StepAsOneOp):
             if problem:
                 raise ValueError(problem)
             if self.state_dtype is not None:
-                self._check_quantized(params)
+                self.check_quantized_states(params)
         for group, params, impl in stepped:
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):
@@ -175,17 +174,6 @@ class Muon(StepAsOneOp):
                                 self._generator if self.stochastic_rounding else None)
             elif params:
                 self._fused_step(params, states, group)
-
-    def _check_quantized(self, params):
-        """Quantized momentum: plain tensors only, and any existing codes and scales as this step would
-        make them (a checkpoint's), checked before any group changes."""
-        for i, p in enumerate(params):
-            if isinstance(p, DTensor):
-                raise ValueError(f"Muon: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
-                                 f"params (param {i} is one): a quantization block would straddle the shards. Use "
-                                 "state_dtype=None")
-            if "momentum_buffer" in self.state.get(p, {}):
-                check_quantized_state("Muon", "momentum_buffer", self.state[p], p, self.state_dtype, f"param {i}")
 
     def _make_momentum(self, param, state):
         """The momentum buffer, zero: in the gradient's dtype and layout, or as codes and scales of zero."""

@@ -8,6 +8,7 @@ and step. ``StepAsOneOp`` adds what a step without a closure needs to compile as
 op (``optim.ops``), as the registry's classes do: Muon's and Adafactor's base.
 """
 import torch
+from torch.distributed.tensor import DTensor
 
 from fusedoptim.optim import ops
 from fusedoptim.optim.base import closure_loss
@@ -15,7 +16,7 @@ from fusedoptim.optim.impl import fall_back, kernels_run_on
 from fusedoptim.optim.quantization import scale_name
 from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.torch_switches import drop_switches
-from fusedoptim.optim.validation import IMPLS, check_impl
+from fusedoptim.optim.validation import IMPLS, check_impl, check_quantized_state
 
 
 def fused_problem(params, dtypes, one_device: bool, walks_gradients: bool) -> str:
@@ -91,6 +92,19 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{name} does not support sparse gradients")
             stepped.append((group, params, self.chosen_impl(params)))
         return stepped
+
+    def check_quantized_states(self, params) -> None:
+        """With a quantized ``state_dtype``: plain tensors only (a quantization block would straddle FSDP2's
+        shards), and any existing codes and scales of ``QUANTIZED_STATE`` as this step would make them (a
+        checkpoint's), checked before any group changes."""
+        name = type(self).__name__
+        for i, p in enumerate(params):
+            if isinstance(p, DTensor):
+                raise ValueError(f"{name}: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
+                                 f"params (param {i} is one): a quantization block would straddle the shards. Use "
+                                 "state_dtype=None")
+            if self.QUANTIZED_STATE in self.state.get(p, {}):
+                check_quantized_state(name, self.QUANTIZED_STATE, self.state[p], p, self.state_dtype, f"param {i}")
 
     def load_state_dict(self, state_dict):
         """torch's load, then a quantized state's codes and scales (``QUANTIZED_STATE``, where ``state_dtype``
