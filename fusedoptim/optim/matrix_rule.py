@@ -15,10 +15,12 @@ from typing import Callable, Optional
 import torch
 
 from fusedoptim.optim.matrix import MOMENTUM, matrix_optimizer
+from fusedoptim.optim.quantization import FORMATS, is_quantized
 from fusedoptim.optim.rule import ShapedRule
 
 # The arguments the engine reads, first in every matrix rule's signature, as torch.optim.Muon orders them.
 SHAPE_ARGUMENTS = ("lr", "weight_decay", "momentum", "nesterov")
+SCALE_BYTES = 4  # a quantized momentum's scales are fp32
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,9 +55,15 @@ class MatrixRule:
         """The class, made once (``fo.<name>`` is this one)."""
         return matrix_optimizer(self)
 
-    def state_bytes(self, group, shapes, param_dtype) -> int:
-        """Bytes of state kept for matrices of these shapes: a momentum buffer each, in the param's dtype."""
-        return sum(torch.Size(shape).numel() for shape in shapes) * torch.empty((), dtype=param_dtype).element_size()
+    def state_bytes(self, group, shapes, param_dtype, state_dtype=None) -> int:
+        """Bytes of state kept for matrices of these shapes: a momentum buffer each, in the param's dtype, or
+        with ``state_dtype`` "int8"/"int4" its codes (a byte each, int4 a byte per started pair) and one fp32
+        scale per started quantization block, as ``optim.rule.Rule.state_bytes`` counts them."""
+        numels = [torch.Size(shape).numel() for shape in shapes]
+        if not is_quantized(state_dtype):
+            return sum(numels) * torch.empty((), dtype=param_dtype).element_size()
+        fmt = FORMATS[state_dtype]
+        return sum(fmt.codes_numel(n) + SCALE_BYTES * fmt.scale_numel(n) for n in numels)
 
 
 def is_matrix(param) -> bool:
