@@ -8,6 +8,8 @@ rule sheet (docs/rules.md) is generated.
 The element-wise toy, "Velocity": v ← friction·v + g; θ ← θ − lr·v (heavy-ball momentum, undampened).
 The toy with declared sums, "ClippedTrust": a per-tensor trust ratio ‖θ‖/‖g‖ (two sums over each
 tensor) and clipping by the group's gradient norm (a sum over the group), as LARS with global clipping.
+The matrix toy, "FrobeniusMomentum": the momentum of each matrix divided by its Frobenius norm, through
+the matrix shape's suite (tests/test_matrix_rules.py) and against its equations written out here.
 """
 import re
 
@@ -19,11 +21,13 @@ import triton.language as tl
 from fusedoptim import optim
 from fusedoptim.kernels.elementwise import hyperparameter
 from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr, number
+from fusedoptim.optim.matrix_rule import MatrixRule, matrix_row
 from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
-from fusedoptim.optim.registry import RULES, Rule, State, Sum
+from fusedoptim.optim.registry import RULES, SHAPED_RULES, Rule, State, Sum
 from scripts import rule_sheet
-from tests import test_amp, test_bad_input, test_behaviour, test_compile, test_parity, test_quantized_state, test_step_plan
+from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_matrix_rules, test_parity,
+                   test_quantized_state, test_step_plan)
 
 
 # 1. The math (fusedoptim/kernels/<rule>.py).
@@ -102,6 +106,47 @@ CLIPPED_TRUST = Rule(
 )
 
 
+# The matrix toy. 1. Its math: the transform of a stack of same-shape matrices, in place (torch ops here;
+# Muon's is Triton: fusedoptim/kernels/newton_schulz.py).
+def frobenius_transform(stack, group):
+    norms = torch.linalg.vector_norm(stack.float(), dim=(1, 2), keepdim=True)  # ‖U‖_F of each matrix
+    stack.copy_(stack.float() / norms.clamp(min=group["floor"]))
+
+
+# 2. Its oracle (fusedoptim/optim/reference/<rule>.py): the transform of one matrix, and the whole step.
+def frobenius_normalized(matrix, group):
+    return matrix.float() / matrix.float().norm().clamp(min=group["floor"])  # O = U / max(‖U‖_F, floor)
+
+
+def frobenius_momentum(params, grads, states, group):
+    r"""Momentum normalized per matrix: :math:`B ← μB + (1 − μ)g`, :math:`U = (1 − μ)g + μB` with Nesterov
+    else :math:`B`, :math:`O = U / \max(‖U‖_F, \text{floor})`, :math:`θ ← (1 − γλ)θ − γO`."""
+    lr = float(group["lr"])
+    for param, grad, state in zip(params, grads, states):
+        buffer = state["momentum_buffer"]
+        buffer.lerp_(grad, 1 - group["momentum"])  # B ← μB + (1 − μ)g
+        update = grad.lerp(buffer, group["momentum"]) if group["nesterov"] else buffer  # U
+        param.mul_(1 - lr * group["weight_decay"])  # θ ← (1 − γλ)θ
+        param.add_(frobenius_normalized(update, group).to(param.dtype), alpha=-lr)  # θ ← θ − γO
+
+
+# 3. Its declaration (a row of SHAPED_RULES: matrix_row(FROBENIUS_MOMENTUM)).
+def checked_floor(arguments):
+    if not arguments["floor"] > 0:  # NaN fails too
+        raise ValueError(f"FrobeniusMomentum: floor={arguments['floor']!r} must be > 0")
+    return arguments
+
+
+FROBENIUS_MOMENTUM = MatrixRule(
+    name="FrobeniusMomentum", summary="Momentum divided by its Frobenius norm per matrix (a toy rule of the tests)",
+    doc="Momentum divided by its Frobenius norm. lr=0.02: γ. floor=1e-8: the norm is at least floor.",
+    reference=frobenius_momentum, transform=frobenius_transform, transform_reference=frobenius_normalized,
+    adjusted_lr=lambda lr, group, shape: lr,
+    defaults=dict(lr=0.02, weight_decay=0.0, momentum=0.9, nesterov=False, floor=1e-8), checked=checked_floor,
+    bad_arguments=((dict(floor=0.0), "floor=0.0 must be > 0"),),
+)
+
+
 def register(monkeypatch, rule):
     """The row in the registry and its class exported, as fusedoptim/optim/__init__.py does for every row."""
     monkeypatch.setitem(RULES, rule.name, rule)
@@ -144,6 +189,28 @@ def test_the_toy_rule_passes_the_registry_driven_suites(toy, monkeypatch):
             rule.name, monkeypatch)
 
 
+def test_the_matrix_toy_passes_the_matrix_shapes_suite():
+    toy = FROBENIUS_MOMENTUM
+    test_matrix_rules.test_fused_steps_match_the_oracle(toy)
+    test_matrix_rules.test_the_transform_kernel_matches_its_oracle(toy)
+    test_matrix_rules.test_bad_arguments_are_refused_at_construction(toy)
+    test_matrix_rules.test_an_int8_momentum_is_coded_alike_by_both_impls(toy)
+    for impl in ("triton", "reference"):
+        test_matrix_rules.test_a_bad_group_is_refused_before_any_group_changes(toy, impl)
+        test_matrix_rules.test_state_dict_resume_equals_uninterrupted_run(toy, impl)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_the_matrix_toys_first_step_is_its_equations(impl):
+    """From a zero momentum, no Nesterov, no decay: B = (1 − μ)g, so θ₁ = θ₀ − γ·g/‖g‖_F, written out."""
+    theta = torch.randn(6, 10, generator=torch.Generator().manual_seed(3))
+    param = torch.nn.Parameter(theta.clone())
+    param.grad = torch.randn(6, 10, generator=torch.Generator().manual_seed(4))
+    optimizer = FROBENIUS_MOMENTUM.optimizer([param], lr=0.1, impl=impl)
+    optimizer.step()
+    torch.testing.assert_close(param.detach(), theta - 0.1 * param.grad / param.grad.square().sum().sqrt())
+
+
 def test_the_sums_are_read_once_each_in_the_byte_model():
     """θ and g read by the reduce for three sums (g for two of them, counted once): 2 reads of 4 bytes
     beyond the element-wise step's θ, g, θ written and the velocity read and written."""
@@ -162,7 +229,8 @@ def test_its_hyperparameter_is_checked_from_its_declaration_alone(registered):
 def test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations():
     """The rule sheet of the registry with the toy rows has each toy's row, its arguments, states and
     sums as declared; docs/rules.md itself is not written (python -m scripts.rule_sheet would write it)."""
-    sheet = rule_sheet.table({**RULES, VELOCITY.name: VELOCITY, CLIPPED_TRUST.name: CLIPPED_TRUST})
+    sheet = rule_sheet.table({**RULES, VELOCITY.name: VELOCITY, CLIPPED_TRUST.name: CLIPPED_TRUST},
+                             {**SHAPED_RULES, FROBENIUS_MOMENTUM.name: matrix_row(FROBENIUS_MOMENTUM)})
     headers = [header for header, _ in rule_sheet.COLUMNS]
 
     def cells(name):
@@ -180,3 +248,7 @@ def test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations():
     assert clipped["declared sums"] == ("`param_square`: Σ θ² per tensor; `grad_square`: Σ g² per tensor; "
                                         "`group_grad_square`: Σ g² per group"), clipped
     assert clipped["bytes/param"] == "28", "the element-wise 20, and the reduce's reads of θ and g"
+    frobenius = [line for line in sheet.splitlines() if line.startswith("| `fo.FrobeniusMomentum` |")]
+    assert len(frobenius) == 1 and "matrix:" in frobenius[0], sheet
+    assert ("`lr=0.02, weight_decay=0.0, momentum=0.9, nesterov=False, floor=1e-08, *, impl='auto', state_dtype=None, "
+            "stochastic_rounding=False, seed=0`") in frobenius[0], frobenius

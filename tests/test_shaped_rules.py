@@ -65,3 +65,18 @@ def test_lbfgs_declared_state_bytes_are_what_a_full_history_keeps():
     assert len(optimizer.state[xy]["old_dirs"]) == 3, "the history is not full: a longer problem is needed"
     declared = rule.state_bytes(optimizer.param_groups[0], [xy.shape, other.shape], torch.float32)
     assert declared == kept_bytes(optimizer), (declared, kept_bytes(optimizer))
+
+
+@pytest.mark.parametrize("name", [name for name, rule in SHAPED_RULES.items() if rule.shape == "matrix"])
+@pytest.mark.parametrize("state_dtype", ["int8", "int4"])
+def test_declared_state_bytes_of_a_quantized_momentum_are_what_one_step_keeps(name, state_dtype):
+    """Codes and fp32 scales: (17, 33) has 561 elements, so a partial block (int8: 3 of 256, int4: 5 of 128)
+    and, for int4, an odd count of codes (281 bytes)."""
+    rule = SHAPED_RULES[name]
+    params = [torch.randn(17, 33, generator=torch.Generator().manual_seed(0)), torch.randn(4, 4)]
+    optimizer = rule.optimizer(params, impl="reference", state_dtype=state_dtype)
+    for param in params:
+        param.grad = torch.randn_like(param)
+    optimizer.step()
+    declared = rule.state_bytes(optimizer.param_groups[0], [p.shape for p in params], torch.float32, state_dtype)
+    assert declared == kept_bytes(optimizer), (declared, kept_bytes(optimizer))

@@ -1,6 +1,6 @@
-"""Muon's element-wise halves, as the multi-tensor launcher's ``update`` functions (``optim.muon``
-launches them): the momentum before the Newton–Schulz orthogonalization (``kernels.newton_schulz``),
-and the param update after it. The equations are the oracle's (``optim.reference.muon``).
+"""The matrix shape's element-wise halves (Muon's), as the multi-tensor launcher's ``update`` functions
+(``optim.matrix`` launches them): the momentum before the matrix transform (Muon's Newton–Schulz:
+``kernels.newton_schulz``), and the param update after it. The equations are the oracle's (``optim.reference.muon``).
 
 ``momentum``: ``param`` is the matrix handed to Newton–Schulz (written only), ``grad`` the gradient,
 ``states[0]`` the momentum buffer; ``hyper`` holds μ and 1 − μ, ``FLAGS.NESTEROV`` the option.

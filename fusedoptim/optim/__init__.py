@@ -2,8 +2,9 @@
 
 Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RULES``, exported here
 under the rule's name (``optim.AdamW``, ``optim.Tiger``, ...): a new row is a new class, with nothing
-to add to this file. ``LBFGS``, ``Muon`` and ``Adafactor``, rows of ``optim.registry.SHAPED_RULES``, have
-their own classes (``optim.lbfgs``, ``optim.muon``, ``optim.adafactor``), on one base (``optim.unregistered``).
+to add to this file. ``LBFGS``, ``Muon`` and ``Adafactor`` are rows of ``optim.registry.SHAPED_RULES``: Muon's
+class is made from its declaration (``optim.muon``, on ``optim.matrix``); the others are their own
+(``optim.lbfgs``, ``optim.adafactor``), on one base (``optim.unregistered``).
 """
 from fusedoptim.optim.adafactor import Adafactor
 from fusedoptim.optim.base import FusedOptimizer, optimizer_class

@@ -262,15 +262,20 @@ def class_arguments(rule) -> str:
     return "\n".join(lines)
 
 
-def optimizer_class(rule):
-    """The torch.optim.Optimizer subclass for one registry row, with the row's signature."""
+def class_signature(defaults: dict, options: dict) -> inspect.Signature:
+    """``__init__(self, params, <defaults>, *, <options>)``: a generated class's signature."""
     parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
                   inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
     parameters += [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
-                   for name, default in rule.defaults.items()]
+                   for name, default in defaults.items()]
     parameters += [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
-                   for name, default in OPTIONS.items()]
-    signature = inspect.Signature(parameters)
+                   for name, default in options.items()]
+    return inspect.Signature(parameters)
+
+
+def optimizer_class(rule):
+    """The torch.optim.Optimizer subclass for one registry row, with the row's signature."""
+    signature = class_signature(rule.defaults, OPTIONS)
 
     def __init__(self, *args, **kwargs):
         switches = {name: kwargs.pop(name) for name in SWITCHES if name in kwargs}  # torch.optim's

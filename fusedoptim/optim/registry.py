@@ -50,10 +50,10 @@ from fusedoptim.optim.param_groups import tiger_constants, tiger_param_groups, t
 
 from fusedoptim.optim.adafactor import Adafactor, adafactor_state_bytes
 from fusedoptim.optim.lbfgs import LBFGS, lbfgs_state_bytes
-from fusedoptim.optim.muon import Muon, muon_state_bytes
+from fusedoptim.optim.matrix_rule import matrix_row
+from fusedoptim.optim.muon import MUON
 from fusedoptim.optim.reference.adafactor import adafactor
 from fusedoptim.optim.reference.lbfgs import lbfgs_step
-from fusedoptim.optim.reference.muon import muon
 from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
@@ -358,13 +358,7 @@ RULES = {
 SHAPED_RULES = {
     rule.name: rule
     for rule in (
-        ShapedRule(
-            name="Muon", shape="matrix",
-            summary="Momentum orthogonalized by Newton–Schulz iterations, for 2-D params (Jordan et al. 2024; "
-                    "lr adjusted to AdamW's RMS: Liu et al. 2025)",
-            optimizer=Muon, reference=muon, torch_twin=torch.optim.Muon, state_bytes=muon_state_bytes,
-            takes=lambda param: param.dim() == 2,
-        ),
+        matrix_row(MUON),  # its declaration: optim.muon, the class made from it (optim.matrix_rule)
         ShapedRule(
             name="Adafactor", shape="factored",
             summary="Adam's second moment factored into row and column statistics, a relative step size and "

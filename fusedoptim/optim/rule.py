@@ -315,8 +315,8 @@ SHAPES = {
 class ShapedRule:
     """A rule whose update is not element-wise (``SHAPES``): declared in the registry beside the
     element-wise rows, so that the rule sheet, the README's list, the memory model and the tests iterate
-    every rule; its class is its own for now (``optim.unregistered``: the shape's engine), its oracle in
-    ``optim.reference`` as for every rule."""
+    every rule; its class is made from its declaration (matrix: ``optim.matrix_rule``) or its own
+    (``optim.unregistered``), its oracle in ``optim.reference`` as for every rule."""
 
     name: str  # the class's name
     shape: str  # one of SHAPES

@@ -1,5 +1,5 @@
 """The base of the classes of the rules of other shapes (``LBFGS``, ``Muon``, ``Adafactor``: rows of
-``optim.registry.SHAPED_RULES``, whose classes are written by hand, not generated from their rows). It gives them what the
+``optim.registry.SHAPED_RULES``; Muon's class is made by the matrix shape's engine, ``optim.matrix``). It gives them what the
 registry's classes get from ``optim.base`` and ``optim.impl``: the ``impl`` option, checked; the impl
 a step runs, chosen from why the kernels cannot run its params; torch's checks of the params a step
 takes; torch's switches dropped from a torch checkpoint's groups. Each class declares what its

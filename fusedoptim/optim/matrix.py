@@ -1,0 +1,270 @@
+"""The engine of the matrix shape (``optim.matrix_rule.MatrixRule``): the class of each matrix rule, made
+from its declaration (``matrix_optimizer``). A step of a matrix rule is three stages, and the fused impl
+keeps them apart:
+
+1. element-wise, the momentum: one launch of the multi-tensor launcher (``kernels.muon.momentum``)
+   over every param of the group updates each momentum buffer and writes the matrix U to transform
+   into a stack of the params of its shape;
+2. per shape, the rule's matrix transform (Muon's Newton–Schulz) on the stack, in place: O = T(U);
+3. element-wise, the apply: one launch (``kernels.muon.apply_update``) θ ← (1 − γλ)θ − γ'·O, with the
+   rule's γ' for the matrix's shape.
+
+The rule declares its arguments, their checks, the transform and its oracle, γ' and its whole-step
+oracle; the engine does the rest for every matrix rule: param groups and state, the impl, FSDP2's
+shards (one owner rank transforms each whole matrix: ``optim.matrix_shards``), GradScaler and
+torch.compile (``optim.unregistered.StepAsOneOp``), an int8/int4 momentum, stochastic rounding, and
+checkpoints.
+"""
+import numbers
+
+import torch
+from torch.distributed.tensor import DTensor
+
+from fusedoptim.kernels import muon as kernels
+from fusedoptim.kernels.launcher import prepare_launches
+from fusedoptim.kernels.slots import TRITON_DTYPES, QuantizedStates, TensorSlots
+from fusedoptim.optim.base import class_signature
+from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
+from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, dequantize, new_codes,
+                                           quantize, quantize_constant, scale_name, scale_numel)
+from fusedoptim.optim.rounding import stochastic_round
+from fusedoptim.optim.shards import local, shard_range
+from fusedoptim.optim.unregistered import StepAsOneOp
+
+# The momentum buffer's quantization scheme (optim.quantization): a momentum, so "signed" (linear absmax,
+# round to nearest), as the registry's momenta declare it.
+MOMENTUM_KIND = "signed"
+MOMENTUM = "momentum_buffer"  # the shape's one state, torch.optim.Muon's name
+# The shape's keyword-only options, after the rule's arguments.
+OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0)
+
+
+def matrix_optimizer(rule) -> type:
+    """The class of one matrix rule: its signature (``params``, the rule's arguments, then ``OPTIONS``
+    after a ``*``), its docstring, its checks at construction, on ``MatrixOptimizer``."""
+    signature = class_signature(rule.defaults, OPTIONS)
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
+        MatrixOptimizer.__init__(self, params, arguments, **options)
+
+    __init__.__signature__ = signature
+    return type(rule.name, (MatrixOptimizer,), {"rule": rule, "DEFAULTS": dict(rule.defaults), "__init__": __init__,
+                                                "__doc__": rule.doc, "__module__": "fusedoptim.optim",
+                                                "__qualname__": rule.name})
+
+
+def check_shape_arguments(arguments) -> None:
+    """The arguments every matrix rule has, checked as torch.optim.Muon checks them, with its words."""
+    lr = arguments["lr"]
+    if isinstance(lr, torch.Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not 0.0 <= lr:
+        raise ValueError(f"Learning rate should be >= 0 but is: {lr}")
+    if not 0.0 <= arguments["momentum"]:
+        raise ValueError(f"momentum should be >= 0 but is: {arguments['momentum']}")
+    if not 0.0 <= arguments["weight_decay"]:
+        raise ValueError(f"weight decay should be >= 0 but is: {arguments['weight_decay']}")
+
+
+class MatrixOptimizer(StepAsOneOp):
+    """The base of every matrix rule's class (``matrix_optimizer``): ``rule`` is its declaration."""
+
+    rule = None
+    FUSED_DTYPES = tuple(TRITON_DTYPES)
+    ONE_DEVICE = False  # a stack per (shape, dtype, device); the factors copied to each device
+    QUANTIZED_STATE = MOMENTUM
+    STATE = (MOMENTUM,)
+    # As for torch.optim.Muon: GradScaler.step unscales the gradients itself (one foreach op) and skips the
+    # step on an inf or NaN, so a skipped step touches neither θ nor the momentum.
+    _step_supports_amp_scaling = False
+
+    def __init__(self, params, arguments, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0):
+        name = self.rule.name
+        check_shape_arguments(arguments)  # torch's checks first, then the rule's own
+        arguments = self.rule.checked(arguments)
+        if state_dtype is not None and state_dtype not in QUANTIZED_DTYPES:
+            raise ValueError(f"{name}: state_dtype={state_dtype!r} is not supported; use None (the param's dtype, as "
+                             f"torch) or one of {QUANTIZED_DTYPES} (quantized momentum)")
+        if not isinstance(stochastic_rounding, bool):
+            raise ValueError(f"{name}: stochastic_rounding={stochastic_rounding!r} must be True or False")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
+            raise ValueError(f"{name}: seed={seed!r} must be an integer in [0, 2**31)")
+        self.impl = impl
+        self.state_dtype = state_dtype
+        self.stochastic_rounding, self.seed = stochastic_rounding, seed
+        # As the registry's runtime (optim.runtime.Runtime): per device, the launcher's seed tensor (the seed
+        # above bit 32, launches counted below); the reference's bits from a CPU generator.
+        self._rounding_seeds = {}
+        self._generator = torch.Generator().manual_seed(seed)
+        super().__init__(params, arguments)
+        for g, group in enumerate(self.param_groups):
+            for i, p in enumerate(group["params"]):
+                if p.ndim != 2:
+                    raise ValueError(
+                        f"{name} only supports 2D parameters whereas we found a parameter with size: {p.size()} "
+                        f"(param {i} of group {g}). Give the matrices to {name} and the other params (biases, norms, "
+                        "embeddings...) to a second optimizer, e.g. fo.AdamW([p for p in model.parameters() if "
+                        "p.ndim != 2]), stepping both")
+
+
+    def __getstate__(self):
+        """The options, and the rounding's counts and generator, so that a copy rounds as the original."""
+        return {**super().__getstate__(), "state_dtype": self.state_dtype,
+                "stochastic_rounding": self.stochastic_rounding, "seed": self.seed,
+                "_rounding_seeds": self._rounding_seeds, "_generator_state": self._generator.get_state()}
+
+    def __setstate__(self, state):
+        generator_state = state.pop("_generator_state", None)
+        super().__setstate__(state)
+        # torch's load_state_dict calls this with state and groups alone: the options stay; a copy pickled
+        # before an option existed gets its default.
+        self.__dict__.setdefault("state_dtype", None)
+        for name, default in (("stochastic_rounding", False), ("seed", 0), ("_rounding_seeds", {})):
+            self.__dict__.setdefault(name, default)
+        if generator_state is not None or not hasattr(self, "_generator"):
+            self._generator = torch.Generator().manual_seed(self.seed)
+            if generator_state is not None:
+                self._generator.set_state(generator_state)
+
+    def _rounding_seed(self, device):
+        """None (round to nearest), or this device's stochastic-rounding seed tensor for the launcher."""
+        if not self.stochastic_rounding:
+            return None
+        if device not in self._rounding_seeds:
+            self._rounding_seeds[device] = torch.tensor(self.seed << 32, dtype=torch.int64, device=device)
+        return self._rounding_seeds[device]
+
+    def _eager_step(self):
+        stepped = self.groups_to_step()
+        for _, params, _ in stepped:  # FSDP2's layout checked in every group before any group changes
+            problem = sharded_matrix_problem(params, self.rule.name)
+            if problem:
+                raise ValueError(problem)
+            if self.state_dtype is not None:
+                self.check_quantized_states(params)
+        for group, params, impl in stepped:
+            states = [self.state[p] for p in params]
+            for p, state in zip(params, states):
+                if "momentum_buffer" not in state:  # a DTensor placed as its param for an FSDP2 param
+                    self._make_momentum(p, state)
+            if impl == "reference":
+                reference_step(self.rule.reference, params, states, group, self.state_dtype,
+                               self._generator if self.stochastic_rounding else None)
+            elif params:
+                self._fused_step(params, states, group)
+
+    def _make_momentum(self, param, state):
+        """The momentum buffer, zero: in the gradient's dtype and layout, or as codes and scales of zero."""
+        if self.state_dtype is None:
+            state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
+            return
+        codes = new_codes(param, self.state_dtype)
+        scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32, device=param.device)
+        quantize_constant(0.0, MOMENTUM_KIND, codes, scales, param.numel())
+        state["momentum_buffer"], state[scale_name("momentum_buffer")] = codes, scales
+
+    def _fused_step(self, params, states, group):
+        """The three stages of the module docstring, for one group. An FSDP2 param's momentum and apply
+        step its local shard; its transform runs on one rank, whole (``optim.matrix_shards``)."""
+        lr = float(group["lr"])  # torch's _to_scalar: read on the host
+        sharded = ShardedMatrices(params)
+        shapes: dict = {}  # (shape, dtype, device) -> indices of the matrices this rank orthogonalizes whole
+        for i, p in enumerate(params):
+            if sharded.owns(i):
+                shapes.setdefault((p.shape, p.dtype, local(p).device), []).append(i)
+        stacks = {key: torch.empty((len(members), *key[0]), dtype=key[1], device=key[2])
+                  for key, members in shapes.items()}
+        wholes = {i: stacks[key][j] for key, members in shapes.items() for j, i in enumerate(members)}
+        # Where stage 1 writes U: a whole matrix's slot in its stack, or a shard's rows to send to the owner.
+        updates = [sharded.rows_to_send(i) if i in sharded else wholes[i] for i in range(len(params))]
+        hyper = kernels.MomentumHyper(group["momentum"], 1 - group["momentum"])
+        flags = kernels.MomentumFlags(bool(group["nesterov"]))
+        quantized = self.state_dtype is not None
+        momentum_slots = [TensorSlots(param=u, grad=local(p.grad), states=(local(s["momentum_buffer"]),),
+                                      scales=(s[scale_name("momentum_buffer")],) if quantized else ())
+                          for u, p, s in zip(updates, params, states) if u.numel()]
+        quantization, count = None, None
+        if quantized:
+            fmt = FORMATS[self.state_dtype]
+            quantization = QuantizedStates(fmt.bits, fmt.block, (UNSIGNED[MOMENTUM_KIND],), (STOCHASTIC[MOMENTUM_KIND],))
+            # The codes' random key: signed codes round to nearest and draw nothing, so any count serves.
+            count = torch.zeros((), dtype=torch.int64)
+        for _, launch in prepare_launches(momentum_slots, "muon", quantization):
+            # stage 1: B, and U into the stacks
+            launch.update(kernels.momentum, None, hyper, flags, quantization_count=count)
+        sharded.gather(wholes)
+        for stack in stacks.values():  # stage 2: O = T(U), one stack per shape, in place
+            self.rule.transform(stack, group)
+        sharded.scatter(wholes)
+        updates = [sharded.received(i) if i in sharded else wholes[i] for i in range(len(params))]
+        # Per tensor: (1 − γλ, γ'), as torch's mul_ and add_ take them (fp32 of the double).
+        factors = torch.tensor([[1 - lr * group["weight_decay"], self.rule.adjusted_lr(lr, group, p.shape)]
+                                for p in params], dtype=torch.float32)
+        on_device = {device: factors.to(device) for device in {local(p).device for p in params}}
+        apply_slots = [TensorSlots(param=local(p), grad=o, scalars=(on_device[local(p).device][i, 0],
+                                                                    on_device[local(p).device][i, 1]))
+                       for i, (p, o) in enumerate(zip(params, updates)) if o.numel()]
+        for _, launch in prepare_launches(apply_slots, "muon"):  # stage 3: θ ← (1 − γλ)θ − γ'·O
+            launch.update(kernels.apply_update, None, (), (), self._rounding_seed(launch.device))
+
+
+
+def full_precision(theta, generator):
+    """θ for the oracle to step: with stochastic rounding (``generator``), a 16-bit θ's fp32 copy, which
+    ``rounded_back`` stores rounded stochastically, as the registry's reference does
+    (``optim.runtime.Runtime.reference_step``); else θ itself, stepped in place."""
+    return theta.float() if generator is not None and theta.dtype in (torch.bfloat16, torch.float16) else theta
+
+
+def rounded_back(full, theta, generator):
+    """``full_precision``'s copy, stepped, to θ's dtype: rounded stochastically, or θ itself."""
+    return theta if full is theta else stochastic_round(full, theta.dtype, generator)
+
+
+def reference_step(reference, params, states, group, state_dtype=None, generator=None):
+    """The rule's oracle's step (``reference``). FSDP2 params are stepped whole on every rank: θ, g and B gathered (an all-gather
+    each), the oracle run on the whole tensors (the same inputs and ops on every rank as in one process,
+    so the same bits), and each rank's rows of θ and B written back. The oracle stays a per-tensor loop
+    over plain tensors; the fused impl is the one that spreads the transforms over the ranks. ``generator``:
+    None rounds θ to nearest, as torch; a CPU generator rounds 16-bit θ stochastically from its bits."""
+    if state_dtype is not None:
+        _quantized_reference_step(reference, params, states, group, generator)
+        return
+
+    def whole(tensor):
+        return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+    wholes = [whole(p) for p in params]
+    thetas = [full_precision(w, generator) for w in wholes]
+    whole_states = [{"momentum_buffer": whole(state["momentum_buffer"])} for state in states]
+    reference(thetas, [whole(p.grad) for p in params], whole_states, group)
+    for p, w, theta, state, whole_state in zip(params, wholes, thetas, states, whole_states):
+        theta = rounded_back(theta, w, generator)
+        if isinstance(p, DTensor):
+            _, first, length = shard_range(p)
+            local(p).copy_(theta.narrow(0, first, length))
+            local(state["momentum_buffer"]).copy_(whole_state["momentum_buffer"].narrow(0, first, length))
+        elif theta is not w:
+            p.copy_(theta)
+
+
+def _quantized_reference_step(reference, params, states, group, generator=None):
+    """The oracle on the momentum's fp32 values, laid out as the params, quantized back after with the
+    kernel's scheme, as the registry's reference does (``optim.runtime.Runtime.reference_step``). The
+    gradients go in fp32 too: the kernel computes B and U in fp32 from the codes and g, then stores U in
+    the param's dtype, which the transform reads as the oracle's fp32 U (Newton–Schulz rounds both to bf16)."""
+    buffer_scale = scale_name("momentum_buffer")
+    full_states = [{"momentum_buffer": dequantize(state["momentum_buffer"], state[buffer_scale], MOMENTUM_KIND, p)}
+                   for p, state in zip(params, states)]
+    thetas = [full_precision(p, generator) for p in params]
+    reference(thetas, [p.grad.float() for p in params], full_states, group)
+    for p, theta in zip(params, thetas):
+        if theta is not p:
+            p.copy_(rounded_back(theta, p, generator))
+    for state, full_state in zip(states, full_states):
+        quantize(full_state["momentum_buffer"], MOMENTUM_KIND, state["momentum_buffer"], state[buffer_scale])
