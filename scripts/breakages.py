@@ -146,9 +146,9 @@ BREAKAGES = (
              "for rule in rules.values()]", "for rule in RULES.values()]",
              ("tests/test_adding_a_rule.py::test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations",),
              "a sheet asked for other rows (a new rule's, before it is registered) shows only the registry's"),
-    Breakage("readme-class-list-edited-by-hand", "README.md", "`SGDHD`, `Tiger`.", "`SGDHD`.",
+    Breakage("readme-class-list-edited-by-hand", "README.md", "`EG`, `EGStepSize`, ", "`EG`, ",
              ("tests/test_docs.py::test_the_rule_sheet_is_current",),
-             "the README's list of classes forgets Tiger, which the registry still holds"),
+             "the README's list of classes forgets EGStepSize, which the registry still holds"),
     Breakage("adafactor-state-bytes-without-its-step", "fusedoptim/optim/adafactor.py",
              "        total += 4 + values * element", "        total += values * element",
              ("tests/test_shaped_rules.py::-k state_bytes and Adafactor",),
@@ -563,6 +563,32 @@ BREAKAGES = (
              "    def reduce(",
              ("tests/test_lbfgs.py::-k compiled_step",),
              "torch.compile(LBFGS.step) with impl='triton': dynamo traces a dot product's launch and fails"),
+    Breakage("schedule-free-eval-lerp-weight", "fusedoptim/optim/reference/schedule_free.py",
+             'param.lerp_(state["z"], 1 - 1 / beta)', 'param.lerp_(state["z"], 1 - beta)',
+             ("tests/test_schedule_free.py::test_equals_schedulefree_through_train_and_eval",),
+             "Schedule-Free's eval() moves the params to train()'s point, not to the average x: validation "
+             "loss of the wrong weights, and train() after it does not return to y"),
+    Breakage("schedule-free-mode-not-saved", "fusedoptim/optim/checkpoint.py",
+             '    groups = [{**group, FORMAT_KEY: saved_format(optimizer.state_dtype)} for group in state_dict["param_groups"]]',
+             '    groups = [{**{k: v for k, v in group.items() if k != "train_mode"}, FORMAT_KEY: '
+             'saved_format(optimizer.state_dtype)} for group in state_dict["param_groups"]]',
+             ("tests/test_schedule_free.py::test_a_checkpoint_saved_in_either_mode_resumes_bit_for_bit",),
+             "a Schedule-Free checkpoint saved in eval mode resumes as if training: train() does nothing and "
+             "the run goes on from x instead of y"),
+    Breakage("schedule-free-warmup-off-by-one-in-the-average", "fusedoptim/optim/reference/schedule_free.py",
+             "lr * (step / warmup).clamp(max=1.0)", "lr * ((step - 1) / warmup).clamp(max=1.0)",
+             ("tests/test_schedule_free.py::test_equals_schedulefree_through_train_and_eval",),
+             "the averaging weights warm up one step late, in both impls alike (one function advances them): "
+             "only the authors' package tells"),
+    Breakage("schedule-free-kernel-warmup-off-by-one", "fusedoptim/kernels/schedule_free.py",
+             "lr * tl.minimum(step / tl.maximum(warmup_steps, 1.0), 1.0)",
+             "lr * tl.minimum((step - 1.0) / tl.maximum(warmup_steps, 1.0), 1.0)",
+             ("tests/test_schedule_free.py::-k triton",),
+             "the fused Schedule-Free step's first step does not move (lr 0), every warm-up step one behind"),
+    Breakage("schedule-free-steps-in-eval-mode", "fusedoptim/optim/modes.py",
+             "if rule.modes is not None and not group[rule.modes.key]:", "if False:",
+             ("tests/test_schedule_free.py::test_a_step_in_eval_mode_is_refused_and_changes_nothing",),
+             "a step after eval() without train() takes the gradient at x and moves it as if it were y, silently"),
 )
 
 

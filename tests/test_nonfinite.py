@@ -27,7 +27,8 @@ GRAD_VALUES = {1: math.inf, 4: -math.inf, 7: math.nan, 10: 1e38, 13: -1e38, 16: 
 # Odd param values, where the gradient is ordinary (and at 28 where it is NaN too).
 PARAM_VALUES = {22: math.inf, 25: -math.inf, 28: math.inf}
 GRAD_VALUES_WITH_ODD_PARAMS = {28: math.nan}
-# Extreme settings, by hyperparameter name (a rule takes those whose names it all has): no weight
+# Extreme settings, by hyperparameter name (a rule takes those whose names it all has and whose values
+# its own checks accept): no weight
 # decay (where 0·θ must not make NaN of an infinite θ), no momentum (RMSprop's other path), no eps
 # (0/0 and g/0), an lr that overflows the update (η·g before the division, in torch's order: with and
 # without momentum) and one that underflows it. A non-finite hyperparameter (Adagrad's lr_decay at inf,
@@ -45,8 +46,11 @@ def variants(rule):
             yield f"{spec.name}={not spec.default}", {**base, spec.name: not spec.default}
         for value in spec.test_variants:  # the row's own variants (EGStepSize's bounds, Tiger's k)
             yield f"{spec.name}={value}", {**base, spec.name: value}
+    checks = {spec.name: spec.check for spec in rule.arguments}
     for extreme in EXTREMES:
-        if extreme.keys() <= base.keys():
+        # those its checks accept: Schedule-Free's momentum must be > 0 (eval() divides by it)
+        if extreme.keys() <= base.keys() and not any(checks[name](value, {**base, **extreme})
+                                                     for name, value in extreme.items()):
             yield "-".join(f"{name}={value}" for name, value in extreme.items()), {**base, **extreme}
 
 

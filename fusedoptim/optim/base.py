@@ -8,6 +8,7 @@ import torch
 
 from fusedoptim.optim import ops
 from fusedoptim.optim.checkpoint import load_checkpoint, saved_checkpoint
+from fusedoptim.optim.modes import TrainEvalSwitch
 from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.runtime import Runtime
 from fusedoptim.optim.torch_switches import SWITCHES, impl_from_switches
@@ -295,5 +296,6 @@ def optimizer_class(rule):
     __init__.__signature__ = signature
     doc = (f"{rule.summary}.\n\n{class_arguments(rule)}\n\nThe equations: the docstring of "
            f"{rule.reference.__module__}.{rule.reference.__name__}, and docs/rules.md.\n\n{FusedOptimizer.__doc__}")
-    return type(rule.name, (FusedOptimizer,), {"rule": rule, "__init__": __init__, "__doc__": doc,
+    bases = (TrainEvalSwitch, FusedOptimizer) if rule.modes is not None else (FusedOptimizer,)
+    return type(rule.name, bases, {"rule": rule, "__init__": __init__, "__doc__": doc,
                                               "__module__": "fusedoptim.optim", "__qualname__": rule.name})

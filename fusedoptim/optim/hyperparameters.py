@@ -118,6 +118,25 @@ def positive_integer(value, group):
         return "must be an integer >= 1"
 
 
+def integer_at_least_zero(value, group):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        return "must be an integer >= 0"
+
+
+def open_fraction(value, group):
+    """A coefficient in (0, 1): Schedule-Free's eval switch divides by it (x = y + (1 − 1/β)·(z − y))."""
+    if not 0.0 < number(value) < 1.0:
+        return "must be in (0, 1) (exclusive: optimizer.eval() divides by it)"
+
+
+def pair_of_interpolations(value, group):
+    """Schedule-Free AdamW's (β1, β2): β1 in (0, 1), which eval() divides by; β2 in [0, 1)."""
+    problem = pair_of_fractions(value, group)
+    if problem is None and not number(value[0]) > 0.0:
+        return f"must have beta1 in (0, 1): optimizer.eval() divides by it; beta1={value[0]}"
+    return problem
+
+
 def nesterov(value, group):
     if not isinstance(value, bool):
         return "must be True or False"
@@ -193,10 +212,10 @@ def _number_or_tensor(value):
 
 
 def betas(default: tuple, doc: str = "(β1, β2): the decay rates of the running means of the gradient and of "
-                                       "its square") -> Hyperparameter:
+                                       "its square", check=pair_of_fractions, bad=()) -> Hyperparameter:
     """Two floats, or two one-element tensors (read on the device, as torch's capturable Adam reads them)."""
-    return Hyperparameter("betas", default, pair_of_fractions, doc, tensor=True, bad=(
-        ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair"),
+    return Hyperparameter("betas", default, check, doc, tensor=True, bad=(
+        *bad, ((0.9, 1.0), "beta2"), ((-0.1, 0.99), "beta1"), ((0.9,), "pair"),
         ((0.9, torch.tensor(0.99)), "all numbers or all tensors"),
         ((torch.tensor([0.9, 0.9]), torch.tensor(0.99)), "one-element")),
         to_kernel=lambda value: ({"beta1": _number_or_tensor(value[0]), "beta2": _number_or_tensor(value[1])}, {}))
@@ -237,5 +256,10 @@ def eps(default: float, doc: str = "added to the denominator for numerical stabi
         return nonnegative("eps", default, doc)
     return Hyperparameter("eps", default, above_zero, doc, bad=((0.0, "must be > 0"), (math.inf, "must be finite")))
 
+
+# The train/eval mode of a rule with Modes (optim.rule): recorded, not an argument; a new optimizer trains.
+TRAIN_MODE = Hyperparameter("train_mode", True, boolean, "True while the params hold the training point "
+                            "(optimizer.train()), False while they hold the evaluation point (optimizer.eval()); "
+                            "not an argument", kernel="host", recorded=lambda arguments: True)
 
 MAXIMIZE = flag("maximize", "maximize the objective instead of minimizing it (the gradient's sign flipped)")

@@ -30,6 +30,7 @@ from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
 from fusedoptim.optim.shards import Shards, flat_offset, local
 from fusedoptim.optim.impl import check_capturable, real_view, resolve_impl
+from fusedoptim.optim.modes import check_mode
 from fusedoptim.optim.quantization import COUNT_KEY, FORMATS, STOCHASTIC, UNSIGNED, is_quantized, scale_name
 from fusedoptim.optim.rule import FIRST_STEP
 from fusedoptim.optim.scalar_updates import advance
@@ -86,6 +87,7 @@ class GroupPlan:
         self.params = [p for p, has in zip(self.all_params, self.has_grad) if has]
         self.names = [where(group, group_index, i) for i, has in zip(positions, self.has_grad) if has]
         self.hyper_names = tuple(rule.defaults)
+        check_mode(rule, group, f"param group {group_index}")
         check_hyperparameters(rule, group, f"param group {group_index}", host_values_only=True)
         self.hyper_values = list(map(group.__getitem__, self.hyper_names))
         self.master_weight_bits = optimizer.master_weight_bits
@@ -202,6 +204,7 @@ class GroupPlan:
         rule, group = self.rule, self.group
         if group["params"] is not self.params_list or len(self.params_list) != self.n_params:
             return False
+        check_mode(rule, group, f"param group {self.index}")
         grads = list(map(_grad, self.all_params))
         if all(self.has_grad):
             if not all(map(operator.is_not, grads, repeat(None))):

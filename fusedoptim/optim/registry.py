@@ -18,16 +18,18 @@ from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.nadam import nadam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
 from fusedoptim.kernels.rprop import rprop_update
+from fusedoptim.kernels.schedule_free import schedule_free_adamw_update, schedule_free_sgd_update
 from fusedoptim.kernels.sgd import sgd_update
 from fusedoptim.kernels.elementwise import never
 from fusedoptim.kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
 from fusedoptim.kernels.signsgd import signsgd_update
 from fusedoptim.kernels.signum import signum_update
 from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas,
-                                              bounds, bounds_in_kernel, eps, etas_around_one, flag, fraction, lr,
-                                              momentum, nesterov, nonnegative, param_kind, positive_integer, schedule,
-                                              schedule_in_kernel, shrink, step_size_range, weight_decay)
+from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, TRAIN_MODE, Hyperparameter, at_least_zero,
+                                              at_most_one, betas, bounds, bounds_in_kernel, eps, etas_around_one, flag,
+                                              fraction, integer_at_least_zero, lr, momentum, nesterov, nonnegative,
+                                              open_fraction, pair_of_interpolations, param_kind, positive_integer,
+                                              schedule, schedule_in_kernel, shrink, step_size_range, weight_decay)
 from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.adagrad import adagrad
 from fusedoptim.optim.reference.adam import adam, adamw
@@ -40,6 +42,8 @@ from fusedoptim.optim.reference.radam import radam
 from fusedoptim.optim.reference.nadam import advance_mu_product, nadam
 from fusedoptim.optim.reference.rmsprop import rmsprop
 from fusedoptim.optim.reference.rprop import rprop
+from fusedoptim.optim.reference.schedule_free import (advance_schedule_free, schedule_free_adamw, schedule_free_sgd,
+                                                     to_eval, to_train)
 from fusedoptim.optim.reference.sgd import sgd
 from fusedoptim.optim.reference.sgdhd import sgdhd
 from fusedoptim.optim.reference.sparse_adam import sparse_adam
@@ -54,12 +58,29 @@ from fusedoptim.optim.matrix_rule import matrix_row
 from fusedoptim.optim.muon import MUON
 from fusedoptim.optim.reference.adafactor import adafactor
 from fusedoptim.optim.reference.lbfgs import lbfgs_step
-from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance
+from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Modes, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
                         flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
                State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
+
+# Schedule-Free (Defazio et al. 2024), as the package schedulefree: its warm-up and averaging weights, its
+# running scalars (k, γ_max, W) kept per param and advanced on the device, its train/eval switch.
+SCHEDULE_FREE_HYPERPARAMETERS = (
+    Hyperparameter("warmup_steps", 0, integer_at_least_zero, "W: the lr grows linearly, (k + 1)/W·lr at the "
+                   "k-th step, over the first W steps", kernel="number", test_value=3,
+                   bad=((-1, "integer >= 0"), (2.5, "integer >= 0"))),
+    nonnegative("r", 0.0, "the power of t in the averaging weight w_t = t^r·γ_max^weight_lr_power", kernel="host"),
+    nonnegative("weight_lr_power", 2.0, "the power of the largest lr so far in the averaging weight (0: equal "
+                "weights)", kernel="host"),
+    TRAIN_MODE)
+SCHEDULE_FREE = dict(
+    # step, γ_max (the largest lr so far, from −1 as the package), W_t (the running sum of the averaging
+    # weights) and c_t = w_t/W_t (ckp1), advanced on the device before each update
+    scalar_states=("step", "lr_max", "weight_sum", "ckp1"), scalar_initial={"lr_max": -1.0},
+    scalar_updates=(ScalarUpdate(("lr_max", "weight_sum", "ckp1"), advance_schedule_free),),
+    modes=Modes(train=to_train, eval=to_eval, reads=("z",)))
 
 RULES = {
     rule.name: rule
@@ -308,6 +329,32 @@ RULES = {
             reduce=sgdhd_hypergradient, reduce_reads_param=never, learns_lr=True,
             release_refused="its lr moves by one dot product ⟨g, g_prev⟩ over every param's gradient, which no "
                             "single param's gradient hook has",
+        ),
+        Rule(
+            name="ScheduleFreeAdamW",
+            summary="AdamW without a schedule: y, where the gradient is taken, interpolates the base sequence z "
+                    "and its average x; train()/eval() switch the params between y and x (Defazio et al. 2024)",
+            reference=schedule_free_adamw, update=schedule_free_adamw_update,
+            hyperparameters=(lr(2.5e-3, "the learning rate γ (after warm-up)"),
+                             betas((0.9, 0.999), "(β1, β2): β1 the interpolation y = (1 − β1)·z + β1·x, β2 the "
+                                   "decay rate of the running mean of g²", check=pair_of_interpolations,
+                                   bad=(((0.0, 0.999), "beta1 in (0, 1)"),)),
+                             eps(1e-8, "added to the denominator √v̂ + eps"),
+                             weight_decay(0, "the weight decay λ, added to the normalized gradient at y: ĝ + λ·y"),
+                             *SCHEDULE_FREE_HYPERPARAMETERS),
+            states=(State("z", initial=FIRST_STEP), State("exp_avg_sq", kind="nonnegative")), **SCHEDULE_FREE,
+        ),
+        Rule(
+            name="ScheduleFreeSGD",
+            summary="SGD without a schedule: y interpolates the base sequence z and its average x; train()/eval() "
+                    "switch the params between y and x (Defazio et al. 2024)",
+            reference=schedule_free_sgd, update=schedule_free_sgd_update,
+            hyperparameters=(lr(1.0, "the learning rate γ (after warm-up)"),
+                             Hyperparameter("momentum", 0.9, open_fraction, "β, the interpolation y = (1 − β)·z + "
+                                            "β·x", bad=((0.0, "must be in (0, 1)"), (1.0, "must be in (0, 1)"))),
+                             weight_decay(0, "the weight decay λ, added to the gradient at y: g + λ·y"),
+                             *SCHEDULE_FREE_HYPERPARAMETERS),
+            states=(State("z", initial=FIRST_STEP),), **SCHEDULE_FREE,
         ),
         Rule(
             name="Tiger",

@@ -63,6 +63,21 @@ class ScalarUpdate:
 
 
 @dataclass(frozen=True)
+class Modes:
+    """A train/eval switch of the params (Schedule-Free: y while training, x for evaluation): the class
+    offers ``optimizer.train()`` and ``optimizer.eval()`` (``optim.modes``), each running its function,
+    ``function(params, states, group)`` on fp32 copies of a group's params and their states (in place on
+    the params), then setting the group key ``key``, a recorded hyperparameter saved with the groups. A
+    step in eval mode is refused before any change."""
+
+    train: Callable
+    eval: Callable
+    key: str = "train_mode"
+    # The states the functions read: a param that has none of them yet (no step) is left as it is.
+    reads: tuple = ()
+
+
+@dataclass(frozen=True)
 class Sum:
     """One sum the rule's update reads, over more than its own element: a norm, a count, a dot product.
     The rule's ``reduce`` returns its terms (one block per declared sum, in order); the framework
@@ -179,6 +194,8 @@ class Rule:
     # each step, also for params without a gradient (left untouched, they keep the optimizer's phase),
     # and under gradient_release once by each backward.
     step_per_optimizer: bool = False
+    # A train/eval switch of the params (Modes); None for a rule whose params hold one point.
+    modes: Optional[Modes] = None
 
     def __post_init__(self):
         if bool(self.sums) != (self.reduce is not None):
@@ -190,6 +207,9 @@ class Rule:
                 raise ValueError(f"{self.name}: sum {spec.name!r}: only a sum over the group goes into a group key")
         if any(spec.over != "tensor" and spec.over != "group" for spec in self.sums[:-1]):
             raise ValueError(f"{self.name}: only the last sum may be per row (the launcher's per-row scalar)")
+        if self.modes is not None and self.modes.key not in [spec.name for spec in self.hyperparameters]:
+            raise ValueError(f"{self.name}: its modes need the group key {self.modes.key!r} declared among its "
+                             "hyperparameters (a recorded one, saved with the groups)")
         if self.has_kernel and self.update is None:
             raise ValueError(f"{self.name}: a rule with the 'triton' impl needs its update kernel: give update=..., "
                              "or impls=('reference',) for a rule its oracle alone serves")
