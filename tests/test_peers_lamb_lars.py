@@ -14,8 +14,11 @@ grad_averaging (True), adam, pre_norm, rectify and adanorm stay at their default
 import math
 
 import pytest
+import torch
 
-from tests.test_peers import PLAIN, Case, cases, not_installed, run_and_compare
+from fusedoptim import optim
+from tests.conftest import assert_close, random_grads
+from tests.test_peers import IMPLS, PLAIN, Case, cases, not_installed, run_and_compare
 
 
 def as_the_paper(eps, weight_decay, betas=(0.9, 0.999)):
@@ -61,3 +64,41 @@ def test_pytorch_optimizer_lamb_and_lars(case, impl):
     pytorch_optimizer = pytest.importorskip("pytorch_optimizer", reason=not_installed("pytorch-optimizer==4.1.0"))
     run_and_compare(case, impl, getattr(pytorch_optimizer, case.peer),
                     f"{case.ours} ({impl}) vs pytorch_optimizer.{case.peer}")
+
+
+
+def zero_params():
+    return [torch.zeros(17, 33), torch.zeros(5)]  # a matrix and a bias
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_lamb_steps_a_tensor_of_zeros_with_a_trust_ratio_of_one(impl):
+    """‖θ‖ = 0 makes the trust ratio 1 (0 would freeze a zero-initialised tensor forever). The paper's first
+    step then, with m̂ = g and v̂ = g² at t = 1, is θ = −η·g/(|g| + ε) (λθ = 0), written out here: the
+    peer's step differs where the ratio is 1, by its missing bias correction of v."""
+    params = zero_params()
+    ours = optim.LAMB(params, lr=1e-2, weight_decay=0.1, impl=impl)
+    grads = random_grads(params, seed=1)
+    for param, grad in zip(params, grads):
+        param.grad = grad
+    ours.step()
+    for i, (param, grad) in enumerate(zip(params, grads)):
+        assert_close(param, -1e-2 * grad / (grad.abs() + 1e-6), ours.rule.tolerances[torch.float32],
+                     f"LAMB ({impl}): param {i}")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_lars_steps_a_tensor_of_zeros_with_a_trust_ratio_of_one(impl):
+    """As for LAMB: a zero matrix's ratio is 1, two steps (the second with ‖θ‖ > 0) against the peer."""
+    pytorch_optimizer = pytest.importorskip("pytorch_optimizer", reason=not_installed("pytorch-optimizer==4.1.0"))
+    case = LARS["LARS-weight_decay-dampening"]
+    params, peer_params = zero_params(), zero_params()
+    ours = optim.LARS(params, **case.options, impl=impl)
+    peer = pytorch_optimizer.LARS(peer_params, **case.peer_options)
+    for step in (1, 2):
+        for param, peer_param, grad in zip(params, peer_params, random_grads(params, seed=step)):
+            param.grad, peer_param.grad = grad, grad.clone()
+        ours.step()
+        peer.step()
+        for i, (param, peer_param) in enumerate(zip(params, peer_params)):
+            assert_close(param, peer_param, ours.rule.tolerances[torch.float32], f"LARS ({impl}), step {step}: param {i}")
