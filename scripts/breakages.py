@@ -589,6 +589,31 @@ BREAKAGES = (
              "if rule.modes is not None and not group[rule.modes.key]:", "if False:",
              ("tests/test_schedule_free.py::test_a_step_in_eval_mode_is_refused_and_changes_nothing",),
              "a step after eval() without train() takes the gradient at x and moves it as if it were y, silently"),
+    Breakage("lamb-trust-ratio-zero-at-zero-norm", "fusedoptim/kernels/lamb.py",
+             "param_norm / direction_norm, 1.0)", "param_norm / direction_norm, 0.0)",
+             ("tests/test_peers_lamb_lars.py::-k zeros",),
+             "LAMB's trust ratio 0 where ‖θ‖ = 0: a zero-initialised tensor never moves"),
+    Breakage("lamb-norm-of-the-old-direction", "fusedoptim/kernels/lamb.py",
+             "    _, _, direction = lamb_direction(param, grad, states[FLAGS.EXP_AVG_INDEX], states[FLAGS.EXP_AVG_SQ_INDEX],\n"
+             "                                     scalars[0], hyper, FLAGS)\n",
+             "    direction = states[FLAGS.EXP_AVG_INDEX] / (tl.sqrt(states[FLAGS.EXP_AVG_SQ_INDEX]) + hyper.eps)\n",
+             ("tests/test_parity.py::-k LAMB and test_triton_matches_reference",),
+             "LAMB's reduce takes ‖r‖ of the old m and v: the trust ratio is last step's (1 on the first)"),
+    Breakage("lamb-oracle-norm-of-the-old-direction", "fusedoptim/optim/reference/lamb.py",
+             "torch.linalg.vector_norm(theta), torch.linalg.vector_norm(u)",
+             "torch.linalg.vector_norm(theta), torch.linalg.vector_norm(\n"
+             "            upcast(state[\"exp_avg\"]) / (upcast(state[\"exp_avg_sq\"]).sqrt() + eps) + weight_decay * theta)",
+             ("tests/test_peers_lamb_lars.py::-k LAMB-defaults-reference",),
+             "the oracle's ‖r‖ of the old m and v: a bug made this way in kernel and oracle alike passes parity"),
+    Breakage("lars-trust-ratio-on-one-dimension", "fusedoptim/optim/reference/lars.py",
+             "    return param.dim() > 1", "    return param.dim() > 0",
+             ("tests/test_peers_lamb_lars.py::-k LARS-defaults",),
+             "LARS scales biases and normalization weights by the trust ratio and decays them (kernel and oracle)"),
+    Breakage("lars-buffer-starts-at-the-gradient", "fusedoptim/optim/reference/lars.py",
+             "(1 - group[\"dampening\"]) * g  # b ← μb + (1 − τ)g",
+             "(1 - group[\"dampening\"] * (state[\"momentum_buffer\"].abs().max() > 0)) * g  # b ← μb + (1 − τ)g",
+             ("tests/test_peers_lamb_lars.py::-k LARS-weight_decay-dampening-reference",),
+             "LARS's first buffer undampened, as torch's SGD: not the peer's (its buffer starts at zero)"),
 )
 
 

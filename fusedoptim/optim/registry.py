@@ -13,6 +13,8 @@ from fusedoptim.kernels.adamax import adamax_update
 from fusedoptim.kernels.asgd import asgd_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
+from fusedoptim.kernels.lamb import lamb_reduce, lamb_update
+from fusedoptim.kernels.lars import lars_reduce, lars_update
 from fusedoptim.kernels.lion import lion_update
 from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.nadam import nadam_update
@@ -37,6 +39,8 @@ from fusedoptim.optim.reference.adamax import adamax
 from fusedoptim.optim.reference.asgd import advance_eta_and_mu, asgd
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
+from fusedoptim.optim.reference.lamb import lamb
+from fusedoptim.optim.reference.lars import lars, lars_constants
 from fusedoptim.optim.reference.lion import lion
 from fusedoptim.optim.reference.radam import radam
 from fusedoptim.optim.reference.nadam import advance_mu_product, nadam
@@ -396,6 +400,45 @@ RULES = {
             reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
             folds_gradients=True, step_per_optimizer=True,
+        ),
+        Rule(
+            name="LAMB",
+            summary="Adam's bias-corrected direction plus λθ, scaled per tensor by the trust ratio ‖θ‖/‖r + λθ‖ "
+                    "(You et al. 2019)",
+            reference=lamb, update=lamb_update,
+            hyperparameters=(lr(1e-3), betas((0.9, 0.999)), eps(1e-6, "added after the square root: √v̂ + eps"),
+                             weight_decay(0, "λ: λθ added to the Adam direction r inside the trust ratio, "
+                                         "θ ← θ − lr·(‖θ‖/‖r + λθ‖)·(r + λθ)"), MAXIMIZE),
+            states=(State("exp_avg"), State("exp_avg_sq", kind="nonnegative")), scalar_states=("step",),
+            # ‖u‖ is of this step's u = r + λθ: the reduce recomputes the new m and v from g, m and v
+            # (not stored), so it reads all four.
+            sums=(Sum("param_square", "θ²", reads=("param",)),
+                  Sum("direction_square", "(r + λθ)², r from this step's m, v", reads=("param", "grad", "exp_avg",
+                                                                                      "exp_avg_sq"))),
+            reduce=lamb_reduce,
+        ),
+        Rule(
+            name="LARS",
+            summary="Momentum SGD with a per-tensor trust ratio k‖θ‖/(‖g‖ + λ‖θ‖) on tensors of two or more "
+                    "dimensions (You et al. 2017); pytorch-optimizer's LARS",
+            reference=lars, update=lars_update,
+            hyperparameters=(lr(1e-3),
+                             weight_decay(0, "λ, on tensors of two or more dimensions only: g ← s·(g + λθ), and "
+                                         "λ‖θ‖ in the trust ratio's denominator"),
+                             Hyperparameter("momentum", 0.9, fraction, "μ of the buffer b ← μ·b + (1 − dampening)·g "
+                                            "(0: no buffer is kept)",
+                                            to_kernel=lambda value: ({"momentum": float(value)},
+                                                                     {"HAS_MOMENTUM": float(value) > 0}),
+                                            bad=((1.0, "must be in [0, 1)"), (-0.1, "[0, 1)"))),
+                             Hyperparameter("dampening", 0.0, fraction, "τ: the buffer takes (1 − τ)·g, from the "
+                                            "first step (the buffer starts at zero)", bad=((1.0, "[0, 1)"),)),
+                             nonnegative("trust_coefficient", 1e-3, "k of the trust ratio s = k‖θ‖/(‖g‖ + λ‖θ‖)",
+                                         test_value=0.1),
+                             flag("nesterov", "step along g + μ·b (Nesterov momentum)"), MAXIMIZE),
+            states=(State("momentum_buffer", when=lambda group: group["momentum"] > 0, when_text="momentum > 0"),),
+            tensor_constants=lars_constants,
+            sums=(Sum("param_square", "θ²", reads=("param",)), Sum("grad_square", "g²", reads=("grad",))),
+            reduce=lars_reduce,
         ),
     )
 }
