@@ -13,6 +13,11 @@ run; the mean over the seeds, "—" where a seed never reached it). Then each ru
 Runs step with the reference impl; ``running.compare_impls`` checks on a sample (three rules, three
 steps, the MLP) that impl="triton" takes the same steps, when the kernels can run here (GPU, or
 TRITON_INTERPRET=1 as ./dev sets it). The claims of scripts.race.claims are decided from the numbers.
+
+The budget: ``--rules AdamW,Lion,Muon,LBFGS`` (130 fp32 runs, 24 int8, the check) took 137 CPU-seconds
+here (10 min of wall time on a machine loaded 4- to 5-fold), about 34 CPU-seconds per entry; the ~31
+entries of the registry once issue 27's rules land make about 1,050, some 9 minutes on the 2 quiet
+cores (2 workers), under the 20 allowed.
 """
 import argparse
 import math
@@ -69,6 +74,9 @@ def summarise(results: list, entries: dict, tasks: list) -> list:
     for result in results:
         grouped.setdefault((result["entry"], result["task"], result["precision"], result["lr"]), []).append(result)
     best = running.best_lrs([result for result in results if result["precision"] == "fp32"])
+    tried = {}
+    for result in results:
+        tried.setdefault((result["entry"], result["task"]), set()).add(result["lr"])
     for (name, task, precision, lr), seeds in grouped.items():
         if best.get((name, task)) != lr:
             continue
@@ -76,11 +84,13 @@ def summarise(results: list, entries: dict, tasks: list) -> list:
         reached = [running.steps_to_reach(result, targets.get(task, -math.inf)) for result in seeds]
         rows.append(dict(kind="summary", rule=name, task=task, precision=precision, lr=lr,
                          lr_factor=lr / entries[name].default_lr, loss=loss, spread=spread,
+                         # the grid's smallest or largest lr: the optimum may lie beyond it
+                         at_edge=len(tried[name, task]) > 1 and lr in (min(tried[name, task]), max(tried[name, task])),
                          seeds=" ".join(f"{result['final']:.4f}" for result in seeds),
                          steps_to_target=None if None in reached else sum(reached) / len(reached),
                          reason=seeds[0]["reason"]))
     rows += [dict(kind="summary", rule=name, task=task.name, precision="fp32", lr=None, lr_factor=None,
-                  loss=math.inf, spread=math.inf, seeds="", steps_to_target=None, reason=entry.reason)
+                  at_edge=False, loss=math.inf, spread=math.inf, seeds="", steps_to_target=None, reason=entry.reason)
              for name, entry in entries.items() if entry.reason for task in tasks if task.name in race_tasks.TASKS]
     return sorted(rows, key=lambda row: (row["task"], row["precision"], row["loss"], row["rule"]))
 
@@ -119,7 +129,8 @@ def table(summaries: list) -> str:
     return markdown_table(summaries, {
         "task": lambda row: row["task"], "rule": lambda row: row["rule"], "state": lambda row: row["precision"],
         "lr": lambda row: "" if row["lr"] is None else f"{row['lr']:g}",
-        "× default": lambda row: "" if row["lr_factor"] is None else f"{row['lr_factor']:g}",
+        "× default": lambda row: "" if row["lr_factor"] is None else
+                     f"{row['lr_factor']:g}" + (" (edge)" if row["at_edge"] else ""),
         "validation loss": lambda row: number(row["loss"]), "± spread": lambda row: number(row["spread"]),
         "seeds": lambda row: row["seeds"], "steps to target": lambda row: number(row["steps_to_target"], 0),
         "not run because": lambda row: row["reason"]})
@@ -139,16 +150,18 @@ def draw(results: dict):
         ranked = sorted({row["rule"] for row in rows if row["precision"] == "fp32"},
                         key=lambda rule: next(row["loss"] for row in rows if row["rule"] == rule), reverse=True)
         for offset, precision, colour in ((0.15, "fp32", "tab:blue"), (-0.15, "int8", "tab:orange")):
+            label = precision
             for position, rule in enumerate(ranked):
                 row = next((row for row in rows if row["rule"] == rule and row["precision"] == precision), None)
                 if row is None:
                     continue
                 axis.errorbar(row["loss"], position + offset, xerr=row["spread"], fmt="o", color=colour, ms=4,
-                              label=precision if position == 0 else None)
+                              label=label)
+                label = None
                 seeds = [float(value) for value in row["seeds"].split()]
                 axis.plot(seeds, [position + offset] * len(seeds), "|", color=colour, ms=8)
         axis.set_yticks(range(len(ranked)), ranked, fontsize=7)
-        axis.set(xlabel="validation loss at the best lr (mean ± half range; ticks: each seed)",
+        axis.set(xlabel="validation loss at the best lr (mean ± half range of the seeds; ticks: each seed)",
                  title=f"{task.name}: {task.description}")
         axis.title.set_fontsize(8)
         axis.grid(True, alpha=0.3)
