@@ -42,19 +42,10 @@ def one_thread():
     torch.set_num_threads(1)  # tiny tensors: intra-op threads only add synchronisation (common.one_thread)
 
 
-def train(job: Job, entries: dict) -> dict:
-    """One run: its validation curve [(step, loss)], its final validation loss, the fingerprint of its
-    initial weights and the bytes of its optimizer state (what shows the seed and the precision took
-    effect), or why it did not run."""
-    entry, task = entries[job.entry], job.task
-    result = dict(entry=job.entry, task=task.name, lr=job.lr, seed=job.seed,
-                  precision=job.state_dtype or "fp32", validation=[], final=math.inf, reason="")
-    model = task.model(job.seed)
-    result["initial_weights"] = tiny_transformer.fingerprint(model)
-    try:
-        optimizers = race_entries.build(entry, model, job.lr, state_dtype=job.state_dtype)
-    except (TypeError, ValueError) as error:  # the rule refuses the precision: its own words
-        return {**result, "reason": str(error).split("\n")[0]}
+def descend(entry, job: Job, model, optimizers: list, result: dict) -> None:
+    """``job.steps`` steps of ``model``, its validation losses appended to result["validation"]; it stops
+    at the first non-finite training loss, with an inf there."""
+    task = job.task
     schedulers = race_entries.schedulers(entry, optimizers, job.steps)
     switching = [optimizer for optimizer in optimizers if race_entries.switchable(optimizer)]
     for optimizer in switching:
@@ -73,7 +64,7 @@ def train(job: Job, entries: dict) -> dict:
             scheduler.step()
         if not math.isfinite(loss.item()):
             result["validation"].append((step, math.inf))
-            return result
+            return
         if step % job.every == 0 or step == job.steps:
             for optimizer in switching:
                 optimizer.eval()  # validate at the averaged point x, as schedule-free is evaluated
@@ -81,6 +72,27 @@ def train(job: Job, entries: dict) -> dict:
             for optimizer in switching:
                 optimizer.train()
             result["validation"].append((step, loss if math.isfinite(loss) else math.inf))
+
+
+def train(job: Job, entries: dict) -> dict:
+    """One run: its validation curve [(step, loss)], its final validation loss, the fingerprint of its
+    initial weights and the bytes of its optimizer state (what shows the seed and the precision took
+    effect), or why it did not run."""
+    entry, task = entries[job.entry], job.task
+    result = dict(entry=job.entry, task=task.name, lr=job.lr, seed=job.seed,
+                  precision=job.state_dtype or "fp32", validation=[], final=math.inf, reason="")
+    model = task.model(job.seed)
+    result["initial_weights"] = tiny_transformer.fingerprint(model)
+    try:
+        optimizers = race_entries.build(entry, model, job.lr, state_dtype=job.state_dtype)
+    except (TypeError, ValueError) as error:  # the rule refuses the precision: its own words
+        return {**result, "reason": str(error).split("\n")[0]}
+    try:
+        descend(entry, job, model, optimizers, result)
+    except Exception as error:  # one rule failing must not end a race of every rule: its row says why
+        return {**result, "final": math.inf, "reason": f"failed: {type(error).__name__}: {str(error).splitlines()[0]}"}
+    if not math.isfinite(result["validation"][-1][1]):
+        return result  # diverged
     result["final"] = result["validation"][-1][1]
     result["state_bytes"] = tensor_bytes(value for optimizer in optimizers for state in optimizer.state.values()
                                          for value in state.values() if isinstance(value, torch.Tensor))
