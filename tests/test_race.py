@@ -146,3 +146,35 @@ def test_the_race_decides_its_claims(results):
     verdicts = {(row["claim"], row["task"]): row["verdict"] for row in results["claims"]}
     assert verdicts[(claims.INT8_CLAIM, "mlp")] in ("held", "not held")
     assert ",claim," in (results["out"] / "race.csv").read_text()
+
+
+def test_a_switchable_optimizer_validates_in_eval_mode_and_a_failing_one_is_reported():
+    schedulefree = pytest.importorskip("schedulefree")
+    modes = []
+
+    class Recording(schedulefree.SGDScheduleFree):  # the authors' schedule-free SGD, its switches recorded
+        def train(self):
+            modes.append("train")
+            super().train()
+
+        def eval(self):
+            modes.append("eval")
+            super().eval()
+
+    def row(optimizer):
+        return type("Row", (), dict(name="Recording", defaults={"lr": 0.1}, optimizer=staticmethod(optimizer)))()
+
+    task = tasks.TASKS["mlp"]._replace(steps=4)
+    switching = entries.Entry("Recording", row(lambda params, lr, impl: Recording(params, lr=lr)))
+    result = running.train(running.Job("Recording", task, 0.1, 0, 4, 2), {"Recording": switching})
+    assert math.isfinite(result["final"]) and not result["reason"]
+    assert modes == ["train", "eval", "train", "eval", "train"]  # eval around each of the 2 validations
+
+    def breaks(params, lr, impl):
+        optimizer = torch.optim.SGD(params, lr=lr)
+        optimizer.step = lambda: (_ for _ in ()).throw(RuntimeError("planted"))
+        return optimizer
+
+    failing = entries.Entry("Failing", row(breaks))
+    result = running.train(running.Job("Failing", task, 0.1, 0, 4, 2), {"Failing": failing})
+    assert result["reason"] == "failed: RuntimeError: planted" and result["final"] == math.inf
