@@ -62,11 +62,26 @@ def save(name: str, figure, rows: list, out=None) -> Path:
     return directory
 
 
+def own_options(module, argv: list) -> tuple:
+    """(the options ``module`` declares with its optional ``add_arguments(parser)``, as run()'s keywords,
+    the arguments it did not take)."""
+    if not hasattr(module, "add_arguments"):
+        return {}, argv
+    parser = argparse.ArgumentParser(add_help=False)
+    module.add_arguments(parser)
+    arguments, rest = parser.parse_known_args(argv)
+    return {key: value for key, value in vars(arguments).items() if value is not None}, rest
+
+
 def main(module, argv=None) -> dict:
-    """The command line of one reproduction: ``python -m scripts.reproductions.<name> [--out DIR]``."""
+    """The command line of one reproduction: ``python -m scripts.reproductions.<name> [--out DIR]`` and the
+    options of its ``add_arguments(parser)``, if it has one."""
     parser = argparse.ArgumentParser(prog=f"python -m {module.__name__}", description=module.CLAIM)
     parser.add_argument("--out", help=OUT_HELP)
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
     arguments = parser.parse_args(argv)
-    results = module.run(arguments.out)
+    options = {key: value for key, value in vars(arguments).items() if key != "out" and value is not None}
+    results = module.run(arguments.out, **options)
     print(written(output_directory(arguments.out), [f"{module.NAME}.png", f"{module.NAME}.csv"]))
     return results
