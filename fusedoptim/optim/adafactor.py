@@ -62,8 +62,8 @@ class Adafactor(StepAsOneOp):
     state_dtype=None (keyword-only): None keeps every statistic in the param's dtype, as torch; "int8" or
         "int4" keeps a vector's ``variance`` as codes (``state["variance"]``) and fp32 scales
         (``state["variance_scale"]``), the registry's "nonnegative" scheme (``optim.quantization``), in
-        both impls. ``row_var`` and ``col_var`` stay in the param's dtype: O(n + m), already small. Not
-        for FSDP2 (DTensor) params.
+        both impls. ``row_var`` and ``col_var`` stay in the param's dtype: O(n + m), already small. An
+        FSDP2 (DTensor) vector with a quantized variance is stepped whole on every rank (``optim.whole``).
     """
 
     DEFAULTS = dict(lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, maximize=False)
@@ -71,6 +71,7 @@ class Adafactor(StepAsOneOp):
     # casts every float state to its param's dtype: fp32 statistics of bf16 params would not survive it).
     FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
     QUANTIZED_STATE = "variance"
+    QUANTIZED_SHARDS_STEP_WHOLE = True  # an FSDP2 vector with a quantized variance: gathered, stepped whole
     STATE = ("step", "row_var", "col_var", "variance")
 
     def __init__(self, params, lr=1e-2, beta2_decay=-0.8, eps=(None, 1e-3), d=1.0, weight_decay=0.0, *,
@@ -113,8 +114,10 @@ class Adafactor(StepAsOneOp):
 
     def _initial_state(self, param) -> dict:
         """torch's state; a quantized vector's variance as codes and scales of zero."""
-        if isinstance(param, DTensor):
+        if isinstance(param, DTensor) and not (self.state_dtype is not None and param.dim() <= 1):
             return sharded_initial_state(param)
+        if isinstance(param, DTensor):  # a quantized vector: whole plain states, the same on every rank
+            param = torch.empty(param.shape, dtype=param.dtype, device=local(param).device)
         state = initial_state(param)
         if self.state_dtype is not None and "variance" in state:
             codes = new_codes(param, self.state_dtype)

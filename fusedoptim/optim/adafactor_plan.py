@@ -26,6 +26,7 @@ from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.quantization import FORMATS, STOCHASTIC, UNSIGNED, scale_name
 from fusedoptim.optim.reference.adafactor import resolved_eps1, scalar_lr
 from fusedoptim.optim.shards import Shards, local
+from fusedoptim.optim.whole import WholeParams
 
 # A vector's variance is a running mean of squares: the "nonnegative" scheme (optim.quantization), as the
 # registry's exp_avg_sq and square_avg declare it. Round to nearest: no random draws.
@@ -63,20 +64,26 @@ class AdafactorPlan:
     matrices too; Σθ², Σu², a matrix's column sums and its Σ R_i are partial sums, summed over the
     shards (one all-reduce after the row statistics, one after the second reduce), so that every rank
     computes what one process would. ``state_dtype`` "int8"/"int4": the vectors' variance are codes and
-    scales (plain tensors only), read and written through the launcher's quantized path."""
+    scales, read and written through the launcher's quantized path; an FSDP2 vector's are whole plain
+    tensors, the vector stepped whole on every rank (gathered before, its shard written back after)."""
 
     def __init__(self, group, params, states, state_dtype):
         self.group, self.params, self.state_dicts, self.state_dtype = group, list(params), list(states), state_dtype
         self.state_tensors = _state_tensors(states)
         shards = Shards.of(params, "Adafactor's param group")
-        self.sharded = [shards is not None and shards.groups[i] is not None for i in range(len(params))]
+        # FSDP2 vectors with a quantized variance are stepped whole on every rank (``optim.whole``): a
+        # quantization block would straddle the shards (each row of a vector is one element).
+        self.wholes = WholeParams([p if p.dim() <= 1 else local(p) for p in params], state_dtype)
+        whole = set(self.wholes.indices)
+        self.sharded = [shards is not None and shards.groups[i] is not None and i not in whole
+                        for i in range(len(params))]
         self.shard_group = next((g for g in shards.groups if g is not None), None) if shards else None
         self.shapes = [p.shape for p in params]  # global shapes: a DTensor's
         self.numels = [p.numel() for p in params]
         self.states = [{name: local(value) for name, value in state.items()} for state in states]
-        self.locals = [local(p) for p in params]
-        self.pointers = [p.data_ptr() for p in self.locals]
-        grads = [local(p.grad) for p in params]
+        self.pointers = [local(p).data_ptr() for p in params]
+        self.locals = self.wholes.stepped([local(p) for p in params])
+        grads = self.wholes.substitute([local(p.grad) for p in params], self.wholes.grads)
         device = self.device = self.locals[0].device
         count = len(params)
         factored = self.factored = [i for i, p in enumerate(self.locals) if p.dim() > 1]
@@ -171,6 +178,10 @@ class AdafactorPlan:
         if [local(p).data_ptr() for p in params] != self.pointers:
             return False  # a param moved (p.data = ...)
         grads = [local(p.grad) for p in params]
+        if self.wholes:  # each rank's part checked, then the whole buffer that run() gathers into
+            if not self.wholes.grads_match(grads):
+                return False
+            grads = self.wholes.substitute(grads, self.wholes.grads)
         if not same_objects(grads, [ref() for ref in self.grad_refs]):
             if list(map(_layout, grads)) != self.grad_layouts:
                 return False  # the new plan's launcher checks them, and names what is wrong
@@ -197,6 +208,8 @@ class AdafactorPlan:
         weights = [t ** decay_rate for t in steps]  # 1 − β̂₂ₜ
         self.weights.copy_(torch.tensor(weights, dtype=torch.float32))
         self.sums.zero_()
+        if self.wholes:
+            self.wholes.gather()
 
         # 1. reduce: Σθ², Σg² per row (factored), Σu² (vectors); the factored tensors' column sums.
         for _, launch in self.row_launches:
@@ -260,6 +273,8 @@ class AdafactorPlan:
         count = None if self.quantization is None else self.count
         for _, launch in self.vector_update_launches:
             launch.update(kernels.vector_update, None, hyper, flags, quantization_count=count)
+        if self.wholes:
+            self.wholes.scatter()
 
 
 __all__ = ["AdafactorPlan", "VARIANCE_KIND"]
