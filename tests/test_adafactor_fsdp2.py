@@ -109,21 +109,42 @@ def _fsdp2_worker(rank, world_size, directory):
         refusal = str(error)
     unchanged = not reference.state and all(torch.equal(a, p.to_local()) for a, p in zip(before, refused_model.parameters()))
 
-    # A quantized variance (state_dtype) is not for shards yet: refused, before anything changes.
-    quantized = fo.Adafactor(refused_model.parameters(), impl="triton", state_dtype="int8", **OPTIONS)
-    try:
-        quantized.step()
-        quantized_refusal = ""
-    except ValueError as error:
-        quantized_refusal = str(error)
-    unchanged = unchanged and not quantized.state and all(
-        torch.equal(a, p.to_local()) for a, p in zip(before, refused_model.parameters()))
+    quantized = {state_dtype: _quantized_run(state_dtype) for state_dtype in ("int8", "int4")}
 
     return dict(chosen=chosen, differences=differences, placements=_placements(model, optimizer),
                 col_var=optimizer.state[model.matrix]["col_var"].to_local().tolist(),
                 local_rows={name: p.to_local().shape[0] for name, p in model.named_parameters()},
-                resumes=resumes, refusal=refusal, quantized_refusal=quantized_refusal,
+                resumes=resumes, refusal=refusal, quantized=quantized,
                 unchanged=unchanged)
+
+
+def _quantized_run(state_dtype):
+    """Two steps with a quantized variance on shards and on whole tensors: whether the vector's codes
+    and scales are whole plain tensors equal to the whole run's, and the largest difference (and
+    magnitude) of the params and float states, as ``_differences``."""
+    model, whole_model = _model(True), _model(False)
+    optimizer = fo.Adafactor(model.parameters(), impl="triton", state_dtype=state_dtype, **OPTIONS)
+    whole_optimizer = fo.Adafactor(whole_model.parameters(), impl="triton", state_dtype=state_dtype, **OPTIONS)
+    results = []
+    for step in range(2):
+        _set_gradients(model, step)
+        _set_gradients(whole_model, step)
+        optimizer.step()
+        whole_optimizer.step()
+        worst, scale, codes_equal = 0.0, 0.0, True
+        for p, q in zip(model.parameters(), whole_model.parameters()):
+            state, whole_state = optimizer.state[p], whole_optimizer.state[q]
+            pairs = [(_whole(p.detach()), q.detach())]
+            for key, value in whole_state.items():
+                if key in ("variance", "variance_scale") and p.dim() <= 1:
+                    codes_equal = codes_equal and not isinstance(state[key], DTensor) and torch.equal(state[key], value)
+                else:
+                    pairs.append((_whole(state[key]), value))
+            for a, b in pairs:
+                worst = max(worst, (a - b).abs().max().item() if b.numel() else 0.0)
+                scale = max(scale, b.abs().max().item() if b.numel() else 0.0)
+        results.append((codes_equal, worst, scale))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -168,10 +189,13 @@ def test_fsdp2_reference_is_refused_before_any_change(ranks):
         assert result["unchanged"], "the refused reference step changed a param or made a state"
 
 
-
-def test_fsdp2_quantized_variance_is_refused_before_any_change(ranks):
-    """state_dtype='int8' on shards: refused with a message naming the option and FSDP2, nothing stepped."""
-    for result in ranks:
-        refusal = result["quantized_refusal"]
-        assert "state_dtype='int8'" in refusal and "FSDP2" in refusal, refusal
-        assert result["unchanged"], "the refused quantized step changed a param or made a state"
+def test_fsdp2_quantized_variance_steps_as_one_process(ranks):
+    """state_dtype='int8' and 'int4' on shards: the vector (rows of one element, no whole block) is
+    stepped whole on every rank, its codes and scales whole plain tensors equal to the whole run's bit
+    for bit; the params and the other states equal it to fp32 rounding, as without quantization."""
+    for rank, result in enumerate(ranks):
+        for state_dtype, steps in result["quantized"].items():
+            for step, (codes_equal, worst, scale) in enumerate(steps, 1):
+                what = f"rank {rank} {state_dtype} step {step}"
+                assert codes_equal, f"{what}: the vector's codes or scales differ from the whole run's"
+                assert worst <= 2e-6 * max(1.0, scale), f"{what}: |sharded − whole| = {worst:.3e}"

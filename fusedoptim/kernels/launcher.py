@@ -75,9 +75,14 @@ class Launch:
     program → (tensor, chunk) map on the device, the launch configuration chosen. ``set_grads`` puts a
     step's gradients in; ``update`` and ``reduce`` launch."""
 
-    def __init__(self, slots: Sequence[TensorSlots], rule_name: str, quantization: Optional[QuantizedStates] = None):
+    def __init__(self, slots: Sequence[TensorSlots], rule_name: str, quantization: Optional[QuantizedStates] = None,
+                 aligned: Optional[bool] = None):
+        """``aligned``: None takes the first slot's alignment (its launch key's); False reads every tensor
+        without assuming 16-byte alignment, for a launch whose pointers ``set_columns`` changes later."""
         first = slots[0]
-        device, param_dtype, state_dtype, aligned, tensor_flags, per_row, master_bits, factored = first.launch_key()
+        device, param_dtype, state_dtype, first_aligned, tensor_flags, per_row, master_bits, factored = first.launch_key()
+        aligned = first_aligned if aligned is None else aligned and first_aligned
+        self.aligned = aligned
         self.device, self.tensor_flags = device, dict(tensor_flags)
         numels = tuple(s.param.numel() for s in slots)
         n_states, n_scalars = len(first.states), len(first.scalars)
@@ -126,6 +131,21 @@ class Launch:
             column = torch.tensor(pointers, dtype=torch.int64).pin_memory()
             self.table[:, GRAD_COLUMN.value].copy_(column, non_blocking=True)
         self.grad_pointers = list(pointers)
+
+    def set_columns(self, first_column: int, pointers) -> None:
+        """Columns ``first_column``... of the table rewritten, outside a CUDA graph capture: ``pointers``
+        (an int64 array, one row per tensor) holds the addresses of this launch's tensors of a new
+        operation of the same shapes (L-BFGS's vector operations). On the CPU the table is written in
+        place; on a GPU by one asynchronous copy, ordered after the launches that read it before."""
+        if capturing(self.device):
+            raise RuntimeError("a launch's table columns can be rewritten from the host only outside a CUDA graph "
+                               "capture (a capture may copy nothing from the host)")
+        width = pointers.shape[1]
+        if self._host_view is not None:
+            self._host_view[:, first_column: first_column + width] = pointers
+        else:
+            block = torch.from_numpy(pointers).pin_memory()
+            self.table[:, first_column: first_column + width].copy_(block, non_blocking=True)
 
     def _arguments(self, hyper: tuple, amp: Optional[tuple]) -> tuple:
         if capturing(self.device) and self not in _captured_launches:

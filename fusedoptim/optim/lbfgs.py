@@ -9,33 +9,62 @@ class's arguments (``LBFGS.DEFAULTS``), its impls (``LBFGS.IMPLS``) and ``LBFGS.
 its state, all in the first param's state, as torch keeps them.
 """
 import numbers
+import weakref
 
+import numpy
 import torch
 
 from fusedoptim.kernels import lbfgs as kernels
-from fusedoptim.kernels.launcher import prepare_launches
-from fusedoptim.kernels.slots import TensorSlots
+from fusedoptim.kernels.launcher import Launch
+from fusedoptim.kernels.multi_tensor import ALIGNMENT_BYTES, PARAM_COLUMN
+from fusedoptim.kernels.slots import TensorSlots, check_slots
+from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.reference.lbfgs import FlatVectors, dense_gradient, lbfgs_step, real_view
 from fusedoptim.optim.unregistered import UnregisteredOptimizer
 
+
 class FusedVectors(FlatVectors):
     """L-BFGS's vector operations as launches of the one multi-tensor launcher. Vectors are stored flat,
-    as torch's state holds them; each operation runs over their per-param views beside the params
+    as torch's state holds them; each operation runs over their per-param parts beside the params
     (and gradients), one launch for every param. The coefficients and the dot products are 0-d fp32
-    tensors on the params' device. Copies, clones and ‖·‖_∞ (exact in any order) are torch's."""
+    tensors on the params' device. Copies, clones and ‖·‖_∞ (exact in any order) are torch's.
+
+    Built once for a list of params and kept across steps (``LBFGS.step``, while ``fits`` them): its
+    launches are built at their first operation, one per kind (with or without a state, 16-byte
+    aligned or not), and each operation only rewrites their pointer columns with its vectors'
+    addresses (a flat vector's parts are its address plus fixed offsets): no per-param view, table or
+    program map is made again."""
 
     def __init__(self, params):
         super().__init__(params)
         self.device = self.params[0].device
-        self.numel = sum(p.numel() for p in self.params)
+        numels = [p.numel() for p in self.params]
+        self.numel = sum(numels)
+        self.key = self.key_of(params)
+        # Empty params get no row (no launch reads them); each row's part of a flat vector, in bytes.
+        self.members = [i for i, n in enumerate(numels) if n]
+        self.offsets = 4 * (numpy.cumsum([0] + numels[:-1], dtype=numpy.int64)[self.members])
+        self.param_pointers = numpy.array([self.params[i].data_ptr() for i in self.members], dtype=numpy.int64)
+        self.launches = {}  # (states, aligned) -> Launch
+        # The gradients last checked against their params (the same objects need no check), held weakly:
+        # no gradient is kept alive between steps.
+        self.checked_grads = []
 
-    def views(self, vector):
-        """``vector``'s part for each param, shaped as the param."""
-        views, offset = [], 0
-        for p in self.params:
-            views.append(vector[offset: offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return views
+    @staticmethod
+    def key_of(params) -> list:
+        """What the launches depend on: each param's shape, dtype, device and address (``p.data = ...`` moves it)."""
+        return [(p.shape, p.dtype, p.device, p.data_ptr()) for p in params]
+
+    def fits(self, params) -> bool:
+        return len(params) == len(self.originals) and self.key_of(params) == self.key
+
+    def at(self, vector):
+        """The addresses of ``vector``'s per-param parts: a flat vector, or a list of tensors (params, gradients)."""
+        if isinstance(vector, torch.Tensor):
+            return vector.data_ptr() + self.offsets
+        if vector is self.params:
+            return self.param_pointers
+        return numpy.array([vector[i].data_ptr() for i in self.members], dtype=numpy.int64)
 
     def coefficient(self, value):
         """``value`` (a float, or a 0-d tensor) as the 0-d fp32 device tensor every tensor's scalar points at."""
@@ -43,25 +72,43 @@ class FusedVectors(FlatVectors):
             return value.to(device=self.device, dtype=torch.float32).reshape(())
         return torch.tensor(float(value), dtype=torch.float32, device=self.device)
 
+    def launch(self, columns, scalar):
+        """The launch for operands at ``columns`` (x, y and maybe a state, each an address per row) and the
+        0-d ``scalar``, its pointer columns rewritten; None where every param is empty."""
+        if not self.members:
+            return None
+        table = numpy.stack([*columns, numpy.full(len(self.members), scalar.data_ptr(), dtype=numpy.int64)], axis=1)
+        aligned = not (table[:, :-1] % ALIGNMENT_BYTES).any()
+        key = (len(columns) - 2, aligned)
+        if key not in self.launches:
+            real = [self.params[i] for i in self.members]  # the shapes and dtype its table is built for
+            slots = [TensorSlots(param=p, grad=p, states=(p,) * key[0], scalars=(scalar,)) for p in real]
+            check_slots(slots)
+            self.launches[key] = Launch(slots, "lbfgs", aligned=aligned)
+        launch = self.launches[key]
+        launch.set_columns(PARAM_COLUMN.value, table)
+        return launch
+
     # The launches run eagerly under torch.compile (a graph break each): a launch reads its tensors through
     # a table of data_ptr()s, which dynamo's fake tensors do not have (traced, they fail). A compiled
     # L-BFGS step is a chain of graphs anyway, broken by the closure's backward and the host's tolerance
     # checks, as torch's own (docs/lbfgs.md).
     @torch.compiler.disable
-    def update(self, function, written, read, coefficient=None, states=None):
-        """One launch of ``function`` over every param: written[i] ← function(written[i], read[i], states[i])."""
+    def update(self, function, written, read, coefficient=None, state=None):
+        """One launch of ``function`` over every param: x ← function(x, y, state) for each param's parts of
+        ``written`` (x), ``read`` (y) and ``state`` (flat vectors, or lists of tensors)."""
         a = self.coefficient(1.0 if coefficient is None else coefficient)
-        slots = [TensorSlots(param=x, grad=y, states=() if states is None else (states[i],), scalars=(a,))
-                 for i, (x, y) in enumerate(zip(written, read))]
-        for _, launch in prepare_launches(slots, "lbfgs"):
+        columns = (self.at(written), self.at(read)) + (() if state is None else (self.at(state),))
+        launch = self.launch(columns, a)
+        if launch is not None:
             launch.update(function, None, (), ())
 
     @torch.compiler.disable
     def reduce(self, function, first, second):
         """One launch: the sum over every param of ``function``'s terms, a 0-d fp32 device tensor."""
         total = torch.zeros((), dtype=torch.float32, device=self.device)
-        slots = [TensorSlots(param=x, grad=y, scalars=(total,)) for x, y in zip(first, second)]
-        for _, launch in prepare_launches(slots, "lbfgs"):
+        launch = self.launch((self.at(first), self.at(second)), total)
+        if launch is not None:
             launch.reduce(function, None, 1, (), ())
         return total
 
@@ -71,30 +118,35 @@ class FusedVectors(FlatVectors):
     def gradient(self):
         vector = self.new_vector()
         grads = [real_view(dense_gradient(p).contiguous()) for p in self.originals]
-        self.update(kernels.scaled, self.views(vector), grads)  # a copy: 1·g is g, bit for bit
+        if not same_objects(grads, [ref() for ref in self.checked_grads]):
+            # the launcher's checks (a gradient of another dtype, shape or device is refused) where a cheap
+            # comparison finds a gradient unlike its param
+            if any(g.dtype != p.dtype or g.shape != p.shape or g.device != p.device for g, p in zip(grads, self.params)):
+                check_slots([TensorSlots(param=p, grad=g) for p, g in zip(self.params, grads)])
+            self.checked_grads = [weakref.ref(g) for g in grads]
+        self.update(kernels.scaled, vector, grads)  # a copy: 1·g is g, bit for bit
         return vector
 
     def add_to_params(self, t, d):
-        self.update(kernels.add_scaled, self.params, self.views(d), t)
+        self.update(kernels.add_scaled, self.params, d, t)
 
     def abs_sum(self, v):
-        views = self.views(v)
-        return self.reduce(kernels.abs_sum, views, views)
+        return self.reduce(kernels.abs_sum, v, v)
 
     def dot(self, a, b):
-        return self.reduce(kernels.dot, self.views(a), self.views(b))
+        return self.reduce(kernels.dot, a, b)
 
     def scaled(self, v, a):
         result = self.new_vector()
-        self.update(kernels.scaled, self.views(result), self.views(v), a)
+        self.update(kernels.scaled, result, v, a)
         return result
 
     def add_scaled_(self, x, a, y):
-        self.update(kernels.add_scaled, self.views(x), self.views(y), a)
+        self.update(kernels.add_scaled, x, y, a)
 
     def gradient_difference(self, g, g_prev):
         y = self.new_vector()
-        self.update(kernels.gradient_difference, self.views(y), self.views(g), states=self.views(g_prev))
+        self.update(kernels.gradient_difference, y, g, state=g_prev)
         return y
 
 
@@ -166,5 +218,11 @@ class LBFGS(UnregisteredOptimizer):
             raise TypeError(f"LBFGS.step needs a closure that recomputes the loss and the gradients and returns the "
                             f"loss (got {closure!r}): step(closure), as torch.optim.LBFGS")
         params = self.param_groups[0]["params"]
-        vectors = FusedVectors(params) if self.chosen_impl() == "triton" else FlatVectors(params)
+        if self.chosen_impl() == "triton":
+            # the launches of the last step's params, while they are the same tensors in the same places
+            vectors = self.__dict__.get("fused_vectors")
+            if vectors is None or not vectors.fits(params):
+                vectors = self.fused_vectors = FusedVectors(params)
+        else:
+            vectors = FlatVectors(params)
         return lbfgs_step(torch.enable_grad()(closure), vectors, self.state[params[0]], self.param_groups[0])

@@ -56,6 +56,9 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
     QUANTIZED_STATE = ""
     state_dtype = None
     NEEDS_CLOSURE = False  # step(closure) re-evaluates the loss (L-BFGS): step() alone is refused
+    # Whether a quantized state of an FSDP2 (DTensor) param is stepped whole on every rank (``optim.whole``,
+    # Adafactor's vectors); else refused, a quantization block would straddle the shards.
+    QUANTIZED_SHARDS_STEP_WHOLE = False
 
     @property
     def impl(self) -> str:
@@ -95,11 +98,11 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
 
     def check_quantized_states(self, params) -> None:
         """With a quantized ``state_dtype``: plain tensors only (a quantization block would straddle FSDP2's
-        shards), and any existing codes and scales of ``QUANTIZED_STATE`` as this step would make them (a
+        shards) unless the class steps such params whole, and any existing codes and scales of ``QUANTIZED_STATE`` as this step would make them (a
         checkpoint's), checked before any group changes."""
         name = type(self).__name__
         for i, p in enumerate(params):
-            if isinstance(p, DTensor):
+            if isinstance(p, DTensor) and not self.QUANTIZED_SHARDS_STEP_WHOLE:
                 raise ValueError(f"{name}: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
                                  f"params (param {i} is one): a quantization block would straddle the shards. Use "
                                  "state_dtype=None")
