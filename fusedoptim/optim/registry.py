@@ -198,7 +198,7 @@ RULES = {
                                "of the fast EMA m1, of ν (the gradient's square) and of the slow EMA m2",
                                to_kernel=lambda value: ({"beta1": float(value[0]), "beta2": float(value[1])}, {}),
                                bad=(((0.9, 0.999), "triple"), ((0.9, 0.999, 1.0), "beta3"),
-                                    ((0.9, torch.tensor(0.999), 0.9999), "Python number"))),
+                                    (tuple(map(torch.tensor, (0.9, 0.999, 0.9999))), "Python number"))),
                 nonnegative("alpha", 2.0, "α: the slow EMA's weight in the step, m̂1 + α·m2", kernel="host"),
                 Hyperparameter("beta3_warmup", None, warmup_steps, "None, or T: β3_t grows from β1 to β3 over T "
                                "steps, its half-life linear in t (the authors' scheduler)", kernel="host",
