@@ -20,7 +20,8 @@ from tests.test_peers import PLAIN, Case, cases, not_installed, run_and_compare
 
 
 class AuthorsAdEMAMix(torch.optim.Optimizer):
-    """apple/ml-ademamix's pytorch/ademamix.py, its step transcribed (β1 > 0), in fp64 Python schedules."""
+    """apple/ml-ademamix's pytorch/ademamix.py, its step transcribed, its schedules in fp64 Python floats (at
+    β1 = 0 theirs keeps no fast EMA and reads g, which 0·m1 + 1·g here equals)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=2.0, beta3_warmup=None,
                  alpha_warmup=None, eps=1e-8, weight_decay=0):
@@ -82,6 +83,9 @@ PYTORCH_OPTIMIZER = {
 AUTHORS = {
     "AdEMAMix-authors-warmups": Case("AdEMAMix", dict(WARMED, alpha_warmup=5, beta3_warmup=12), "AdEMAMix",
                                      dict(WARMED, alpha_warmup=5, beta3_warmup=12), SAME_STATES),
+    # β1 = 0 with a β3 warm-up: the authors' ln(β1 + 1e-8) is finite (pytorch-optimizer's ln β1 is not).
+    "AdEMAMix-authors-beta1-0": Case("AdEMAMix", dict(WARMED, betas=(0.0, 0.99, 0.999), beta3_warmup=10), "AdEMAMix",
+                                     dict(WARMED, betas=(0.0, 0.99, 0.999), beta3_warmup=10), SAME_STATES),
 }
 
 

@@ -8,7 +8,7 @@ are scalar states its row advances on the device before this launch
 import triton
 import triton.language as tl
 
-from fusedoptim.kernels.elementwise import bias_correction, hyperparameter
+from fusedoptim.kernels.elementwise import bias_correction, decoupled_decay, hyperparameter
 
 
 @triton.jit
@@ -21,8 +21,12 @@ def ademamix_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     exp_avg_slow = states[FLAGS.EXP_AVG_SLOW_INDEX]
     exp_avg_slow = exp_avg_slow + slow_weight * (grad - exp_avg_slow)
     exp_avg_sq = beta2 * states[FLAGS.EXP_AVG_SQ_INDEX] + (1.0 - beta2) * grad * grad
-    denom = tl.sqrt(exp_avg_sq) / tl.sqrt(bias_correction(beta2, step)) + eps
-    update = (exp_avg_fast / bias_correction(beta1, step) + alpha * exp_avg_slow) / denom
-    # AdamW's decay, λθ of the θ before the step, skipped at λ = 0 (0·θ of an infinite θ would be NaN)
-    update = tl.where(weight_decay != 0.0, update + weight_decay * param, update)
-    return param - lr * update, (exp_avg_fast, exp_avg_slow, exp_avg_sq)
+    # (m1/(1 − β1ᵗ) + α·m2) / (√ν/√(1 − β2ᵗ) + ε), numerator and denominator times 1 − β1ᵗ: the
+    # bias corrections fold into three numbers per tensor, where a division per element by each would
+    # cost int4 states their ALU budget (tests/test_alu_budget.py); the results differ by fp32 roundings.
+    bias_correction1 = bias_correction(beta1, step)
+    denom = tl.sqrt(exp_avg_sq) * (bias_correction1 / tl.sqrt(bias_correction(beta2, step))) + eps * bias_correction1
+    update = (exp_avg_fast + (alpha * bias_correction1) * exp_avg_slow) / denom
+    # The authors' θ − lr·(update + λθ) as θ·(1 − lr·λ) − lr·update (pytorch-optimizer's order): equal to
+    # rounding, a select fewer per element, and an infinite θ stays so at λ = 0 (0·inf would be NaN)
+    return decoupled_decay(param, lr, weight_decay) - lr * update, (exp_avg_fast, exp_avg_slow, exp_avg_sq)

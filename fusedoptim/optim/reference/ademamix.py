@@ -51,8 +51,9 @@ def ademamix(params, grads, states, group):
         m_1 ← β_1 m_1 + (1-β_1) g, \qquad m_2 ← β_{3,t} m_2 + (1-β_{3,t}) g, \qquad ν ← β_2 ν + (1-β_2) g^2,
         u = \frac{m_1/(1-β_1^t) + α_t m_2}{\sqrt{ν}/\sqrt{1-β_2^t} + ε}, \qquad θ ← θ - η (u + λθ).
 
-    The decay is AdamW's, λθ of the θ before the step (pytorch-optimizer's AdEMAMix with
-    weight_decouple=True: θ ← θ(1 − ηλ) first, equal up to rounding). State per param: step, alpha_t and
+    The decay is AdamW's, λθ of the θ before the step, computed as θ(1 − ηλ) − η·u (pytorch-optimizer's
+    AdEMAMix with weight_decouple=True): equal to rounding, but where θ is infinite the authors' form is
+    NaN (inf − inf) and this one stays infinite. State per param: step, alpha_t and
     one_minus_beta3_t (fp32 scalars, the latter 1 − β3_t), exp_avg_fast (m1), exp_avg_slow (m2),
     exp_avg_sq (ν), the authors' names.
     """
@@ -70,8 +71,8 @@ def ademamix(params, grads, states, group):
         exp_avg_sq = upcast(state["exp_avg_sq"]) * beta2 + (1 - beta2) * g * g  # ν ← β2·ν + (1 − β2)·g²
         denom = exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step) + eps  # √ν̂ + ε
         update = (exp_avg_fast / (1 - beta1**step) + alpha_t * exp_avg_slow) / denom  # (m̂1 + α_t·m2)/(√ν̂ + ε)
-        # θ ← θ − η·(u + λθ), AdamW's decay of the θ before the step; skipped at λ = 0 (0·inf would be NaN)
-        param.copy_(theta - lr * (update + weight_decay * theta) if weight_decay != 0 else theta - lr * update)
+        # θ ← θ − η·(u + λθ), AdamW's decay of the θ before the step, as θ(1 − ηλ) − η·u (an infinite θ stays so)
+        param.copy_(theta * (1 - lr * weight_decay) - lr * update)
         state["exp_avg_fast"].copy_(exp_avg_fast)
         state["exp_avg_slow"].copy_(exp_avg_slow)
         state["exp_avg_sq"].copy_(exp_avg_sq)
