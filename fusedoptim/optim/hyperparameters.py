@@ -100,12 +100,22 @@ def shrink(value, group):
         return "must be in (0, 1]"
 
 
-def pair_of_fractions(value, group):
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        return "must be a pair (beta1, beta2)"
+def fractions(value, names: tuple):
+    """Betas named ``names``, each in [0, 1); what is wrong, or None."""
+    if not isinstance(value, (tuple, list)) or len(value) != len(names):
+        return f"must be a {('pair', 'triple')[len(names) - 2]} ({', '.join(names)})"
     for i, beta in enumerate(value):
         if not 0.0 <= number(beta) < 1.0:
             return f"must have each beta in [0, 1); beta{i + 1}={beta}"
+
+
+def pair_of_fractions(value, group):
+    return fractions(value, ("beta1", "beta2"))
+
+
+def triple_of_fractions(value, group):
+    """AdEMAMix's (β1, β2, β3)."""
+    return fractions(value, ("beta1", "beta2", "beta3"))
 
 
 def boolean(value, group):
@@ -135,6 +145,13 @@ def pair_of_interpolations(value, group):
     if problem is None and not number(value[0]) > 0.0:
         return f"must have beta1 in (0, 1): optimizer.eval() divides by it; beta1={value[0]}"
     return problem
+
+
+def optional_warmup(value, group):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        return "must be None (no warm-up) or an integer >= 1"
 
 
 def nesterov(value, group):

@@ -7,9 +7,11 @@ follows from it: optim.rule); fusedoptim/optim/__init__.py exports every row's c
 import torch
 
 from fusedoptim.kernels.adadelta import adadelta_update
+from fusedoptim.kernels.ademamix import ademamix_update
 from fusedoptim.kernels.adagrad import adagrad_update
 from fusedoptim.kernels.adam import adam_update
 from fusedoptim.kernels.adamax import adamax_update
+from fusedoptim.kernels.adopt import adopt_update
 from fusedoptim.kernels.asgd import asgd_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
@@ -31,11 +33,14 @@ from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, TRAIN_MODE, H
                                               at_most_one, betas, bounds, bounds_in_kernel, eps, etas_around_one, flag,
                                               fraction, integer_at_least_zero, lr, momentum, nesterov, nonnegative,
                                               open_fraction, pair_of_interpolations, param_kind, positive_integer,
-                                              schedule, schedule_in_kernel, shrink, step_size_range, weight_decay)
+                                              schedule, schedule_in_kernel, shrink, step_size_range,
+                                              triple_of_fractions, optional_warmup, weight_decay)
 from fusedoptim.optim.reference.adadelta import adadelta
+from fusedoptim.optim.reference.ademamix import advance_alpha_and_slow_weight, ademamix
 from fusedoptim.optim.reference.adagrad import adagrad
 from fusedoptim.optim.reference.adam import adam, adamw
 from fusedoptim.optim.reference.adamax import adamax
+from fusedoptim.optim.reference.adopt import adopt
 from fusedoptim.optim.reference.asgd import advance_eta_and_mu, asgd
 from fusedoptim.optim.reference.eg import eg
 from fusedoptim.optim.reference.egstepsize import egstepsize
@@ -206,6 +211,48 @@ RULES = {
             scalar_states=("step", "mu_product"), scalar_initial={"mu_product": 1.0},
             scalar_updates=(ScalarUpdate(("mu_product",), advance_mu_product),),
             torch_twin=torch.optim.NAdam, complex_params=True,
+        ),
+        Rule(
+            name="AdEMAMix",
+            summary="Adam's step from a mix of a fast and a slow EMA of the gradient, (m̂1 + α·m2)/(√ν̂ + ε), α and "
+                    "β3 warmed up; AdamW's decay (Pagliardini et al. 2024; apple/ml-ademamix's arguments)",
+            reference=ademamix, update=ademamix_update,
+            hyperparameters=(
+                lr(1e-3),
+                Hyperparameter("betas", (0.9, 0.999, 0.9999), triple_of_fractions, "(β1, β2, β3): the decay rates "
+                               "of the fast EMA m1, of ν (the gradient's square) and of the slow EMA m2",
+                               to_kernel=lambda value: ({"beta1": float(value[0]), "beta2": float(value[1])}, {}),
+                               bad=(((0.9, 0.999), "triple"), ((0.9, 0.999, 1.0), "beta3"),
+                                    (tuple(map(torch.tensor, (0.9, 0.999, 0.9999))), "Python number"))),
+                nonnegative("alpha", 2.0, "α: the slow EMA's weight in the step, m̂1 + α·m2", kernel="host"),
+                Hyperparameter("beta3_warmup", None, optional_warmup, "None, or T: β3_t grows from β1 to β3 over T "
+                               "steps, its half-life linear in t (the authors' scheduler)", kernel="host",
+                               test_value=4, bad=((0, "None (no warm-up) or an integer >= 1"), (2.5, "integer"))),
+                Hyperparameter("alpha_warmup", None, optional_warmup, "None, or T: α_t grows linearly from 0 to α over "
+                               "T steps", kernel="host", test_value=3,
+                               bad=((0, "None (no warm-up) or an integer >= 1"), ("10", "integer"))),
+                eps(1e-8, "added to the denominator √ν̂ + eps"),
+                weight_decay(0, "AdamW's decay λ, of the θ before the step: θ ← θ − lr·(update + λθ)")),
+            states=(State("exp_avg_fast"), State("exp_avg_slow"), State("exp_avg_sq", kind="nonnegative")),
+            # α_t and 1 − β3_t, from the step, on the device before each update (1 − β3_t in fp64 there: in
+            # the kernel's fp32, 1 − 0.9999 keeps 3 digits)
+            scalar_states=("step", "alpha_t", "one_minus_beta3_t"),
+            scalar_updates=(ScalarUpdate(("alpha_t", "one_minus_beta3_t"), advance_alpha_and_slow_weight),),
+        ),
+        Rule(
+            name="ADOPT",
+            summary="Adam normalizing g by the previous steps' v before the momentum, clipped to ±t^¼ (Taniguchi et "
+                    "al. 2024); pytorch-optimizer's ADOPT",
+            reference=adopt, update=adopt_update,
+            hyperparameters=(lr(1e-3), betas((0.9, 0.9999)),
+                             weight_decay(0, "the weight decay λ: added to the gradient, g ← g + λ·θ, or with "
+                                          "weight_decouple θ ← θ·(1 − lr·λ) first"),
+                             flag("weight_decouple", "decay θ ← θ·(1 − lr·λ) instead of adding λ·θ to the gradient"),
+                             flag("fixed_decay", "with weight_decouple, θ ← θ·(1 − λ): the lr does not scale the decay"),
+                             eps(1e-6, "the floor of the denominator: g / max(√v, eps)"), MAXIMIZE),
+            # v is made by the first step (v = g², θ moved only by its decay), which the kernel sees as a flag
+            states=(State("exp_avg"), State("exp_avg_sq", initial=FIRST_STEP, kind="nonnegative")),
+            scalar_states=("step",),
         ),
         Rule(
             name="ASGD",
