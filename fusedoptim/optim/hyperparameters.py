@@ -125,6 +125,14 @@ def nesterov(value, group):
         return "needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)"
 
 
+def cautious(value, group):
+    if not isinstance(value, bool):
+        return "must be True or False"
+    if value and "momentum" in group and number(group["momentum"]) == 0:
+        return ("needs momentum > 0: caution masks the momentum's step where it disagrees with the gradient, "
+                "and without momentum the step is the gradient itself")
+
+
 def bounds(value, group):
     if value is None:
         return None
@@ -239,3 +247,9 @@ def eps(default: float, doc: str = "added to the denominator for numerical stabi
 
 
 MAXIMIZE = flag("maximize", "maximize the objective instead of minimizing it (the gradient's sign flipped)")
+# Caution (Liang et al. 2024), on every momentum rule that declares it with the sum ``optim.rule.caution``:
+# its update and reduce run ``kernels.elementwise.cautious`` and ``agreement`` on the same step.
+CAUTIOUS = Hyperparameter("cautious", False, cautious, "mask the step where it disagrees in sign with the "
+                          "gradient and divide it by the fraction kept, max(mean(mask), 1e-3) over the tensor "
+                          "(Liang et al. 2024, \"Cautious Optimizers\"); weight decay is not masked",
+                          kernel="flag", test_variants=(True,), bad=(("yes", "True or False"), (1, "True or False")))

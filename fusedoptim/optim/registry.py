@@ -8,23 +8,23 @@ import torch
 
 from fusedoptim.kernels.adadelta import adadelta_update
 from fusedoptim.kernels.adagrad import adagrad_update
-from fusedoptim.kernels.adam import adam_update
+from fusedoptim.kernels.adam import adam_agreement, adam_update
 from fusedoptim.kernels.adamax import adamax_update
 from fusedoptim.kernels.asgd import asgd_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
-from fusedoptim.kernels.lion import lion_update
+from fusedoptim.kernels.lion import lion_agreement, lion_update
 from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.nadam import nadam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
 from fusedoptim.kernels.rprop import rprop_update
-from fusedoptim.kernels.sgd import sgd_update
+from fusedoptim.kernels.sgd import sgd_agreement, sgd_update
 from fusedoptim.kernels.elementwise import never
 from fusedoptim.kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
 from fusedoptim.kernels.signsgd import signsgd_update
-from fusedoptim.kernels.signum import signum_update
+from fusedoptim.kernels.signum import signum_agreement, signum_update
 from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas,
+from fusedoptim.optim.hyperparameters import (CAUTIOUS, DECOUPLED, MAXIMIZE, Hyperparameter, at_least_zero, at_most_one, betas,
                                               bounds, bounds_in_kernel, eps, etas_around_one, flag, fraction, lr,
                                               momentum, nesterov, nonnegative, param_kind, positive_integer, schedule,
                                               schedule_in_kernel, shrink, step_size_range, weight_decay)
@@ -54,12 +54,13 @@ from fusedoptim.optim.muon import Muon, muon_state_bytes
 from fusedoptim.optim.reference.adafactor import adafactor
 from fusedoptim.optim.reference.lbfgs import lbfgs_step
 from fusedoptim.optim.reference.muon import muon
-from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance
+from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Rule, caution, ScalarUpdate, ShapedRule, State, Sum, Tolerance
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
-                        flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
+                        flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE, CAUTIOUS)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
                State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
+ADAM_CAUTION = caution(("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
 RULES = {
     rule.name: rule
@@ -74,8 +75,9 @@ RULES = {
                              weight_decay(0),
                              Hyperparameter("nesterov", False, nesterov, "step along g + momentum·b (Nesterov "
                                             "momentum; needs momentum > 0 and dampening 0)", kernel="flag", bad=(
-                                 ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
+                                 ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE, CAUTIOUS),
             states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
+            sums=(caution(("param", "grad", "momentum_buffer")),), reduce=sgd_agreement,
             torch_twin=torch.optim.SGD, complex_params=True, sparse_gradients=True,
         ),
         Rule(
@@ -126,7 +128,7 @@ RULES = {
                     "max (Reddi et al. 2018)",
             reference=adam, update=adam_update,
             hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
-            flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
+            sums=(ADAM_CAUTION,), reduce=adam_agreement, flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
         ),
         Rule(
             name="AdamW",
@@ -134,7 +136,7 @@ RULES = {
             reference=adamw, update=adam_update,
             hyperparameters=tuple(weight_decay(1e-2, DECOUPLED) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
-            flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
+            sums=(ADAM_CAUTION,), reduce=adam_agreement, flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
         ),
         Rule(
             name="Adamax",
@@ -254,8 +256,9 @@ RULES = {
                                   "θ ← θ·(1 − lr·λ/lr₀), as lion-pytorch's decoupled_weight_decay"),
                              Hyperparameter("lr_at_construction", 1e-4, at_least_zero, "recorded from lr at "
                                             "construction (lr₀ above); not an argument", tensor=True,
-                                            recorded=lambda arguments: arguments["lr"])),
-            states=(State("exp_avg"),),
+                                            recorded=lambda arguments: arguments["lr"]), CAUTIOUS),
+            states=(State("exp_avg"),), sums=(caution(("grad", "exp_avg")),), reduce=lion_agreement,
+            reduce_reads_param=never,
             sign_flip_fraction=1e-4,
         ),
         Rule(
@@ -272,7 +275,8 @@ RULES = {
             hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, "β of the momentum "
                                                       "m ← β·m + (1 − β)·g, whose sign is the step", bad=(
                 (1.5, "must be in [0, 1)"), (-0.1, "must be in [0, 1)"), (torch.tensor(0.9), "must be a Python number"))),
-                weight_decay(0.0, DECOUPLED)), states=(State("exp_avg"),),
+                weight_decay(0.0, DECOUPLED), CAUTIOUS), states=(State("exp_avg"),),
+            sums=(caution(("grad", "exp_avg")),), reduce=signum_agreement, reduce_reads_param=never,
             sign_flip_fraction=1e-4,
         ),
         Rule(
