@@ -3,7 +3,7 @@
 Lion, and against the paper's equations written out here for the rules no peer has cautious (AdamW,
 Adam, Signum, SGD). Several steps, so that the mask acts on a momentum that earlier masked steps moved;
 params and every state. The registry suites (parity, bad input, quantized state) run it as a variant
-of their own (its ``test_variants``)."""
+of their own (a boolean declaration is switched by them by itself)."""
 import lion_pytorch.cautious_lion
 import pytest
 import pytorch_optimizer

@@ -252,4 +252,4 @@ MAXIMIZE = flag("maximize", "maximize the objective instead of minimizing it (th
 CAUTIOUS = Hyperparameter("cautious", False, cautious, "mask the step where it disagrees in sign with the "
                           "gradient and divide it by the fraction kept, max(mean(mask), 1e-3) over the tensor "
                           "(Liang et al. 2024, \"Cautious Optimizers\"); weight decay is not masked",
-                          kernel="flag", test_variants=(True,), bad=(("yes", "True or False"), (1, "True or False")))
+                          kernel="flag", bad=(("yes", "True or False"), (1, "True or False")))

@@ -115,7 +115,8 @@ def _lay_out_tensor_sums(sums, group, params, indices, device, laid_out, sharded
                     shard_values.append(values[k])
                     shard_indices.append(i)
         if sums[j].mean:
-            inverse_numels = torch.tensor([1.0 / _whole_numel(params, shards, i) for i in indices],
+            # an empty tensor's sum is 0, and stays 0: a mean of nothing
+            inverse_numels = torch.tensor([1.0 / max(_whole_numel(params, shards, i), 1) for i in indices],
                                           dtype=torch.float32).to(device)
             means.append(lambda values=values, inverse_numels=inverse_numels: values.mul_(inverse_numels))
         if sums[j].counts is not None:
