@@ -538,6 +538,22 @@ BREAKAGES = (
              "    def reduce(",
              ("tests/test_lbfgs.py::-k compiled_step",),
              "torch.compile(LBFGS.step) with impl='triton': dynamo traces a dot product's launch and fails"),
+    Breakage("cautious-mean-over-a-block", "fusedoptim/kernels/elementwise.py",
+             "step = step * agreement(step, grad) / tl.maximum(scalars[AGREEMENT], 1e-3)",
+             "step = step * agreement(step, grad) / tl.maximum(tl.sum(agreement(step, grad), axis=0)"
+             " / tl.sum(grad * 0.0 + 1.0, axis=0), 1e-3)",
+             ("tests/test_cautious.py::-k AdamW or Lion",),
+             "cautious=True divides by the agreeing fraction of each block (its padding too), not of the tensor"),
+    Breakage("cautious-mask-not-renormalized", "fusedoptim/kernels/elementwise.py",
+             "step = step * agreement(step, grad) / tl.maximum(scalars[AGREEMENT], 1e-3)",
+             "step = step * agreement(step, grad)",
+             ("tests/test_cautious.py::-k Lion or SGD",),
+             "cautious=True only masks: the step shrinks by the fraction dropped, against the paper's rescaling"),
+    Breakage("cautious-mask-from-the-old-momentum", "fusedoptim/kernels/adam.py",
+             "    return (agreement(step, grad),)",
+             "    return (agreement(states[FLAGS.EXP_AVG_INDEX], grad),)",
+             ("tests/test_cautious.py::-k AdamW",),
+             "AdamW(cautious=True) rescales by the agreement of the momentum before this step's gradient"),
 )
 
 
