@@ -100,7 +100,7 @@ def caution(reads: tuple) -> Sum:
     agrees in sign with the gradient, which the step is divided by (``kernels.elementwise.cautious``).
     The rule's reduce returns ``agreement(step, g)`` from the same math its update runs; ``reads``: what
     that math reads."""
-    return Sum("agreement", "1 where the step agrees in sign with g, over numel", reads=reads, when="cautious",
+    return Sum("agreement", "1 where the step agrees in sign with g", reads=reads, when="cautious",
                mean=True)
 
 
