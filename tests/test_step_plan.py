@@ -16,7 +16,7 @@ from triton.runtime import interpreter
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES, Tolerance
-from tests.conftest import DEVICE, assert_close, impls_of, make_params, random_grads
+from tests.conftest import DEVICE, assert_close, hyperparameters_for_tests, impls_of, make_params, random_grads
 from tests.test_amp import assert_identical, hyper, snapshot
 
 IMPLS = ("triton", "reference", "auto")
@@ -422,9 +422,13 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
             return func(*args, **(kwargs or {}))
 
     params = make_params([(4, 4)] * 64, torch.float32)
-    optimizer = getattr(optim, name)(params, impl="triton")
-    set_grads(params, 0)
-    optimizer.step()
+    rule = RULES[name]
+    # the test values (SGD's momentum) and the flags under which its sums exist (cautious)
+    options = {**hyperparameters_for_tests(rule), **{spec.when: True for spec in rule.sums if spec.when}}
+    optimizer = getattr(optim, name)(params, impl="triton", **options)
+    for warm_up in range(2):  # two: SGD's plan is laid out again once its first step made its buffer
+        set_grads(params, warm_up)
+        optimizer.step()
     set_grads(params, 1)
     launches = []
     monkeypatch.setattr(interpreter.InterpretedFunction, "run",
