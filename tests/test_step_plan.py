@@ -16,7 +16,8 @@ from triton.runtime import interpreter
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES, Tolerance
-from tests.conftest import DEVICE, assert_close, hyperparameters_for_tests, impls_of, make_params, random_grads
+from tests.conftest import (DEVICE, assert_close, hyperparameters_for_tests, impls_of, make_params, random_grads,
+                            twin_options)
 from tests.test_amp import assert_identical, hyper, snapshot
 
 IMPLS = ("triton", "reference", "auto")
@@ -160,7 +161,7 @@ def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeyp
     options = {name: value for name, value in hyper(rule).items() if name != "lr_schedule"}
     ours, theirs = layout_params(), layout_params()
     optimizer = getattr(optim, rule.name)(ours, **options, impl=impl)
-    torch_optimizer = rule.torch_twin(theirs, **options)
+    torch_optimizer = rule.torch_twin(theirs, **twin_options(rule, options))
     for step in range(5):
         for a, b, g in zip(ours, theirs, layout_grads(ours, 10 * step)):
             a.grad, b.grad = g, g.clone()
@@ -264,7 +265,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
     the same checkpoint."""
     options = {name: value for name, value in hyper(rule).items()}
     theirs = make_params(SHAPES, torch.float32)
-    torch_optimizer = rule.torch_twin(theirs, **options)
+    torch_optimizer = rule.torch_twin(theirs, **twin_options(rule, options))
     for step in range(3):
         set_grads(theirs, step, rule)
         torch_optimizer.step()
