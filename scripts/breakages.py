@@ -554,6 +554,11 @@ BREAKAGES = (
              "    return (agreement(states[FLAGS.EXP_AVG_INDEX], grad),)",
              ("tests/test_cautious.py::-k AdamW",),
              "AdamW(cautious=True) rescales by the agreement of the momentum before this step's gradient"),
+    Breakage("tiger-cautious-mean-from-the-wrong-sum", "fusedoptim/kernels/tiger.py",
+             "direction = cautious(sign(new_m), grad, scalars, 6, FLAGS)",
+             "direction = cautious(sign(new_m), grad, scalars, 7, FLAGS)",
+             ("tests/test_cautious.py::-k Tiger",),
+             "Tiger(cautious=True) divides by Σθ² where it should divide by the fraction of agreeing elements"),
 )
 
 

@@ -1,7 +1,7 @@
 """cautious=True (Liang et al. 2024, "Cautious Optimizers"), the flag every momentum rule declares once
 (``optim.hyperparameters.CAUTIOUS``): both impls against lion-pytorch's and pytorch-optimizer's cautious
 Lion, and against the paper's equations written out here for the rules no peer has cautious (AdamW,
-Adam, Signum, SGD). Several steps, so that the mask acts on a momentum that earlier masked steps moved;
+Adam, Signum, Tiger, SGD). Several steps, so that the mask acts on a momentum that earlier masked steps moved;
 params and every state. The registry suites (parity, bad input, quantized state) run it as a variant
 of their own (a boolean declaration is switched by them by itself)."""
 import lion_pytorch.cautious_lion
@@ -89,6 +89,10 @@ def written_out(name, options, steps=STEPS):
             elif name == "Signum":  # C-Signum: η·sign(m), m ← β·m + (1 − β)·g
                 s["exp_avg"] = options["momentum"] * s.get("exp_avg", 0) + (1 - options["momentum"]) * g
                 p.copy_(p * (1 - lr * decay) - paper(lr * s["exp_avg"].sign(), g))
+            elif name == "Tiger":  # Lion with β1 = β2: η·RMS(θ) for a matrix, η/2 and no decay for a vector
+                s["m"] = options["beta"] * s.get("m", 0) + (1 - options["beta"]) * g
+                scale, decay_ = (p.pow(2).mean().sqrt(), decay) if p.dim() > 1 else (0.5, 0.0)
+                p.copy_(p - lr * scale * (paper(s["m"].sign(), g) + decay_ * p))
             else:  # C-SGD: η·b, b ← μ·b + g (the first b = g), Nesterov's g + μ·b
                 mu = options["momentum"]
                 s["momentum_buffer"] = mu * s["momentum_buffer"] + g if "momentum_buffer" in s else g
@@ -100,6 +104,7 @@ def written_out(name, options, steps=STEPS):
 WRITTEN_OUT = [("AdamW", dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)),
                ("Adam", dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)),
                ("Signum", dict(lr=1e-2, momentum=0.9, weight_decay=0.1)),
+               ("Tiger", dict(lr=1e-2, beta=0.9, weight_decay=0.1)),
                ("SGD", dict(lr=1e-2, momentum=0.9)),
                ("SGD", dict(lr=1e-2, momentum=0.9, nesterov=True))]
 
@@ -133,7 +138,10 @@ def test_caution_changes_the_step_and_off_runs_no_reduce():
     assert optim.RULES["AdamW"].sums_for(off.param_groups[0]) == ()
 
 
-def test_sgd_without_momentum_refuses_caution():
-    """Without momentum the step is the gradient: the mask would only rescale it, so it is refused."""
+def test_refused_where_the_step_is_not_the_momentums():
+    """Without momentum SGD's step is the gradient: the mask would only rescale it. Tiger's micro-step
+    under accumulation holds a share of the gradient only. Both are refused, naming what to change."""
     with pytest.raises(ValueError, match="cautious.*needs momentum > 0"):
         optim.SGD([torch.zeros(3, device=DEVICE, requires_grad=True)], cautious=True)
+    with pytest.raises(ValueError, match="cautious.*needs grad_accum_steps=1"):
+        optim.Tiger([torch.zeros(3, device=DEVICE, requires_grad=True)], cautious=True, grad_accum_steps=2)

@@ -408,7 +408,8 @@ def test_tiger_leaves_theta_alone_on_micro_steps_that_do_not_move_it(monkeypatch
 @pytest.mark.parametrize("name", [rule.name for rule in RULES.values() if rule.reduce is not None])
 def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_tensor(name, monkeypatch):
     """A step of 64 tensors: one reduce and one update launch, and a handful of torch ops (Tiger: count
-    the steps, clear the sums, count the NaN skips), whatever the number of tensors. Launches are
+    the steps, clear the sums, count the NaN skips; with caution, its sums made means), whatever the
+    number of tensors. Launches are
     recorded, not run, so that the interpreter's own copies of kernel arguments are not counted."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -437,7 +438,7 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
     with AtenOps() as ops:
         optimizer.step()
     assert sorted(launches) == ["multi_tensor_reduce_kernel", "multi_tensor_update_kernel"], launches
-    assert len(ops.found) <= 4, f"{name}: {ops.found} for 64 tensors"
+    assert len(ops.found) <= 5, f"{name}: {ops.found} for 64 tensors"
 
 
 def test_bytes_per_param_says_what_tiger_moves_on_each_micro_step():

@@ -131,6 +131,9 @@ def cautious(value, group):
     if value and "momentum" in group and number(group["momentum"]) == 0:
         return ("needs momentum > 0: caution masks the momentum's step where it disagrees with the gradient, "
                 "and without momentum the step is the gradient itself")
+    if value and group.get("grad_accum_steps", 1) != 1:
+        return ("needs grad_accum_steps=1: caution compares the step with the gradient, and a micro-step "
+                "holds only its micro-batch's share of it; accumulate the gradients yourself instead")
 
 
 def bounds(value, group):

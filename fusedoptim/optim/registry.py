@@ -343,12 +343,12 @@ RULES = {
                                "dimension or none is a bias, else a matrix; fo.tiger_param_groups(model) sets it "
                                "per module)", kernel="host",
                                bad=(("conv", "must be one of"),),
-                               test_variants=("embedding", "normalization", "matrix"))),
+                               test_variants=("embedding", "normalization", "matrix")), CAUTIOUS),
             param_groups=tiger_param_groups,
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
             tensor_constants=tiger_constants,
             # the NaN guard's verdict on the whole gradient, and RMS(θ) of a matrix or of each row of an embedding
-            sums=(Sum("nan_count", "1 where g is NaN", reads=("grad",), counts="nan_skips"),
+            sums=(Sum("nan_count", "1 where g is NaN", reads=("grad",), counts="nan_skips"), caution(("grad", "m")),
                   Sum("sum_of_squares", "θ²", reads=("param",), over=tiger_sum_of_squares_over)),
             reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,
