@@ -559,6 +559,11 @@ BREAKAGES = (
              "direction = cautious(sign(new_m), grad, scalars, 7, FLAGS)",
              ("tests/test_cautious.py::-k Tiger",),
              "Tiger(cautious=True) divides by Σθ² where it should divide by the fraction of agreeing elements"),
+    Breakage("cautious-mean-over-the-shard", "fusedoptim/optim/sums.py",
+             "1.0 / max(_whole_numel(params, shards, i), 1)",
+             "1.0 / max(params[i].numel(), 1)",
+             ("tests/test_distributed.py::test_every_rule_steps_fsdp2_shards_as_the_whole_tensors",),
+             "FSDP2 with cautious=True: the agreeing fraction divides the whole param's count by a shard's size"),
 )
 
 
