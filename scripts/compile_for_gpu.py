@@ -141,7 +141,8 @@ def budget_cases():
     its declaration gives the tests (``test_value``: SGD's and RMSprop's momentum, so that their buffers
     exist), and with int8 and int4 states of fp32 params where it keeps states. AdamW's and Tiger's
     further formats: bf16 and fp16 params rounded stochastically, fp32 params with bf16 states, int8
-    states of stochastically rounded bf16 params, split masters of 32 and 24 bits. A compile takes
+    states of stochastically rounded bf16 params, split masters of 32 and 24 bits. bf16 with cautious=True
+    for each rule that declares it. A compile takes
     about 0.3 s on 2 cores, so every rule's every dtype costs seconds, not minutes."""
     from fusedoptim import optim
 
@@ -154,6 +155,8 @@ def budget_cases():
             if dtype == torch.float32 and rule.state_names({**rule.defaults, **group}):
                 for state_dtype in ("int8", "int4"):  # signed, companded, stochastic codes, by the state's kind
                     yield name, dtype, f" {state_dtype}", group, {"state_dtype": state_dtype}
+        if "cautious" in rule.defaults:  # caution's reduce and masked update (SGD's with its momentum)
+            yield name, torch.bfloat16, " cautious", {**group, "cautious": True}, {}
     for name in ("AdamW", "Tiger"):
         for dtype in (torch.bfloat16, torch.float16):
             yield name, dtype, " stochastic", {}, {"stochastic_rounding": True}

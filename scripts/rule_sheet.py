@@ -81,7 +81,8 @@ def sums_cell(rule) -> str:
         return "per tensor or row" if callable(spec.over) else f"per {spec.over}"
 
     def beyond(spec):
-        return (f", into `{spec.into}`" if spec.into else "") + (f", counted in `{spec.counts}`" if spec.counts else "")
+        return ((f", into `{spec.into}`" if spec.into else "") + (f", counted in `{spec.counts}`" if spec.counts else "")
+                + (", a mean" if spec.mean else "") + (f", with `{spec.when}=True`" if spec.when else ""))
 
     return "; ".join(f"`{spec.name}`: Σ {spec.of} {over(spec)}{beyond(spec)}" for spec in rule.sums) or "none"
 
@@ -91,25 +92,35 @@ def bytes_cell(rule) -> str:
 
 
 def state_options(rule) -> dict:
-    """{argument: a value of it under which the rule keeps other states than at its defaults}: a flag
-    flipped, or the value the declaration gives the tests (momentum=0.9)."""
-    at_defaults = rule.state_names(rule.defaults)
+    """{argument: a value of it under which the rule keeps other states, or declares other sums, than at
+    its defaults}: a flag flipped, or the value the declaration gives the tests (momentum=0.9)."""
+    def layout(group):
+        return rule.state_names(group), rule.sums_for(group)
+
+    at_defaults = layout(rule.defaults)
     options = {}
     for spec in rule.arguments:
         values = [not spec.default] if isinstance(spec.default, bool) else [spec.test_value, *spec.test_variants]
         changing = [value for value in values
-                    if value is not None and rule.state_names({**rule.defaults, spec.name: value}) != at_defaults]
+                    if value is not None and layout({**rule.defaults, spec.name: value}) != at_defaults]
         if changing:
             options[spec.name] = changing[0]
     return options
 
 
+def accepted(rule, group) -> bool:
+    """Whether every argument's check passes for this group."""
+    return all(spec.check(group[spec.name], group) is None for spec in rule.arguments)
+
+
 def options_cell(rule) -> str:
-    """Bytes/param under each combination of the options that change the states, and on a step that
-    leaves θ alone where the rule has such steps (Tiger's micro-steps)."""
+    """Bytes/param under each combination of the options that change the states, that the rule accepts
+    (not SGD's cautious=True without momentum), and on a step that leaves θ alone where the rule has such
+    steps (Tiger's micro-steps)."""
     options = state_options(rule)
     combinations = [dict((name, options[name]) for name in names)
                     for size in range(1, len(options) + 1) for names in itertools.combinations(options, size)]
+    combinations = [chosen for chosen in combinations if accepted(rule, {**rule.defaults, **chosen})]
     cells = [f"{rule.bytes_per_param({**rule.defaults, **chosen})} with `{arguments(chosen)}`"
              for chosen in combinations]
     if rule.update_reads_param is not None:

@@ -1,4 +1,5 @@
 """Shared test set-up: Triton runs on the GPU when there is one, else under the CPU interpreter."""
+import inspect
 import os
 
 import torch
@@ -36,6 +37,12 @@ def assert_close(actual, expected, tolerance, what, allowed_mismatches=0):
 def hyperparameters_for_tests(rule) -> dict:
     """The values each hyperparameter declares for the tests (its test_value, else its default)."""
     return {spec.name: spec.default if spec.test_value is None else spec.test_value for spec in rule.arguments}
+
+
+def twin_options(rule, options: dict) -> dict:
+    """Of ``options``, those the rule's torch twin takes too (not ``cautious``, which torch.optim has not)."""
+    taken = inspect.signature(rule.torch_twin).parameters
+    return {name: value for name, value in options.items() if name in taken}
 
 
 def make_params(shapes, dtype, seed=0, rule=None):

@@ -154,6 +154,9 @@ SHARDED_STEPS = 3
 # FSDP2 reduce-scatters dense gradients, and the fused kernel steps its shards: the rules that take both
 # (SparseAdam, of sparse gradients and no kernel, cannot run here).
 FSDP2_RULES = [rule for rule in RULES.values() if rule.has_kernel and not rule.only_sparse_gradients]
+# and caution's mean over a whole param (Sum.mean), whose shards' parts add up before the divide by its numel
+FSDP2_RUNS = [(rule.name, rule, {}) for rule in FSDP2_RULES] + [
+    (f"{name} cautious", RULES[name], {"cautious": True}) for name in ("AdamW", "Tiger")]
 
 
 def _model_and_optimizer(rule, sharded, dtype=torch.float32, **options):
@@ -175,10 +178,10 @@ def _sharded_worker(rank, world_size):
     """Every rule, sharded by FSDP2 over the ranks and whole in this process, on the same batches:
     FSDP2 averages identical gradients, so the two runs see the same gradient."""
     results = {}
-    for rule in FSDP2_RULES:
+    for run, rule, options in FSDP2_RUNS:
         runs = []
         for sharded in (True, False):
-            model, optimizer = _model_and_optimizer(rule, sharded)
+            model, optimizer = _model_and_optimizer(rule, sharded, **options)
             for step in range(SHARDED_STEPS):
                 tokens = torch.randint(0, 10, (6, 5), generator=torch.Generator().manual_seed(step))
                 model(tokens).backward()
@@ -190,7 +193,7 @@ def _sharded_worker(rank, world_size):
         (sharded_params, local_sizes, sharded_optimizer), (whole_params, _, _) = runs
         state_sizes = [local(value).numel() for state in sharded_optimizer.state.values()
                        for value in state.values() if value.dim() > 0]
-        results[rule.name] = dict(
+        results[run] = dict(
             max_difference=max((a - b).abs().max().item() for a, b in zip(sharded_params, whole_params)),
             max_scale=max(b.abs().max().item() for b in whole_params),
             moved=any(not torch.equal(a, b) for a, b in zip(whole_params, _model_and_optimizer(rule, False)[0].parameters())),

@@ -47,9 +47,9 @@ def _runs():
 
 def _mesh_runs():
     """``_runs`` with the fused impl, and with the reference where it steps shards (no sum over a
-    whole tensor: ``rule.reduce`` is None)."""
+    whole tensor at its test values: ``rule.sums_for`` is empty; caution's exists only with cautious=True)."""
     return [(rule, dtype, {**options, "impl": impl}) for rule, dtype, options in _runs()
-            for impl in ("triton", "reference") if impl == "triton" or rule.reduce is None]
+            for impl in ("triton", "reference") if impl == "triton" or not rule.sums_for(hyper(rule))]
 
 
 def _name(rule, dtype, options):
@@ -168,8 +168,8 @@ def test_the_same_global_gradients_make_the_same_codes_and_scales_on_1_2_and_3_r
 
 def _assert_same(rule, name, got, expected, where):
     """Bit for bit; θ (and its master residual, θ's low bits) within fp32 rounding for a rule that sums
-    over a tensor (``rule.reduce``), whose shards' partial sums add in another order on each mesh."""
-    if ("." not in name or name.endswith(".master_residual")) and rule.reduce is not None:
+    over a tensor (``rule.sums_for``), whose shards' partial sums add in another order on each mesh."""
+    if ("." not in name or name.endswith(".master_residual")) and rule.sums_for(hyper(rule)):
         if "." not in name:
             torch.testing.assert_close(got, expected, msg=f"{where}: {name}")
         return

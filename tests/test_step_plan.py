@@ -16,7 +16,8 @@ from triton.runtime import interpreter
 
 from fusedoptim import optim
 from fusedoptim.optim.registry import RULES, Tolerance
-from tests.conftest import DEVICE, assert_close, impls_of, make_params, random_grads
+from tests.conftest import (DEVICE, assert_close, hyperparameters_for_tests, impls_of, make_params, random_grads,
+                            twin_options)
 from tests.test_amp import assert_identical, hyper, snapshot
 
 IMPLS = ("triton", "reference", "auto")
@@ -160,7 +161,7 @@ def test_channels_last_and_transposed_params_step_like_torch(rule, impl, monkeyp
     options = {name: value for name, value in hyper(rule).items() if name != "lr_schedule"}
     ours, theirs = layout_params(), layout_params()
     optimizer = getattr(optim, rule.name)(ours, **options, impl=impl)
-    torch_optimizer = rule.torch_twin(theirs, **options)
+    torch_optimizer = rule.torch_twin(theirs, **twin_options(rule, options))
     for step in range(5):
         for a, b, g in zip(ours, theirs, layout_grads(ours, 10 * step)):
             a.grad, b.grad = g, g.clone()
@@ -264,7 +265,7 @@ def test_a_checkpoint_with_step_as_a_python_number_resumes_like_torch(rule, impl
     the same checkpoint."""
     options = {name: value for name, value in hyper(rule).items()}
     theirs = make_params(SHAPES, torch.float32)
-    torch_optimizer = rule.torch_twin(theirs, **options)
+    torch_optimizer = rule.torch_twin(theirs, **twin_options(rule, options))
     for step in range(3):
         set_grads(theirs, step, rule)
         torch_optimizer.step()
@@ -407,7 +408,8 @@ def test_tiger_leaves_theta_alone_on_micro_steps_that_do_not_move_it(monkeypatch
 @pytest.mark.parametrize("name", [rule.name for rule in RULES.values() if rule.reduce is not None])
 def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_tensor(name, monkeypatch):
     """A step of 64 tensors: one reduce and one update launch, and a handful of torch ops (Tiger: count
-    the steps, clear the sums, count the NaN skips), whatever the number of tensors. Launches are
+    the steps, clear the sums, count the NaN skips; with caution, its sums made means), whatever the
+    number of tensors. Launches are
     recorded, not run, so that the interpreter's own copies of kernel arguments are not counted."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -422,9 +424,13 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
             return func(*args, **(kwargs or {}))
 
     params = make_params([(4, 4)] * 64, torch.float32)
-    optimizer = getattr(optim, name)(params, impl="triton")
-    set_grads(params, 0)
-    optimizer.step()
+    rule = RULES[name]
+    # the test values (SGD's momentum) and the flags under which its sums exist (cautious)
+    options = {**hyperparameters_for_tests(rule), **{spec.when: True for spec in rule.sums if spec.when}}
+    optimizer = getattr(optim, name)(params, impl="triton", **options)
+    for warm_up in range(2):  # two: SGD's plan is laid out again once its first step made its buffer
+        set_grads(params, warm_up)
+        optimizer.step()
     set_grads(params, 1)
     launches = []
     monkeypatch.setattr(interpreter.InterpretedFunction, "run",
@@ -432,7 +438,7 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
     with AtenOps() as ops:
         optimizer.step()
     assert sorted(launches) == ["multi_tensor_reduce_kernel", "multi_tensor_update_kernel"], launches
-    assert len(ops.found) <= 4, f"{name}: {ops.found} for 64 tensors"
+    assert len(ops.found) <= 5, f"{name}: {ops.found} for 64 tensors"
 
 
 def test_bytes_per_param_says_what_tiger_moves_on_each_micro_step():

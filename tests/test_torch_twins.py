@@ -1,5 +1,6 @@
 """Rules that torch.optim also has must match it to fp32 rounding, for every option, in both impls,
 and move checkpoints both ways. Twenty steps: long enough for amsgrad's running max to matter."""
+import inspect
 import io
 import itertools
 
@@ -27,8 +28,10 @@ OPTION_VALUES = {
 
 
 def option_grid(rule):
-    """Every combination of the rule's options over OPTION_VALUES (booleans: both ways)."""
-    names = [n for n, v in rule.defaults.items() if isinstance(v, bool) or n in OPTION_VALUES]
+    """Every combination of the rule's options over OPTION_VALUES (booleans: both ways), of those its
+    twin has too (not ``cautious``, which torch.optim has not: tests/test_cautious.py checks it)."""
+    twin_options = inspect.signature(rule.torch_twin).parameters
+    names = [n for n, v in rule.defaults.items() if (isinstance(v, bool) or n in OPTION_VALUES) and n in twin_options]
     values = [(False, True) if isinstance(rule.defaults[n], bool) else OPTION_VALUES[n] for n in names]
     return [dict(zip(names, combination)) for combination in itertools.product(*values)]
 

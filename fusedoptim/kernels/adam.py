@@ -1,4 +1,5 @@
-"""Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019): the fused update.
+"""Adam and AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019): the fused update, and with caution
+(Liang et al. 2024) the reduce that counts where its step agrees with the gradient.
 
 The equations, and torch's order of operations that this math follows, are in
 ``optim.reference.adam``'s docstring.
@@ -6,11 +7,13 @@ The equations, and torch's order of operations that this math follows, are in
 import triton
 import triton.language as tl
 
-from fusedoptim.kernels.elementwise import adam_moments, bias_correction, hyperparameter
+from fusedoptim.kernels.elementwise import adam_moments, agreement, bias_correction, cautious, hyperparameter
 
 
 @triton.jit
-def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+def adam_step(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    """The rule's math up to its step Δ (θ ← θ − Δ), which caution masks: (θ decayed, g, Δ, new states).
+    Both the update and the reduce run it."""
     lr, beta1, beta2 = hyperparameter(hyper.lr), hyperparameter(hyper.beta1), hyperparameter(hyper.beta2)
     eps, weight_decay = hyper.eps, hyper.weight_decay
     step = scalars[0]  # already counts this step: 1 on the first
@@ -27,5 +30,16 @@ def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
         denom = tl.sqrt(exp_avg_sq) / bias_correction2_sqrt + eps
         new_states = (exp_avg, exp_avg_sq)
     # (step size·m)/denom, torch's order (addcdiv): where the product overflows, torch's θ is ±inf or NaN
-    param = param - ((lr / bias_correction1) * exp_avg) / denom
-    return param, new_states
+    return param, grad, ((lr / bias_correction1) * exp_avg) / denom, new_states
+
+
+@triton.jit
+def adam_agreement(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    param, grad, step, new_states = adam_step(param, grad, states, scalars, hyper, FLAGS)
+    return (agreement(step, grad),)
+
+
+@triton.jit
+def adam_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    param, grad, step, new_states = adam_step(param, grad, states, scalars, hyper, FLAGS)
+    return param - cautious(step, grad, scalars, 1, FLAGS), new_states  # scalars: step, then the agreement

@@ -60,3 +60,22 @@ def adam_moments(param, grad, exp_avg, exp_avg_sq, lr, beta1, beta2, weight_deca
     exp_avg = exp_avg + (1.0 - beta1) * (grad - exp_avg)
     exp_avg_sq = beta2 * exp_avg_sq + (1.0 - beta2) * grad * grad
     return param, grad, exp_avg, exp_avg_sq
+
+
+@triton.jit
+def agreement(step, grad):
+    """Caution's mask (Liang et al. 2024): 1 where the step agrees in sign with the gradient, else 0.
+    A rule's reduce sums it (``optim.rule.caution``, a mean over the tensor) from the same step its
+    update takes, before the update applies it."""
+    return tl.where(step * grad > 0.0, 1.0, 0.0)
+
+
+@triton.jit
+def cautious(step, grad, scalars, AGREEMENT: tl.constexpr, FLAGS: tl.constexpr):
+    """With FLAGS.CAUTIOUS, the step masked where it disagrees with g and divided by the fraction of the
+    tensor kept, u·φ/max(mean φ, 1e-3) (the floor: the paper's, so that a tensor that almost all
+    disagrees is not blown up); ``scalars[AGREEMENT]`` is that mean. Without, the step as it was."""
+    if FLAGS.CAUTIOUS:
+        # u·φ, not where(φ, u, 0): a NaN step stays NaN, as in the oracle
+        step = step * agreement(step, grad) / tl.maximum(scalars[AGREEMENT], 1e-3)
+    return step

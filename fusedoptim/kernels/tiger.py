@@ -15,7 +15,7 @@ shrinks it.
 import triton
 import triton.language as tl
 
-from fusedoptim.kernels.elementwise import hyperparameter, sign
+from fusedoptim.kernels.elementwise import agreement, cautious, hyperparameter, sign
 
 
 @triton.jit
@@ -42,9 +42,22 @@ def _moves_theta(step, grad_accum_steps):
 
 
 @triton.jit
+def _momentum(m, grad, step, beta, grad_accum_steps):
+    """m's new value: the first micro-step of a cycle decays m, each adds its share (1 − β)/k of g."""
+    micro_step = step - 1.0
+    cycle_position = micro_step - grad_accum_steps * tl.floor(micro_step / grad_accum_steps)
+    return tl.where(cycle_position == 0.0, beta, 1.0) * m + (1.0 - beta) / grad_accum_steps * grad
+
+
+@triton.jit
 def tiger_reduce(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
-    """The gradient's NaN count and Σθ² (zero where θ is not read)."""
-    return tl.where(grad != grad, 1.0, 0.0), param * param
+    """The gradient's NaN count, with caution where sign(m) agrees with g, and Σθ² (zero where θ is
+    not read)."""
+    terms = (tl.where(grad != grad, 1.0, 0.0),)
+    if FLAGS.CAUTIOUS:
+        new_m = _momentum(states[FLAGS.M_INDEX], grad, scalars[0], hyper.beta, hyper.grad_accum_steps)
+        terms = terms + (agreement(sign(new_m), grad),)
+    return terms + (param * param,)
 
 
 @triton.jit
@@ -62,17 +75,21 @@ def tiger_update_reads_param(scalars, hyper, FLAGS: tl.constexpr):
 @triton.jit
 def tiger_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
     lr, beta, grad_accum_steps = hyperparameter(hyper.lr), hyper.beta, hyper.grad_accum_steps
-    step, lr_constant, inverse_rms_length, decay_scale, center, nan_count, sum_of_squares = scalars
+    step, lr_constant, inverse_rms_length, decay_scale, center, nan_count = (scalars[0], scalars[1], scalars[2],
+                                                                             scalars[3], scalars[4], scalars[5])
+    if FLAGS.CAUTIOUS:  # the agreement (scalars[6]) comes before Σθ², the last: it may be per row
+        sum_of_squares = scalars[7]
+    else:
+        sum_of_squares = scalars[6]
     m = states[FLAGS.M_INDEX]
     micro_step = step - 1.0
-    # Accumulation gating: the first micro-step of a cycle decays m, the last one moves θ.
+    # Accumulation gating: the first micro-step of a cycle decays m (_momentum), the last one moves θ.
     cycle_position = micro_step - grad_accum_steps * tl.floor(micro_step / grad_accum_steps)
-    b1 = tl.where(cycle_position == 0.0, beta, 1.0)
-    b2 = (1.0 - beta) / grad_accum_steps
     eta = tl.where(cycle_position == grad_accum_steps - 1.0, lr * piecewise_linear(micro_step, FLAGS), 0.0)
     lr_scale = lr_constant + tl.sqrt(sum_of_squares * inverse_rms_length)  # 1/2, RMS(θ), or RMS of the row
-    new_m = b1 * m + b2 * grad
-    new_param = param - eta * lr_scale * (sign(new_m) + decay_scale * hyper.weight_decay * param)
+    new_m = _momentum(m, grad, step, beta, grad_accum_steps)
+    direction = cautious(sign(new_m), grad, scalars, 6, FLAGS)  # masked where it disagrees with g, with caution
+    new_param = param - eta * lr_scale * (direction + decay_scale * hyper.weight_decay * param)
     grad_has_nan = nan_count > 0.0
     shrunk = (param - center) * hyper.shrink_ratio + center  # NaN guard: toward the initialisation center
     return tl.where(grad_has_nan, shrunk, new_param), (tl.where(grad_has_nan, m, new_m),)

@@ -161,6 +161,17 @@ def nesterov(value, group):
         return "needs momentum > 0 and dampening = 0 (as in torch.optim.SGD)"
 
 
+def cautious(value, group):
+    if not isinstance(value, bool):
+        return "must be True or False"
+    if value and "momentum" in group and number(group["momentum"]) == 0:
+        return ("needs momentum > 0: caution masks the momentum's step where it disagrees with the gradient, "
+                "and without momentum the step is the gradient itself")
+    if value and group.get("grad_accum_steps", 1) != 1:
+        return ("needs grad_accum_steps=1: caution compares the step with the gradient, and a micro-step "
+                "holds only its micro-batch's share of it; accumulate the gradients yourself instead")
+
+
 def bounds(value, group):
     if value is None:
         return None
@@ -280,3 +291,9 @@ TRAIN_MODE = Hyperparameter("train_mode", True, boolean, "True while the params 
                             "not an argument", kernel="host", recorded=lambda arguments: True)
 
 MAXIMIZE = flag("maximize", "maximize the objective instead of minimizing it (the gradient's sign flipped)")
+# Caution (Liang et al. 2024), on every momentum rule that declares it with the sum ``optim.rule.caution``:
+# its update and reduce run ``kernels.elementwise.cautious`` and ``agreement`` on the same step.
+CAUTIOUS = Hyperparameter("cautious", False, cautious, "mask the step where it disagrees in sign with the "
+                          "gradient and divide it by the fraction kept, max(mean(mask), 1e-3) over the tensor "
+                          "(Liang et al. 2024, \"Cautious Optimizers\"); weight decay is not masked",
+                          kernel="flag", bad=(("yes", "True or False"), (1, "True or False")))

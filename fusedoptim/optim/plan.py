@@ -126,7 +126,7 @@ class GroupPlan:
         self.sparse = any(g.is_sparse for g in self.grads)
         self.grads = [real_view(g.to_dense() if g.is_sparse and not rule.only_sparse_gradients else g)
                       for g in self.grads]
-        if self.shards is not None and self.impl == "reference" and rule.reduce is not None:
+        if self.shards is not None and self.impl == "reference" and rule.sums_for(group):
             raise RuntimeError(f"{rule.name}: the reference reduces over whole tensors, which FSDP2 params are not; "
                                "use impl='triton' (on the CPU, with TRITON_INTERPRET=1), whose step sums those "
                                "reductions over the shards")
@@ -280,7 +280,7 @@ class GroupPlan:
 
     def _launch(self, optimizer, amp: Optional[tuple], quantization_count) -> None:
         rule, sums = self.rule, self.sums
-        if rule.reduce is not None:
+        if sums.outputs:  # some declared sum exists for this group (Sum.when)
             sums.before()
             for _, _, launch in self.launches:
                 launch.reduce(rule.reduce, rule.reduce_reads_param, sums.outputs, self.hyper, self.flags, amp)

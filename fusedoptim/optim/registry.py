@@ -9,7 +9,7 @@ import torch
 from fusedoptim.kernels.adadelta import adadelta_update
 from fusedoptim.kernels.ademamix import ademamix_update
 from fusedoptim.kernels.adagrad import adagrad_update
-from fusedoptim.kernels.adam import adam_update
+from fusedoptim.kernels.adam import adam_agreement, adam_update
 from fusedoptim.kernels.adamax import adamax_update
 from fusedoptim.kernels.adopt import adopt_update
 from fusedoptim.kernels.asgd import asgd_update
@@ -17,24 +17,25 @@ from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
 from fusedoptim.kernels.lamb import lamb_reduce, lamb_update
 from fusedoptim.kernels.lars import lars_reduce, lars_update
-from fusedoptim.kernels.lion import lion_update
+from fusedoptim.kernels.lion import lion_agreement, lion_update
 from fusedoptim.kernels.radam import radam_update
 from fusedoptim.kernels.nadam import nadam_update
 from fusedoptim.kernels.rmsprop import rmsprop_update
 from fusedoptim.kernels.rprop import rprop_update
 from fusedoptim.kernels.schedule_free import schedule_free_adamw_update, schedule_free_sgd_update
-from fusedoptim.kernels.sgd import sgd_update
+from fusedoptim.kernels.sgd import sgd_agreement, sgd_update
 from fusedoptim.kernels.elementwise import never
 from fusedoptim.kernels.sgdhd import sgdhd_hypergradient, sgdhd_update
 from fusedoptim.kernels.signsgd import signsgd_update
-from fusedoptim.kernels.signum import signum_update
+from fusedoptim.kernels.signum import signum_agreement, signum_update
 from fusedoptim.kernels.tiger import tiger_reduce, tiger_reduce_reads_param, tiger_update, tiger_update_reads_param
-from fusedoptim.optim.hyperparameters import (DECOUPLED, MAXIMIZE, TRAIN_MODE, Hyperparameter, at_least_zero,
-                                              at_most_one, betas, bounds, bounds_in_kernel, eps, etas_around_one, flag,
-                                              fraction, integer_at_least_zero, lr, momentum, nesterov, nonnegative,
-                                              open_fraction, pair_of_interpolations, param_kind, positive_integer,
-                                              schedule, schedule_in_kernel, shrink, step_size_range,
-                                              triple_of_fractions, optional_warmup, weight_decay)
+from fusedoptim.optim.hyperparameters import (CAUTIOUS, DECOUPLED, MAXIMIZE, TRAIN_MODE, Hyperparameter,
+                                              at_least_zero, at_most_one, betas, bounds, bounds_in_kernel, eps,
+                                              etas_around_one, flag, fraction, integer_at_least_zero, lr, momentum,
+                                              nesterov, nonnegative, open_fraction, optional_warmup,
+                                              pair_of_interpolations, param_kind, positive_integer, schedule,
+                                              schedule_in_kernel, shrink, step_size_range, triple_of_fractions,
+                                              weight_decay)
 from fusedoptim.optim.reference.adadelta import adadelta
 from fusedoptim.optim.reference.ademamix import advance_alpha_and_slow_weight, ademamix
 from fusedoptim.optim.reference.adagrad import adagrad
@@ -67,12 +68,14 @@ from fusedoptim.optim.matrix_rule import matrix_row
 from fusedoptim.optim.muon import MUON
 from fusedoptim.optim.reference.adafactor import adafactor
 from fusedoptim.optim.reference.lbfgs import lbfgs_step
-from fusedoptim.optim.rule import FIRST_STEP, TOLERANCES, Modes, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance
+from fusedoptim.optim.rule import (FIRST_STEP, TOLERANCES, Modes, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance,
+                                   caution)
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
-                        flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE)
+                        flag("amsgrad", "divide by the running maximum of v̂ (Reddi et al. 2018)"), MAXIMIZE, CAUTIOUS)
 ADAM_STATES = (State("exp_avg"), State("exp_avg_sq", kind="nonnegative"),
                State("max_exp_avg_sq", when="amsgrad", kind="nonnegative"))
+ADAM_CAUTION = caution(("param", "grad", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"))
 
 # Schedule-Free (Defazio et al. 2024), as the package schedulefree: its warm-up and averaging weights, its
 # running scalars (k, γ_max, W) kept per param and advanced on the device, its train/eval switch.
@@ -104,8 +107,9 @@ RULES = {
                              weight_decay(0),
                              Hyperparameter("nesterov", False, nesterov, "step along g + momentum·b (Nesterov "
                                             "momentum; needs momentum > 0 and dampening 0)", kernel="flag", bad=(
-                                 ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE),
+                                 ("on", "True or False"), (True, "needs momentum > 0"))), MAXIMIZE, CAUTIOUS),
             states=(State("momentum_buffer", when="momentum", initial=FIRST_STEP),),
+            sums=(caution(("param", "grad", "momentum_buffer")),), reduce=sgd_agreement,
             torch_twin=torch.optim.SGD, complex_params=True, sparse_gradients=True,
         ),
         Rule(
@@ -156,7 +160,7 @@ RULES = {
                     "max (Reddi et al. 2018)",
             reference=adam, update=adam_update,
             hyperparameters=ADAM_HYPERPARAMETERS, states=ADAM_STATES, scalar_states=("step",),
-            flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
+            sums=(ADAM_CAUTION,), reduce=adam_agreement, flags={"DECOUPLED_WEIGHT_DECAY": False}, torch_twin=torch.optim.Adam, complex_params=True,
         ),
         Rule(
             name="AdamW",
@@ -164,7 +168,7 @@ RULES = {
             reference=adamw, update=adam_update,
             hyperparameters=tuple(weight_decay(1e-2, DECOUPLED) if spec.name == "weight_decay" else spec
                                   for spec in ADAM_HYPERPARAMETERS), states=ADAM_STATES, scalar_states=("step",),
-            flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
+            sums=(ADAM_CAUTION,), reduce=adam_agreement, flags={"DECOUPLED_WEIGHT_DECAY": True}, torch_twin=torch.optim.AdamW, complex_params=True,
         ),
         Rule(
             name="Adamax",
@@ -326,8 +330,9 @@ RULES = {
                                   "θ ← θ·(1 − lr·λ/lr₀), as lion-pytorch's decoupled_weight_decay"),
                              Hyperparameter("lr_at_construction", 1e-4, at_least_zero, "recorded from lr at "
                                             "construction (lr₀ above); not an argument", tensor=True,
-                                            recorded=lambda arguments: arguments["lr"])),
-            states=(State("exp_avg"),),
+                                            recorded=lambda arguments: arguments["lr"]), CAUTIOUS),
+            states=(State("exp_avg"),), sums=(caution(("grad", "exp_avg")),), reduce=lion_agreement,
+            reduce_reads_param=never,
             sign_flip_fraction=1e-4,
         ),
         Rule(
@@ -344,7 +349,8 @@ RULES = {
             hyperparameters=(lr(1e-3), Hyperparameter("momentum", 0.9, fraction, "β of the momentum "
                                                       "m ← β·m + (1 − β)·g, whose sign is the step", bad=(
                 (1.5, "must be in [0, 1)"), (-0.1, "must be in [0, 1)"), (torch.tensor(0.9), "must be a Python number"))),
-                weight_decay(0.0, DECOUPLED)), states=(State("exp_avg"),),
+                weight_decay(0.0, DECOUPLED), CAUTIOUS), states=(State("exp_avg"),),
+            sums=(caution(("grad", "exp_avg")),), reduce=signum_agreement, reduce_reads_param=never,
             sign_flip_fraction=1e-4,
         ),
         Rule(
@@ -437,12 +443,12 @@ RULES = {
                                "dimension or none is a bias, else a matrix; fo.tiger_param_groups(model) sets it "
                                "per module)", kernel="host",
                                bad=(("conv", "must be one of"),),
-                               test_variants=("embedding", "normalization", "matrix"))),
+                               test_variants=("embedding", "normalization", "matrix")), CAUTIOUS),
             param_groups=tiger_param_groups,
             states=(State("m"),), scalar_states=("step", "nan_skips"), counters=("nan_skips",),
             tensor_constants=tiger_constants,
             # the NaN guard's verdict on the whole gradient, and RMS(θ) of a matrix or of each row of an embedding
-            sums=(Sum("nan_count", "1 where g is NaN", reads=("grad",), counts="nan_skips"),
+            sums=(Sum("nan_count", "1 where g is NaN", reads=("grad",), counts="nan_skips"), caution(("grad", "m")),
                   Sum("sum_of_squares", "θ²", reads=("param",), over=tiger_sum_of_squares_over)),
             reduce=tiger_reduce, reduce_reads_param=tiger_reduce_reads_param,
             update_reads_param=tiger_update_reads_param, plan_keys=("param_kind",), sign_flip_fraction=1e-4,

@@ -98,6 +98,25 @@ class Sum:
     into: Optional[str] = None
     # A scalar state that counts the steps where this tensor's sum is > 0 (Tiger's nan_skips).
     counts: Optional[str] = None
+    # When the sum exists: always (None), or while a group key is truthy ("cautious"). Where none of a
+    # group's sums exists, no reduce launch runs; the update finds only the existing ones, in order.
+    when: Optional[str] = None
+    # Divided by the tensor's element count (the whole param's, over its FSDP2 shards) once summed: a
+    # mean (caution's fraction of agreeing elements). Over a tensor only.
+    mean: bool = False
+
+    def exists(self, group) -> bool:
+        return self.when is None or bool(group[self.when])
+
+
+def caution(reads: tuple) -> Sum:
+    """Caution's sum (Liang et al. 2024, "Cautious Optimizers"), declared by each momentum rule with the
+    ``cautious`` flag (``optim.hyperparameters.CAUTIOUS``): the fraction of a tensor's elements whose step
+    agrees in sign with the gradient, which the step is divided by (``kernels.elementwise.cautious``).
+    The rule's reduce returns ``agreement(step, g)`` from the same math its update runs; ``reads``: what
+    that math reads."""
+    return Sum("agreement", "1 where the step agrees in sign with g", reads=reads, when="cautious",
+               mean=True)
 
 
 @dataclass(frozen=True)
@@ -203,6 +222,8 @@ class Rule:
         for spec in self.sums:
             if spec.over == "group" and spec.counts is not None:
                 raise ValueError(f"{self.name}: sum {spec.name!r} over the group cannot count per-tensor events")
+            if spec.mean and spec.over != "tensor":
+                raise ValueError(f"{self.name}: sum {spec.name!r}: only a sum over a tensor can be a mean")
             if spec.into is not None and spec.over != "group":
                 raise ValueError(f"{self.name}: sum {spec.name!r}: only a sum over the group goes into a group key")
         if any(spec.over != "tensor" and spec.over != "group" for spec in self.sums[:-1]):
@@ -216,6 +237,10 @@ class Rule:
         if not self.has_kernel and self.update is not None:
             raise ValueError(f"{self.name}: update= is given but impls={self.impls} has no 'triton' to run it; "
                              "add 'triton' to impls, or drop update")
+
+    def sums_for(self, group) -> tuple:
+        """The declared sums that exist for this group (``Sum.when``), in declared order."""
+        return tuple(spec for spec in self.sums if spec.exists(group))
 
     @property
     def has_kernel(self) -> bool:
@@ -285,7 +310,7 @@ class Rule:
         state_element = _state_element_size(state_dtype, param_dtype)
         names = self.state_names(group)
         states = sum(state_element * (1 + spec.update_reads) for spec in self.states if spec.name in names)
-        reads = {name for spec in self.sums for name in spec.reads if name in ("param", "grad", *names)}
+        reads = {name for spec in self.sums_for(group) for name in spec.reads if name in ("param", "grad", *names)}
         if not moves_param:
             reads.discard("param")
         reduce = sum(element if name in ("param", "grad") else state_element for name in reads)

@@ -13,6 +13,8 @@ A rule says what it needs summed; this module does the rest, the same way for ev
   lie whole in one shard (FSDP2 splits dim 0, and rows run along the last one), so per-row sums need
   none;
 - hands them to the update as the same trailing scalars, after the rule's scalar states and constants;
+- divides a mean's sums (``Sum.mean``: caution's fraction of agreeing elements) by each whole param's
+  element count, after the shards' parts are added up;
 - does what the declaration says a sum is for beyond the update: adds a group sum into a group's 0-d
   tensor (``into``: SGDHD's learned lr), or counts the steps where a tensor's sum is positive into a
   scalar state (``counts``: Tiger's NaN skips).
@@ -56,19 +58,21 @@ def lay_out(rule, group: dict, params: list, states: list, shards, scalar_buffer
     inputs = [tuple(state[name] for name in rule.scalar_states if name not in rule.counters) for state in states]
     if rule.tensor_constants is not None:
         inputs = [scalars + constants for scalars, constants in zip(inputs, _constants(rule, group, params, shards))]
-    if not rule.sums:
+    sums = rule.sums_for(group)
+    if not sums:
         return LaidOut(scalars=inputs, row_lengths=[0] * len(params))
     sharded = [shards is not None and shards.groups[i] is not None for i in range(len(params))]
-    laid_out = LaidOut(scalars=[[None] * len(rule.sums) for _ in params], row_lengths=[0] * len(params),
-                       outputs=len(rule.sums))
+    laid_out = LaidOut(scalars=[[None] * len(sums) for _ in params], row_lengths=[0] * len(params),
+                       outputs=len(sums))
     steps = []  # what runs after the reduce, in order
-    shard_values, shard_indices = [], []
+    shard_values, shard_indices, means = [], [], []
     for device, indices in _by_device(params).items():
-        steps += _lay_out_tensor_sums(rule, group, params, indices, device, laid_out, sharded, shard_values,
-                                      shard_indices, scalar_buffers)
+        steps += _lay_out_tensor_sums(sums, group, params, indices, device, laid_out, sharded, shard_values,
+                                      shard_indices, scalar_buffers, shards, means)
     if shard_values:
         steps.insert(0, lambda: shards.sum_(shard_values, shard_indices))
-    for j, spec in enumerate(rule.sums):
+    steps += means  # after the shards' parts are added up: a mean over the whole param
+    for j, spec in enumerate(sums):
         if spec.over == "group":
             add_up = _lay_out_group_sum(spec, j, group, params, sharded, shards, laid_out)
             steps += [add_up] if add_up is not None else []
@@ -86,13 +90,14 @@ def _over(spec, group: dict, param: torch.Tensor) -> str:
     return spec.over(group, param) if callable(spec.over) else spec.over
 
 
-def _lay_out_tensor_sums(rule, group, params, indices, device, laid_out, sharded, shard_values, shard_indices,
-                         scalar_buffers) -> list:
+def _lay_out_tensor_sums(sums, group, params, indices, device, laid_out, sharded, shard_values, shard_indices,
+                         scalar_buffers, shards, means) -> list:
     """The sums over a tensor or its rows of the tensors ``indices`` on ``device``: one buffer, one
-    value per tensor and sum, then each row-summed tensor's rows. Returns what counts events."""
+    value per tensor and sum, then each row-summed tensor's rows. Returns what counts events; appends
+    to ``means`` what turns a mean's sums into means."""
     n, counts = len(indices), []
-    declared = [j for j, spec in enumerate(rule.sums) if spec.over != "group"]
-    overs = {i: {j: _over(rule.sums[j], group, params[i]) for j in declared} for i in indices}
+    declared = [j for j, spec in enumerate(sums) if spec.over != "group"]
+    overs = {i: {j: _over(sums[j], group, params[i]) for j in declared} for i in indices}
     rows = {i: params[i].numel() // row_length(params[i]) for i in indices if "row" in overs[i].values()}
     buffer = torch.zeros(len(declared) * n + sum(rows.values()), dtype=torch.float32, device=device)
     laid_out.clears.append(buffer)
@@ -109,8 +114,13 @@ def _lay_out_tensor_sums(rule, group, params, indices, device, laid_out, sharded
                 if sharded[i]:
                     shard_values.append(values[k])
                     shard_indices.append(i)
-        if rule.sums[j].counts is not None:
-            counter, counted = scalar_buffers[rule.sums[j].counts][device]
+        if sums[j].mean:
+            # an empty tensor's sum is 0, and stays 0: a mean of nothing
+            inverse_numels = torch.tensor([1.0 / max(_whole_numel(params, shards, i), 1) for i in indices],
+                                          dtype=torch.float32).to(device)
+            means.append(lambda values=values, inverse_numels=inverse_numels: values.mul_(inverse_numels))
+        if sums[j].counts is not None:
+            counter, counted = scalar_buffers[sums[j].counts][device]
             assert counted == indices, "scalar states are packed per device in the params' order"
             counts.append(lambda counter=counter, values=values: counter.add_(values.gt(0)))
     return counts
@@ -153,12 +163,16 @@ def _by_device(params: list) -> dict:
     return devices
 
 
+def _whole_numel(params: list, shards, i: int) -> int:
+    """The element count of param i's whole tensor: an FSDP2 shard's whole param's."""
+    return params[i].numel() if shards is None or shards.groups[i] is None else shards.numels[i]
+
+
 def _constants(rule, group: dict, params: list, shards) -> list:
     """Each tensor's ``rule.tensor_constants`` as views of one fp32 buffer per device (one copy)."""
     constants = [None] * len(params)
     for device, indices in _by_device(params).items():
-        values = torch.tensor([rule.tensor_constants(group, params[i], params[i].numel() if shards is None
-                                                     or shards.groups[i] is None else shards.numels[i])
+        values = torch.tensor([rule.tensor_constants(group, params[i], _whole_numel(params, shards, i))
                                for i in indices], dtype=torch.float32).to(device)
         for k, i in enumerate(indices):
             constants[i] = tuple(values[k].unbind())

@@ -38,8 +38,11 @@ def impl_from_switches(rule, switches: dict, hyperparameters: dict, impl: str) -
                          "for a differentiable step")
     if rule.torch_twin is not None and ("foreach" in switches or "capturable" in switches):
         probe = {name: switches[name] for name in ("foreach", "capturable") if name in switches}
+        # the hyperparameters the twin has too: ours beyond them (cautious) are none of its checks' business
+        taken = inspect.signature(rule.torch_twin).parameters
+        shared = {name: value for name, value in hyperparameters.items() if name in taken}
         try:  # the twin's own checks of this combination, on a stand-in param: nothing of ours is touched
-            rule.torch_twin([torch.zeros(1)], **hyperparameters, **probe)
+            rule.torch_twin([torch.zeros(1)], **shared, **probe)
         except (ValueError, RuntimeError, TypeError) as error:
             raise type(error)(f"{rule.name}: {error} (torch.optim.{rule.torch_twin.__name__} refuses it too)") from None
     if switches.get("fused"):

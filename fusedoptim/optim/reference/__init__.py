@@ -24,6 +24,21 @@ def coupled_gradient(g, theta, group):
     return g
 
 
+def cautious(step: torch.Tensor, g: torch.Tensor, group) -> torch.Tensor:
+    r"""Caution (Liang et al., "Cautious Optimizers: Improving Training with One Line of Code", 2024,
+    Algorithm 2), where group["cautious"] (the twin of ``kernels.cautious``): the step u masked where it
+    disagrees in sign with the gradient, and divided by the fraction of the whole tensor kept, floored
+    at 1e-3 as in the paper:
+
+    .. math:: φ = 1[u ⊙ g > 0], \qquad u ← u ⊙ φ / \max(\mathrm{mean}(φ), 10^{-3}).
+
+    u is the rule's step before θ ← θ − u, without the weight decay, which is never masked."""
+    if not group["cautious"]:
+        return step
+    agreement = (step * g > 0).to(step.dtype)
+    return step * agreement / agreement.mean().clamp(min=1e-3)
+
+
 def sign(x: torch.Tensor) -> torch.Tensor:
     """The sign of x, -1, 0 or +1, and NaN where x is NaN (the twin of ``kernels.sign``): torch.sign
     of NaN is 0 on the CPU but NaN on CUDA, so the oracle would depend on its device."""

@@ -1,6 +1,6 @@
 import torch
 
-from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.reference import cautious, upcast
 
 
 def adam_moments(theta, g, exp_avg, exp_avg_sq, group, decoupled: bool) -> tuple:
@@ -33,6 +33,7 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
         \hat v_t = \max(\hat v_{t-1}, v_t) \text{ (amsgrad) else } v_t,
         θ_t = θ_{t-1} - \frac{η}{1-β_1^t} \cdot \frac{m_t}{\sqrt{\hat v_t}/\sqrt{1-β_2^t} + ε}.
 
+    With cautious, the step is masked by its agreement with g (``reference.cautious``; the decay is not).
     State per param: step (fp32 scalar tensor), exp_avg, exp_avg_sq, max_exp_avg_sq (amsgrad only).
     """
     lr, (beta1, beta2), eps = float(group["lr"]), map(float, group["betas"]), group["eps"]
@@ -50,7 +51,8 @@ def adam(params, grads, states, group, decoupled_weight_decay=False):
         else:
             denom = exp_avg_sq.sqrt() / bias_correction2_sqrt + eps  # √v / √(1 − β2ᵗ) + ε
         # θ ← θ − η/(1 − β1ᵗ) · m/denom, as ((η/(1 − β1ᵗ))·m)/denom: torch's order, where the product may overflow
-        theta = theta - ((lr / bias_correction1) * exp_avg) / denom
+        update = ((lr / bias_correction1) * exp_avg) / denom
+        theta = theta - cautious(update, g, group)  # masked where it disagrees with g, with caution
         param.copy_(theta)
         state["exp_avg"].copy_(exp_avg)
         state["exp_avg_sq"].copy_(exp_avg_sq)

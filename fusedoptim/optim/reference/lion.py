@@ -1,4 +1,4 @@
-from fusedoptim.optim.reference import sign, upcast
+from fusedoptim.optim.reference import cautious, sign, upcast
 
 
 def lion(params, grads, states, group):
@@ -10,6 +10,7 @@ def lion(params, grads, states, group):
 
     With decoupled_weight_decay (lion-pytorch's), λ is relative to η₀, the lr given at construction:
     θ ← θ(1 − η_t λ/η₀), a decay of λ per step while the lr stays η₀, scaled by a schedule's η_t/η₀.
+    With cautious, the step η·sign(c) is masked by its agreement with g (``reference.cautious``).
     State per param: exp_avg (m).
     """
     lr, (beta1, beta2), weight_decay = float(group["lr"]), map(float, group["betas"]), group["weight_decay"]
@@ -19,7 +20,7 @@ def lion(params, grads, states, group):
         theta, g, exp_avg = upcast(param), upcast(grad), upcast(state["exp_avg"])
         theta = theta * (1 - lr * weight_decay)  # decoupled weight decay
         update = sign(beta1 * exp_avg + (1 - beta1) * g)  # sign of the interpolated momentum
-        theta = theta - lr * update
+        theta = theta - cautious(lr * update, g, group)  # masked where it disagrees with g, with caution
         exp_avg = beta2 * exp_avg + (1 - beta2) * g  # the momentum moves with the slower β2
         param.copy_(theta)
         state["exp_avg"].copy_(exp_avg)

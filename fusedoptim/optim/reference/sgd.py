@@ -1,4 +1,4 @@
-from fusedoptim.optim.reference import coupled_gradient, upcast
+from fusedoptim.optim.reference import cautious, coupled_gradient, upcast
 
 
 def sgd(params, grads, states, group, first_step):
@@ -9,7 +9,8 @@ def sgd(params, grads, states, group, first_step):
         b_1 = g_1, \qquad b_t = μ b_{t-1} + (1 − τ) g_t, \qquad
         d_t = g_t + μ b_t \text{ (Nesterov) else } b_t, \qquad θ ← θ − η d_t.
 
-    Without momentum d_t = g_t. State per param: momentum_buffer (only when momentum ≠ 0), allocated
+    Without momentum d_t = g_t. With cautious (momentum > 0), the step η·d_t is masked by its agreement
+    with g_t (``reference.cautious``). State per param: momentum_buffer (only when momentum ≠ 0), allocated
     by the optimizer; ``first_step[i]`` says it has not been written yet.
     """
     lr, momentum, dampening = float(group["lr"]), group["momentum"], group["dampening"]
@@ -21,6 +22,8 @@ def sgd(params, grads, states, group, first_step):
                 buffer = g
             else:
                 buffer = momentum * upcast(state["momentum_buffer"]) + (1 - dampening) * g
-            g = g + momentum * buffer if group["nesterov"] else buffer
+            direction = g + momentum * buffer if group["nesterov"] else buffer
             state["momentum_buffer"].copy_(buffer)
-        param.copy_(theta - lr * g)
+        else:
+            direction = g
+        param.copy_(theta - cautious(lr * direction, g, group))  # masked where it disagrees with g, with caution

@@ -1,7 +1,7 @@
 import torch
 
 from fusedoptim.optim.param_groups import PARAM_KINDS, param_kind, row_length
-from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.reference import cautious, upcast
 from fusedoptim.optim.schedule import piecewise_linear
 
 
@@ -21,7 +21,8 @@ def tiger(params, grads, states, group):
     λ' = λ; embedding tables η' = η_t·RMS(θ) of each row and λ' = λ. RMS(x) = √mean(x²), of θ before
     this step. S: ``optim.schedule.piecewise_linear``. NaN guard: if g has a NaN, m is kept and
     θ ← (θ − c)·s + c, with the center c = 1 for normalization weights and 0 otherwise, on every
-    micro-step; the tensor's nan_skips counts it.
+    micro-step; the tensor's nan_skips counts it. With cautious (grad_accum_steps = 1), sign(m) is
+    masked by its agreement with g (``reference.cautious``; the decay is not).
     State per param: step (the optimizer's micro-steps, counted once for every param: one tensor per
     device, as the original's `iterations`), nan_skips (fp32 scalar tensors) and m.
     """
@@ -44,6 +45,7 @@ def tiger(params, grads, states, group):
             rows = theta.reshape(-1, row_length(param))
             lr_scale = rows.pow(2).mean(dim=-1, keepdim=True).sqrt().expand_as(rows).reshape(param.shape)
         m = b1 * m + b2 * g
-        theta = theta - eta * lr_scale * (torch.sign(m) + decay * weight_decay * theta)
+        direction = cautious(torch.sign(m), g, group)  # masked where it disagrees with g, with caution
+        theta = theta - eta * lr_scale * (direction + decay * weight_decay * theta)
         param.copy_(theta)
         state["m"].copy_(m)
