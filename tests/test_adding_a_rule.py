@@ -10,7 +10,11 @@ The toy with declared sums, "ClippedTrust": a per-tensor trust ratio ‖θ‖/�
 tensor) and clipping by the group's gradient norm (a sum over the group), as LARS with global clipping.
 The matrix toy, "FrobeniusMomentum": the momentum of each matrix divided by its Frobenius norm, through
 the matrix shape's suite (tests/test_matrix_rules.py) and against its equations written out here.
+The factored toy, "FactoredRMSprop": RMSprop whose v̂ is the factored estimate r·cᵀ/Σr of a running mean
+of g² (r, c its row and column sums), through the factored shape's suite (tests/test_factored_rules.py).
 """
+from typing import NamedTuple
+
 import re
 
 import pytest
@@ -25,7 +29,10 @@ from fusedoptim.optim.matrix_rule import MatrixRule, matrix_row
 from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
 from fusedoptim.optim.registry import RULES, SHAPED_RULES, Rule, State, Sum
+from fusedoptim.kernels import adafactor as factored_kernels
+from fusedoptim.optim.factored_rule import FactoredMath, FactoredRule
 from scripts import rule_sheet
+from tests import test_factored_rules
 from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_matrix_rules, test_parity,
                    test_quantized_state, test_step_plan)
 
@@ -252,3 +259,89 @@ def test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations():
     assert len(frobenius) == 1 and "matrix:" in frobenius[0], sheet
     assert ("`lr=0.02, weight_decay=0.0, momentum=0.9, nesterov=False, floor=1e-08, *, impl='auto', state_dtype=None, "
             "stochastic_rounding=False, seed=0`") in frobenius[0], frobenius
+
+
+# The factored toy. 1. Its math: the update, reading V̂_ij = R_i/mean(R)·C_j (or a vector's V); its term g²
+# is Adafactor's, whose row and column sums it reuses (fusedoptim/kernels/adafactor.py).
+class FactoredRMSpropHyper(NamedTuple):
+    eps: float
+
+
+@triton.jit
+def factored_rmsprop_matrix_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    step_size, row_factor, column = scalars  # −lr, R_i / max(mean R, floor), C_j
+    return param + step_size * grad / (tl.sqrt(row_factor * column) + hyper.eps), ()
+
+
+@triton.jit
+def factored_rmsprop_vector_update(param, grad, states, scalars, hyper, FLAGS: tl.constexpr):
+    variance = factored_kernels.lerp(states[0], grad * grad, scalars[0])  # scalars: (1 − α, −lr)
+    return param + scalars[1] * grad / (tl.sqrt(variance) + hyper.eps), (variance,)
+
+
+# 2. Its oracle.
+FLOOR = 1e-30  # mean(R) is at least this: a zero gradient's V̂ is 0, not 0/0
+
+
+def factored_rmsprop(params, grads, states, group):
+    r"""RMSprop with a factored second moment: :math:`R ← αR + (1 − α)\,\mathrm{mean}_j g^2`,
+    :math:`C ← αC + (1 − α)\,\mathrm{mean}_i g^2`, :math:`\hat v = R C^\top / \mathrm{mean}(R)` (= r cᵀ/Σr of
+    the sums), a vector's :math:`v ← αv + (1 − α)g^2`; :math:`θ ← θ − η\, g / (\sqrt{\hat v} + ε)`."""
+    for param, grad, state in zip(params, grads, states):
+        state["step"] += 1
+        square, weight = grad.float() ** 2, 1 - group["alpha"]
+        if grad.dim() > 1:
+            state["row_var"].lerp_(square.mean(-1, keepdim=True), weight)  # R ← αR + (1 − α) mean_j g²
+            state["col_var"].lerp_(square.mean(-2, keepdim=True), weight)  # C ← αC + (1 − α) mean_i g²
+            mean_row = state["row_var"].mean(-2, keepdim=True).clamp(min=FLOOR)
+            variance = state["row_var"] @ state["col_var"] / mean_row  # v̂ = R Cᵀ / mean(R)
+        else:
+            variance = state["variance"].lerp_(square, weight)  # v ← αv + (1 − α)g²
+        param.sub_(float(group["lr"]) * grad / (variance.sqrt() + group["eps"]))  # θ ← θ − η g/(√v̂ + ε)
+
+
+# 3. Its declaration (a row of SHAPED_RULES: factored_row(FACTORED_RMSPROP)).
+def checked_rmsprop(arguments):
+    for name, low, high in (("lr", 0.0, float("inf")), ("alpha", 0.0, 1.0)):
+        if not low <= arguments[name] < high:  # NaN fails too
+            raise ValueError(f"FactoredRMSprop: {name}={arguments[name]!r} must be in [{low}, {high})")
+    if not arguments["eps"] > 0:
+        raise ValueError(f"FactoredRMSprop: eps={arguments['eps']!r} must be > 0")
+    return dict(arguments)
+
+
+FACTORED_RMSPROP = FactoredRule(
+    name="FactoredRMSprop", summary="RMSprop with Adafactor's factored second moment (a toy rule of the tests)",
+    doc="RMSprop, v̂ factored. lr=0.01: η. alpha=0.99: the share of v kept. eps=1e-8: added to √v̂.",
+    reference=factored_rmsprop, defaults=dict(lr=1e-2, alpha=0.99, eps=1e-8), checked=checked_rmsprop,
+    math=FactoredMath(row_sums=factored_kernels.square_sums, column_sums=factored_kernels.column_square_sums,
+                      factored_update=factored_rmsprop_matrix_update, vector_update=factored_rmsprop_vector_update),
+    hyper=lambda group, lr, floor: (FactoredRMSpropHyper(float(group["eps"])), ()),
+    weight=lambda group, t: 1 - group["alpha"], floor=lambda group, params: FLOOR,
+    step_size=lambda group, lr, t, numel, theta_square, update_square: -lr,
+    bad_arguments=((dict(alpha=1.0), "alpha=1.0 must be in [0.0, 1.0)"), (dict(eps=0.0), "eps=0.0 must be > 0")),
+)
+
+
+def test_the_factored_toy_passes_the_factored_shapes_suite():
+    toy = FACTORED_RMSPROP
+    test_factored_rules.test_fused_steps_match_the_oracle(toy)
+    test_factored_rules.test_bad_arguments_are_refused_at_construction(toy)
+    test_factored_rules.test_an_int8_vector_statistic_is_coded_alike_by_both_impls(toy)
+    for impl in ("triton", "reference"):
+        test_factored_rules.test_a_bad_group_is_refused_before_any_group_changes(toy, impl)
+        test_factored_rules.test_state_dict_resume_equals_uninterrupted_run(toy, impl)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_the_factored_toys_first_step_is_its_equations(impl):
+    """From zero statistics: R = (1 − α)·(row sums of g²)/m, C = (1 − α)·(column sums)/n, so
+    v̂_ij = (1 − α)·r_i c_j / Σg² with r, c the sums, and θ₁ = θ₀ − η g / (√v̂ + ε), written out."""
+    generator = torch.Generator().manual_seed(5)
+    theta, grad = torch.randn(4, 7, generator=generator), torch.randn(4, 7, generator=generator)
+    param = torch.nn.Parameter(theta.clone())
+    param.grad = grad
+    FACTORED_RMSPROP.optimizer([param], lr=0.1, alpha=0.9, eps=1e-3, impl=impl).step()
+    rows, columns = (grad ** 2).sum(1), (grad ** 2).sum(0)
+    variance = 0.1 * rows[:, None] * columns[None, :] / (grad ** 2).sum()
+    torch.testing.assert_close(param.detach(), theta - 0.1 * grad / (variance.sqrt() + 1e-3))

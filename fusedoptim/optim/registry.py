@@ -62,11 +62,11 @@ from fusedoptim.optim.reference.signum import signum
 from fusedoptim.optim.reference.tiger import tiger
 from fusedoptim.optim.param_groups import tiger_constants, tiger_param_groups, tiger_sum_of_squares_over
 
-from fusedoptim.optim.adafactor import Adafactor, adafactor_state_bytes
+from fusedoptim.optim.adafactor import ADAFACTOR
 from fusedoptim.optim.lbfgs import LBFGS, lbfgs_state_bytes
+from fusedoptim.optim.factored_rule import factored_row
 from fusedoptim.optim.matrix_rule import matrix_row
 from fusedoptim.optim.muon import MUON
-from fusedoptim.optim.reference.adafactor import adafactor
 from fusedoptim.optim.reference.lbfgs import lbfgs_step
 from fusedoptim.optim.rule import (FIRST_STEP, TOLERANCES, Modes, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance,
                                    caution)
@@ -502,13 +502,7 @@ SHAPED_RULES = {
     rule.name: rule
     for rule in (
         matrix_row(MUON),  # its declaration: optim.muon, the class made from it (optim.matrix_rule)
-        ShapedRule(
-            name="Adafactor", shape="factored",
-            summary="Adam's second moment factored into row and column statistics, a relative step size and "
-                    "update clipping (Shazeer & Stern 2018)",
-            optimizer=Adafactor, reference=adafactor, torch_twin=torch.optim.Adafactor,
-            state_bytes=adafactor_state_bytes,
-        ),
+        factored_row(ADAFACTOR),  # its declaration: optim.adafactor, the class made from it (optim.factored_rule)
         ShapedRule(
             name="LBFGS", shape="history",
             summary="Limited-memory BFGS: the two-loop recursion over the last history_size steps, a fixed step "

@@ -67,14 +67,3 @@ def adafactor(params, grads, states, group):
         denom = max(1.0, update.norm(2).item() / ((update.numel() ** 0.5) * group["d"]))  # max(1, RMS(U)/d)
         param.add_(update, alpha=-alpha / denom)  # θ_t = θ − α_t·U_t / denom
 
-
-def initial_state(param: torch.Tensor) -> dict:
-    """torch's state at the first step: step 0 (a CPU fp32 0-d tensor), the factors of a 2+-dim param,
-    the variance of the others, in the param's dtype."""
-    state = {"step": torch.tensor(0.0, dtype=torch.float32)}
-    if param.dim() > 1:
-        state["row_var"] = param.new_zeros((*param.shape[:-1], 1))
-        state["col_var"] = param.new_zeros((*param.shape[:-2], 1, param.shape[-1]))
-    else:
-        state["variance"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-    return state

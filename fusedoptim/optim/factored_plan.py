@@ -1,4 +1,4 @@
-"""Adafactor's fused step (``impl="triton"``) as a plan: what does not change between steps built once
+"""The fused step (``impl="triton"``) of a rule of the factored shape (``optim.factored_rule``) as a plan: what does not change between steps built once
 (the launches, their pointer tables and program maps, the buffers their scalars and factors point
 at, the index maps of the statistics), then reused step after step, as the element-wise classes'
 plan (``optim.plan``) is.
@@ -10,28 +10,22 @@ gradients laid out as before. Anything else builds a new plan, with every check 
 A step's new gradients (after ``zero_grad(set_to_none=True)`` each is a new tensor) are only
 written into the tables (``Launch.set_grads``).
 
-The four phases and their equations: ``optim.adafactor``'s docstring and ``optim.reference.adafactor``.
+The four phases: ``optim.factored``'s docstring; the rule's math (``FactoredRule.math``) runs in them, and its
+scalars (``FactoredRule.hyper``, ``weight``, ``floor``, ``step_size``) are read here each step.
 """
-import math
 import weakref
 from itertools import chain
 
 import torch
 import torch.distributed as dist
 
-from fusedoptim.kernels import adafactor as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import QuantizedStates, TensorSlots
 from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.quantization import FORMATS, STOCHASTIC, UNSIGNED, scale_name
-from fusedoptim.optim.reference.adafactor import resolved_eps1, scalar_lr
+from fusedoptim.optim.reference.adafactor import scalar_lr
 from fusedoptim.optim.shards import Shards, local
 from fusedoptim.optim.whole import WholeParams
-
-# A vector's variance is a running mean of squares: the "nonnegative" scheme (optim.quantization), as the
-# registry's exp_avg_sq and square_avg declare it. Round to nearest: no random draws.
-VARIANCE_KIND = "nonnegative"
-
 
 def _state_tensors(states) -> list:
     return list(chain.from_iterable(state.values() for state in states))
@@ -58,7 +52,7 @@ def _views(flat, shapes) -> list:
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes)]
 
 
-class AdafactorPlan:
+class FactoredPlan:
     """One group's fused step, prepared (the module's docstring). FSDP2 params (DTensors split along
     dim 0) step their local shards: the row sums of a matrix lie whole in a shard, and a stack's
     matrices too; Σθ², Σu², a matrix's column sums and its Σ R_i are partial sums, summed over the
@@ -67,10 +61,12 @@ class AdafactorPlan:
     scales, read and written through the launcher's quantized path; an FSDP2 vector's are whole plain
     tensors, the vector stepped whole on every rank (gathered before, its shard written back after)."""
 
-    def __init__(self, group, params, states, state_dtype):
+    def __init__(self, rule, group, params, states, state_dtype):
+        self.rule = rule  # the declaration (optim.factored_rule.FactoredRule): its math, scalars and state names
+        row_state, column_state, vector_state = rule.row_state, rule.column_state, rule.vector_state
         self.group, self.params, self.state_dicts, self.state_dtype = group, list(params), list(states), state_dtype
         self.state_tensors = _state_tensors(states)
-        shards = Shards.of(params, "Adafactor's param group")
+        shards = Shards.of(params, f"{rule.name}'s param group")
         # FSDP2 vectors with a quantized variance are stepped whole on every rank (``optim.whole``): a
         # quantization block would straddle the shards (each row of a vector is one element).
         self.wholes = WholeParams([p if p.dim() <= 1 else local(p) for p in params], state_dtype)
@@ -88,8 +84,8 @@ class AdafactorPlan:
         count = len(params)
         factored = self.factored = [i for i, p in enumerate(self.locals) if p.dim() > 1]
         vectors = [i for i, p in enumerate(self.locals) if p.dim() <= 1]
-        row_vars = self.row_vars = [self.states[i]["row_var"] for i in factored]
-        col_vars = self.col_vars = [self.states[i]["col_var"] for i in factored]
+        row_vars = self.row_vars = [self.states[i][row_state] for i in factored]
+        col_vars = self.col_vars = [self.states[i][column_state] for i in factored]
         fp32 = dict(dtype=torch.float32, device=device)
         # Every sum a step accumulates, in one buffer zeroed once a step: Σθ² and Σu² per param, then
         # each factored param's Σg² per row and per column.
@@ -137,29 +133,31 @@ class AdafactorPlan:
         quantization, variance_scales = None, {i: () for i in vectors}
         if state_dtype is not None:
             fmt = FORMATS[state_dtype]
-            quantization = QuantizedStates(fmt.bits, fmt.block, (UNSIGNED[VARIANCE_KIND],),
-                                           (STOCHASTIC[VARIANCE_KIND],))
-            variance_scales = {i: (self.states[i][scale_name("variance")],) for i in vectors}
+            quantization = QuantizedStates(fmt.bits, fmt.block, (UNSIGNED[rule.vector_kind],),
+                                           (STOCHASTIC[rule.vector_kind],))
+            variance_scales = {i: (self.states[i][scale_name(vector_state)],) for i in vectors}
         self.quantization = quantization
         p, g, s = self.locals, grads, self.states
         factors = {i: (self.row_factor_views[k].reshape(-1), self.column_factors[k]) for k, i in enumerate(factored)}
         prepared = lambda slots, indices, quantized=None: [
-            ([indices[j] for j in members], launch) for members, launch in prepare_launches(slots, "adafactor", quantized)]
+            ([indices[j] for j in members], launch) for members, launch in prepare_launches(slots, rule.name.lower(), quantized)]
         self.row_launches = prepared(
             [TensorSlots(param=p[i], grad=g[i], scalars=(theta_squares[i], sums.reshape(-1)), row_length=p[i].shape[-1])
              for i, sums in zip(factored, self.row_sum_views)], factored)
+        # The per-tensor sums of the update (Adafactor's Σu², for its clipping), if the rule declares them.
+        sums_update = rule.math.vector_sums is not None
         self.vector_sum_launches = prepared(
-            [TensorSlots(param=p[i], grad=g[i], states=(s[i]["variance"],), scales=variance_scales[i],
-                         scalars=(self.weights[i], theta_squares[i], update_squares[i])) for i in vectors],
+            [TensorSlots(param=p[i], grad=g[i], states=(s[i][vector_state],), scales=variance_scales[i],
+                         scalars=(self.weights[i], theta_squares[i], update_squares[i])) for i in vectors if sums_update],
             vectors, quantization)
         self.factored_sum_launches = prepared(
             [TensorSlots(param=p[i], grad=g[i], scalars=(update_squares[i],), row_length=p[i].shape[-1],
-                         factors=factors[i]) for i in factored], factored)
+                         factors=factors[i]) for i in factored if rule.math.factored_sums is not None], factored)
         self.factored_update_launches = prepared(
             [TensorSlots(param=p[i], grad=g[i], scalars=(self.step_sizes[i],), row_length=p[i].shape[-1],
                          factors=factors[i]) for i in factored], factored)
         self.vector_update_launches = prepared(
-            [TensorSlots(param=p[i], grad=g[i], states=(s[i]["variance"],), scales=variance_scales[i],
+            [TensorSlots(param=p[i], grad=g[i], states=(s[i][vector_state],), scales=variance_scales[i],
                          scalars=(self.weights[i], self.step_sizes[i])) for i in vectors], vectors, quantization)
         self.launches = (self.row_launches + self.vector_sum_launches + self.factored_sum_launches
                          + self.factored_update_launches + self.vector_update_launches)
@@ -199,13 +197,13 @@ class AdafactorPlan:
         group, states, factored = self.group, self.states, self.factored
         grads, self.grads = self.grads, None  # the plan holds no gradient between steps
         lr = scalar_lr(group["lr"])  # a tensor lr: read on the host below (a sync where it lives on a GPU)
-        eps1, eps2, decay_rate = resolved_eps1(group, self.locals), group["eps"][1], group["beta2_decay"]
-        hyper = kernels.AdafactorHyper(eps1_squared=eps1 * eps1, decay=float(1 - lr * group["weight_decay"]))
-        flags = kernels.AdafactorFlags(MAXIMIZE=bool(group["maximize"]))
+        rule, kernels = self.rule, self.rule.math
+        floor = rule.floor(group, self.locals)
+        hyper, flags = rule.hyper(group, lr, floor)
         step_counters = [state["step"] for state in states]
         torch._foreach_add_(step_counters, 1.0)
         steps = [counter.item() for counter in step_counters]  # CPU tensors, as torch's: no device sync
-        weights = [t ** decay_rate for t in steps]  # 1 − β̂₂ₜ
+        weights = [rule.weight(group, t) for t in steps]  # the statistics' lerp weight (Adafactor's 1 − β̂₂ₜ)
         self.weights.copy_(torch.tensor(weights, dtype=torch.float32))
         self.sums.zero_()
         if self.wholes:
@@ -213,10 +211,10 @@ class AdafactorPlan:
 
         # 1. reduce: Σθ², Σg² per row (factored), Σu² (vectors); the factored tensors' column sums.
         for _, launch in self.row_launches:
-            launch.reduce(kernels.square_sums, None, 2, hyper, flags)
+            launch.reduce(kernels.row_sums, None, 2, hyper, flags)
         for i, column_sums in zip(factored, self.column_sum_views):
             if self.locals[i].numel():
-                kernels.column_square_sums(grads[i], column_sums)
+                kernels.column_sums(grads[i], column_sums)
         for _, launch in self.vector_sum_launches:
             launch.reduce(kernels.vector_sums, None, 2, hyper, flags)
 
@@ -244,7 +242,7 @@ class AdafactorPlan:
             if self.column_means is not self.column_sum_views:
                 self.column_cast.copy_(self.column_sums)
             torch._foreach_lerp_(self.col_vars, self.column_means, factored_weights)
-            self.totals.div_(self.total_divisors).clamp_(min=eps1)
+            self.totals.div_(self.total_divisors).clamp_(min=floor)
             torch._foreach_copy_(self.row_factor_views, self.row_vars)
             self.row_factors.div_(self.totals[self.total_index])
             copied = [(factor, c) for factor, c in zip(self.column_factors, self.col_vars) if c.dtype != torch.float32]
@@ -253,18 +251,16 @@ class AdafactorPlan:
 
         # 3. second reduce: Σu² of the factored tensors, reading R_i/max(mean R, ε₁) and C_j per element.
         for _, launch in self.factored_sum_launches:
-            launch.reduce(kernels.factored_update_squares, None, 1, hyper, flags)
+            launch.reduce(kernels.factored_sums, None, 1, hyper, flags)
         if any(self.sharded):
             _sum_over_shards([self.update_squares[i] for i in factored if self.sharded[i]], self.shard_group)
 
-        # The step sizes −α/denom as torch computes them (Python floats): the step's one host sync,
-        # reading Σθ² and Σu².
+        # The rule's step sizes (Adafactor's −α/denom) from Σθ² and Σu²: the step's one host sync.
         squares = self.squares.tolist()
-        count, step_sizes = len(self.params), []
-        for numel, t, theta_square, update_square in zip(self.numels, steps, squares[:count], squares[count:]):
-            alpha = max(eps2, math.sqrt(theta_square) / (numel ** 0.5)) * min(lr, 1 / (t ** 0.5))
-            denom = max(1.0, math.sqrt(update_square) / ((numel ** 0.5) * group["d"]))
-            step_sizes.append(float(-alpha / denom))
+        count = len(self.params)
+        step_sizes = [float(rule.step_size(group, lr, t, numel, theta_square, update_square))
+                      for numel, t, theta_square, update_square in zip(self.numels, steps, squares[:count],
+                                                                        squares[count:])]
         self.step_sizes.copy_(torch.tensor(step_sizes, dtype=torch.float32))
 
         # 4. update: θ and the vectors' variance.
@@ -277,4 +273,4 @@ class AdafactorPlan:
             self.wholes.scatter()
 
 
-__all__ = ["AdafactorPlan", "VARIANCE_KIND"]
+__all__ = ["FactoredPlan"]
