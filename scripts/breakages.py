@@ -685,6 +685,22 @@ BREAKAGES = (
              "        if vectors is None or not vectors.fits(params):", "        if vectors is None:",
              ("tests/test_cached_steps.py::test_lbfgs_launches_follow_changes_between_steps",),
              "after p.data = ..., fused L-BFGS moves the params' old storage"),
+    Breakage("history-bad-step-makes-the-state", "fusedoptim/optim/history.py",
+             "        impl = self.chosen_impl()  # refused before the state exists\n"
+             "        closure, state, group = torch.enable_grad()(closure), self.state[params[0]], self.param_groups[0]\n",
+             "        closure, state, group = torch.enable_grad()(closure), self.state[params[0]], self.param_groups[0]\n"
+             "        impl = self.chosen_impl()  # refused before the state exists\n",
+             ("tests/test_history_rules.py::-k test_bad_input_is_refused_before_any_change and triton",),
+             "a history rule's step refused for a float64 param leaves an empty state behind"),
+    Breakage("history-fused-scaled-ignores-its-coefficient", "fusedoptim/optim/history.py",
+             "        self.update(kernels.scaled, result, v, a)", "        self.update(kernels.scaled, result, v, 1.0)",
+             ("tests/test_history_rules.py::-k test_fused_steps_match_the_oracle",),
+             "the fused history rules' a·v is v: d = −g is g, s = t·d is d; every step goes astray"),
+    Breakage("history-toy-takes-the-other-bb-step", "tests/test_adding_a_rule.py",
+             "    return float(vectors.dot(s, s) / vectors.dot(s, y))  # α = sᵀs / sᵀy",
+             "    return float(vectors.dot(s, y) / vectors.dot(y, y))  # α = sᵀs / sᵀy",
+             ("tests/test_adding_a_rule.py::-k test_the_history_toys_steps_are_its_equations",),
+             "the toy's math takes BB's second step size sᵀy/yᵀy in both impls: only its equations tell"),
 )
 
 
