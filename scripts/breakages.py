@@ -254,11 +254,11 @@ BREAKAGES = (
              ("tests/test_lbfgs.py::-k test_steps_like_torch and reference",),
              "L-BFGS's second loop adds β_i: the direction is no quasi-Newton one, the steps wander"),
     Breakage("lbfgs-history-drops-the-newest-pair", "fusedoptim/optim/reference/lbfgs.py",
-             "                    old_dirs.pop(0)\n                    old_stps.pop(0)\n                    ro.pop(0)",
-             "                    old_dirs.pop()\n                    old_stps.pop()\n                    ro.pop()",
+             "            old_dirs.pop(0)\n            old_stps.pop(0)\n            ro.pop(0)",
+             "            old_dirs.pop()\n            old_stps.pop()\n            ro.pop()",
              ("tests/test_lbfgs.py::-k test_steps_like_torch and history and reference",),
              "a full L-BFGS history keeps its oldest pairs and forgets the curvature it just measured"),
-    Breakage("lbfgs-closure-evaluated-after-the-last-iteration", "fusedoptim/optim/reference/lbfgs.py",
+    Breakage("lbfgs-closure-evaluated-after-the-last-iteration", "fusedoptim/optim/reference/history.py",
              "            if n_iter != max_iter:  # the last iteration's f and g would go unused: torch skips them",
              "            if True:",
              ("tests/test_lbfgs.py::-k test_steps_like_torch and max-iter and reference",),
@@ -569,7 +569,7 @@ BREAKAGES = (
              ("tests/test_adafactor_fsdp2.py::test_fsdp2_quantized_variance_steps_as_one_process",),
              "a vector stepped whole on every rank has its Σθ² and Σu² added over the ranks: α and the clipping "
              "read twice them"),
-    Breakage("lbfgs-launch-traced-by-dynamo", "fusedoptim/optim/lbfgs.py",
+    Breakage("lbfgs-launch-traced-by-dynamo", "fusedoptim/optim/history.py",
              "    @torch.compiler.disable\n    def reduce(",
              "    def reduce(",
              ("tests/test_lbfgs.py::-k compiled_step",),
@@ -682,8 +682,8 @@ BREAKAGES = (
              "                pass",
              ("tests/test_cached_steps.py::test_adafactor_plan_follows_changes_between_steps",),
              "fused Adafactor reads the first step's gradients forever (zero_grad(set_to_none=True) makes new ones)"),
-    Breakage("lbfgs-launches-kept-after-params-moved", "fusedoptim/optim/lbfgs.py",
-             "            if vectors is None or not vectors.fits(params):", "            if vectors is None:",
+    Breakage("lbfgs-launches-kept-after-params-moved", "fusedoptim/optim/history.py",
+             "        if vectors is None or not vectors.fits(params):", "        if vectors is None:",
              ("tests/test_cached_steps.py::test_lbfgs_launches_follow_changes_between_steps",),
              "after p.data = ..., fused L-BFGS moves the params' old storage"),
     # AdEMAMix's schedules are one function both impls read (a ScalarUpdate and the oracle): only the
@@ -759,6 +759,22 @@ BREAKAGES = (
              'weight=lambda group, t: 1 - group["alpha"]', 'weight=lambda group, t: group["alpha"]',
              ("tests/test_adding_a_rule.py::-k factored_toys_first_step",),
              "the factored toy keeps (1 − α) of v̂ instead of α, in kernel and oracle alike: only its equations see it"),
+    Breakage("history-bad-step-makes-the-state", "fusedoptim/optim/history.py",
+             "        impl = self.chosen_impl()  # refused before the state exists\n"
+             "        closure, state, group = torch.enable_grad()(closure), self.state[params[0]], self.param_groups[0]\n",
+             "        closure, state, group = torch.enable_grad()(closure), self.state[params[0]], self.param_groups[0]\n"
+             "        impl = self.chosen_impl()  # refused before the state exists\n",
+             ("tests/test_history_rules.py::-k test_bad_input_is_refused_before_any_change and triton",),
+             "a history rule's step refused for a float64 param leaves an empty state behind"),
+    Breakage("history-fused-scaled-ignores-its-coefficient", "fusedoptim/optim/history.py",
+             "        self.update(kernels.scaled, result, v, a)", "        self.update(kernels.scaled, result, v, 1.0)",
+             ("tests/test_history_rules.py::-k test_fused_steps_match_the_oracle",),
+             "the fused history rules' a·v is v: d = −g is g, s = t·d is d; every step goes astray"),
+    Breakage("history-toy-takes-the-other-bb-step", "tests/test_adding_a_rule.py",
+             "    return float(vectors.dot(s, s) / vectors.dot(s, y))  # α = sᵀs / sᵀy",
+             "    return float(vectors.dot(s, y) / vectors.dot(y, y))  # α = sᵀs / sᵀy",
+             ("tests/test_adding_a_rule.py::-k test_the_history_toys_steps_are_its_equations",),
+             "the toy's math takes BB's second step size sᵀy/yᵀy in both impls: only its equations tell"),
 )
 
 

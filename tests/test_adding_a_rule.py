@@ -12,6 +12,8 @@ The matrix toy, "FrobeniusMomentum": the momentum of each matrix divided by its 
 the matrix shape's suite (tests/test_matrix_rules.py) and against its equations written out here.
 The factored toy, "FactoredRMSprop": RMSprop whose v̂ is the factored estimate r·cᵀ/Σr of a running mean
 of g² (r, c its row and column sums), through the factored shape's suite (tests/test_factored_rules.py).
+The history toy, "BarzilaiBorwein": gradient descent whose step size is sᵀs/sᵀy of the last pair (lr at
+first), through the history shape's suite (tests/test_history_rules.py) and its equations written out here.
 """
 from typing import NamedTuple
 
@@ -33,6 +35,9 @@ from fusedoptim.kernels import adafactor as factored_kernels
 from fusedoptim.optim.factored_rule import FactoredMath, FactoredRule
 from scripts import rule_sheet
 from tests import test_factored_rules
+from fusedoptim.optim.history_rule import HistoryRule
+from fusedoptim.optim.reference.history import HistoryMath, history_step
+from tests import test_history_rules
 from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_matrix_rules, test_parity,
                    test_quantized_state, test_step_plan)
 
@@ -345,3 +350,83 @@ def test_the_factored_toys_first_step_is_its_equations(impl):
     rows, columns = (grad ** 2).sum(1), (grad ** 2).sum(0)
     variance = 0.1 * rows[:, None] * columns[None, :] / (grad ** 2).sum()
     torch.testing.assert_close(param.detach(), theta - 0.1 * grad / (variance.sqrt() + 1e-3))
+
+
+# The history toy. 1. Its math, over the vector operations (the oracle's flat vectors and the fused
+# launches both do them): the last pair with positive curvature kept, the direction −g, the step size.
+def keep_the_last_pair(vectors, history, s, y, group):
+    if vectors.dot(y, s) > group["curvature"]:  # sᵀy > curvature, else the previous pair stays
+        history.update(last_step=s, last_change=y)
+
+
+def barzilai_borwein_step_size(vectors, g, lr, history, first):
+    if history["last_step"] is None:  # no pair yet: lr
+        return lr
+    s, y = history["last_step"], history["last_change"]
+    return float(vectors.dot(s, s) / vectors.dot(s, y))  # α = sᵀs / sᵀy
+
+
+BB_MATH = HistoryMath(("last_step", "last_change"), lambda group: dict(last_step=None, last_change=None),
+                      keep_the_last_pair, lambda vectors, g, history, group: vectors.scaled(g, -1),
+                      barzilai_borwein_step_size)
+
+
+# 2. Its oracle (fusedoptim/optim/reference/<rule>.py): the shape's step with its math, on flat vectors.
+def barzilai_borwein(closure, vectors, state, group):
+    r"""Barzilai & Borwein 1988: :math:`θ_{k+1} = θ_k − α_k g_k`, :math:`α_0 = \text{lr}`,
+    :math:`α_k = s^Ts / s^Ty` of the last pair :math:`s = θ_k − θ_{k−1}`, :math:`y = g_k − g_{k−1}` with
+    :math:`s^Ty >` curvature."""
+    return history_step(closure, vectors, state, group, BB_MATH)
+
+
+# 3. Its declaration (a row of SHAPED_RULES: history_row(BARZILAI_BORWEIN)).
+def checked_curvature(arguments):
+    if not arguments["curvature"] > 0:  # NaN fails too
+        raise ValueError(f"BarzilaiBorwein: curvature={arguments['curvature']!r} must be > 0")
+    return arguments
+
+
+BARZILAI_BORWEIN = HistoryRule(
+    name="BarzilaiBorwein", summary="Gradient descent with the Barzilai–Borwein step size (a toy rule of the tests)",
+    doc="Barzilai–Borwein gradient descent. lr=0.1: the first step size. curvature=1e-10: sᵀy of a kept pair.",
+    defaults=dict(lr=0.1, max_iter=1, max_eval=None, tolerance_grad=1e-7, tolerance_change=1e-9, curvature=1e-10),
+    checked=checked_curvature, math=BB_MATH, reference=barzilai_borwein,
+    state_bytes=lambda group, shapes, dtype: 4 * 4 * sum(torch.Size(shape).numel() for shape in shapes),
+    bad_arguments=((dict(curvature=0.0), "curvature=0.0 must be > 0"),),
+)
+
+
+def test_the_history_toy_passes_the_history_shapes_suite():
+    toy = BARZILAI_BORWEIN
+    test_history_rules.test_fused_steps_match_the_oracle(toy)
+    for impl in ("triton", "reference"):
+        test_history_rules.test_bad_input_is_refused_before_any_change(toy, impl)
+        test_history_rules.test_state_dict_resume_equals_uninterrupted_run(toy, impl)
+
+
+@pytest.mark.parametrize("impl", ["triton", "reference"])
+def test_the_history_toys_steps_are_its_equations(impl):
+    """On f(θ) = ½θᵀAθ − bᵀθ, three steps of one iteration each, against the equations in fp64:
+    θ₁ = θ₀ − lr·g₀, then θ_{k+1} = θ_k − (sᵀs/sᵀy)·g_k with s = θ_k − θ_{k−1}, y = g_k − g_{k−1}."""
+    generator = torch.Generator().manual_seed(5)
+    m = torch.randn(4, 4, generator=generator, dtype=torch.float64)
+    a, b = m @ m.T + torch.eye(4, dtype=torch.float64), torch.randn(4, generator=generator, dtype=torch.float64)
+    theta = [torch.randn(4, generator=generator, dtype=torch.float64)]
+    param = torch.nn.Parameter(theta[0].float())
+
+    def closure():
+        param.grad = None
+        loss = 0.5 * param @ a.float() @ param - b.float() @ param
+        loss.backward()
+        return loss.detach()
+
+    optimizer = BARZILAI_BORWEIN.optimizer([param], lr=0.05, impl=impl)
+    for _ in range(3):
+        optimizer.step(closure)
+    gradient = [a @ theta[0] - b]
+    theta.append(theta[0] - 0.05 * gradient[0])
+    for k in (1, 2):
+        gradient.append(a @ theta[k] - b)
+        s, y = theta[k] - theta[k - 1], gradient[k] - gradient[k - 1]
+        theta.append(theta[k] - (s @ s) / (s @ y) * gradient[k])
+    torch.testing.assert_close(param.detach().double(), theta[3], rtol=1e-4, atol=1e-5)

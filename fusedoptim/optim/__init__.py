@@ -3,8 +3,8 @@
 Every class is a torch.optim.Optimizer made from one row of ``optim.registry.RULES``, exported here
 under the rule's name (``optim.AdamW``, ``optim.Tiger``, ...): a new row is a new class, with nothing
 to add to this file. ``LBFGS``, ``Muon`` and ``Adafactor`` are rows of ``optim.registry.SHAPED_RULES``: Muon's
-class is made from its declaration (``optim.muon``, on ``optim.matrix``); the others are their own
-(``optim.lbfgs``, ``optim.adafactor``), on one base (``optim.unregistered``).
+class is made from its declaration (``optim.muon``, on ``optim.matrix``), LBFGS's too (``optim.lbfgs``, on
+``optim.history``); Adafactor's is its own (``optim.adafactor``), on one base (``optim.unregistered``).
 """
 from fusedoptim.optim.adafactor import Adafactor
 from fusedoptim.optim.base import FusedOptimizer, optimizer_class

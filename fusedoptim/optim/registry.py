@@ -63,12 +63,12 @@ from fusedoptim.optim.reference.tiger import tiger
 from fusedoptim.optim.param_groups import tiger_constants, tiger_param_groups, tiger_sum_of_squares_over
 
 from fusedoptim.optim.adafactor import ADAFACTOR
-from fusedoptim.optim.lbfgs import LBFGS, lbfgs_state_bytes
 from fusedoptim.optim.factored_rule import factored_row
+from fusedoptim.optim.history_rule import history_row
+from fusedoptim.optim.lbfgs import LBFGS_RULE
 from fusedoptim.optim.matrix_rule import matrix_row
 from fusedoptim.optim.muon import MUON
-from fusedoptim.optim.reference.lbfgs import lbfgs_step
-from fusedoptim.optim.rule import (FIRST_STEP, TOLERANCES, Modes, Rule, ScalarUpdate, ShapedRule, State, Sum, Tolerance,
+from fusedoptim.optim.rule import (FIRST_STEP, TOLERANCES, Modes, Rule, ScalarUpdate, State, Sum, Tolerance,
                                    caution)
 
 ADAM_HYPERPARAMETERS = (lr(1e-3), betas((0.9, 0.999)), eps(1e-8, "added to the denominator √v̂ + eps"), weight_decay(0),
@@ -503,11 +503,6 @@ SHAPED_RULES = {
     for rule in (
         matrix_row(MUON),  # its declaration: optim.muon, the class made from it (optim.matrix_rule)
         factored_row(ADAFACTOR),  # its declaration: optim.adafactor, the class made from it (optim.factored_rule)
-        ShapedRule(
-            name="LBFGS", shape="history",
-            summary="Limited-memory BFGS: the two-loop recursion over the last history_size steps, a fixed step "
-                    "or a strong Wolfe line search (Liu & Nocedal 1989)",
-            optimizer=LBFGS, reference=lbfgs_step, torch_twin=torch.optim.LBFGS, state_bytes=lbfgs_state_bytes,
-        ),
+        history_row(LBFGS_RULE),  # its declaration: optim.lbfgs, the class made from it (optim.history_rule)
     )
 }

@@ -360,7 +360,8 @@ SHAPES = {
 class ShapedRule:
     """A rule whose update is not element-wise (``SHAPES``): declared in the registry beside the
     element-wise rows, so that the rule sheet, the README's list, the memory model and the tests iterate
-    every rule; its class is made from its declaration (matrix: ``optim.matrix_rule``) or its own
+    every rule; its class is made from its declaration (matrix: ``optim.matrix_rule``; history:
+    ``optim.history_rule``) or its own
     (``optim.unregistered``), its oracle in ``optim.reference`` as for every rule."""
 
     name: str  # the class's name

@@ -1,6 +1,6 @@
 """The strong Wolfe line search of L-BFGS (``line_search_fn="strong_wolfe"``), torch.optim.LBFGS's
 (itself ported from Torch7's lswolfe.lua), over any vector operations: ``vectors`` is a
-``reference.lbfgs.FlatVectors`` (the oracle) or the fused impl's launches (``optim.lbfgs``).
+``reference.history.FlatVectors`` (the oracle) or the fused impl's launches (``optim.history``).
 
 A step length t is accepted when it satisfies the strong Wolfe conditions (Nocedal & Wright,
 Numerical Optimization, 2nd ed., eq. 3.7, algorithms 3.5 and 3.6):
