@@ -1,7 +1,7 @@
 """cautious=True (Liang et al. 2024, "Cautious Optimizers"), the flag every momentum rule declares once
 (``optim.hyperparameters.CAUTIOUS``): both impls against lion-pytorch's and pytorch-optimizer's cautious
-Lion, and against the paper's equations written out here for the rules no peer has cautious (AdamW,
-Adam, Signum, Tiger, SGD). Several steps, so that the mask acts on a momentum that earlier masked steps moved;
+Lion, AdEMAMix and ADOPT, and against the paper's equations written out here for the rules no peer has
+cautious (AdamW, Adam, Signum, Tiger, SGD). Several steps, so that the mask acts on a momentum that earlier masked steps moved;
 params and every state. The registry suites (parity, bad input, quantized state) run it as a variant
 of their own (a boolean declaration is switched by them by itself)."""
 import lion_pytorch.cautious_lion
@@ -24,17 +24,17 @@ def paper(u, g):
     return u * mask / max(mask.mean().item(), 1e-3)
 
 
-def run(optimizer, params, steps=STEPS, seed=1):
+def run(optimizer, params, steps=STEPS, seed=1, grads=random_grads):
     for t in range(steps):
-        for p, g in zip(params, random_grads(params, seed=seed + t)):
+        for p, g in zip(params, grads(params, seed=seed + t)):
             p.grad = g
         optimizer.step()
     return optimizer
 
 
-def ours(name, dtype=torch.float32, impl="triton", **options):
+def ours(name, dtype=torch.float32, impl="triton", grads=random_grads, **options):
     params = [p.requires_grad_() for p in make_params(SHAPES, dtype)]
-    return params, run(getattr(optim, name)(params, impl=impl, cautious=True, **options), params)
+    return params, run(getattr(optim, name)(params, impl=impl, cautious=True, **options), params, grads=grads)
 
 
 def compare(params, optimizer, expected_params, expected_states, what, tolerance=TOLERANCES[torch.float32]):
@@ -69,6 +69,48 @@ def test_lion_equals_pytorch_optimizer_cautious_lion(impl, monkeypatch):
     twins = [p.detach().clone().requires_grad_() for p in make_params(SHAPES, torch.float32)]
     twin = run(pytorch_optimizer.Lion(twins, cautious=True, foreach=False, **options), twins)
     compare(params, optimizer, twins, [{"exp_avg": twin.state[p]["exp_avg"]} for p in twins], f"Lion {impl}")
+
+
+def huge_second_gradient(params, seed):
+    """Random gradients but for element 0 of each tensor: 1e30 on the second step (seed 2), so that v's
+    g² overflows to inf there and the next steps' normalized gradient g/max(√v, ε) is 0 while m is not;
+    +1 on the third, agreeing in sign with that m (made positive by the clipped ĝ of the 1e30)."""
+    grads = random_grads(params, seed)
+    for g in grads:
+        g.view(-1)[0] = {2: 1e30, 3: 1.0}.get(seed, g.view(-1)[0].item())
+    return grads
+
+
+# (ours, its options, pytorch-optimizer's options, its state names for ours, our gradients): AdEMAMix's
+# warm-up (one T for both, as the peer's t_alpha_beta3) shorter than the steps; ADOPT's steps where its
+# normalized gradient is 0 and g is not, which tells the gradient it masks against.
+PEERS = {"AdEMAMix": (dict(lr=1e-2, betas=(0.8, 0.99, 0.999), alpha=4.0, weight_decay=0.1, alpha_warmup=3,
+                           beta3_warmup=3), dict(t_alpha_beta3=3, weight_decouple=True),
+                      {"exp_avg_fast": "exp_avg", "exp_avg_slow": "exp_avg_slow", "exp_avg_sq": "exp_avg_sq"},
+                      random_grads),
+         "ADOPT": (dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, weight_decouple=True), {},
+                   {"exp_avg": "exp_avg", "exp_avg_sq": "exp_avg_sq"}, huge_second_gradient)}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # ADOPT's g² of 1e30, on purpose
+@pytest.mark.parametrize("name", PEERS)
+@pytest.mark.parametrize("impl", IMPLS)
+def test_equals_pytorch_optimizer_cautious(name, impl, monkeypatch):
+    """pytorch-optimizer's AdEMAMix and ADOPT with cautious=True, their apply_cautious set to the paper's
+    normalization as above: what each masks (AdEMAMix m1 alone, against g; ADOPT η·m, against its
+    normalized gradient ĝ, not g) and where."""
+    def apply_cautious(update, grad):
+        update.copy_(paper(update, grad))
+
+    peer = getattr(pytorch_optimizer, name)
+    monkeypatch.setattr(peer, "apply_cautious", staticmethod(apply_cautious))
+    options, peer_options, state_names, grads = PEERS[name]
+    params, optimizer = ours(name, impl=impl, grads=grads, **options)
+    twins = [p.detach().clone().requires_grad_() for p in make_params(SHAPES, torch.float32)]
+    peer_options = {k: v for k, v in options.items() if not k.endswith("_warmup")} | peer_options
+    twin = run(peer(twins, cautious=True, foreach=False, **peer_options), twins, grads=grads)
+    compare(params, optimizer, twins, [{ours_: twin.state[p][theirs] for ours_, theirs in state_names.items()}
+                                       for p in twins], f"{name} {impl}")
 
 
 def written_out(name, options, steps=STEPS):

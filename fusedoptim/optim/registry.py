@@ -7,11 +7,11 @@ follows from it: optim.rule); fusedoptim/optim/__init__.py exports every row's c
 import torch
 
 from fusedoptim.kernels.adadelta import adadelta_update
-from fusedoptim.kernels.ademamix import ademamix_update
+from fusedoptim.kernels.ademamix import ademamix_agreement, ademamix_update
 from fusedoptim.kernels.adagrad import adagrad_update
 from fusedoptim.kernels.adam import adam_agreement, adam_update
 from fusedoptim.kernels.adamax import adamax_update
-from fusedoptim.kernels.adopt import adopt_update
+from fusedoptim.kernels.adopt import adopt_agreement, adopt_update
 from fusedoptim.kernels.asgd import asgd_update
 from fusedoptim.kernels.eg import eg_update
 from fusedoptim.kernels.egstepsize import egstepsize_update
@@ -236,8 +236,11 @@ RULES = {
                                "T steps", kernel="host", test_value=3,
                                bad=((0, "None (no warm-up) or an integer >= 1"), ("10", "integer"))),
                 eps(1e-8, "added to the denominator √ν̂ + eps"),
-                weight_decay(0, "AdamW's decay λ, of the θ before the step: θ ← θ − lr·(update + λθ)")),
+                weight_decay(0, "AdamW's decay λ, of the θ before the step: θ ← θ − lr·(update + λθ)"), CAUTIOUS),
             states=(State("exp_avg_fast"), State("exp_avg_slow"), State("exp_avg_sq", kind="nonnegative")),
+            # caution masks m1 alone, against g (pytorch-optimizer's cautious AdEMAMix)
+            sums=(caution(("grad", "exp_avg_fast"), "the fast EMA m1 agrees in sign with g"),),
+            reduce=ademamix_agreement, reduce_reads_param=never,
             # α_t and 1 − β3_t, from the step, on the device before each update (1 − β3_t in fp64 there: in
             # the kernel's fp32, 1 − 0.9999 keeps 3 digits)
             scalar_states=("step", "alpha_t", "one_minus_beta3_t"),
@@ -253,10 +256,13 @@ RULES = {
                                           "weight_decouple θ ← θ·(1 − lr·λ) first"),
                              flag("weight_decouple", "decay θ ← θ·(1 − lr·λ) instead of adding λ·θ to the gradient"),
                              flag("fixed_decay", "with weight_decouple, θ ← θ·(1 − λ): the lr does not scale the decay"),
-                             eps(1e-6, "the floor of the denominator: g / max(√v, eps)"), MAXIMIZE),
+                             eps(1e-6, "the floor of the denominator: g / max(√v, eps)"), MAXIMIZE, CAUTIOUS),
             # v is made by the first step (v = g², θ moved only by its decay), which the kernel sees as a flag
             states=(State("exp_avg"), State("exp_avg_sq", initial=FIRST_STEP, kind="nonnegative")),
             scalar_states=("step",),
+            # caution masks η·m against the normalized gradient, not g (pytorch-optimizer's cautious ADOPT)
+            sums=(caution(("param", "grad", "exp_avg", "exp_avg_sq"), "the step agrees in sign with the normalized "
+                          "gradient ĝ"),), reduce=adopt_agreement,
         ),
         Rule(
             name="ASGD",

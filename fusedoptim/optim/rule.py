@@ -109,13 +109,13 @@ class Sum:
         return self.when is None or bool(group[self.when])
 
 
-def caution(reads: tuple) -> Sum:
+def caution(reads: tuple, agrees: str = "the step agrees in sign with g") -> Sum:
     """Caution's sum (Liang et al. 2024, "Cautious Optimizers"), declared by each momentum rule with the
     ``cautious`` flag (``optim.hyperparameters.CAUTIOUS``): the fraction of a tensor's elements whose step
     agrees in sign with the gradient, which the step is divided by (``kernels.elementwise.cautious``).
     The rule's reduce returns ``agreement(step, g)`` from the same math its update runs; ``reads``: what
-    that math reads."""
-    return Sum("agreement", "1 where the step agrees in sign with g", reads=reads, when="cautious",
+    that math reads; ``agrees``: what is compared, where it is not the whole step with g (its peer's choice)."""
+    return Sum("agreement", f"1 where {agrees}", reads=reads, when="cautious",
                mean=True)
 
 

@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.reference import cautious, upcast
 
 # The authors' f(β) = ln ½ / ln(β + 1e-8) − 1 (apple/ml-ademamix, pytorch/ademamix.py): the 1e-8 keeps
 # ln β finite for β1 = 0, where their fast EMA is the gradient itself.
@@ -53,7 +53,8 @@ def ademamix(params, grads, states, group):
 
     The decay is AdamW's, λθ of the θ before the step, computed as θ(1 − ηλ) − η·u (pytorch-optimizer's
     AdEMAMix with weight_decouple=True): equal to rounding, but where θ is infinite the authors' form is
-    NaN (inf − inf) and this one stays infinite. State per param: step, alpha_t and
+    NaN (inf − inf) and this one stays infinite. With cautious, m1 alone is masked by its agreement with g
+    (``reference.cautious``), as pytorch-optimizer's cautious AdEMAMix: α_t·m2 and the decay never. State per param: step, alpha_t and
     one_minus_beta3_t (fp32 scalars, the latter 1 − β3_t), exp_avg_fast (m1), exp_avg_slow (m2),
     exp_avg_sq (ν), the authors' names.
     """
@@ -70,7 +71,8 @@ def ademamix(params, grads, states, group):
         exp_avg_slow = upcast(state["exp_avg_slow"]).lerp(g, slow_weight)  # m2 ← β3_t·m2 + (1 − β3_t)·g
         exp_avg_sq = upcast(state["exp_avg_sq"]) * beta2 + (1 - beta2) * g * g  # ν ← β2·ν + (1 − β2)·g²
         denom = exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step) + eps  # √ν̂ + ε
-        update = (exp_avg_fast / (1 - beta1**step) + alpha_t * exp_avg_slow) / denom  # (m̂1 + α_t·m2)/(√ν̂ + ε)
+        fast = cautious(exp_avg_fast, g, group)  # m1 masked where it disagrees with g, with caution
+        update = (fast / (1 - beta1**step) + alpha_t * exp_avg_slow) / denom  # (m̂1 + α_t·m2)/(√ν̂ + ε)
         # θ ← θ − η·(u + λθ), AdamW's decay of the θ before the step, as θ(1 − ηλ) − η·u (an infinite θ stays so)
         param.copy_(theta * (1 - lr * weight_decay) - lr * update)
         state["exp_avg_fast"].copy_(exp_avg_fast)

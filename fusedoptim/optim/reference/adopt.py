@@ -1,6 +1,6 @@
 import math
 
-from fusedoptim.optim.reference import upcast
+from fusedoptim.optim.reference import cautious, upcast
 
 
 def adopt(params, grads, states, group, first_step):
@@ -16,7 +16,9 @@ def adopt(params, grads, states, group, first_step):
 
     t counts this step, 1 on the first, so the first update clips at ±2^¼. The authors' repository
     (iShohei220/adopt) now counts from 0: its first update clips at ±1 (t − 1 in place of t), and its
-    first call applies no decoupled decay (docs/ademamix-adopt.md). State per param: step, exp_avg (m),
+    first call applies no decoupled decay (docs/ademamix-adopt.md). With cautious, the step η·m_t is masked
+    by its agreement with the clipped normalized gradient ĝ, not g (``reference.cautious``), as
+    pytorch-optimizer's cautious ADOPT: ĝ has g's sign but where g/max(√v, ε) rounds to 0. State per param: step, exp_avg (m),
     exp_avg_sq (v, made by the first step: ``first_step[i]``).
     """
     lr, (beta1, beta2), eps, weight_decay = float(group["lr"]), map(float, group["betas"]), group["eps"], \
@@ -39,6 +41,6 @@ def adopt(params, grads, states, group, first_step):
         clip = math.pow(step, 0.25)  # ±t^¼
         normed = (g / exp_avg_sq.sqrt().clamp(min=eps)).clamp(-clip, clip)  # clip(g / max(√v, ε), ±t^¼)
         exp_avg = upcast(state["exp_avg"]).lerp(normed, 1 - beta1)  # m ← β1·m + (1 − β1)·ĝ
-        param.copy_(theta - lr * exp_avg)  # θ ← θ − η·m
+        param.copy_(theta - cautious(lr * exp_avg, normed, group))  # θ ← θ − η·m, masked against ĝ with caution
         state["exp_avg"].copy_(exp_avg)
         state["exp_avg_sq"].copy_(exp_avg_sq * beta2 + (1 - beta2) * g * g)  # v ← β2·v + (1 − β2)·g²
