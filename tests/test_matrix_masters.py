@@ -37,6 +37,8 @@ def test_fused_masters_match_the_oracle(rule, master_weight_bits):
     fused_params, fused = run(rule, "triton", master_weight_bits)
     params, reference = run(rule, "reference", master_weight_bits)
     group = reference.param_groups[0]
+    measured = sum(value.numel() * value.element_size() for state in fused.state.values() for value in state.values())
+    assert measured == rule.state_bytes(group, SHAPES, torch.bfloat16, master_weight_bits=master_weight_bits)
     for i, (p, q) in enumerate(zip(fused_params, params)):
         residual = fused.state[p]["master_residual"]
         assert residual.dtype == {32: torch.int16, 24: torch.int8}[master_weight_bits] and residual.any(), i

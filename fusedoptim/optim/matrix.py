@@ -12,9 +12,15 @@ keeps them apart:
 The rule declares its arguments, their checks, the transform and its oracle, γ' and its whole-step
 oracle; the engine does the rest for every matrix rule: param groups and state, the impl, FSDP2's
 shards (one owner rank transforms each whole matrix: ``optim.matrix_shards``), GradScaler and
-torch.compile (``optim.unregistered.StepAsOneOp``), an int8/int4 momentum (on FSDP2 coded per shard),
-stochastic rounding, split master weights (the apply steps θ's fp32 master: θ and its residual), and
+torch.compile (``optim.unregistered.StepAsOneOp``), an int8/int4 momentum, stochastic rounding, split master weights (the apply steps θ's fp32 master: θ and its residual), and
 checkpoints. The reference impl: ``optim.matrix_reference``.
+
+An int8/int4 momentum of an FSDP2 param is kept as the registry keeps quantized states
+(``optim.saved_states``): where a row of the matrix is a whole number of blocks, each rank codes its
+shard, whose blocks are then the whole tensor's, and ``state_dict`` shows them as DTensors for
+torch.distributed.checkpoint; otherwise every rank keeps the whole momentum's codes and steps them
+from the whole gradient (an all-gather), sending its rows of U on as any shard's. Either way the codes
+are those of one process on the whole matrix, whatever the mesh.
 """
 import numbers
 
@@ -30,10 +36,12 @@ from fusedoptim.optim.matrix_reference import MOMENTUM, MOMENTUM_KIND, reference
 from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
 from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, new_codes,
                                            quantize_constant, scale_name, scale_numel)
-from fusedoptim.optim.shards import local
-from fusedoptim.optim.states import MASTER_RESIDUAL, make_residual
+from fusedoptim.optim.saved_states import saved_view, stepped_whole, to_local
+from fusedoptim.optim.shards import local, shard_range
+from fusedoptim.optim.states import MASTER_RESIDUAL, local_states, make_residual
 from fusedoptim.optim.unregistered import StepAsOneOp
-from fusedoptim.optim.validation import check_master_param, check_master_weight_bits, check_saved_residual, check_state
+from fusedoptim.optim.validation import (check_master_param, check_master_weight_bits, check_quantized_state,
+                                         check_saved_residual, check_state)
 
 # MOMENTUM, the shape's one state (torch.optim.Muon's name), and MOMENTUM_KIND, its quantization scheme
 # (a momentum, so "signed": linear absmax, round to nearest, as the registry's momenta declare it), are
@@ -80,9 +88,6 @@ class MatrixOptimizer(StepAsOneOp):
     FUSED_DTYPES = tuple(TRITON_DTYPES)
     ONE_DEVICE = False  # a stack per (shape, dtype, device); the factors copied to each device
     QUANTIZED_STATE = MOMENTUM
-    # The momentum is element-wise: an FSDP2 shard's codes are blocks of its own elements, stepped by
-    # its rank alone (the transform reads U, not the codes), as the registry's states of FSDP2 params.
-    QUANTIZED_PER_SHARD = True
     STATE = (MOMENTUM,)
     # As for torch.optim.Muon: GradScaler.step unscales the gradients itself (one foreach op) and skips the
     # step on an inf or NaN, so a skipped step touches neither θ nor the momentum.
@@ -152,6 +157,11 @@ class MatrixOptimizer(StepAsOneOp):
                                  residual, self.master_weight_bits)
         super().load_state_dict(state_dict)
         params = [p for group in self.param_groups for p in group["params"]]
+        if self.state_dtype is not None:  # the codes and scales in the rank's own form (state_dict's DTensors)
+            names = (MOMENTUM, scale_name(MOMENTUM))
+            for param in params:
+                kept = {name: value for name, value in self.state[param].items() if name in names}
+                self.state[param].update(to_local(local_states(kept), {MOMENTUM: MOMENTUM_KIND}))
         for param, residual in zip(params, residuals):
             if residual is not None and self.master_weight_bits is None:
                 del self.state[param][MASTER_RESIDUAL]
@@ -189,6 +199,24 @@ class MatrixOptimizer(StepAsOneOp):
             elif params:
                 self._fused_step(params, states, group)
 
+    def check_quantized_states(self, params) -> None:
+        """Any codes and scales of the momentum (a checkpoint's) as this step would make them: of the local
+        shard, or of the whole param where every rank keeps the whole momentum (``stepped_whole``)."""
+        for i, p in enumerate(params):
+            if MOMENTUM in self.state.get(p, {}):
+                like = p if stepped_whole(p, self.state_dtype) else local(p)
+                check_quantized_state(self.rule.name, MOMENTUM, self.state[p], like, self.state_dtype, f"param {i}")
+
+    def state_dict(self):
+        """torch's, an FSDP2 param's momentum codes and scales of whole blocks shown as DTensors of the
+        whole tensor's (``saved_view``): torch.distributed.checkpoint saves each rank's part and reshards
+        them. Whole codes, the same on every rank, stay plain: saved once."""
+        state_dict = super().state_dict()
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, state in state_dict["state"].items():
+            state_dict["state"][index] = saved_view(params[index], state, (MOMENTUM,), self.state_dtype)
+        return state_dict
+
     def _check_masters(self, params):
         """Split master weights complete bf16 and fp16 params, each with a residual (a checkpoint's) as the
         step would make it: the registry's checks and words, before any group changes."""
@@ -204,6 +232,8 @@ class MatrixOptimizer(StepAsOneOp):
         if self.state_dtype is None:
             state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
             return
+        if stepped_whole(param, self.state_dtype):  # codes of the whole tensor, on every rank
+            param = torch.empty(param.shape, dtype=torch.int8, device=local(param).device)
         param = local(param)
         codes = new_codes(param, self.state_dtype)
         scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32, device=param.device)
@@ -227,9 +257,16 @@ class MatrixOptimizer(StepAsOneOp):
         hyper = kernels.MomentumHyper(group["momentum"], 1 - group["momentum"])
         flags = kernels.MomentumFlags(bool(group["nesterov"]))
         quantized = self.state_dtype is not None
-        momentum_slots = [TensorSlots(param=u, grad=local(p.grad), states=(local(s["momentum_buffer"]),),
+        # A momentum kept whole is stepped whole on every rank, from the whole gradient, into a whole U
+        # whose rows this rank sends on (even with no rows of its own: every rank's codes stay alike).
+        whole_updates = {i: torch.empty(p.shape, dtype=p.dtype, device=local(p).device)
+                         for i, p in enumerate(params) if stepped_whole(p, self.state_dtype)}
+        momentum_slots = [TensorSlots(param=whole_updates.get(i, u),
+                                      grad=p.grad.full_tensor() if i in whole_updates else local(p.grad),
+                                      states=(local(s["momentum_buffer"]),),
                                       scales=(s[scale_name("momentum_buffer")],) if quantized else ())
-                          for u, p, s in zip(updates, params, states) if u.numel()]
+                          for i, (u, p, s) in enumerate(zip(updates, params, states))
+                          if u.numel() or i in whole_updates]
         quantization, count = None, None
         if quantized:
             fmt = FORMATS[self.state_dtype]
@@ -239,6 +276,8 @@ class MatrixOptimizer(StepAsOneOp):
         for _, launch in prepare_launches(momentum_slots, "muon", quantization):
             # stage 1: B, and U into the stacks
             launch.update(kernels.momentum, None, hyper, flags, quantization_count=count)
+        for i, whole in whole_updates.items():
+            updates[i].copy_(whole.narrow(0, *shard_range(params[i])[1:]))
         sharded.gather(wholes)
         for stack in stacks.values():  # stage 2: O = T(U), one stack per shape, in place
             self.rule.transform(stack, group)

@@ -12,7 +12,8 @@ reference runs its oracles (``optim.runtime.Runtime.reference_step``):
 - FSDP2 params (DTensors split along dim 0) are stepped whole on every rank: each rank's θ, g and B
   as above, all-gathered, the oracle run on the whole tensors (the same inputs and ops on every rank
   as in one process, so the same bits), and each rank's rows written back. A quantized momentum is
-  coded per shard, in blocks from the shard's first element, as the fused impl codes it.
+  coded per shard where its rows are whole blocks (the whole tensor's blocks), else kept whole on
+  every rank (``optim.saved_states.stepped_whole``), as the fused impl keeps it.
 """
 import torch
 from torch.distributed.tensor import DTensor
@@ -20,6 +21,7 @@ from torch.distributed.tensor import DTensor
 from fusedoptim.optim.master_weights import rebuild_master, split_master
 from fusedoptim.optim.quantization import dequantize, quantize, scale_name
 from fusedoptim.optim.rounding import stochastic_round
+from fusedoptim.optim.saved_states import stepped_whole
 from fusedoptim.optim.shards import local, placed_as, shard_range
 from fusedoptim.optim.states import MASTER_RESIDUAL
 
@@ -27,14 +29,15 @@ MOMENTUM = "momentum_buffer"
 MOMENTUM_KIND = "signed"  # the momentum's quantization scheme, the registry's momenta's
 
 
-def _whole(param, value):
-    """``value``, this rank's part of a tensor laid out as ``param``, made whole (an all-gather) for a DTensor."""
-    return placed_as(param, value).full_tensor() if isinstance(param, DTensor) else value
+def _whole(param, value, whole=False):
+    """``value``, this rank's part of a tensor laid out as ``param`` (``whole``: all of it already), made
+    whole (an all-gather) for a DTensor."""
+    return placed_as(param, value).full_tensor() if isinstance(param, DTensor) and not whole else value
 
 
-def _rows(param, value):
-    """This rank's rows of a whole ``value`` laid out as ``param``."""
-    if not isinstance(param, DTensor):
+def _rows(param, value, whole=False):
+    """This rank's rows of a whole ``value`` laid out as ``param`` (``whole``: all of them)."""
+    if not isinstance(param, DTensor) or whole:
         return value
     _, first, length = shard_range(param)
     return value.narrow(0, first, length)
@@ -66,25 +69,27 @@ def reference_step(reference, params, states, group, state_dtype=None, generator
     from its bits. A param's master residual is in its state (``MASTER_RESIDUAL``) where it has one."""
     quantized = state_dtype is not None
     residuals = [state.get(MASTER_RESIDUAL) for state in states]
+    wholes = [stepped_whole(p, state_dtype) for p in params]  # momenta kept whole on every rank
     thetas, grads, momenta = [], [], []
-    for p, state, residual in zip(params, states, residuals):
+    for p, state, residual, whole in zip(params, states, residuals, wholes):
         shard = local(p)
-        if quantized:
-            momentum = dequantize(state[MOMENTUM], state[scale_name(MOMENTUM)], MOMENTUM_KIND, shard)
+        if quantized:  # laid out as the shard, or as the whole param (int4 codes are flat)
+            like = torch.empty(p.shape, dtype=shard.dtype, device=shard.device) if whole else shard
+            momentum = dequantize(state[MOMENTUM], state[scale_name(MOMENTUM)], MOMENTUM_KIND, like)
         else:
             momentum = local(state[MOMENTUM])
         grad = local(p.grad).float() if quantized else local(p.grad)
         thetas.append(_whole(p, _theta(shard, residual, generator)))
         grads.append(_whole(p, grad))
-        momenta.append({MOMENTUM: _whole(p, momentum)})
+        momenta.append({MOMENTUM: _whole(p, momentum, whole)})
     reference(thetas, grads, momenta, group)
-    for p, state, residual, theta, momentum in zip(params, states, residuals, thetas, momenta):
+    for p, state, residual, theta, momentum, whole in zip(params, states, residuals, thetas, momenta, wholes):
         theta, new_residual = _stored(theta, p, residual, generator)
         if theta is not local(p):  # θ itself was stepped in place
             local(p).copy_(_rows(p, theta))
         if new_residual is not None:
             local(residual).copy_(_rows(p, new_residual))
-        momentum = _rows(p, momentum[MOMENTUM])
+        momentum = _rows(p, momentum[MOMENTUM], whole)
         if quantized:
             quantize(momentum, MOMENTUM_KIND, state[MOMENTUM], state[scale_name(MOMENTUM)])
         elif momentum is not local(state[MOMENTUM]):
