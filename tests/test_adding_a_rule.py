@@ -26,8 +26,8 @@ from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
 from fusedoptim.optim.registry import RULES, SHAPED_RULES, Rule, State, Sum
 from scripts import rule_sheet
-from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_matrix_rules, test_parity,
-                   test_quantized_state, test_step_plan)
+from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_matrix_masters, test_matrix_rules,
+                   test_parity, test_quantized_state, test_step_plan)
 
 
 # 1. The math (fusedoptim/kernels/<rule>.py).
@@ -195,9 +195,12 @@ def test_the_matrix_toy_passes_the_matrix_shapes_suite():
     test_matrix_rules.test_the_transform_kernel_matches_its_oracle(toy)
     test_matrix_rules.test_bad_arguments_are_refused_at_construction(toy)
     test_matrix_rules.test_an_int8_momentum_is_coded_alike_by_both_impls(toy)
+    test_matrix_masters.test_fused_masters_match_the_oracle(toy, 24)
+    test_matrix_masters.test_bad_masters_are_refused_before_any_change(toy)
     for impl in ("triton", "reference"):
         test_matrix_rules.test_a_bad_group_is_refused_before_any_group_changes(toy, impl)
         test_matrix_rules.test_state_dict_resume_equals_uninterrupted_run(toy, impl)
+        test_matrix_masters.test_a_checkpoint_resumes_bit_for_bit_and_loads_by_width(toy, impl)
 
 
 @pytest.mark.parametrize("impl", ["triton", "reference"])
@@ -251,4 +254,4 @@ def test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations():
     frobenius = [line for line in sheet.splitlines() if line.startswith("| `fo.FrobeniusMomentum` |")]
     assert len(frobenius) == 1 and "matrix:" in frobenius[0], sheet
     assert ("`lr=0.02, weight_decay=0.0, momentum=0.9, nesterov=False, floor=1e-08, *, impl='auto', state_dtype=None, "
-            "stochastic_rounding=False, seed=0`") in frobenius[0], frobenius
+            "stochastic_rounding=False, seed=0, master_weight_bits=None`") in frobenius[0], frobenius
