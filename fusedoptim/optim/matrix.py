@@ -228,7 +228,8 @@ class MatrixOptimizer(StepAsOneOp):
 
     def _make_momentum(self, param, state):
         """The momentum buffer, zero: in the gradient's dtype and layout, or as codes and scales of zero
-        (an FSDP2 param's: plain tensors of its local shard, whose blocks no DTensor could describe)."""
+        (an FSDP2 param's: plain tensors of its local shard, or of the whole param where every rank keeps
+        it whole: ``stepped_whole``; ``state_dict`` shows the former as DTensors)."""
         if self.state_dtype is None:
             state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
             return
