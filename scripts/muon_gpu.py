@@ -6,7 +6,8 @@ Two measurements, each a median of triton.testing.do_bench (its 0.2 and 0.8 quan
 1. A whole step on GPT-2 small's matrices (wte, wpe, and per block c_attn, attn.c_proj, c_fc,
    mlp.c_proj: 50 matrices, 85M params): fo.Muon(impl="triton") against torch.optim.Muon, bf16 and
    fp32 params, the same gradients; the step includes the momentum, Newton–Schulz (torch's 5 steps, in
-   bf16 as torch does) and the apply.
+   bf16 as torch does) and the apply. With bf16 params also ours with 24-bit split masters
+   (``master_weight_bits=24``: the apply reads and writes an int8 residual beside θ).
 2. Newton–Schulz alone on one square matrix (Flash-Muon's comparison: 1024 to 8192): our kernels
    (``fusedoptim.kernels.newton_schulz``, half the tiles of each Gram product) against the oracle's
    matmuls (``fusedoptim.optim.reference.muon.newton_schulz``, torch's algorithm).
@@ -56,8 +57,11 @@ def step_rows(shapes, dtype, device, timer) -> list:
     base = [torch.randn(shape, generator=generator).to(device, dtype) for shape in shapes]
     grads = [torch.randn(shape, generator=generator).to(device, dtype) * 1e-2 for shape in shapes]
     rows = []
-    for name, make in (("ours (triton)", lambda ps: optim.Muon(ps, impl="triton")),
-                       ("torch.optim.Muon", lambda ps: torch.optim.Muon(ps))):
+    makers = [("ours (triton)", lambda ps: optim.Muon(ps, impl="triton")),
+              ("torch.optim.Muon", lambda ps: torch.optim.Muon(ps))]
+    if dtype == torch.bfloat16:
+        makers.insert(1, ("ours (triton), 24-bit masters", lambda ps: optim.Muon(ps, impl="triton", master_weight_bits=24)))
+    for name, make in makers:
         params = [p.clone().requires_grad_() for p in base]
         for param, grad in zip(params, grads):
             param.grad = grad.clone()

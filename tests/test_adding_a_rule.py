@@ -25,21 +25,19 @@ import triton
 import triton.language as tl
 
 from fusedoptim import optim
+from fusedoptim.kernels import adafactor as factored_kernels
 from fusedoptim.kernels.elementwise import hyperparameter
+from fusedoptim.optim.factored_rule import FactoredMath, FactoredRule
+from fusedoptim.optim.history_rule import HistoryRule
 from fusedoptim.optim.hyperparameters import Hyperparameter, fraction, lr, number
 from fusedoptim.optim.matrix_rule import MatrixRule, matrix_row
 from fusedoptim.optim.quantization import QUANTIZED_DTYPES
 from fusedoptim.optim.reference import upcast
-from fusedoptim.optim.registry import RULES, SHAPED_RULES, Rule, State, Sum
-from fusedoptim.kernels import adafactor as factored_kernels
-from fusedoptim.optim.factored_rule import FactoredMath, FactoredRule
-from scripts import rule_sheet
-from tests import test_factored_rules
-from fusedoptim.optim.history_rule import HistoryRule
 from fusedoptim.optim.reference.history import HistoryMath, history_step
-from tests import test_history_rules
-from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_matrix_rules, test_parity,
-                   test_quantized_state, test_step_plan)
+from fusedoptim.optim.registry import RULES, SHAPED_RULES, Rule, State, Sum
+from scripts import rule_sheet
+from tests import (test_amp, test_bad_input, test_behaviour, test_compile, test_factored_rules, test_history_rules,
+                   test_matrix_masters, test_matrix_rules, test_parity, test_quantized_state, test_step_plan)
 
 
 # 1. The math (fusedoptim/kernels/<rule>.py).
@@ -207,9 +205,12 @@ def test_the_matrix_toy_passes_the_matrix_shapes_suite():
     test_matrix_rules.test_the_transform_kernel_matches_its_oracle(toy)
     test_matrix_rules.test_bad_arguments_are_refused_at_construction(toy)
     test_matrix_rules.test_an_int8_momentum_is_coded_alike_by_both_impls(toy)
+    test_matrix_masters.test_fused_masters_match_the_oracle(toy, 24)
+    test_matrix_masters.test_bad_masters_are_refused_before_any_change(toy)
     for impl in ("triton", "reference"):
         test_matrix_rules.test_a_bad_group_is_refused_before_any_group_changes(toy, impl)
         test_matrix_rules.test_state_dict_resume_equals_uninterrupted_run(toy, impl)
+        test_matrix_masters.test_a_checkpoint_resumes_bit_for_bit_and_loads_by_width(toy, impl)
 
 
 @pytest.mark.parametrize("impl", ["triton", "reference"])
@@ -263,7 +264,7 @@ def test_their_rows_of_the_rule_sheet_are_generated_from_their_declarations():
     frobenius = [line for line in sheet.splitlines() if line.startswith("| `fo.FrobeniusMomentum` |")]
     assert len(frobenius) == 1 and "matrix:" in frobenius[0], sheet
     assert ("`lr=0.02, weight_decay=0.0, momentum=0.9, nesterov=False, floor=1e-08, *, impl='auto', state_dtype=None, "
-            "stochastic_rounding=False, seed=0`") in frobenius[0], frobenius
+            "stochastic_rounding=False, seed=0, master_weight_bits=None`") in frobenius[0], frobenius
 
 
 # The factored toy. 1. Its math: the update, reading V̂_ij = R_i/mean(R)·C_j (or a vector's V); its term g²

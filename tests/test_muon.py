@@ -165,7 +165,7 @@ def test_exported_as_the_other_classes():
     assert "Muon" not in fo.optim.RULES  # its matrix shape is not declared in the registry yet
     theirs = inspect.signature(torch.optim.Muon).parameters
     ours = inspect.signature(Muon).parameters
-    ours_only = ("impl", "state_dtype", "stochastic_rounding", "seed")  # keyword-only options of this project's classes
+    ours_only = ("impl", "state_dtype", "stochastic_rounding", "seed", "master_weight_bits")  # this project's options
     assert all(ours[n].kind is inspect.Parameter.KEYWORD_ONLY for n in ours_only)
     assert [(n, p.default) for n, p in theirs.items()] == [(n, p.default) for n, p in ours.items() if n not in ours_only]
     assert Muon.DEFAULTS == {n: p.default for n, p in theirs.items() if n != "params"}

@@ -11,7 +11,6 @@ import warnings
 import torch
 from torch.distributed.tensor import DTensor
 
-from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.shards import local, placed_as
 from fusedoptim.optim.states import MASTER_RESIDUAL, check_placements, local_states
 from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_quantized, new_codes, quantize, scale_name,
@@ -19,7 +18,7 @@ from fusedoptim.optim.quantization import (FORMATS, dequantize, format_of, is_qu
 from fusedoptim.optim.saved_states import (FORMAT_KEY, check_saved_format, saved_format, saved_view, stepped_whole,
                                            to_local)
 from fusedoptim.optim.torch_switches import drop_switches
-from fusedoptim.optim.validation import check_hyperparameters
+from fusedoptim.optim.validation import check_hyperparameters, check_saved_residual
 
 
 def saved_checkpoint(optimizer, state_dict: dict) -> dict:
@@ -204,14 +203,7 @@ def _check_saved_state(optimizer, saved: dict, param, position: int) -> None:
         raise ValueError(f"{rule.name}: {where} has no 'step'; without it the step count (and the "
                          "bias corrections or schedule that follow it) would silently restart. Save it with "
                          "the state, or drop this param's state from the checkpoint to start it afresh")
-    residual = saved.get(MASTER_RESIDUAL)
-    if residual is not None and optimizer.master_weight_bits is not None:
-        expected = RESIDUAL_DTYPES[optimizer.master_weight_bits]
-        if not isinstance(residual, torch.Tensor) or residual.dtype != expected:
-            got = residual.dtype if isinstance(residual, torch.Tensor) else type(residual).__name__
-            raise ValueError(f"{rule.name}: {where} has a {MASTER_RESIDUAL!r} of {got}, but "
-                             f"master_weight_bits={optimizer.master_weight_bits} keeps {expected}: load it into an "
-                             "optimizer of the master_weight_bits it was saved with (int16: 32, int8: 24)")
+    check_saved_residual(rule.name, where, saved.get(MASTER_RESIDUAL), optimizer.master_weight_bits)
     scales = {scale_name(spec.name): spec.name for spec in rule.states}
     for name, value in saved.items():
         if name in rule.scalar_states:

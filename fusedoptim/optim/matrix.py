@@ -12,8 +12,15 @@ keeps them apart:
 The rule declares its arguments, their checks, the transform and its oracle, γ' and its whole-step
 oracle; the engine does the rest for every matrix rule: param groups and state, the impl, FSDP2's
 shards (one owner rank transforms each whole matrix: ``optim.matrix_shards``), GradScaler and
-torch.compile (``optim.unregistered.StepAsOneOp``), an int8/int4 momentum, stochastic rounding, and
-checkpoints.
+torch.compile (``optim.unregistered.StepAsOneOp``), an int8/int4 momentum, stochastic rounding, split master weights (the apply steps θ's fp32 master: θ and its residual), and
+checkpoints. The reference impl: ``optim.matrix_reference``.
+
+An int8/int4 momentum of an FSDP2 param is kept as the registry keeps quantized states
+(``optim.saved_states``): where a row of the matrix is a whole number of blocks, each rank codes its
+shard, whose blocks are then the whole tensor's, and ``state_dict`` shows them as DTensors for
+torch.distributed.checkpoint; otherwise every rank keeps the whole momentum's codes and steps them
+from the whole gradient (an all-gather), sending its rows of U on as any shard's. Either way the codes
+are those of one process on the whole matrix, whatever the mesh.
 """
 import numbers
 
@@ -24,19 +31,22 @@ from fusedoptim.kernels import muon as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import TRITON_DTYPES, QuantizedStates, TensorSlots
 from fusedoptim.optim.base import class_signature
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
+from fusedoptim.optim.matrix_reference import MOMENTUM, MOMENTUM_KIND, reference_step
 from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
-from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, dequantize, new_codes,
-                                           quantize, quantize_constant, scale_name, scale_numel)
-from fusedoptim.optim.rounding import stochastic_round
+from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC, UNSIGNED, new_codes,
+                                           quantize_constant, scale_name, scale_numel)
+from fusedoptim.optim.saved_states import saved_view, stepped_whole, to_local
 from fusedoptim.optim.shards import local, shard_range
+from fusedoptim.optim.states import MASTER_RESIDUAL, local_states, make_residual
 from fusedoptim.optim.unregistered import StepAsOneOp
+from fusedoptim.optim.validation import (check_master_param, check_master_weight_bits, check_quantized_state,
+                                         check_saved_residual, check_state)
 
-# The momentum buffer's quantization scheme (optim.quantization): a momentum, so "signed" (linear absmax,
-# round to nearest), as the registry's momenta declare it.
-MOMENTUM_KIND = "signed"
-MOMENTUM = "momentum_buffer"  # the shape's one state, torch.optim.Muon's name
-# The shape's keyword-only options, after the rule's arguments.
-OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0)
+# MOMENTUM, the shape's one state (torch.optim.Muon's name), and MOMENTUM_KIND, its quantization scheme
+# (a momentum, so "signed": linear absmax, round to nearest, as the registry's momenta declare it), are
+# the reference's (optim.matrix_reference). The shape's keyword-only options, after the rule's arguments:
+OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0, master_weight_bits=None)
 
 
 def matrix_optimizer(rule) -> type:
@@ -83,7 +93,8 @@ class MatrixOptimizer(StepAsOneOp):
     # step on an inf or NaN, so a skipped step touches neither θ nor the momentum.
     _step_supports_amp_scaling = False
 
-    def __init__(self, params, arguments, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0):
+    def __init__(self, params, arguments, impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
+                 master_weight_bits=None):
         name = self.rule.name
         check_shape_arguments(arguments)  # torch's checks first, then the rule's own
         arguments = self.rule.checked(arguments)
@@ -94,7 +105,9 @@ class MatrixOptimizer(StepAsOneOp):
             raise ValueError(f"{name}: stochastic_rounding={stochastic_rounding!r} must be True or False")
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
             raise ValueError(f"{name}: seed={seed!r} must be an integer in [0, 2**31)")
+        check_master_weight_bits(name, master_weight_bits, stochastic_rounding)
         self.impl = impl
+        self.master_weight_bits = master_weight_bits
         self.state_dtype = state_dtype
         self.stochastic_rounding, self.seed = stochastic_rounding, seed
         # As the registry's runtime (optim.runtime.Runtime): per device, the launcher's seed tensor (the seed
@@ -114,7 +127,7 @@ class MatrixOptimizer(StepAsOneOp):
 
     def __getstate__(self):
         """The options, and the rounding's counts and generator, so that a copy rounds as the original."""
-        return {**super().__getstate__(), "state_dtype": self.state_dtype,
+        return {**super().__getstate__(), "state_dtype": self.state_dtype, "master_weight_bits": self.master_weight_bits,
                 "stochastic_rounding": self.stochastic_rounding, "seed": self.seed,
                 "_rounding_seeds": self._rounding_seeds, "_generator_state": self._generator.get_state()}
 
@@ -124,12 +137,36 @@ class MatrixOptimizer(StepAsOneOp):
         # torch's load_state_dict calls this with state and groups alone: the options stay; a copy pickled
         # before an option existed gets its default.
         self.__dict__.setdefault("state_dtype", None)
-        for name, default in (("stochastic_rounding", False), ("seed", 0), ("_rounding_seeds", {})):
+        for name, default in (("stochastic_rounding", False), ("seed", 0), ("_rounding_seeds", {}),
+                              ("master_weight_bits", None)):
             self.__dict__.setdefault(name, default)
         if generator_state is not None or not hasattr(self, "_generator"):
             self._generator = torch.Generator().manual_seed(self.seed)
             if generator_state is not None:
                 self._generator.set_state(generator_state)
+
+    def load_state_dict(self, state_dict):
+        """torch's load, then each master residual as saved (torch casts every state of a floating param to
+        its dtype: an int16 residual would become bf16): into an optimizer of the width it was saved with;
+        one without masters drops it (θ, the 16-bit param, is then the master); another width refuses it,
+        before any change, with the registry's words."""
+        saved_ids = [i for group in state_dict["param_groups"] for i in group["params"]]
+        residuals = [state_dict["state"].get(i, {}).get(MASTER_RESIDUAL) for i in saved_ids]
+        for position, residual in enumerate(residuals):
+            check_saved_residual(self.rule.name, f"the state of param {position} (in the order of the param groups)",
+                                 residual, self.master_weight_bits)
+        super().load_state_dict(state_dict)
+        params = [p for group in self.param_groups for p in group["params"]]
+        if self.state_dtype is not None:  # the codes and scales in the rank's own form (state_dict's DTensors)
+            names = (MOMENTUM, scale_name(MOMENTUM))
+            for param in params:
+                kept = {name: value for name, value in self.state[param].items() if name in names}
+                self.state[param].update(to_local(local_states(kept), {MOMENTUM: MOMENTUM_KIND}))
+        for param, residual in zip(params, residuals):
+            if residual is not None and self.master_weight_bits is None:
+                del self.state[param][MASTER_RESIDUAL]
+            elif residual is not None:
+                self.state[param][MASTER_RESIDUAL] = residual.to(device=param.device, copy=True)
 
     def _rounding_seed(self, device):
         """None (round to nearest), or this device's stochastic-rounding seed tensor for the launcher."""
@@ -147,22 +184,58 @@ class MatrixOptimizer(StepAsOneOp):
                 raise ValueError(problem)
             if self.state_dtype is not None:
                 self.check_quantized_states(params)
+            if self.master_weight_bits is not None:
+                self._check_masters(params)
         for group, params, impl in stepped:
             states = [self.state[p] for p in params]
             for p, state in zip(params, states):
-                if "momentum_buffer" not in state:  # a DTensor placed as its param for an FSDP2 param
+                if MOMENTUM not in state:  # a DTensor placed as its param for an FSDP2 param
                     self._make_momentum(p, state)
+                if self.master_weight_bits is not None:
+                    make_residual(p, state, self.master_weight_bits)  # placed as its param, as the momentum
             if impl == "reference":
                 reference_step(self.rule.reference, params, states, group, self.state_dtype,
                                self._generator if self.stochastic_rounding else None)
             elif params:
                 self._fused_step(params, states, group)
 
+    def check_quantized_states(self, params) -> None:
+        """Any codes and scales of the momentum (a checkpoint's) as this step would make them: of the local
+        shard, or of the whole param where every rank keeps the whole momentum (``stepped_whole``)."""
+        for i, p in enumerate(params):
+            if MOMENTUM in self.state.get(p, {}):
+                like = p if stepped_whole(p, self.state_dtype) else local(p)
+                check_quantized_state(self.rule.name, MOMENTUM, self.state[p], like, self.state_dtype, f"param {i}")
+
+    def state_dict(self):
+        """torch's, an FSDP2 param's momentum codes and scales of whole blocks shown as DTensors of the
+        whole tensor's (``saved_view``): torch.distributed.checkpoint saves each rank's part and reshards
+        them. Whole codes, the same on every rank, stay plain: saved once."""
+        state_dict = super().state_dict()
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, state in state_dict["state"].items():
+            state_dict["state"][index] = saved_view(params[index], state, (MOMENTUM,), self.state_dtype)
+        return state_dict
+
+    def _check_masters(self, params):
+        """Split master weights complete bf16 and fp16 params, each with a residual (a checkpoint's) as the
+        step would make it: the registry's checks and words, before any group changes."""
+        for i, p in enumerate(params):
+            check_master_param(self.rule, p, f"param {i}", self.master_weight_bits)
+            if MASTER_RESIDUAL in self.state.get(p, {}):
+                check_state(self.rule.name, MASTER_RESIDUAL, local(self.state[p][MASTER_RESIDUAL]), local(p),
+                            RESIDUAL_DTYPES[self.master_weight_bits], f"param {i}")
+
     def _make_momentum(self, param, state):
-        """The momentum buffer, zero: in the gradient's dtype and layout, or as codes and scales of zero."""
+        """The momentum buffer, zero: in the gradient's dtype and layout, or as codes and scales of zero
+        (an FSDP2 param's: plain tensors of its local shard, or of the whole param where every rank keeps
+        it whole: ``stepped_whole``; ``state_dict`` shows the former as DTensors)."""
         if self.state_dtype is None:
             state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
             return
+        if stepped_whole(param, self.state_dtype):  # codes of the whole tensor, on every rank
+            param = torch.empty(param.shape, dtype=torch.int8, device=local(param).device)
+        param = local(param)
         codes = new_codes(param, self.state_dtype)
         scales = torch.empty(scale_numel(param.numel(), self.state_dtype), dtype=torch.float32, device=param.device)
         quantize_constant(0.0, MOMENTUM_KIND, codes, scales, param.numel())
@@ -185,9 +258,16 @@ class MatrixOptimizer(StepAsOneOp):
         hyper = kernels.MomentumHyper(group["momentum"], 1 - group["momentum"])
         flags = kernels.MomentumFlags(bool(group["nesterov"]))
         quantized = self.state_dtype is not None
-        momentum_slots = [TensorSlots(param=u, grad=local(p.grad), states=(local(s["momentum_buffer"]),),
+        # A momentum kept whole is stepped whole on every rank, from the whole gradient, into a whole U
+        # whose rows this rank sends on (even with no rows of its own: every rank's codes stay alike).
+        whole_updates = {i: torch.empty(p.shape, dtype=p.dtype, device=local(p).device)
+                         for i, p in enumerate(params) if stepped_whole(p, self.state_dtype)}
+        momentum_slots = [TensorSlots(param=whole_updates.get(i, u),
+                                      grad=p.grad.full_tensor() if i in whole_updates else local(p.grad),
+                                      states=(local(s["momentum_buffer"]),),
                                       scales=(s[scale_name("momentum_buffer")],) if quantized else ())
-                          for u, p, s in zip(updates, params, states) if u.numel()]
+                          for i, (u, p, s) in enumerate(zip(updates, params, states))
+                          if u.numel() or i in whole_updates]
         quantization, count = None, None
         if quantized:
             fmt = FORMATS[self.state_dtype]
@@ -197,6 +277,8 @@ class MatrixOptimizer(StepAsOneOp):
         for _, launch in prepare_launches(momentum_slots, "muon", quantization):
             # stage 1: B, and U into the stacks
             launch.update(kernels.momentum, None, hyper, flags, quantization_count=count)
+        for i, whole in whole_updates.items():
+            updates[i].copy_(whole.narrow(0, *shard_range(params[i])[1:]))
         sharded.gather(wholes)
         for stack in stacks.values():  # stage 2: O = T(U), one stack per shape, in place
             self.rule.transform(stack, group)
@@ -206,65 +288,10 @@ class MatrixOptimizer(StepAsOneOp):
         factors = torch.tensor([[1 - lr * group["weight_decay"], self.rule.adjusted_lr(lr, group, p.shape)]
                                 for p in params], dtype=torch.float32)
         on_device = {device: factors.to(device) for device in {local(p).device for p in params}}
+        masters = self.master_weight_bits is not None  # the apply reads and writes θ's fp32 master
         apply_slots = [TensorSlots(param=local(p), grad=o, scalars=(on_device[local(p).device][i, 0],
-                                                                    on_device[local(p).device][i, 1]))
+                                                                    on_device[local(p).device][i, 1]),
+                                   residual=local(states[i][MASTER_RESIDUAL]) if masters else None)
                        for i, (p, o) in enumerate(zip(params, updates)) if o.numel()]
         for _, launch in prepare_launches(apply_slots, "muon"):  # stage 3: θ ← (1 − γλ)θ − γ'·O
             launch.update(kernels.apply_update, None, (), (), self._rounding_seed(launch.device))
-
-
-
-def full_precision(theta, generator):
-    """θ for the oracle to step: with stochastic rounding (``generator``), a 16-bit θ's fp32 copy, which
-    ``rounded_back`` stores rounded stochastically, as the registry's reference does
-    (``optim.runtime.Runtime.reference_step``); else θ itself, stepped in place."""
-    return theta.float() if generator is not None and theta.dtype in (torch.bfloat16, torch.float16) else theta
-
-
-def rounded_back(full, theta, generator):
-    """``full_precision``'s copy, stepped, to θ's dtype: rounded stochastically, or θ itself."""
-    return theta if full is theta else stochastic_round(full, theta.dtype, generator)
-
-
-def reference_step(reference, params, states, group, state_dtype=None, generator=None):
-    """The rule's oracle's step (``reference``). FSDP2 params are stepped whole on every rank: θ, g and B gathered (an all-gather
-    each), the oracle run on the whole tensors (the same inputs and ops on every rank as in one process,
-    so the same bits), and each rank's rows of θ and B written back. The oracle stays a per-tensor loop
-    over plain tensors; the fused impl is the one that spreads the transforms over the ranks. ``generator``:
-    None rounds θ to nearest, as torch; a CPU generator rounds 16-bit θ stochastically from its bits."""
-    if state_dtype is not None:
-        _quantized_reference_step(reference, params, states, group, generator)
-        return
-
-    def whole(tensor):
-        return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-    wholes = [whole(p) for p in params]
-    thetas = [full_precision(w, generator) for w in wholes]
-    whole_states = [{"momentum_buffer": whole(state["momentum_buffer"])} for state in states]
-    reference(thetas, [whole(p.grad) for p in params], whole_states, group)
-    for p, w, theta, state, whole_state in zip(params, wholes, thetas, states, whole_states):
-        theta = rounded_back(theta, w, generator)
-        if isinstance(p, DTensor):
-            _, first, length = shard_range(p)
-            local(p).copy_(theta.narrow(0, first, length))
-            local(state["momentum_buffer"]).copy_(whole_state["momentum_buffer"].narrow(0, first, length))
-        elif theta is not w:
-            p.copy_(theta)
-
-
-def _quantized_reference_step(reference, params, states, group, generator=None):
-    """The oracle on the momentum's fp32 values, laid out as the params, quantized back after with the
-    kernel's scheme, as the registry's reference does (``optim.runtime.Runtime.reference_step``). The
-    gradients go in fp32 too: the kernel computes B and U in fp32 from the codes and g, then stores U in
-    the param's dtype, which the transform reads as the oracle's fp32 U (Newton–Schulz rounds both to bf16)."""
-    buffer_scale = scale_name("momentum_buffer")
-    full_states = [{"momentum_buffer": dequantize(state["momentum_buffer"], state[buffer_scale], MOMENTUM_KIND, p)}
-                   for p, state in zip(params, states)]
-    thetas = [full_precision(p, generator) for p in params]
-    reference(thetas, [p.grad.float() for p in params], full_states, group)
-    for p, theta in zip(params, thetas):
-        if theta is not p:
-            p.copy_(rounded_back(theta, p, generator))
-    for state, full_state in zip(states, full_states):
-        quantize(full_state["momentum_buffer"], MOMENTUM_KIND, state["momentum_buffer"], state[buffer_scale])

@@ -55,15 +55,17 @@ class MatrixRule:
         """The class, made once (``fo.<name>`` is this one)."""
         return matrix_optimizer(self)
 
-    def state_bytes(self, group, shapes, param_dtype, state_dtype=None) -> int:
+    def state_bytes(self, group, shapes, param_dtype, state_dtype=None, master_weight_bits=None) -> int:
         """Bytes of state kept for matrices of these shapes: a momentum buffer each, in the param's dtype, or
         with ``state_dtype`` "int8"/"int4" its codes (a byte each, int4 a byte per started pair) and one fp32
-        scale per started quantization block, as ``optim.rule.Rule.state_bytes`` counts them."""
+        scale per started quantization block, as ``optim.rule.Rule.state_bytes`` counts them; with
+        ``master_weight_bits`` θ's residual too (int16 for 32 bits, int8 for 24)."""
         numels = [torch.Size(shape).numel() for shape in shapes]
+        residuals = 0 if master_weight_bits is None else (master_weight_bits // 8 - 2) * sum(numels)
         if not is_quantized(state_dtype):
-            return sum(numels) * torch.empty((), dtype=param_dtype).element_size()
+            return residuals + sum(numels) * torch.empty((), dtype=param_dtype).element_size()
         fmt = FORMATS[state_dtype]
-        return sum(fmt.codes_numel(n) + SCALE_BYTES * fmt.scale_numel(n) for n in numels)
+        return residuals + sum(fmt.codes_numel(n) + SCALE_BYTES * fmt.scale_numel(n) for n in numels)
 
 
 def is_matrix(param) -> bool:

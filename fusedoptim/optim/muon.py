@@ -40,11 +40,15 @@ impl="auto" (keyword-only): "reference" runs the oracle (torch's ops); "triton" 
 state_dtype=None (keyword-only): None keeps the momentum buffer in the param's dtype, as torch;
     "int8" or "int4" keeps it as codes (``state["momentum_buffer"]``) and fp32 scales
     (``state["momentum_buffer_scale"]``), the registry's "signed" scheme (``optim.quantization``),
-    in both impls. Not for FSDP2 (DTensor) params.
+    in both impls. FSDP2 params: each rank codes its shard where a row is whole blocks (256 elements
+    at int8, 128 at int4), else every rank keeps the whole momentum's codes (docs/muon.md).
 stochastic_rounding=False (keyword-only): bf16 and fp16 params are stored rounded stochastically
     (unbiased) by the apply, reproducibly from ``seed``, so that updates below half a unit still move
     them on average; the momentum buffer rounds to nearest, as torch's.
 seed=0 (keyword-only): the seed of stochastic rounding's random bits, an integer in [0, 2**31).
+master_weight_bits=None (keyword-only, bf16 and fp16 params): 32 or 24 keeps θ's fp32 master as θ
+    plus an int16 or int8 residual (``state["master_residual"]``), which the apply steps in fp32; the
+    momentum stays in the param's dtype (docs/mixed-precision.md). Not with stochastic_rounding.
 """
 
 

@@ -15,6 +15,7 @@ from fusedoptim.optim.base import closure_loss
 from fusedoptim.optim.impl import fall_back, kernels_run_on
 from fusedoptim.optim.quantization import scale_name
 from fusedoptim.optim.plan import same_objects
+from fusedoptim.optim.shards import local
 from fusedoptim.optim.torch_switches import drop_switches
 from fusedoptim.optim.validation import IMPLS, check_impl, check_quantized_state
 
@@ -59,6 +60,9 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
     # Whether a quantized state of an FSDP2 (DTensor) param is stepped whole on every rank (``optim.whole``,
     # Adafactor's vectors); else refused, a quantization block would straddle the shards.
     QUANTIZED_SHARDS_STEP_WHOLE = False
+    # Whether such a state is instead coded per shard, in blocks of the local shard's elements, each rank
+    # stepping its own (an element-wise state, as the registry's: Muon's momentum).
+    QUANTIZED_PER_SHARD = False
 
     @property
     def impl(self) -> str:
@@ -102,12 +106,13 @@ class UnregisteredOptimizer(torch.optim.Optimizer):
         checkpoint's), checked before any group changes."""
         name = type(self).__name__
         for i, p in enumerate(params):
-            if isinstance(p, DTensor) and not self.QUANTIZED_SHARDS_STEP_WHOLE:
+            if isinstance(p, DTensor) and not (self.QUANTIZED_SHARDS_STEP_WHOLE or self.QUANTIZED_PER_SHARD):
                 raise ValueError(f"{name}: state_dtype={self.state_dtype!r} is not supported for FSDP2 (DTensor) "
                                  f"params (param {i} is one): a quantization block would straddle the shards. Use "
                                  "state_dtype=None")
             if self.QUANTIZED_STATE in self.state.get(p, {}):
-                check_quantized_state(name, self.QUANTIZED_STATE, self.state[p], p, self.state_dtype, f"param {i}")
+                shard = local(p) if self.QUANTIZED_PER_SHARD else p
+                check_quantized_state(name, self.QUANTIZED_STATE, self.state[p], shard, self.state_dtype, f"param {i}")
 
     def load_state_dict(self, state_dict):
         """torch's load, then a quantized state's codes and scales (``QUANTIZED_STATE``, where ``state_dtype``

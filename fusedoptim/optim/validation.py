@@ -6,6 +6,7 @@ import numbers
 import torch
 from torch.distributed.tensor import DTensor
 
+from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.master_weights import PARAM_DTYPES
 from fusedoptim.optim.quantization import FORMATS, QUANTIZED_DTYPES, is_quantized, scale_name, scale_numel
 
@@ -154,6 +155,30 @@ def check_impl(name: str, impl) -> None:
         raise ValueError(f"{name}: impl={impl!r} is not one of {IMPLS}")
 
 
+def check_master_weight_bits(name: str, master_weight_bits, stochastic_rounding: bool) -> None:
+    """The ``master_weight_bits`` option of ``name``'s class (every class that steps θ element-wise has it)."""
+    if master_weight_bits not in (None, 24, 32) or isinstance(master_weight_bits, bool):
+        raise ValueError(f"{name}: master_weight_bits={master_weight_bits!r} must be None (the param is its own "
+                         "master), 32 (bf16 or fp16 params plus a 16-bit residual: an exact fp32 master) or 24 (an "
+                         "8-bit residual)")
+    if master_weight_bits is not None and stochastic_rounding:
+        raise ValueError(f"{name}: master_weight_bits={master_weight_bits} keeps in θ's residual the part of each "
+                         "update that stochastic_rounding=True would keep on average only; use one or the other")
+
+
+def check_saved_residual(name: str, where: str, residual, master_weight_bits) -> None:
+    """A checkpoint's master residual (None: none saved) loads into an optimizer of the width it was saved
+    with; one without masters drops it (θ, the 16-bit param, is then the master)."""
+    if residual is None or master_weight_bits is None:
+        return
+    expected = RESIDUAL_DTYPES[master_weight_bits]
+    if not isinstance(residual, torch.Tensor) or residual.dtype != expected:
+        got = residual.dtype if isinstance(residual, torch.Tensor) else type(residual).__name__
+        raise ValueError(f"{name}: {where} has a 'master_residual' of {got}, but master_weight_bits="
+                         f"{master_weight_bits} keeps {expected}: load it into an optimizer of the master_weight_bits "
+                         "it was saved with (int16: 32, int8: 24)")
+
+
 def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_release, master_weight_bits):
     """The keyword-only options every class shares (optim.base.OPTIONS)."""
     check_impl(rule.name, impl)
@@ -173,13 +198,7 @@ def check_options(rule, impl, state_dtype, stochastic_rounding, seed, gradient_r
             raise ValueError(f"{rule.name}: {name}={value!r} must be True or False")
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**31:
         raise ValueError(f"{rule.name}: seed={seed!r} must be an integer in [0, 2**31)")
-    if master_weight_bits not in (None, 24, 32) or isinstance(master_weight_bits, bool):
-        raise ValueError(f"{rule.name}: master_weight_bits={master_weight_bits!r} must be None (the param is its own "
-                         "master), 32 (bf16 or fp16 params plus a 16-bit residual: an exact fp32 master) or 24 (an "
-                         "8-bit residual)")
-    if master_weight_bits is not None and stochastic_rounding:
-        raise ValueError(f"{rule.name}: master_weight_bits={master_weight_bits} keeps in θ's residual the part of each "
-                         "update that stochastic_rounding=True would keep on average only; use one or the other")
+    check_master_weight_bits(rule.name, master_weight_bits, stochastic_rounding)
     if gradient_release and rule.release_refused:
         raise ValueError(f"{rule.name}: gradient_release=True steps each param inside backward, the moment its own "
                          f"gradient is ready, and {rule.name} cannot: {rule.release_refused}; use gradient_release=False")
