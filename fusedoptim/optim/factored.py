@@ -18,12 +18,11 @@ import torch
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.placement_types import Replicate
 
-from fusedoptim.optim.base import class_signature
 from fusedoptim.optim.factored_plan import FactoredPlan
 from fusedoptim.optim.quantization import (QUANTIZED_DTYPES, dequantize, new_codes, quantize, quantize_constant,
                                            scale_name, scale_numel)
 from fusedoptim.optim.shards import local
-from fusedoptim.optim.unregistered import StepAsOneOp
+from fusedoptim.optim.unregistered import StepAsOneOp, shaped_class
 
 OPTIONS = dict(impl="auto", state_dtype=None)  # the shape's keyword-only options, after the rule's arguments
 
@@ -31,21 +30,9 @@ OPTIONS = dict(impl="auto", state_dtype=None)  # the shape's keyword-only option
 def factored_optimizer(rule) -> type:
     """The class of one factored rule: its signature (``params``, the rule's arguments, then its keyword-only
     ones and ``OPTIONS`` after a ``*``), its docstring, its checks at construction, on ``FactoredOptimizer``."""
-    signature = class_signature(rule.defaults, {**rule.keyword_only, **OPTIONS})
-
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        del arguments["self"]
-        params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
-        FactoredOptimizer.__init__(self, params, arguments, **options)
-
-    __init__.__signature__ = signature
-    namespace = {"rule": rule, "DEFAULTS": rule.checked({**rule.defaults, **rule.keyword_only}),
-                 "QUANTIZED_STATE": rule.vector_state, "STATE": rule.states, "__init__": __init__,
-                 "__doc__": rule.doc, "__module__": "fusedoptim.optim", "__qualname__": rule.name}
-    return type(rule.name, (FactoredOptimizer,), namespace)
+    return shaped_class(rule, FactoredOptimizer, OPTIONS, rule.keyword_only,
+                        DEFAULTS=rule.checked({**rule.defaults, **rule.keyword_only}),
+                        QUANTIZED_STATE=rule.vector_state, STATE=rule.states)
 
 
 class FactoredOptimizer(StepAsOneOp):

@@ -20,10 +20,9 @@ from fusedoptim.kernels import lbfgs as kernels
 from fusedoptim.kernels.launcher import Launch
 from fusedoptim.kernels.multi_tensor import ALIGNMENT_BYTES, PARAM_COLUMN
 from fusedoptim.kernels.slots import TensorSlots, check_slots
-from fusedoptim.optim.base import class_signature
 from fusedoptim.optim.plan import same_objects
 from fusedoptim.optim.reference.history import FlatVectors, dense_gradient, history_step, real_view
-from fusedoptim.optim.unregistered import UnregisteredOptimizer
+from fusedoptim.optim.unregistered import UnregisteredOptimizer, shaped_class
 
 OPTIONS = dict(impl="auto")  # the shape's keyword-only options, after the rule's arguments
 # The state the shape's step keeps, around the rule's history (``HistoryRule.history``), in torch's order.
@@ -161,21 +160,8 @@ class FusedVectors(FlatVectors):
 def history_optimizer(rule) -> type:
     """The class of one history rule: its signature (``params``, the rule's arguments, then ``OPTIONS``
     after a ``*``), its docstring, its checks at construction, on ``HistoryOptimizer``."""
-    signature = class_signature(rule.defaults, OPTIONS)
-
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        del arguments["self"]
-        params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
-        HistoryOptimizer.__init__(self, params, arguments, **options)
-
-    __init__.__signature__ = signature
     state = STATE_BEFORE + tuple(name for name in rule.history if name not in rule.scratch) + STATE_AFTER + rule.scratch
-    return type(rule.name, (HistoryOptimizer,), {"rule": rule, "DEFAULTS": dict(rule.defaults), "STATE": state,
-                                                 "__init__": __init__, "__doc__": rule.doc,
-                                                 "__module__": "fusedoptim.optim", "__qualname__": rule.name})
+    return shaped_class(rule, HistoryOptimizer, OPTIONS, STATE=state)
 
 
 def check_shape_arguments(name, arguments) -> dict:

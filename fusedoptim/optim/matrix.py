@@ -30,7 +30,6 @@ from torch.distributed.tensor import DTensor
 from fusedoptim.kernels import muon as kernels
 from fusedoptim.kernels.launcher import prepare_launches
 from fusedoptim.kernels.slots import TRITON_DTYPES, QuantizedStates, TensorSlots
-from fusedoptim.optim.base import class_signature
 from fusedoptim.kernels.master_weights import RESIDUAL_DTYPES
 from fusedoptim.optim.matrix_reference import MOMENTUM, MOMENTUM_KIND, reference_step
 from fusedoptim.optim.matrix_shards import ShardedMatrices, sharded_matrix_problem
@@ -39,7 +38,7 @@ from fusedoptim.optim.quantization import (FORMATS, QUANTIZED_DTYPES, STOCHASTIC
 from fusedoptim.optim.saved_states import saved_view, stepped_whole, to_local
 from fusedoptim.optim.shards import local, shard_range
 from fusedoptim.optim.states import MASTER_RESIDUAL, local_states, make_residual
-from fusedoptim.optim.unregistered import StepAsOneOp
+from fusedoptim.optim.unregistered import StepAsOneOp, shaped_class
 from fusedoptim.optim.validation import (check_master_param, check_master_weight_bits, check_quantized_state,
                                          check_saved_residual, check_state)
 
@@ -52,20 +51,7 @@ OPTIONS = dict(impl="auto", state_dtype=None, stochastic_rounding=False, seed=0,
 def matrix_optimizer(rule) -> type:
     """The class of one matrix rule: its signature (``params``, the rule's arguments, then ``OPTIONS``
     after a ``*``), its docstring, its checks at construction, on ``MatrixOptimizer``."""
-    signature = class_signature(rule.defaults, OPTIONS)
-
-    def __init__(self, *args, **kwargs):
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        del arguments["self"]
-        params, options = arguments.pop("params"), {name: arguments.pop(name) for name in OPTIONS}
-        MatrixOptimizer.__init__(self, params, arguments, **options)
-
-    __init__.__signature__ = signature
-    return type(rule.name, (MatrixOptimizer,), {"rule": rule, "DEFAULTS": dict(rule.defaults), "__init__": __init__,
-                                                "__doc__": rule.doc, "__module__": "fusedoptim.optim",
-                                                "__qualname__": rule.name})
+    return shaped_class(rule, MatrixOptimizer, OPTIONS)
 
 
 def check_shape_arguments(arguments) -> None:

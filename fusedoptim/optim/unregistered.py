@@ -11,7 +11,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from fusedoptim.optim import ops
-from fusedoptim.optim.base import closure_loss
+from fusedoptim.optim.base import class_signature, closure_loss
 from fusedoptim.optim.impl import fall_back, kernels_run_on
 from fusedoptim.optim.quantization import scale_name
 from fusedoptim.optim.plan import same_objects
@@ -185,3 +185,24 @@ class StepAsOneOp(UnregisteredOptimizer):
 
     def _eager_step(self) -> None:
         raise NotImplementedError(f"{type(self).__name__} must define _eager_step, its step without the closure")
+
+
+def shaped_class(rule, engine: type, options: dict, keyword_only: dict = None, **namespace) -> type:
+    """The class of one rule of another shape, made from its declaration: its signature (``params``, the
+    rule's arguments, then its ``keyword_only`` ones and the engine's ``options`` after a ``*``), its help
+    (``rule.doc``), on its shape's ``engine``, whose ``__init__(params, arguments, **options)`` checks and
+    does the rest; ``namespace`` adds the class attributes the engine reads (``STATE``...)."""
+    signature = class_signature(rule.defaults, {**(keyword_only or {}), **options})
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        del arguments["self"]
+        params, chosen = arguments.pop("params"), {name: arguments.pop(name) for name in options}
+        engine.__init__(self, params, arguments, **chosen)
+
+    __init__.__signature__ = signature
+    return type(rule.name, (engine,), {"rule": rule, "DEFAULTS": dict(rule.defaults), "__init__": __init__,
+                                       "__doc__": rule.doc, "__module__": "fusedoptim.optim", "__qualname__": rule.name,
+                                       **namespace})
