@@ -20,10 +20,11 @@ from scripts.race import tasks as race_tasks
 from scripts.memory import tensor_bytes
 from scripts.reproductions import common, tiny_transformer
 
-# The lr grid, the same for every entry: its row's default lr times these. Two decades centred on the
-# default: defaults are the authors' choices, so an entry's optimum should fall inside, and the factors of
-# about 3 give "a tenth of AdamW's lr" (Lion's and Tiger's claim) as a point of the grid.
-LR_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+# The lr grid, the same for every entry: its row's default lr times these, centred on the default (the
+# authors' choice) and reaching ×30 above it: at this few steps large lrs win, and a grid stopping at ×10
+# left half the entries' best lr on its edge (the race of 2026-12-07). The factors of about 3 give "a tenth
+# of AdamW's lr" (Lion's and Tiger's claim) as a point of the grid.
+LR_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 SEEDS = (0, 1)
 QUANTIZED = "int8"  # the quantized state precision every row that takes it is also run with
 

@@ -39,12 +39,13 @@ def advance_schedule_free(group, step, lr_max, weight_sum, ckp1) -> tuple:
     step = step.double()
     warmup = group["warmup_steps"]
     # k < W: (k + 1)/W, with t = k + 1 already counted; then 1
-    scheduled_lr = lr * (step / warmup).clamp(max=1.0) if warmup > 0 else lr * torch.ones_like(step)
-    lr_max = torch.maximum(lr_max.double(), scheduled_lr)
+    scheduled_lr = lr * (step / warmup).clamp(max=1.0) if warmup > 0 else lr
+    lr_max = lr_max.double().clamp(min=scheduled_lr)  # γ_max = max(γ_max, γ_t)
     weight = step ** group["r"] * lr_max ** group["weight_lr_power"]  # w_t = t^r · γ_max^p
     weight_sum = weight_sum.double() + weight
-    # the package's ZeroDivisionError: c = 0 (lr = 0 throughout)
-    ckp1 = torch.where(weight_sum != 0, weight / weight_sum.where(weight_sum != 0, 1.0), 0.0)
+    # 0 ≤ w_t ≤ W_t, so W_t = 0 only where w_t = 0: c = 0 there (the package's ZeroDivisionError, lr = 0
+    # throughout), and a floor on W_t changes no other quotient
+    ckp1 = weight / weight_sum.clamp(min=torch.finfo(torch.float64).tiny)
     return lr_max, weight_sum, ckp1
 
 
