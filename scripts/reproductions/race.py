@@ -22,6 +22,7 @@ cores (2 workers), under the 20 allowed.
 import argparse
 import math
 import sys
+import textwrap
 import time
 
 from matplotlib import pyplot
@@ -161,9 +162,12 @@ def draw(results: dict):
                 seeds = [float(value) for value in row["seeds"].split()]
                 axis.plot(seeds, [position + offset] * len(seeds), "|", color=colour, ms=8)
         axis.set_yticks(range(len(ranked)), ranked, fontsize=7)
-        axis.set(xlabel="validation loss at the best lr (mean ± half range of the seeds; ticks: each seed)",
-                 title=f"{task.name}: {task.description}")
-        axis.title.set_fontsize(8)
+        # log scale: a rule that barely trains (loss near the start) would squeeze the others into a corner
+        axis.set_xscale("log")
+        axis.set(xlabel="validation loss at the best lr, log scale\n(mean ± half range of the seeds; ticks: each seed)",
+                 title=textwrap.fill(f"{task.name}: {task.description}", 70))
+        axis.xaxis.label.set_fontsize(8)
+        axis.title.set_fontsize(7)
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=7)
     figure.tight_layout(rect=(0, 0.03, 1, 1))
