@@ -849,6 +849,10 @@ BREAKAGES = (
              "    return float(vectors.dot(s, y) / vectors.dot(y, y))  # α = sᵀs / sᵀy",
              ("tests/test_adding_a_rule.py::-k test_the_history_toys_steps_are_its_equations",),
              "the toy's math takes BB's second step size sᵀy/yᵀy in both impls: only its equations tell"),
+    Breakage("sums-zeroed-one-tensor-at-a-time", "fusedoptim/optim/sums.py",
+             "            buffer.zero_()", "            for part in buffer.split(1):\n                part.zero_()",
+             ("tests/test_step_plan.py::-k no_torch_op_per_tensor and LAMB",),
+             "a step of a rule with sums costs a torch op per tensor: host time grows with the model's tensor count"),
 )
 
 

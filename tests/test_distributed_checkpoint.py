@@ -168,10 +168,22 @@ def test_the_same_global_gradients_make_the_same_codes_and_scales_on_1_2_and_3_r
 
 def _assert_same(rule, name, got, expected, where):
     """Bit for bit; θ (and its master residual, θ's low bits) within fp32 rounding for a rule that sums
-    over a tensor (``rule.sums_for``), whose shards' partial sums add in another order on each mesh."""
-    if ("." not in name or name.endswith(".master_residual")) and rule.sums_for(hyper(rule)):
+    over a tensor (``rule.sums_for``), whose shards' partial sums add in another order on each mesh; so
+    too a state the row declares written from its sums (``State.from_sums``: LARS's momentum), its scales
+    within fp32 rounding and its codes differing in at most 1 % of the elements."""
+    sums = rule.sums_for(hyper(rule))
+    if ("." not in name or name.endswith(".master_residual")) and sums:
         if "." not in name:
             torch.testing.assert_close(got, expected, msg=f"{where}: {name}")
+        return
+    state = name.split(".", 1)[-1].removesuffix("_scale")
+    if sums and any(spec.name == state and spec.from_sums for spec in rule.states):
+        if name.endswith("_scale"):
+            torch.testing.assert_close(got, expected, msg=f"{where}: {name}")
+        else:
+            apart = (got.view(torch.uint8).int() - expected.view(torch.uint8).int()).abs()
+            assert got.dtype == expected.dtype and apart.count_nonzero() <= max(1, expected.numel() // 100), \
+                f"{where}: {name} differs in {apart.count_nonzero().item()} of {expected.numel()} codes"
         return
     assert got.dtype == expected.dtype and torch.equal(got, expected), \
         f"{where}: {name} differs ({(got.float() != expected.float()).sum().item()} of {expected.numel()} elements)"

@@ -92,6 +92,8 @@ def is_private(name: str) -> bool:
 OTHER_PROJECTS = {
     "_dynamo": "torch._dynamo is torch's compile namespace: reset(), config, testing.CompileCounter",
     "_foreach_copy_": "torch._foreach_* are torch's multi-tensor ops, one kernel for a list (shards' sums)",
+    "_foreach_add_": "see _foreach_copy_ (Adafactor's plan: the statistics of every matrix in one op)",
+    "_foreach_lerp_": "see _foreach_copy_ (Adafactor's plan: the running means of every matrix in one op)",
     "_replace": "namedtuple's _replace is its public API (the underscore only avoids field names)",
     "_execution_engine": "autograd's engine: queue_callback runs a callback when the backward ends",
     "_C": "torch._C._current_autograd_node: whether a backward runs inside another's node",

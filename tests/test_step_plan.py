@@ -407,10 +407,21 @@ def test_tiger_leaves_theta_alone_on_micro_steps_that_do_not_move_it(monkeypatch
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="launches are counted in Triton's CPU interpreter")
 @pytest.mark.parametrize("name", [rule.name for rule in RULES.values() if rule.reduce is not None])
 def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_tensor(name, monkeypatch):
-    """A step of 64 tensors: one reduce and one update launch, and a handful of torch ops (Tiger: count
-    the steps, clear the sums, count the NaN skips; with caution, its sums made means), whatever the
-    number of tensors. Launches are
-    recorded, not run, so that the interpreter's own copies of kernel arguments are not counted."""
+    """A step of 64 tensors: one reduce and one update launch, and the same torch ops as a step of 8 (none
+    per tensor): a handful (Tiger: count the steps, clear the sums, count the NaN skips; with caution, its
+    sums made means), plus those of the row's declared scalar updates, which run once on each device's
+    packed scalars (AdEMAMix's warm-ups). Launches are recorded, not run, so that the interpreter's own
+    copies of kernel arguments are not counted."""
+    rule = RULES[name]
+    launches, ops = step_launches_and_ops(rule, 64, monkeypatch)
+    assert sorted(launches) == ["multi_tensor_reduce_kernel", "multi_tensor_update_kernel"], launches
+    assert ops == step_launches_and_ops(rule, 8, monkeypatch)[1], f"{name}: {ops} for 64 tensors"
+    if not rule.scalar_updates:
+        assert len(ops) <= 5, f"{name}: {ops} for 64 tensors"
+
+
+def step_launches_and_ops(rule, count: int, monkeypatch) -> tuple:
+    """(the kernels launched, the aten ops run) by one step of ``count`` (4, 4) tensors after two warm-ups."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class AtenOps(TorchDispatchMode):
@@ -423,22 +434,21 @@ def test_a_rule_with_a_reduction_takes_one_reduce_launch_and_no_torch_op_per_ten
                 self.found.append(str(func))
             return func(*args, **(kwargs or {}))
 
-    params = make_params([(4, 4)] * 64, torch.float32)
-    rule = RULES[name]
+    params = make_params([(4, 4)] * count, torch.float32)
     # the test values (SGD's momentum) and the flags under which its sums exist (cautious)
     options = {**hyperparameters_for_tests(rule), **{spec.when: True for spec in rule.sums if spec.when}}
-    optimizer = getattr(optim, name)(params, impl="triton", **options)
+    optimizer = getattr(optim, rule.name)(params, impl="triton", **options)
     for warm_up in range(2):  # two: SGD's plan is laid out again once its first step made its buffer
         set_grads(params, warm_up)
         optimizer.step()
     set_grads(params, 1)
     launches = []
-    monkeypatch.setattr(interpreter.InterpretedFunction, "run",
-                        lambda self, *args, **kwargs: launches.append(self.fn.__name__))
-    with AtenOps() as ops:
-        optimizer.step()
-    assert sorted(launches) == ["multi_tensor_reduce_kernel", "multi_tensor_update_kernel"], launches
-    assert len(ops.found) <= 5, f"{name}: {ops.found} for 64 tensors"
+    with monkeypatch.context() as patch:
+        patch.setattr(interpreter.InterpretedFunction, "run",
+                      lambda self, *args, **kwargs: launches.append(self.fn.__name__))
+        with AtenOps() as ops:
+            optimizer.step()
+    return launches, ops.found
 
 
 def test_bytes_per_param_says_what_tiger_moves_on_each_micro_step():

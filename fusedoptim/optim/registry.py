@@ -494,7 +494,9 @@ RULES = {
                              nonnegative("trust_coefficient", 1e-3, "k of the trust ratio s = k‖θ‖/(‖g‖ + λ‖θ‖)",
                                          test_value=0.1),
                              flag("nesterov", "step along g + μ·b (Nesterov momentum)"), MAXIMIZE),
-            states=(State("momentum_buffer", when=lambda group: group["momentum"] > 0, when_text="momentum > 0"),),
+            # the momentum sums trust-scaled steps: on FSDP2 its last bits follow the order of the shards' sums
+            states=(State("momentum_buffer", when=lambda group: group["momentum"] > 0, when_text="momentum > 0",
+                          from_sums=True),),
             tensor_constants=lars_constants,
             sums=(Sum("param_square", "θ²", reads=("param",)), Sum("grad_square", "g²", reads=("grad",))),
             reduce=lars_reduce,

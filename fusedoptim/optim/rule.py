@@ -38,6 +38,10 @@ class State:
     # False where the update overwrites it without reading it (SGDHD's prev_grad, which only its reduce
     # reads): the byte model counts a write, not a read and a write.
     update_reads: bool = True
+    # True where the update writes it from the declared sums (LARS's momentum holds trust-scaled steps):
+    # on FSDP2 the shards' partial sums add in another order on each mesh, so its values, as θ's, may
+    # differ in the last bits between meshes, and its int8/int4 codes by a unit where that rounds across.
+    from_sums: bool = False
 
     def exists(self, group) -> bool:
         if self.when is None:
