@@ -66,9 +66,11 @@ def write_csv(path: Path, facts: dict, rows: list) -> None:
 
 
 def markdown_table(rows: list, columns: dict) -> str:
-    """``columns``: header -> function of a row giving the cell's text."""
+    """``columns``: header -> function of a row giving the cell's text (a "|" in it escaped, so that it
+    stays one cell: "|int8 − fp32|")."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(cell(row)) for cell in columns.values()) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(cell(row)).replace("|", "\\|") for cell in columns.values()) + " |"
+              for row in rows]
     return "\n".join(lines)
 
 

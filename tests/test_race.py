@@ -178,3 +178,21 @@ def test_a_switchable_optimizer_validates_in_eval_mode_and_a_failing_one_is_repo
     failing = entries.Entry("Failing", row(breaks))
     result = running.train(running.Job("Failing", task, 0.1, 0, 4, 2), {"Failing": failing})
     assert result["reason"] == "failed: RuntimeError: planted" and result["final"] == math.inf
+
+
+def test_the_documented_verdicts_are_the_committed_full_runs():
+    """docs/reproductions.md states each claim's verdict per task as the committed full race decided it
+    (reports/reproductions/race.csv, written by `./dev reproduce race --out reports/reproductions`): a
+    rerun that changes a verdict, or a verdict edited by hand, makes the two disagree here."""
+    import csv
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    with open(root / "reports" / "reproductions" / "race.csv", newline="") as file:
+        verdicts = [row for row in csv.DictReader(file) if row["kind"] == "claim"]
+    assert verdicts, "the committed race has no claims"
+    document = (root / "docs" / "reproductions.md").read_text(encoding="utf-8")
+    for row in verdicts:
+        cells = [row["claim"], row["task"], row["verdict"], row["numbers"]]
+        line = "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+        assert line in document, f"docs/reproductions.md lacks the committed race's verdict: {line}"
