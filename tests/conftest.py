@@ -86,3 +86,21 @@ def run_reproduction(module, tmp_path_factory, **knobs):
     directory under "out"."""
     out = tmp_path_factory.mktemp(module.NAME)
     return {**module.run(out=out, **knobs), "out": out}
+
+
+def by_rule_name(rules):
+    """Parametrize a test over the declarations of one shape (``rule``), with each rule's name as its id."""
+    return pytest.mark.parametrize("rule", rules, ids=lambda rule: rule.name)
+
+
+def seeded_steps(rule, impl, shapes, steps, **options) -> tuple:
+    """(params, optimizer) after ``steps`` steps of a shape's rule on seeded params of these shapes, each
+    step with fresh seeded gradients: the run the shapes' suites compare impls and checkpoints on."""
+    generator = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    optimizer = rule.optimizer(params, impl=impl, **options)
+    for _ in range(steps):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        optimizer.step()
+    return params, optimizer

@@ -15,6 +15,7 @@ import torch
 
 from fusedoptim.optim.quantization import code_values
 from fusedoptim.optim.registry import SHAPED_RULES
+from tests.conftest import by_rule_name, seeded_steps
 from tests import test_matrix_rules
 
 FACTORED_RULES = [row.optimizer.rule for row in SHAPED_RULES.values() if row.shape == "factored"]
@@ -24,18 +25,10 @@ STEPS = 3
 
 
 def run(rule, impl, steps=STEPS, state_dtype=None):
-    generator = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in SHAPES]
-    optimizer = rule.optimizer(params, impl=impl, state_dtype=state_dtype)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=generator)
-        optimizer.step()
-    return params, optimizer
+    return seeded_steps(rule, impl, SHAPES, steps, state_dtype=state_dtype)
 
 
-def by_name(rules):
-    return pytest.mark.parametrize("rule", rules, ids=lambda rule: rule.name)
+by_name = by_rule_name
 
 
 @by_name(FACTORED_RULES)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from fusedoptim.optim.registry import SHAPED_RULES
+from tests.conftest import by_rule_name
 
 HISTORY_RULES = [row.optimizer.rule for row in SHAPED_RULES.values() if row.shape == "history"]
 SHAPES = [(3, 4), (5,)]
@@ -51,8 +52,7 @@ def run(rule, impl, steps=STEPS):
     return params, optimizer
 
 
-def by_name(rules):
-    return pytest.mark.parametrize("rule", rules, ids=lambda rule: rule.name)
+by_name = by_rule_name
 
 
 @by_name(HISTORY_RULES)

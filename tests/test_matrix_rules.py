@@ -16,6 +16,7 @@ import torch
 
 from fusedoptim.optim.quantization import code_values
 from fusedoptim.optim.registry import SHAPED_RULES
+from tests.conftest import by_rule_name, seeded_steps
 
 MATRIX_RULES = [row.optimizer.rule for row in SHAPED_RULES.values() if row.shape == "matrix"]
 SHAPES = [(9, 20), (20, 9)]  # wide and tall (a transform may iterate on the transpose)
@@ -26,18 +27,10 @@ FP32 = dict(rtol=1.3e-6, atol=1e-5)
 
 
 def run(rule, impl, steps=STEPS, state_dtype=None, **options):
-    generator = torch.Generator().manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in SHAPES]
-    optimizer = rule.optimizer(params, impl=impl, state_dtype=state_dtype, **options)
-    for _ in range(steps):
-        for p in params:
-            p.grad = torch.randn(p.shape, generator=generator)
-        optimizer.step()
-    return params, optimizer
+    return seeded_steps(rule, impl, SHAPES, steps, state_dtype=state_dtype, **options)
 
 
-def by_name(rules):
-    return pytest.mark.parametrize("rule", rules, ids=lambda rule: rule.name)
+by_name = by_rule_name
 
 
 @by_name(MATRIX_RULES)
